@@ -1,0 +1,44 @@
+//! Command-line interface (clap).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "A pre-fork process supervisor for HTTP services",
+    long_about = "A master process binds the listening sockets and forks workers that \
+                  serve HTTP with hyper; it keeps them healthy and reloads them without \
+                  dropping a request (kill -HUP)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the master and its workers in the foreground.
+    Serve {
+        /// The TOML configuration file.
+        config: PathBuf,
+        /// Listen on ADDR instead of server.bind (repeatable):
+        /// HOST:PORT, [V6]:PORT or unix:/path.sock.
+        #[arg(long = "bind", value_name = "ADDR")]
+        bind: Vec<String>,
+        /// Number of workers (overrides server.workers).
+        #[arg(long, value_name = "N")]
+        workers: Option<usize>,
+    },
+    /// Validate the configuration and print the effective settings
+    /// (exit 0), or print the error with file:line:col (exit 2).
+    Check {
+        /// The TOML configuration file.
+        config: PathBuf,
+        #[arg(long = "bind", value_name = "ADDR")]
+        bind: Vec<String>,
+        #[arg(long, value_name = "N")]
+        workers: Option<usize>,
+    },
+}

@@ -1,0 +1,63 @@
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Where a value came from: a place in the file, an environment variable,
+/// a command-line flag, or the built-in default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    File {
+        file: PathBuf,
+        line: usize,
+        col: usize,
+    },
+    Env(String),
+    Flag(String),
+    Default,
+}
+
+impl Origin {
+    /// Turns a byte offset in `text` into a 1-based line and column.
+    pub fn file(file: &Path, text: &str, offset: usize) -> Origin {
+        let offset = offset.min(text.len());
+        let before = &text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let col = text[line_start..offset].chars().count() + 1;
+        Origin::File {
+            file: file.to_path_buf(),
+            line,
+            col,
+        }
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File { file, line, col } => write!(f, "{}:{line}:{col}", file.display()),
+            Origin::Env(var) => write!(f, "environment variable {var}"),
+            Origin::Flag(flag) => write!(f, "command-line flag {flag}"),
+            Origin::Default => f.write_str("default value"),
+        }
+    }
+}
+
+/// Why a configuration was refused. The message always starts with the
+/// place (`file:line:col`, or the variable or flag) so editors can jump to it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read the config file: {source}", file.display())]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: TOML syntax error: {message}")]
+    Syntax { origin: Origin, message: String },
+    #[error("{origin}: {key}: {message}")]
+    Invalid {
+        origin: Origin,
+        key: String,
+        message: String,
+    },
+}

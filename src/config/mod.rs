@@ -1,0 +1,346 @@
+//! The validated configuration: TOML file, then `RSVISOR_<SECTION>_<KEY>`
+//! environment overrides, then command-line flags, on top of the defaults.
+
+mod error;
+mod keys;
+mod parse;
+mod render;
+mod value;
+mod workers;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::ConfigError;
+pub use workers::{resolve_auto_workers, WorkerCount, WorkersResolution};
+
+/// Upper bound for `server.workers`: the scoreboard holds twice this many
+/// slots so that a full rolling reload always finds room for replacements.
+pub const MAX_WORKERS: usize = 128;
+
+/// Where the master listens. Parsed from `HOST:PORT`, `[V6]:PORT` or `unix:/path`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BindAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for BindAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BindAddr::Tcp(addr) => write!(f, "{addr}"),
+            BindAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for BindAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("`unix:` needs a socket path, e.g. \"unix:/run/app.sock\"".into());
+            }
+            if path.len() >= 108 {
+                return Err(format!(
+                    "unix socket path is {} bytes; Linux allows at most 107",
+                    path.len()
+                ));
+            }
+            return Ok(BindAddr::Unix(PathBuf::from(path)));
+        }
+        if let Some(port) = s.strip_prefix("localhost:") {
+            let addr = format!("127.0.0.1:{port}");
+            return addr
+                .parse()
+                .map(BindAddr::Tcp)
+                .map_err(|_| format!("`{s}` has an invalid port"));
+        }
+        if let Some(port) = s.strip_prefix("*:") {
+            let addr = format!("0.0.0.0:{port}");
+            return addr
+                .parse()
+                .map(BindAddr::Tcp)
+                .map_err(|_| format!("`{s}` has an invalid port"));
+        }
+        s.parse().map(BindAddr::Tcp).map_err(|_| {
+            format!(
+                "`{s}` is not an address: use \"HOST:PORT\", \"[::1]:PORT\" or \"unix:/path.sock\""
+            )
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessFormat {
+    Combined,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    None,
+    Optional,
+    Required,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub bind: Vec<BindAddr>,
+    pub workers: WorkerCount,
+    pub backlog: u32,
+    pub worker_threads: usize,
+    pub pidfile: Option<PathBuf>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub umask: Option<u32>,
+    pub socket_mode: Option<u32>,
+    pub control_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LifecycleConfig {
+    pub timeout: Duration,
+    pub graceful_timeout: Duration,
+    pub max_requests: u64,
+    pub max_requests_jitter: u64,
+    pub shutdown_delay: Duration,
+    pub max_worker_memory: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    pub keepalive_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub limit_concurrency: usize,
+    pub http2: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyConfig {
+    pub proxy_headers: bool,
+    pub forwarded_allow_ips: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+    /// `None` = off, `Some("-")` = stdout, otherwise a file path.
+    pub access_log: Option<String>,
+    pub access_format: AccessFormat,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppConfig {
+    pub static_dir: Option<PathBuf>,
+    pub health_path: String,
+    pub ready_path: String,
+    /// Environment variables set in every worker before the app starts
+    /// (gunicorn's `raw_env`): how an operator hands settings to the app.
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    pub path: String,
+    pub bind: Option<BindAddr>,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it was read from, if any (for messages and reloads).
+    pub source: Option<PathBuf>,
+    pub server: ServerConfig,
+    pub lifecycle: LifecycleConfig,
+    pub http: HttpConfig,
+    pub proxy: ProxyConfig,
+    pub tls: TlsConfig,
+    pub log: LogConfig,
+    pub app: AppConfig,
+    pub metrics: MetricsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            source: None,
+            server: ServerConfig {
+                bind: vec![BindAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 8000)))],
+                workers: WorkerCount::Auto,
+                backlog: 2048,
+                worker_threads: 1,
+                pidfile: None,
+                user: None,
+                group: None,
+                umask: None,
+                socket_mode: None,
+                control_socket: None,
+            },
+            lifecycle: LifecycleConfig {
+                timeout: Duration::from_secs(30),
+                graceful_timeout: Duration::from_secs(30),
+                max_requests: 0,
+                max_requests_jitter: 0,
+                shutdown_delay: Duration::ZERO,
+                max_worker_memory: None,
+            },
+            http: HttpConfig {
+                keepalive_timeout: Duration::from_secs(5),
+                header_read_timeout: Duration::from_secs(10),
+                max_header_bytes: 16384,
+                max_body_bytes: 10 * 1024 * 1024,
+                limit_concurrency: 0,
+                http2: true,
+            },
+            proxy: ProxyConfig {
+                proxy_headers: false,
+                forwarded_allow_ips: vec!["127.0.0.1".into()],
+            },
+            tls: TlsConfig {
+                cert: None,
+                key: None,
+                client_ca: None,
+                client_auth: ClientAuth::None,
+            },
+            log: LogConfig {
+                level: "info".into(),
+                format: LogFormat::Text,
+                access_log: Some("-".into()),
+                access_format: AccessFormat::Combined,
+            },
+            app: AppConfig {
+                static_dir: None,
+                health_path: "/health".into(),
+                ready_path: "/ready".into(),
+                env: BTreeMap::new(),
+            },
+            metrics: MetricsConfig {
+                enabled: true,
+                path: "/metrics".into(),
+                bind: None,
+            },
+        }
+    }
+}
+
+/// Command-line flags that override file and environment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    pub bind: Vec<String>,
+    pub workers: Option<usize>,
+}
+
+impl Config {
+    /// Reads `path`, applies the process environment and `overrides`, validates.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::from_parts(&text, Some(path), &env, overrides)
+    }
+
+    /// Builds a config from TOML text, environment pairs and overrides.
+    pub fn from_parts(
+        text: &str,
+        path: Option<&Path>,
+        env: &[(String, String)],
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        parse::build(text, path, env, overrides)
+    }
+
+    /// The number of workers this config asks for, with `auto` resolved.
+    pub fn worker_count(&self) -> usize {
+        match self.server.workers {
+            WorkerCount::Fixed(n) => n,
+            WorkerCount::Auto => resolve_auto_workers().workers,
+        }
+    }
+
+    /// The effective configuration as TOML, with the resolved worker count.
+    pub fn render(&self) -> String {
+        render::render(self)
+    }
+}
+
+/// Parses sizes like `"512MiB"`, `"1G"`, `"1048576"` into bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size: use e.g. \"512MiB\" or \"2GiB\""))?;
+    let mult: f64 = match unit.trim() {
+        "" | "B" => 1.0,
+        "K" | "KB" | "k" | "kB" => 1e3,
+        "KiB" => 1024.0,
+        "M" | "MB" => 1e6,
+        "MiB" => 1024.0 * 1024.0,
+        "G" | "GB" => 1e9,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` in `{s}`: use B, KiB, MiB, GiB (or KB, MB, GB)"
+            ))
+        }
+    };
+    Ok((num * mult) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_addresses() {
+        assert_eq!(
+            "127.0.0.1:80".parse::<BindAddr>().unwrap(),
+            BindAddr::Tcp("127.0.0.1:80".parse().unwrap())
+        );
+        assert_eq!(
+            "[::1]:80".parse::<BindAddr>().unwrap(),
+            BindAddr::Tcp("[::1]:80".parse().unwrap())
+        );
+        assert_eq!(
+            "unix:/tmp/x.sock".parse::<BindAddr>().unwrap(),
+            BindAddr::Unix("/tmp/x.sock".into())
+        );
+        assert!("nonsense".parse::<BindAddr>().is_err());
+        assert!("unix:".parse::<BindAddr>().is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512MiB").unwrap(), 512 * 1024 * 1024);
+        assert_eq!(parse_size("1G").unwrap(), 1_000_000_000);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("12 parsecs").is_err());
+    }
+}

@@ -1,0 +1,360 @@
+//! File → environment → flags, each layer checked key by key with the place
+//! it came from, then the cross-key checks.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use toml::de::{DeTable, DeValue};
+
+use super::error::{ConfigError, Origin};
+use super::keys::{self, SECTIONS};
+use super::value::Val;
+use super::{Config, Overrides};
+
+pub const ENV_PREFIX: &str = "RSVISOR_";
+
+pub fn build(
+    text: &str,
+    path: Option<&Path>,
+    env: &[(String, String)],
+    overrides: &Overrides,
+) -> Result<Config, ConfigError> {
+    let file = path
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("<config>"));
+    let mut cfg = Config {
+        source: path.map(Path::to_path_buf),
+        ..Config::default()
+    };
+    // Where each key got its value, so that cross-key errors can point at it.
+    let mut origins: HashMap<String, Origin> = HashMap::new();
+
+    apply_file(&mut cfg, text, &file, &mut origins)?;
+    apply_env(&mut cfg, env, &mut origins)?;
+    apply_overrides(&mut cfg, overrides, &mut origins)?;
+    validate(&cfg, &origins)?;
+    Ok(cfg)
+}
+
+fn apply_file(
+    cfg: &mut Config,
+    text: &str,
+    file: &Path,
+    origins: &mut HashMap<String, Origin>,
+) -> Result<(), ConfigError> {
+    let at = |span: std::ops::Range<usize>| Origin::file(file, text, span.start);
+    let root = DeTable::parse(text).map_err(|e| {
+        let origin = at(e.span().unwrap_or(0..0));
+        ConfigError::Syntax {
+            origin,
+            message: first_line(e.message()),
+        }
+    })?;
+    let mut sections: Vec<_> = root.get_ref().iter().collect();
+    sections.sort_by_key(|(k, _)| k.span().start);
+    for (section, body) in sections {
+        let name = section.get_ref().as_ref();
+        if !SECTIONS.contains(&name) {
+            return Err(ConfigError::Invalid {
+                origin: at(section.span()),
+                key: name.to_string(),
+                message: format!(
+                    "unknown section; known sections are {}",
+                    SECTIONS.join(", ")
+                ),
+            });
+        }
+        let DeValue::Table(table) = body.get_ref() else {
+            return Err(ConfigError::Invalid {
+                origin: at(body.span()),
+                key: name.to_string(),
+                message: format!(
+                    "expected a table ([{name}]), found {}",
+                    Val::from_toml(body.get_ref()).type_name()
+                ),
+            });
+        };
+        let mut entries: Vec<_> = table.iter().collect();
+        entries.sort_by_key(|(k, _)| k.span().start);
+        for (key, value) in entries {
+            let key_name = key.get_ref().as_ref();
+            let full = format!("{name}.{key_name}");
+            let Some(setter) = keys::find(name, key_name) else {
+                return Err(ConfigError::Invalid {
+                    origin: at(key.span()),
+                    key: full,
+                    message: unknown_key_hint(name, key_name),
+                });
+            };
+            let val = Val::from_toml(value.get_ref());
+            setter(cfg, &val).map_err(|message| ConfigError::Invalid {
+                origin: at(value.span()),
+                key: full.clone(),
+                message,
+            })?;
+            origins.insert(full, at(key.span()));
+        }
+    }
+    Ok(())
+}
+
+fn apply_env(
+    cfg: &mut Config,
+    env: &[(String, String)],
+    origins: &mut HashMap<String, Origin>,
+) -> Result<(), ConfigError> {
+    let mut vars: Vec<&(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    vars.sort();
+    for (var, raw) in vars {
+        let rest = &var[ENV_PREFIX.len()..];
+        let Some(section) = SECTIONS
+            .iter()
+            .find(|s| rest.to_ascii_lowercase().starts_with(&format!("{s}_")))
+        else {
+            // Not a config variable (RSVISOR_ is ours, but leave room for
+            // variables that are not keys, like a future RSVISOR_UPGRADE_FD).
+            continue;
+        };
+        let key = rest[section.len() + 1..].to_ascii_lowercase();
+        let full = format!("{section}.{key}");
+        let origin = Origin::Env(var.clone());
+        let Some(setter) = keys::find(section, &key) else {
+            return Err(ConfigError::Invalid {
+                origin,
+                key: full,
+                message: unknown_key_hint(section, &key),
+            });
+        };
+        setter(cfg, &Val::from_env(raw)).map_err(|message| ConfigError::Invalid {
+            origin: origin.clone(),
+            key: full.clone(),
+            message,
+        })?;
+        origins.insert(full, origin);
+    }
+    Ok(())
+}
+
+fn apply_overrides(
+    cfg: &mut Config,
+    overrides: &Overrides,
+    origins: &mut HashMap<String, Origin>,
+) -> Result<(), ConfigError> {
+    if !overrides.bind.is_empty() {
+        let origin = Origin::Flag("--bind".into());
+        let setter = keys::find("server", "bind").expect("server.bind is a key");
+        let val = Val::Array(overrides.bind.iter().cloned().map(Val::Str).collect());
+        setter(cfg, &val).map_err(|message| ConfigError::Invalid {
+            origin: origin.clone(),
+            key: "server.bind".into(),
+            message,
+        })?;
+        origins.insert("server.bind".into(), origin);
+    }
+    if let Some(n) = overrides.workers {
+        let origin = Origin::Flag("--workers".into());
+        let setter = keys::find("server", "workers").expect("server.workers is a key");
+        setter(cfg, &Val::Int(n as i64)).map_err(|message| ConfigError::Invalid {
+            origin: origin.clone(),
+            key: "server.workers".into(),
+            message,
+        })?;
+        origins.insert("server.workers".into(), origin);
+    }
+    Ok(())
+}
+
+/// Checks that involve more than one key.
+fn validate(cfg: &Config, origins: &HashMap<String, Origin>) -> Result<(), ConfigError> {
+    let fail = |key: &str, message: String| ConfigError::Invalid {
+        origin: origins.get(key).cloned().unwrap_or(Origin::Default),
+        key: key.to_string(),
+        message,
+    };
+    if cfg.tls.cert.is_some() != cfg.tls.key.is_some() {
+        let key = if cfg.tls.cert.is_some() {
+            "tls.cert"
+        } else {
+            "tls.key"
+        };
+        return Err(fail(
+            key,
+            "tls.cert and tls.key must be set together".into(),
+        ));
+    }
+    if cfg.tls.client_auth != super::ClientAuth::None && cfg.tls.client_ca.is_none() {
+        return Err(fail(
+            "tls.client_auth",
+            "client certificates need tls.client_ca (the CA that signs them)".into(),
+        ));
+    }
+    if cfg.tls.client_ca.is_some() && cfg.tls.cert.is_none() {
+        return Err(fail(
+            "tls.client_ca",
+            "tls.client_ca needs tls.cert and tls.key".into(),
+        ));
+    }
+    if cfg.server.group.is_some() && cfg.server.user.is_none() {
+        return Err(fail(
+            "server.group",
+            "server.group needs server.user as well".into(),
+        ));
+    }
+    let paths = [
+        ("app.health_path", &cfg.app.health_path),
+        ("app.ready_path", &cfg.app.ready_path),
+        ("metrics.path", &cfg.metrics.path),
+    ];
+    for (i, (key, path)) in paths.iter().enumerate() {
+        if let Some((other, _)) = paths[..i].iter().find(|(_, p)| p == path) {
+            return Err(fail(key, format!("{path:?} is already used by {other}")));
+        }
+    }
+    if let Some(mbind) = &cfg.metrics.bind {
+        if cfg.server.bind.contains(mbind) {
+            return Err(fail(
+                "metrics.bind",
+                format!("{mbind} is also in server.bind; use a separate address"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn unknown_key_hint(section: &str, key: &str) -> String {
+    let known = keys::keys_of(section);
+    let close = known
+        .iter()
+        .find(|k| similar(k, key))
+        .map(|k| format!(" (did you mean `{k}`?)"))
+        .unwrap_or_default();
+    format!(
+        "unknown key{close}; keys of [{section}] are {}",
+        known.join(", ")
+    )
+}
+
+/// Cheap typo detection: same length ±1 and at most two differing bytes.
+fn similar(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len().abs_diff(b.len()) > 1 {
+        return false;
+    }
+    let prefix = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let suffix = a
+        .iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    prefix + suffix + 2 >= a.len().max(b.len())
+}
+
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or(message).trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::WorkerCount;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        build(
+            text,
+            Some(Path::new("app.toml")),
+            &env,
+            &Overrides::default(),
+        )
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = load("[server]\nworkers = 2\nworkrs = 3\n", &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("app.toml:3:1: server.workrs: unknown key"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_points_at_value() {
+        let err = load("[server]\n\nbacklog = \"big\"\n", &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("app.toml:3:11: server.backlog:"), "{msg}");
+    }
+
+    #[test]
+    fn env_overrides_file_and_flags_override_env() {
+        let cfg = load(
+            "[server]\nworkers = 2\n",
+            &[
+                ("RSVISOR_SERVER_WORKERS", "5"),
+                ("RSVISOR_LOG_LEVEL", "debug"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.server.workers, WorkerCount::Fixed(5));
+        assert_eq!(cfg.log.level, "debug");
+        let cfg = build(
+            "[server]\nworkers = 2\n",
+            None,
+            &[("RSVISOR_SERVER_WORKERS".into(), "5".into())],
+            &Overrides {
+                workers: Some(7),
+                bind: vec!["unix:/tmp/a.sock".into()],
+            },
+        )
+        .unwrap();
+        assert_eq!(cfg.server.workers, WorkerCount::Fixed(7));
+        assert_eq!(
+            cfg.server.bind,
+            vec![super::super::BindAddr::Unix("/tmp/a.sock".into())]
+        );
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable() {
+        let err = load("", &[("RSVISOR_SERVER_WORKERS", "lots")]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("RSVISOR_SERVER_WORKERS"), "{msg}");
+        assert!(msg.contains("server.workers"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let err = load("[server\nworkers = 2\n", &[]).unwrap_err();
+        assert!(err.to_string().starts_with("app.toml:1:"), "{err}");
+    }
+
+    #[test]
+    fn cross_key_checks() {
+        let err = load("[tls]\ncert = \"/a.pem\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("tls.cert"), "{err}");
+        let err = load("[app]\nhealth_path = \"/metrics\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("metrics.path"), "{err}");
+    }
+
+    #[test]
+    fn typo_hint() {
+        let err = load("[lifecycle]\ngracefull_timeout = 3\n", &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("did you mean `graceful_timeout`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn app_env_table() {
+        let cfg = load("[app]\nenv = { A = \"1\", B = 2 }\n", &[]).unwrap();
+        assert_eq!(cfg.app.env.get("B").map(String::as_str), Some("2"));
+    }
+}

@@ -1,0 +1,124 @@
+//! rsvisor: a pre-fork process supervisor for hyper HTTP services.
+//!
+//! Hand your app to [`main`] and your binary gets the `rsvisor` command
+//! line and supervisor: a master that binds the sockets and forks workers,
+//! each running your [`App`] on its own tokio runtime.
+//!
+//! ```no_run
+//! use rsvisor::{Body, Response};
+//!
+//! fn main() -> std::process::ExitCode {
+//!     rsvisor::main(rsvisor::service_fn(|_req| async {
+//!         Response::new(Body::from("hello world"))
+//!     }))
+//! }
+//! ```
+
+mod app;
+mod cli;
+pub mod config;
+pub mod exit;
+mod listen;
+mod logging;
+mod master;
+mod metrics;
+mod netmask;
+mod pidfile;
+mod scoreboard;
+mod sys;
+mod worker;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+
+pub use app::{
+    service_fn, App, Body, BodyTooLarge, BoxError, ClientInfo, Handler, Request, RequestBody,
+    Response, ServiceFn, StaticFiles, WorkerContext,
+};
+pub use config::Config;
+pub use listen::ListenError;
+
+use cli::{Cli, Command};
+use config::Overrides;
+
+/// Runs the rsvisor command line with `app` as the service every worker
+/// serves. Returns the process exit code (see [`exit`]).
+pub fn main<A: App>(app: A) -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Serve {
+            config,
+            bind,
+            workers,
+        } => serve(app, &config, Overrides { bind, workers }),
+        Command::Check {
+            config,
+            bind,
+            workers,
+        } => check(&config, &Overrides { bind, workers }),
+    };
+    ExitCode::from(code as u8)
+}
+
+fn check(path: &Path, overrides: &Overrides) -> i32 {
+    match Config::load(path, overrides) {
+        Ok(cfg) => {
+            print!("{}", cfg.render());
+            eprintln!("{}: configuration is valid", path.display());
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            exit::CONFIG_ERROR
+        }
+    }
+}
+
+/// Loads the config, binds, and runs the master until it stops.
+pub fn serve<A: App>(app: A, path: &Path, overrides: Overrides) -> i32 {
+    let config = match Config::load(path, &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rsvisor: {e}");
+            return exit::CONFIG_ERROR;
+        }
+    };
+    let log = logging::init(&config.log);
+    let s = &config.server;
+    let listeners = match listen::ListenerSet::bind_all(&s.bind, s.backlog, s.socket_mode) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e}");
+            return exit::BIND_FAILED;
+        }
+    };
+    let pidfile = match &s.pidfile {
+        Some(p) => match pidfile::Pidfile::create(p) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::error!("cannot write pidfile {}: {e}", p.display());
+                return exit::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let setup = master::MasterSetup {
+        entry: Arc::new(worker::AppWorker(app)),
+        config,
+        config_path: path.to_path_buf(),
+        overrides,
+        listeners,
+        log,
+        pidfile,
+    };
+    match master::Master::new(setup) {
+        Ok(m) => m.run(),
+        Err(e) => {
+            tracing::error!("{e}");
+            exit::FAILURE
+        }
+    }
+}

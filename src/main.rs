@@ -1,0 +1,6 @@
+//! The `rsvisor` binary: the supervisor with the built-in app (static
+//! files from `app.static_dir`, plus health, readiness and metrics).
+
+fn main() -> std::process::ExitCode {
+    rsvisor::main(rsvisor::StaticFiles)
+}

@@ -1,0 +1,70 @@
+//! The master's signals: handlers only queue (see `sys::queue_signal`);
+//! the loop waits on the self-pipe, which workers also use to nudge it.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+
+/// Signals the master handles, in the order it dispatches them when
+/// several are queued at once: stopping wins over everything else.
+pub const HANDLED: [Signal; 9] = [
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGCHLD,
+];
+
+pub struct SignalQueue {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl SignalQueue {
+    pub fn install() -> io::Result<SignalQueue> {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        crate::sys::install_queueing_handlers(&HANDLED, write.as_raw_fd())?;
+        Ok(SignalQueue { read, write })
+    }
+
+    /// A descriptor workers write to when their slot changed (ready,
+    /// retiring), so the master reacts at once instead of at its next tick.
+    pub fn nudge_fd(&self) -> io::Result<OwnedFd> {
+        self.write.try_clone()
+    }
+
+    /// The master's own descriptors, which a forked worker must close.
+    pub fn raw_fds(&self) -> [RawFd; 2] {
+        [self.read.as_raw_fd(), self.write.as_raw_fd()]
+    }
+
+    /// Sleeps until a signal, a worker nudge or `timeout`.
+    pub fn wait(&self, timeout: Duration) {
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        let mut fds = [PollFd::new(self.read.as_fd(), PollFlags::POLLIN)];
+        // EINTR is the normal way a signal ends this wait.
+        let _ = nix::poll::poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        );
+        let mut buf = [0u8; 256];
+        while matches!(nix::unistd::read(&self.read, &mut buf), Ok(n) if n > 0) {}
+    }
+
+    /// The queued signals, in dispatch order.
+    pub fn take(&self) -> Vec<Signal> {
+        HANDLED
+            .iter()
+            .copied()
+            .filter(|s| crate::sys::take_pending(*s))
+            .collect()
+    }
+}

@@ -1,0 +1,407 @@
+//! The shared-memory scoreboard: one region created by the master before
+//! the first fork, one cache-line-aligned slot per worker. A worker writes
+//! only its own slot, with atomics; the master and `/metrics` read them all.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
+
+/// Slots available: enough for `MAX_WORKERS` serving workers plus as many
+/// replacements and draining workers again during a rolling reload.
+pub const SLOT_CAPACITY: usize = 2 * crate::config::MAX_WORKERS + 16;
+
+/// Request-duration histogram upper bounds, in microseconds.
+pub const LATENCY_BOUNDS_US: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000,
+];
+pub const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_US.len() + 1;
+
+pub const METHOD_CLASSES: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other",
+];
+
+/// A worker's lifecycle as it reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum SlotState {
+    Free = 0,
+    /// Forked; running app startup; not accepting yet.
+    Booting = 1,
+    /// Accepting and serving.
+    Ready = 2,
+    /// Reached max_requests (or asked to be replaced): still serving until
+    /// the master has started its replacement and tells it to drain.
+    Retiring = 3,
+    /// Stopped accepting; finishing in-flight requests.
+    Draining = 4,
+}
+
+impl SlotState {
+    fn from_u32(v: u32) -> SlotState {
+        match v {
+            1 => SlotState::Booting,
+            2 => SlotState::Ready,
+            3 => SlotState::Retiring,
+            4 => SlotState::Draining,
+            _ => SlotState::Free,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SlotState::Free => "free",
+            SlotState::Booting => "booting",
+            SlotState::Ready => "ready",
+            SlotState::Retiring => "retiring",
+            SlotState::Draining => "draining",
+        }
+    }
+}
+
+/// Monotonic counters that `/metrics` sums over the fleet.
+#[repr(C)]
+#[derive(Default)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub status: [AtomicU64; 5],
+    pub methods: [AtomicU64; METHOD_CLASSES.len()],
+    pub latency: [AtomicU64; LATENCY_BUCKETS],
+    pub latency_sum_us: AtomicU64,
+}
+
+/// A plain copy of [`Counters`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CountersSnapshot {
+    pub requests: u64,
+    pub bytes_sent: u64,
+    pub status: [u64; 5],
+    pub methods: [u64; METHOD_CLASSES.len()],
+    pub latency: [u64; LATENCY_BUCKETS],
+    pub latency_sum_us: u64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> CountersSnapshot {
+        let mut s = CountersSnapshot {
+            requests: self.requests.load(Relaxed),
+            bytes_sent: self.bytes_sent.load(Relaxed),
+            latency_sum_us: self.latency_sum_us.load(Relaxed),
+            ..Default::default()
+        };
+        for (d, a) in s.status.iter_mut().zip(&self.status) {
+            *d = a.load(Relaxed);
+        }
+        for (d, a) in s.methods.iter_mut().zip(&self.methods) {
+            *d = a.load(Relaxed);
+        }
+        for (d, a) in s.latency.iter_mut().zip(&self.latency) {
+            *d = a.load(Relaxed);
+        }
+        s
+    }
+
+    fn add(&self, s: &CountersSnapshot) {
+        self.requests.fetch_add(s.requests, Relaxed);
+        self.bytes_sent.fetch_add(s.bytes_sent, Relaxed);
+        self.latency_sum_us.fetch_add(s.latency_sum_us, Relaxed);
+        for (a, v) in self.status.iter().zip(&s.status) {
+            a.fetch_add(*v, Relaxed);
+        }
+        for (a, v) in self.methods.iter().zip(&s.methods) {
+            a.fetch_add(*v, Relaxed);
+        }
+        for (a, v) in self.latency.iter().zip(&s.latency) {
+            a.fetch_add(*v, Relaxed);
+        }
+    }
+
+    fn clear(&self) {
+        self.requests.store(0, Relaxed);
+        self.bytes_sent.store(0, Relaxed);
+        self.latency_sum_us.store(0, Relaxed);
+        self.status.iter().for_each(|a| a.store(0, Relaxed));
+        self.methods.iter().for_each(|a| a.store(0, Relaxed));
+        self.latency.iter().for_each(|a| a.store(0, Relaxed));
+    }
+}
+
+impl CountersSnapshot {
+    pub fn add(&mut self, o: &CountersSnapshot) {
+        self.requests += o.requests;
+        self.bytes_sent += o.bytes_sent;
+        self.latency_sum_us += o.latency_sum_us;
+        for (a, b) in self.status.iter_mut().zip(&o.status) {
+            *a += b;
+        }
+        for (a, b) in self.methods.iter_mut().zip(&o.methods) {
+            *a += b;
+        }
+        for (a, b) in self.latency.iter_mut().zip(&o.latency) {
+            *a += b;
+        }
+    }
+}
+
+/// One worker's slot.
+#[repr(C, align(64))]
+#[derive(Default)]
+pub struct Slot {
+    pid: AtomicU32,
+    generation: AtomicU32,
+    state: AtomicU32,
+    started_ms: AtomicU64,
+    heartbeat_ms: AtomicU64,
+    /// How late the last heartbeat tick fired (event-loop lag), µs.
+    loop_lag_us: AtomicU64,
+    active_connections: AtomicU64,
+    /// Requests counted for max_requests (same as counters.requests, kept
+    /// separately so that folding never resets a live worker's limit).
+    served: AtomicU64,
+    pub counters: Counters,
+}
+
+/// Why workers left, counted by the master.
+pub const EXIT_REASONS: [&str; 7] = [
+    "crash",
+    "timeout",
+    "max_requests",
+    "memory",
+    "reload",
+    "scale_down",
+    "shutdown",
+];
+
+pub const RELOAD_RESULTS: [&str; 3] = ["success", "invalid_config", "abandoned"];
+
+/// Fleet-wide data: flags and the counts the master keeps.
+#[repr(C, align(64))]
+#[derive(Default)]
+pub struct Header {
+    /// Non-zero once the master is stopping: every `/ready` answers 503.
+    stopping: AtomicU32,
+    current_generation: AtomicU32,
+    /// Seqlock around folding a retired worker's counters into `retired`.
+    fold_seq: AtomicU64,
+    pub retired: Counters,
+    pub exits: [AtomicU64; EXIT_REASONS.len()],
+    pub reloads: [AtomicU64; RELOAD_RESULTS.len()],
+    pub upgrades: AtomicU64,
+    pub master_started_ms: AtomicU64,
+}
+
+/// The whole shared region.
+#[repr(C)]
+pub struct Board {
+    pub header: Header,
+    pub slots: [Slot; SLOT_CAPACITY],
+}
+
+impl Board {
+    /// Maps the board; call in the master before the first fork.
+    pub fn create() -> std::io::Result<&'static Board> {
+        crate::sys::shared_zeroed::<Board>()
+    }
+
+    pub fn slot(&self, index: usize) -> &Slot {
+        &self.slots[index]
+    }
+
+    pub fn free_slot(&self) -> Option<usize> {
+        self.slots.iter().position(|s| s.state() == SlotState::Free)
+    }
+
+    pub fn set_stopping(&self) {
+        self.header.stopping.store(1, Release);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.header.stopping.load(Relaxed) != 0
+    }
+
+    pub fn set_generation(&self, generation: u32) {
+        self.header.current_generation.store(generation, Relaxed);
+    }
+
+    /// Master: prepares a free slot for a worker about to be forked.
+    pub fn claim(&self, index: usize, generation: u32) {
+        let s = &self.slots[index];
+        s.pid.store(0, Relaxed);
+        s.generation.store(generation, Relaxed);
+        let now = crate::sys::monotonic_ms();
+        s.started_ms.store(now, Relaxed);
+        s.heartbeat_ms.store(now, Relaxed);
+        s.loop_lag_us.store(0, Relaxed);
+        s.active_connections.store(0, Relaxed);
+        s.served.store(0, Relaxed);
+        s.state.store(SlotState::Booting as u32, Release);
+    }
+
+    /// Master: a worker has been reaped; fold its counters into the
+    /// retired totals and free its slot, as one step for readers.
+    pub fn release(&self, index: usize) {
+        let s = &self.slots[index];
+        self.header.fold_seq.fetch_add(1, AcqRel);
+        let snap = s.counters.snapshot();
+        self.header.retired.add(&snap);
+        s.counters.clear();
+        s.pid.store(0, Relaxed);
+        s.state.store(SlotState::Free as u32, Release);
+        self.header.fold_seq.fetch_add(1, AcqRel);
+    }
+
+    /// Sum of every counter ever recorded: retired workers plus live slots.
+    /// Consistent with respect to folding (a seqlock read).
+    pub fn fleet_totals(&self) -> CountersSnapshot {
+        loop {
+            let before = self.header.fold_seq.load(Acquire);
+            if before % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let mut total = self.header.retired.snapshot();
+            for s in &self.slots {
+                if s.state() != SlotState::Free {
+                    total.add(&s.counters.snapshot());
+                }
+            }
+            if self.header.fold_seq.load(Acquire) == before {
+                return total;
+            }
+        }
+    }
+
+    pub fn count_exit(&self, reason: &str) {
+        if let Some(i) = EXIT_REASONS.iter().position(|r| *r == reason) {
+            self.header.exits[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn count_reload(&self, result: &str) {
+        if let Some(i) = RELOAD_RESULTS.iter().position(|r| *r == result) {
+            self.header.reloads[i].fetch_add(1, Relaxed);
+        }
+    }
+}
+
+impl Slot {
+    pub fn state(&self) -> SlotState {
+        SlotState::from_u32(self.state.load(Acquire))
+    }
+
+    pub fn set_state(&self, state: SlotState) {
+        self.state.store(state as u32, Release);
+    }
+
+    /// Worker: moves Ready → Retiring; never overrides Draining.
+    pub fn mark_retiring(&self) -> bool {
+        self.state
+            .compare_exchange(
+                SlotState::Ready as u32,
+                SlotState::Retiring as u32,
+                AcqRel,
+                Relaxed,
+            )
+            .is_ok()
+    }
+
+    pub fn set_pid(&self, pid: u32) {
+        self.pid.store(pid, Relaxed);
+    }
+
+    pub fn beat(&self, now_ms: u64, lag_us: u64) {
+        self.heartbeat_ms.store(now_ms, Release);
+        self.loop_lag_us.store(lag_us, Relaxed);
+    }
+
+    pub fn heartbeat_ms(&self) -> u64 {
+        self.heartbeat_ms.load(Acquire)
+    }
+
+    pub fn loop_lag_us(&self) -> u64 {
+        self.loop_lag_us.load(Relaxed)
+    }
+
+    pub fn connection_opened(&self) {
+        self.active_connections.fetch_add(1, Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.active_connections.fetch_sub(1, Relaxed);
+    }
+
+    pub fn active_connections(&self) -> u64 {
+        self.active_connections.load(Relaxed)
+    }
+
+    /// Counts one served request; returns the new total.
+    pub fn count_served(&self) -> u64 {
+        self.served.fetch_add(1, Relaxed) + 1
+    }
+
+    pub fn served(&self) -> u64 {
+        self.served.load(Relaxed)
+    }
+
+    /// Records one finished response in this worker's counters.
+    pub fn record(&self, status: u16, method_class: usize, latency_us: u64) {
+        let c = &self.counters;
+        c.requests.fetch_add(1, Relaxed);
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        c.status[class].fetch_add(1, Relaxed);
+        c.methods[method_class.min(METHOD_CLASSES.len() - 1)].fetch_add(1, Relaxed);
+        let bucket = LATENCY_BOUNDS_US
+            .iter()
+            .position(|b| latency_us <= *b)
+            .unwrap_or(LATENCY_BOUNDS_US.len());
+        c.latency[bucket].fetch_add(1, Relaxed);
+        c.latency_sum_us.fetch_add(latency_us, Relaxed);
+    }
+
+    pub fn add_bytes_sent(&self, n: u64) {
+        self.counters.bytes_sent.fetch_add(n, Relaxed);
+    }
+}
+
+pub fn method_class(m: &http::Method) -> usize {
+    match *m {
+        http::Method::GET => 0,
+        http::Method::HEAD => 1,
+        http::Method::POST => 2,
+        http::Method::PUT => 3,
+        http::Method::DELETE => 4,
+        http::Method::PATCH => 5,
+        http::Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folding_keeps_totals() {
+        let board = Board::create().unwrap();
+        board.claim(0, 1);
+        board.claim(1, 1);
+        for _ in 0..3 {
+            board.slot(0).record(200, 0, 700);
+        }
+        board.slot(1).record(503, 2, 10);
+        assert_eq!(board.fleet_totals().requests, 4);
+        board.release(0);
+        let t = board.fleet_totals();
+        assert_eq!(t.requests, 4);
+        assert_eq!(t.status[1], 3);
+        assert_eq!(t.status[4], 1);
+        assert_eq!(t.latency[1], 3);
+        assert_eq!(t.latency[0], 1);
+        assert_eq!(board.slot(0).state(), SlotState::Free);
+    }
+
+    #[test]
+    fn slot_is_cache_line_aligned() {
+        assert_eq!(std::mem::align_of::<Slot>(), 64);
+        assert_eq!(std::mem::size_of::<Slot>() % 64, 0);
+    }
+}

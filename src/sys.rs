@@ -1,0 +1,189 @@
+//! The only home of `unsafe` in rsvisor: fork, signal dispositions, shared
+//! memory, raw descriptors. Each block says why it is sound.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::unistd::Pid;
+
+/// What `fork` returned, seen from the process that continues.
+pub enum Fork {
+    Parent(Pid),
+    Child,
+}
+
+/// Forks the calling process.
+///
+/// The master calls this from its single thread only, so the child starts
+/// with a consistent heap and no lock held by a thread that does not exist
+/// in the child.
+pub fn fork() -> io::Result<Fork> {
+    // SAFETY: the master never starts threads (no tokio, no helper threads;
+    // see DESIGN.md "Known pitfalls"), so the child is a full copy of a
+    // single-threaded process and may allocate and run arbitrary code.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Fork::Parent(child)),
+        Ok(nix::unistd::ForkResult::Child) => Ok(Fork::Child),
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
+/// Puts every catchable signal back to its default action (SIGPIPE stays
+/// ignored, as Rust programs expect) and unblocks all signals: a worker
+/// must not run the master's handlers, which write to the master's pipe.
+pub fn reset_signal_dispositions() -> io::Result<()> {
+    let action = |handler| SigAction::new(handler, SaFlags::empty(), SigSet::empty());
+    for sig in Signal::iterator() {
+        if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        let handler = if sig == Signal::SIGPIPE {
+            SigHandler::SigIgn
+        } else {
+            SigHandler::SigDfl
+        };
+        // SAFETY: SIG_DFL and SIG_IGN run no Rust code in signal context, so
+        // none of sigaction's handler-safety requirements apply.
+        unsafe { nix::sys::signal::sigaction(sig, &action(handler)) }.map_err(io::Error::from)?;
+    }
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(io::Error::from)
+}
+
+/// Signals queued by [`queue_signal`], indexed by number.
+static PENDING: [AtomicBool; 65] = [const { AtomicBool::new(false) }; 65];
+/// The master's self-pipe write end, for the handler to wake the loop.
+static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// The master's signal handler: it only queues. It marks the signal
+/// pending and writes one byte to the self-pipe; the master loop does the
+/// work. (signal-hook is not used here on purpose: its global registry is
+/// copied into every forked worker and then keeps tokio from installing
+/// the worker's own TERM handler.)
+extern "C" fn queue_signal(sig: libc::c_int) {
+    // SAFETY: `__errno_location` returns this thread's errno; reading and
+    // restoring it keeps the interrupted code's errno intact. `write` is
+    // async-signal-safe; the fd is a non-blocking pipe, so a full pipe
+    // cannot block the handler (the loop is awake anyway then).
+    unsafe {
+        let errno = *libc::__errno_location();
+        if let Some(flag) = PENDING.get(sig as usize) {
+            flag.store(true, Ordering::SeqCst);
+        }
+        let fd = WAKE_FD.load(Ordering::SeqCst);
+        if fd >= 0 {
+            let byte = 0u8;
+            libc::write(fd, (&byte as *const u8).cast(), 1);
+        }
+        *libc::__errno_location() = errno;
+    }
+}
+
+/// Installs [`queue_signal`] for `signals`, waking `wake_fd` on delivery.
+pub fn install_queueing_handlers(signals: &[Signal], wake_fd: RawFd) -> io::Result<()> {
+    WAKE_FD.store(wake_fd, Ordering::SeqCst);
+    let action = SigAction::new(
+        SigHandler::Handler(queue_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in signals {
+        // SAFETY: `queue_signal` only touches atomics and calls `write`,
+        // both async-signal-safe, and preserves errno.
+        unsafe { nix::sys::signal::sigaction(*sig, &action) }.map_err(io::Error::from)?;
+    }
+    Ok(())
+}
+
+/// Takes a queued signal: true once per delivery batch.
+pub fn take_pending(sig: Signal) -> bool {
+    PENDING
+        .get(sig as usize)
+        .is_some_and(|f| f.swap(false, Ordering::SeqCst))
+}
+
+/// Marker for types that may live in memory shared between processes:
+/// only atomics and plain integers, valid when all bytes are zero, and no
+/// pointers (a pointer means nothing in another address space).
+///
+/// # Safety
+/// Implementors must be `repr(C)`, made only of atomics / integers / arrays
+/// of them, and valid when zeroed.
+pub unsafe trait SharedPlain: Sync {}
+
+// SAFETY: the scoreboard is `repr(C)` and made only of atomic integers and
+// arrays of them; all-zero is "free slot, no counts", a valid value.
+unsafe impl SharedPlain for crate::scoreboard::Board {}
+
+/// Maps one zeroed `T` into `MAP_SHARED | MAP_ANONYMOUS` memory that stays
+/// shared with every child forked afterwards. It is never unmapped: it
+/// lives as long as the process.
+pub fn shared_zeroed<T: SharedPlain>() -> io::Result<&'static T> {
+    let len = std::num::NonZeroUsize::new(std::mem::size_of::<T>().max(1))
+        .ok_or_else(|| io::Error::other("zero-sized shared region"))?;
+    assert!(
+        std::mem::align_of::<T>() <= 4096,
+        "mmap returns page-aligned memory"
+    );
+    // SAFETY: an anonymous mapping has no file or address preconditions; we
+    // ask the kernel to choose the address and check the result.
+    let ptr: NonNull<std::ffi::c_void> = unsafe {
+        nix::sys::mman::mmap_anonymous(
+            None,
+            len,
+            nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+            nix::sys::mman::MapFlags::MAP_SHARED,
+        )
+    }
+    .map_err(io::Error::from)?;
+    // SAFETY: the mapping is `size_of::<T>()` bytes, page-aligned (so
+    // aligned for T), zero-filled by the kernel (a valid T by SharedPlain),
+    // and never unmapped, so a shared 'static reference is valid; T is Sync
+    // and only touched through atomics.
+    Ok(unsafe { ptr.cast::<T>().as_ref() })
+}
+
+/// Closes a descriptor that this process inherited through fork but whose
+/// owning object will never be dropped here (the child exits without
+/// unwinding the master's state).
+pub fn close_inherited(fd: RawFd) {
+    // SAFETY: called in a freshly forked child for descriptors the master
+    // owns; the child never drops the master's owning objects (it leaves via
+    // `process::exit`), so nothing else will close this number again.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+}
+
+/// Sets an environment variable in a worker before its runtime starts.
+pub fn set_env(key: &str, value: &str) {
+    // In a freshly forked worker there is exactly one thread, so changing
+    // the environment cannot race with a reader.
+    std::env::set_var(key, value);
+}
+
+/// Current CLOCK_MONOTONIC in milliseconds: comparable across the master
+/// and its workers, unlike `Instant`, which cannot be stored in shared memory.
+pub fn monotonic_ms() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .unwrap_or_else(|_| nix::sys::time::TimeSpec::new(0, 0));
+    ts.tv_sec() as u64 * 1000 + ts.tv_nsec() as u64 / 1_000_000
+}
+
+pub fn online_cpus() -> Option<usize> {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+        .ok()
+        .flatten()
+        .map(|n| n as usize)
+}
+
+pub fn affinity_cpus() -> Option<usize> {
+    let set = nix::sched::sched_getaffinity(Pid::from_raw(0)).ok()?;
+    Some(
+        (0..nix::sched::CpuSet::count())
+            .filter(|i| set.is_set(*i).unwrap_or(false))
+            .count(),
+    )
+}

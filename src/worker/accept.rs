@@ -1,0 +1,98 @@
+//! Accept loops on the inherited listening sockets.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tracing::warn;
+
+use super::conn::{self, Peer};
+use super::Shared;
+use crate::app::Handler;
+use crate::config::BindAddr;
+
+/// Pause after an accept error that retrying at once cannot fix (out of
+/// descriptors or memory), so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+pub fn into_tokio(fds: Vec<(BindAddr, OwnedFd)>) -> io::Result<Vec<Listener>> {
+    fds.into_iter()
+        .map(|(addr, fd)| match addr {
+            BindAddr::Tcp(_) => {
+                TcpListener::from_std(std::net::TcpListener::from(fd)).map(Listener::Tcp)
+            }
+            BindAddr::Unix(_) => UnixListener::from_std(std::os::unix::net::UnixListener::from(fd))
+                .map(Listener::Unix),
+        })
+        .collect()
+}
+
+/// Accepts until `stop` turns true, then drops this worker's descriptor.
+pub async fn run<H: Handler>(
+    listener: Listener,
+    shared: Arc<Shared<H>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            res = accept(&listener) => res,
+        };
+        match accepted {
+            Ok(Accepted::Tcp(stream, addr)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(conn::serve(
+                    stream,
+                    Peer::Tcp(addr),
+                    shared.clone(),
+                    stop.clone(),
+                ));
+            }
+            Ok(Accepted::Unix(stream)) => {
+                tokio::spawn(conn::serve(
+                    stream,
+                    Peer::Unix,
+                    shared.clone(),
+                    stop.clone(),
+                ));
+            }
+            Err(e) if is_transient(&e) => {}
+            Err(e) => {
+                warn!(error = %e, "accept failed; pausing briefly");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream, std::net::SocketAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> io::Result<Accepted> {
+    match listener {
+        Listener::Tcp(l) => l.accept().await.map(|(s, a)| Accepted::Tcp(s, a)),
+        Listener::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+    }
+}
+
+/// Errors about one connection that died before we accepted it.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}

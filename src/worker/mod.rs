@@ -1,0 +1,146 @@
+//! A worker process: set up after fork, build the tokio runtime, run the
+//! app's startup, accept on the inherited listeners, drain on TERM.
+
+mod accept;
+mod conn;
+mod endpoints;
+mod heartbeat;
+mod service;
+mod shared;
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::unistd::Pid;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info};
+
+use crate::app::{App, WorkerContext};
+use crate::config::{BindAddr, Config};
+use crate::exit;
+use crate::scoreboard::{Board, SlotState};
+
+pub(crate) use shared::Shared;
+
+/// How long the runtime may take to stop its blocking threads (file reads
+/// in flight) once the worker has drained.
+const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Everything a freshly forked worker receives from its master.
+pub(crate) struct WorkerBoot {
+    pub config: Arc<Config>,
+    pub slot: usize,
+    pub generation: u32,
+    pub board: &'static Board,
+    /// This worker's own descriptors for the listening sockets.
+    pub listeners: Vec<(BindAddr, OwnedFd)>,
+    /// Write end of the master's wake-up pipe.
+    pub wake: OwnedFd,
+    pub master_pid: Pid,
+}
+
+/// Type-erased entry point, so the master need not be generic over the app.
+pub(crate) trait WorkerMain: Send + Sync {
+    fn run(&self, boot: WorkerBoot) -> i32;
+}
+
+pub(crate) struct AppWorker<A>(pub A);
+
+impl<A: App> WorkerMain for AppWorker<A> {
+    fn run(&self, boot: WorkerBoot) -> i32 {
+        run(&self.0, boot)
+    }
+}
+
+fn run<A: App>(app: &A, boot: WorkerBoot) -> i32 {
+    let threads = boot.config.server.worker_threads;
+    let built = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    let rt = match built {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "worker cannot build its tokio runtime");
+            return exit::WORKER_SETUP_FAILED;
+        }
+    };
+    let code = rt.block_on(serve(app, boot));
+    rt.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+    code
+}
+
+async fn serve<A: App>(app: &A, boot: WorkerBoot) -> i32 {
+    let slot = boot.board.slot(boot.slot);
+    // The heartbeat runs on the runtime that serves requests: if that
+    // runtime is blocked, the master stops seeing beats.
+    tokio::spawn(heartbeat::run(slot, boot.master_pid));
+
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "worker cannot install its TERM handler");
+            return exit::WORKER_SETUP_FAILED;
+        }
+    };
+
+    let ctx = WorkerContext {
+        config: boot.config.clone(),
+        slot: boot.slot,
+        generation: boot.generation,
+    };
+    let handler = tokio::select! {
+        res = app.startup(&ctx) => match res {
+            Ok(h) => h,
+            Err(e) => {
+                error!(error = %e, "app startup failed in worker");
+                return exit::WORKER_APP_STARTUP_FAILED;
+            }
+        },
+        _ = term.recv() => return exit::WORKER_OK,
+    };
+
+    let listeners = match accept::into_tokio(boot.listeners) {
+        Ok(l) => l,
+        Err(e) => {
+            error!(error = %e, "worker cannot use the inherited listeners");
+            return exit::WORKER_SETUP_FAILED;
+        }
+    };
+    let shared = Arc::new(Shared::new(
+        handler,
+        boot.config.clone(),
+        slot,
+        boot.board,
+        boot.wake,
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    for listener in listeners {
+        tokio::spawn(accept::run(listener, shared.clone(), stop_rx.clone()));
+    }
+    slot.set_state(SlotState::Ready);
+    shared.nudge_master();
+
+    let _ = term.recv().await;
+
+    // Drain: stop accepting (each accept loop drops its descriptor; the
+    // socket stays open in the master and the other workers), answer the
+    // next request of each kept-alive connection with `Connection: close`,
+    // and leave when the last connection is gone.
+    slot.set_state(SlotState::Draining);
+    shared.start_draining();
+    let _ = stop_tx.send(true);
+    info!(
+        active_connections = shared.active_connections(),
+        "worker draining"
+    );
+    shared.wait_until_idle().await;
+    exit::WORKER_OK
+}

@@ -1,0 +1,499 @@
+//! Shared helpers for the integration tests: start the real binaries in a
+//! temporary directory, talk HTTP/1.1 to them over TCP or Unix sockets, and
+//! make sure every process a test started is gone when it ends.
+#![allow(dead_code)]
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+/// Generous, because CI machines have 2 noisy cores.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+pub const IO_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Path of a built example, e.g. `demo` (cargo test builds the examples
+/// next to the binaries).
+pub fn example(name: &str) -> PathBuf {
+    let mut p = PathBuf::from(env!("CARGO_BIN_EXE_rsvisor"));
+    p.pop();
+    p.push("examples");
+    p.push(name);
+    p
+}
+
+pub fn rsvisor_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rsvisor"))
+}
+
+/// Where to reach a server.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Unix(s) => s.flush(),
+        }
+    }
+}
+
+impl Target {
+    pub fn connect(&self) -> io::Result<Stream> {
+        let s = match self {
+            Target::Tcp(a) => {
+                let s = TcpStream::connect(a)?;
+                s.set_read_timeout(Some(IO_TIMEOUT))?;
+                s.set_write_timeout(Some(IO_TIMEOUT))?;
+                s.set_nodelay(true)?;
+                Stream::Tcp(s)
+            }
+            Target::Unix(p) => {
+                let s = UnixStream::connect(p)?;
+                s.set_read_timeout(Some(IO_TIMEOUT))?;
+                s.set_write_timeout(Some(IO_TIMEOUT))?;
+                Stream::Unix(s)
+            }
+        };
+        Ok(s)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Reads one response (Content-Length, chunked, or until EOF).
+pub fn read_response<R: BufRead>(r: &mut R, head_request: bool) -> io::Result<Resp> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed before a response",
+        ));
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad status line {line:?}"),
+            )
+        })?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line)?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    let mut resp = Resp {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if head_request || status == 204 || status == 304 {
+        return Ok(resp);
+    }
+    if let Some(len) = resp.header("content-length") {
+        let n: usize = len
+            .parse()
+            .map_err(|_| io::Error::other("bad content-length"))?;
+        let mut body = vec![0; n];
+        r.read_exact(&mut body)?;
+        resp.body = body;
+    } else if resp
+        .header("transfer-encoding")
+        .is_some_and(|t| t.contains("chunked"))
+    {
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| io::Error::other(format!("bad chunk size {line:?}")))?;
+            let mut chunk = vec![0; size + 2];
+            r.read_exact(&mut chunk)?;
+            if size == 0 {
+                break;
+            }
+            resp.body.extend_from_slice(&chunk[..size]);
+        }
+    } else {
+        r.read_to_end(&mut resp.body)?;
+    }
+    Ok(resp)
+}
+
+/// One request on a fresh connection (`Connection: close`).
+pub fn request(t: &Target, method: &str, path: &str, body: &[u8]) -> io::Result<Resp> {
+    let mut s = t.connect()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )?;
+    s.write_all(body)?;
+    let mut r = BufReader::new(s);
+    read_response(&mut r, method == "HEAD")
+}
+
+pub fn get(t: &Target, path: &str) -> io::Result<Resp> {
+    request(t, "GET", path, b"")
+}
+
+/// Sends raw bytes and returns everything the server sent before closing.
+pub fn raw(t: &Target, bytes: &[u8]) -> io::Result<Vec<u8>> {
+    let mut s = t.connect()?;
+    s.write_all(bytes)?;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    Ok(out)
+}
+
+/// A kept-alive HTTP/1.1 connection.
+pub struct KeepAlive {
+    r: BufReader<Stream>,
+}
+
+impl KeepAlive {
+    pub fn open(t: &Target) -> io::Result<KeepAlive> {
+        Ok(KeepAlive {
+            r: BufReader::new(t.connect()?),
+        })
+    }
+
+    pub fn get(&mut self, path: &str) -> io::Result<Resp> {
+        let s = self.r.get_mut();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")?;
+        read_response(&mut self.r, false)
+    }
+}
+
+/// A server process (master and workers) that is killed, whole process
+/// group, when the test ends, even on panic.
+pub struct Server {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+pub struct ServerBuilder {
+    bin: PathBuf,
+    config: String,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl ServerBuilder {
+    pub fn new(bin: impl AsRef<Path>) -> ServerBuilder {
+        ServerBuilder {
+            bin: bin.as_ref().to_path_buf(),
+            config: String::new(),
+            env: Vec::new(),
+            args: Vec::new(),
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `{dir}` in the text is replaced by the temporary directory.
+    pub fn config(mut self, text: &str) -> ServerBuilder {
+        self.config = text.replace("{dir}", &self.dir.path().display().to_string());
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> ServerBuilder {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn arg(mut self, a: &str) -> ServerBuilder {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn start(self) -> Server {
+        let config = self.dir.path().join("app.toml");
+        std::fs::write(&config, &self.config).expect("write config");
+        let log = self.dir.path().join("stderr.log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("serve")
+            .arg(&config)
+            .args(&self.args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .env("NO_COLOR", "1")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .process_group(0);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start server binary");
+        Server {
+            child,
+            dir: self.dir,
+            config,
+            log,
+            exited: None,
+        }
+    }
+}
+
+impl Server {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the "listen=" line and returns the first TCP address.
+    pub fn tcp_addr(&mut self) -> Target {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let text = self.log_text();
+            if let Some(rest) = text.split("listen=").nth(1) {
+                let first = rest.lines().next().unwrap_or("");
+                for part in first.split(", ") {
+                    let part = part.trim();
+                    if !part.starts_with("unix:") {
+                        return Target::Tcp(part.to_string());
+                    }
+                }
+            }
+            if let Some(st) = self.try_wait() {
+                panic!("server exited ({st}) before listening:\n{text}");
+            }
+            assert!(Instant::now() < deadline, "server did not start:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `/ready` answers 200 through `t`.
+    pub fn wait_ready(&mut self, t: &Target) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(r) = get(t, "/ready") {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            if let Some(st) = self.try_wait() {
+                panic!("server exited ({st}):\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server not ready in time:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts and waits for readiness on the first TCP address.
+    pub fn ready_tcp(&mut self) -> Target {
+        let t = self.tcp_addr();
+        self.wait_ready(&t);
+        t
+    }
+
+    /// Worker processes: children of the master.
+    pub fn workers(&self) -> Vec<i32> {
+        children_of(self.pid())
+    }
+
+    /// Waits until `pred(workers)` holds.
+    pub fn wait_workers(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&[i32]) -> bool,
+    ) -> Vec<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let w = self.workers();
+            if pred(&w) {
+                return w;
+            }
+            if let Some(st) = self.try_wait() {
+                panic!(
+                    "server exited ({st}) while waiting for {what}:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; workers now {w:?}\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig);
+    }
+
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().ok().flatten();
+        }
+        self.exited
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for a line containing `needle` in the log.
+    pub fn wait_log(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.log_text();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "log never said {needle:?}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // The whole process group: master and every worker, even if the
+        // master is already gone and workers were orphaned.
+        let _ = nix::sys::signal::killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Pids whose parent is `ppid`, from /proc.
+pub fn children_of(ppid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Some((parent, state)) = stat_ppid(pid) {
+            if parent == ppid && state != 'Z' {
+                out.push(pid);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Parent pid and state letter of a process.
+pub fn stat_ppid(pid: i32) -> Option<(i32, char)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let mut it = after.split_whitespace();
+    let state = it.next()?.chars().next()?;
+    let ppid = it.next()?.parse().ok()?;
+    Some((ppid, state))
+}
+
+pub fn alive(pid: i32) -> bool {
+    stat_ppid(pid).is_some_and(|(_, s)| s != 'Z')
+}
+
+pub fn kill(pid: i32, sig: Signal) {
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+}
+
+/// Runs the binary to completion (for `check`).
+pub fn run(bin: &Path, args: &[&str], dir: &Path, env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(bin);
+    cmd.args(args).current_dir(dir);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,141 @@
+//! `rsvisor check`: effective config on success, `file:line:col: key:` and
+//! exit 2 on error; environment and flag precedence; `workers = "auto"`.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn check_in(dir: &std::path::Path, text: &str, env: &[(&str, &str)]) -> (i32, String, String) {
+    let path = dir.join("app.toml");
+    std::fs::write(&path, text).unwrap();
+    run(&rsvisor_bin(), &["check", "app.toml"], dir, env)
+}
+
+#[test]
+fn unknown_key_is_rejected_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = check_in(
+        dir.path(),
+        "[server]\nworkers = 2\n\n[lifecycle]\ntimeout = 5\ngraceful_timout = 3\n",
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("app.toml:6:1: lifecycle.graceful_timout: unknown key"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `graceful_timeout`"), "{err}");
+}
+
+#[test]
+fn wrong_type_is_rejected_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = check_in(
+        dir.path(),
+        "[server]\nbind = [\"127.0.0.1:8000\"]\nbacklog = \"lots\"\n",
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("app.toml:3:11: server.backlog:"), "{err}");
+    assert!(err.contains("expected an integer"), "{err}");
+}
+
+#[test]
+fn impossible_values_and_syntax_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = check_in(dir.path(), "[server]\nworkers = 0\n", &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("app.toml:2:11: server.workers: 0 is out of range"),
+        "{err}"
+    );
+    let (code, _, err) = check_in(dir.path(), "[server\nworkers = 1\n", &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("app.toml:1:"), "{err}");
+    let (code, _, err) = check_in(dir.path(), "[server]\nbind = [\"nowhere\"]\n", &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("server.bind"), "{err}");
+    let (code, _, err) = run(&rsvisor_bin(), &["check", "missing.toml"], dir.path(), &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("missing.toml: cannot read"), "{err}");
+}
+
+#[test]
+fn env_overrides_file_and_flags_override_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[server]\nworkers = 2\n[log]\nlevel = \"info\"\n";
+    let (code, out, err) = check_in(
+        dir.path(),
+        text,
+        &[
+            ("RSVISOR_SERVER_WORKERS", "5"),
+            ("RSVISOR_LOG_LEVEL", "debug"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("workers = 5\n"), "{out}");
+    assert!(out.contains("level = \"debug\""), "{out}");
+
+    let (code, out, _) = run(
+        &rsvisor_bin(),
+        &[
+            "check",
+            "app.toml",
+            "--workers",
+            "7",
+            "--bind",
+            "unix:/tmp/x.sock",
+        ],
+        dir.path(),
+        &[("RSVISOR_SERVER_WORKERS", "5")],
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("workers = 7\n"), "{out}");
+    assert!(out.contains("bind = [\"unix:/tmp/x.sock\"]"), "{out}");
+
+    let (code, _, err) = check_in(dir.path(), text, &[("RSVISOR_SERVER_WORKRS", "5")]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("environment variable RSVISOR_SERVER_WORKRS"),
+        "{err}"
+    );
+}
+
+#[test]
+fn auto_workers_follow_cpu_affinity() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("app.toml"),
+        "[server]\nworkers = \"auto\"\n",
+    )
+    .unwrap();
+    let out = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(rsvisor_bin())
+        .args(["check", "app.toml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("taskset (util-linux) is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text.contains("workers = 3  # auto: 2 × 1 usable CPU + 1 = 3"),
+        "{text}"
+    );
+}
+
+#[test]
+fn example_config_is_valid() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let (code, out, err) = run(
+        &rsvisor_bin(),
+        &["check", "config.example.toml"],
+        std::path::Path::new(root),
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("bind = [\"127.0.0.1:8000\"]"), "{out}");
+    assert!(out.contains("static_dir = \"static\""), "{out}");
+}

@@ -1,0 +1,111 @@
+//! The built-in app of the `rsvisor` binary: static files, confined to
+//! `app.static_dir`, with conditional requests.
+
+mod common;
+
+use common::*;
+
+fn start() -> (Server, Target) {
+    let b = ServerBuilder::new(rsvisor_bin()).config(
+        r#"
+[server]
+bind = ["127.0.0.1:0"]
+workers = 1
+[app]
+static_dir = "{dir}/public"
+"#,
+    );
+    let dir = b.dir().to_path_buf();
+    std::fs::create_dir_all(dir.join("public/sub")).unwrap();
+    std::fs::write(dir.join("public/index.html"), "<h1>home</h1>").unwrap();
+    std::fs::write(dir.join("public/style.css"), "body{}").unwrap();
+    std::fs::write(dir.join("public/sub/data.json"), "{\"a\":1}").unwrap();
+    std::fs::write(dir.join("secret.txt"), "TOP-SECRET").unwrap();
+    std::os::unix::fs::symlink(dir.join("secret.txt"), dir.join("public/leak.txt")).unwrap();
+    std::os::unix::fs::symlink(dir.join("public/style.css"), dir.join("public/alias.css")).unwrap();
+    let mut s = b.start();
+    let t = s.ready_tcp();
+    (s, t)
+}
+
+#[test]
+fn serves_files_with_types_and_validators() {
+    let (_s, t) = start();
+    let r = get(&t, "/").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "<h1>home</h1>");
+    assert!(r.header("content-type").unwrap().starts_with("text/html"));
+
+    let r = get(&t, "/sub/data.json").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+
+    let r = get(&t, "/style.css").unwrap();
+    assert_eq!(r.header("content-type"), Some("text/css"));
+    let etag = r.header("etag").expect("ETag").to_string();
+    let modified = r
+        .header("last-modified")
+        .expect("Last-Modified")
+        .to_string();
+
+    // Conditional requests.
+    let mut s = t.connect().unwrap();
+    use std::io::Write;
+    write!(
+        s,
+        "GET /style.css HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let r = read_response(&mut std::io::BufReader::new(s), false).unwrap();
+    assert_eq!(r.status, 304);
+    let mut s = t.connect().unwrap();
+    write!(
+        s,
+        "GET /style.css HTTP/1.1\r\nHost: t\r\nIf-Modified-Since: {modified}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let r = read_response(&mut std::io::BufReader::new(s), false).unwrap();
+    assert_eq!(r.status, 304);
+
+    // HEAD: headers, no body.
+    let r = request(&t, "HEAD", "/style.css", b"").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("6"));
+    assert!(r.body.is_empty());
+
+    // A symlink that stays inside the directory is fine.
+    assert_eq!(get(&t, "/alias.css").unwrap().text(), "body{}");
+    assert_eq!(get(&t, "/missing.txt").unwrap().status, 404);
+}
+
+#[test]
+fn nothing_outside_the_directory_is_served() {
+    let (_s, t) = start();
+    for path in [
+        "/../secret.txt",
+        "/sub/../../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/%2E%2E/secret.txt",
+        "/sub/%2e%2e/%2e%2e/secret.txt",
+        "/..%2fsecret.txt",
+        "/%2e%2e%2fsecret.txt",
+        "/leak.txt",
+        "//etc/passwd",
+        "/%2fetc%2fpasswd",
+    ] {
+        let raw_resp = raw(
+            &t,
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let text = String::from_utf8_lossy(&raw_resp);
+        assert!(
+            text.starts_with("HTTP/1.1 404")
+                || text.starts_with("HTTP/1.1 403")
+                || text.starts_with("HTTP/1.1 400"),
+            "{path}: {text}"
+        );
+        assert!(!text.contains("TOP-SECRET"), "{path} leaked: {text}");
+        assert!(!text.contains("root:"), "{path} leaked: {text}");
+    }
+}
