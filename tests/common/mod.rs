@@ -497,3 +497,105 @@ pub fn run(bin: &Path, args: &[&str], dir: &Path, env: &[(&str, &str)]) -> (i32,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Result of a load run.
+#[derive(Debug, Default)]
+pub struct LoadStats {
+    pub ok: u64,
+    pub failed: u64,
+    pub errors: Vec<String>,
+    /// Worker pids that answered (`/pid` responses).
+    pub pids: std::collections::BTreeSet<i32>,
+}
+
+/// A bounded load of `/pid` requests from `threads` clients that never
+/// retry: half keep connections alive (reconnecting only after a
+/// `Connection: close` or a failure), half open a new connection per request.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handles: Vec<std::thread::JoinHandle<LoadStats>>,
+}
+
+impl Load {
+    pub fn start(t: &Target, threads: usize, max_duration: Duration) -> Load {
+        Self::start_path(t, threads, max_duration, "/pid")
+    }
+
+    pub fn start_path(t: &Target, threads: usize, max_duration: Duration, path: &str) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handles = (0..threads)
+            .map(|i| {
+                let t = t.clone();
+                let stop = stop.clone();
+                let path = path.to_string();
+                std::thread::spawn(move || {
+                    load_client(&t, i % 2 == 0, &stop, Instant::now() + max_duration, &path)
+                })
+            })
+            .collect();
+        Load { stop, handles }
+    }
+
+    pub fn finish(self) -> LoadStats {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut total = LoadStats::default();
+        for h in self.handles {
+            let s = h.join().expect("load thread");
+            total.ok += s.ok;
+            total.failed += s.failed;
+            total.errors.extend(s.errors);
+            total.pids.extend(s.pids);
+        }
+        total
+    }
+}
+
+fn load_client(
+    t: &Target,
+    keep_alive: bool,
+    stop: &std::sync::atomic::AtomicBool,
+    deadline: Instant,
+    path: &str,
+) -> LoadStats {
+    let mut stats = LoadStats::default();
+    let mut conn: Option<BufReader<Stream>> = None;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+        let res = if keep_alive {
+            (|| -> io::Result<Resp> {
+                if conn.is_none() {
+                    conn = Some(BufReader::new(t.connect()?));
+                }
+                let r = conn.as_mut().expect("just set");
+                write!(r.get_mut(), "GET {path} HTTP/1.1\r\nHost: load\r\n\r\n")?;
+                read_response(r, false)
+            })()
+        } else {
+            get(t, path)
+        };
+        match res {
+            Ok(r) if r.status == 200 => {
+                stats.ok += 1;
+                if let Ok(pid) = r.text().trim().parse() {
+                    stats.pids.insert(pid);
+                }
+                if r.header("connection") == Some("close") {
+                    conn = None;
+                }
+            }
+            Ok(r) => {
+                stats.failed += 1;
+                stats.errors.push(format!("status {}", r.status));
+                conn = None;
+            }
+            Err(e) => {
+                stats.failed += 1;
+                stats.errors.push(format!(
+                    "{}: {e}",
+                    if keep_alive { "keep-alive" } else { "new conn" }
+                ));
+                conn = None;
+            }
+        }
+    }
+    stats
+}
