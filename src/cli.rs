@@ -31,6 +31,18 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         workers: Option<usize>,
     },
+    /// Show the master's workers (pid, generation, state, requests,
+    /// memory…) through server.control_socket.
+    Status {
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reload through server.control_socket and wait until it finished;
+    /// exit 0 if the new generation serves, 5 if the reload was refused or
+    /// abandoned.
+    Reload { config: PathBuf },
     /// Validate the configuration and print the effective settings
     /// (exit 0), or print the error with file:line:col (exit 2).
     Check {

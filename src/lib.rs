@@ -17,6 +17,8 @@
 mod app;
 mod cli;
 pub mod config;
+mod control;
+mod ctl;
 pub mod exit;
 mod listen;
 mod logging;
@@ -24,6 +26,7 @@ mod master;
 mod metrics;
 mod netmask;
 mod pidfile;
+mod procfs;
 mod scoreboard;
 mod sys;
 mod worker;
@@ -59,6 +62,8 @@ pub fn main<A: App>(app: A) -> ExitCode {
             bind,
             workers,
         } => check(&config, &Overrides { bind, workers }),
+        Command::Status { config, json } => ctl::status(&config, json),
+        Command::Reload { config } => ctl::reload(&config),
     };
     ExitCode::from(code as u8)
 }
@@ -88,7 +93,8 @@ pub fn serve<A: App>(app: A, path: &Path, overrides: Overrides) -> i32 {
     };
     let log = logging::init(&config.log);
     let s = &config.server;
-    let listeners = match listen::ListenerSet::bind_all(&s.bind, s.backlog, s.socket_mode) {
+    let addrs = config.listen_addrs();
+    let listeners = match listen::ListenerSet::bind_all(&addrs, s.backlog, s.socket_mode) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!("{e}");
@@ -116,6 +122,10 @@ pub fn serve<A: App>(app: A, path: &Path, overrides: Overrides) -> i32 {
     };
     match master::Master::new(setup) {
         Ok(m) => m.run(),
+        Err(e @ master::MasterError::Control(_)) => {
+            tracing::error!("{e}");
+            exit::BIND_FAILED
+        }
         Err(e) => {
             tracing::error!("{e}");
             exit::FAILURE

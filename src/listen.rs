@@ -2,7 +2,7 @@
 //! Unix), shared by every worker through inheritance.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -45,6 +45,10 @@ pub struct Listener {
 impl Listener {
     pub fn raw_fd(&self) -> RawFd {
         self.socket.as_raw_fd()
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
     }
 
     /// The actual address (useful for port 0 in tests and logs).

@@ -1,117 +1,163 @@
 //! Prometheus text exposition of the whole fleet, rendered from the
 //! scoreboard by whichever worker answers the scrape.
+//!
+//! Counters include every worker that ever ran (a retired worker's counts
+//! are folded into the fleet totals), so they never go backwards across
+//! recycling and reloads. Per-worker gauges are labelled by scoreboard
+//! slot (`worker="3"`), never by pid, to keep cardinality bounded.
 
 use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
 
 use crate::scoreboard::{
-    Board, SlotState, EXIT_REASONS, LATENCY_BOUNDS_US, METHOD_CLASSES, RELOAD_RESULTS,
+    Board, Slot, SlotState, EXIT_REASONS, LATENCY_BOUNDS_US, METHOD_CLASSES, RELOAD_RESULTS,
 };
 
+/// A per-worker gauge: name, help, how to read it from a slot at `now_ms`.
+type PerWorker = (&'static str, &'static str, fn(&Slot, u64) -> f64);
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        if labels.is_empty() {
+            let _ = writeln!(self.0, "{name} {value}");
+        } else {
+            let _ = writeln!(self.0, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
 pub fn render(board: &Board) -> String {
-    let mut o = String::with_capacity(8 * 1024);
+    let mut o = Out(String::with_capacity(8 * 1024));
     let t = board.fleet_totals();
+    let h = &board.header;
 
-    let _ = writeln!(
-        o,
-        "# HELP rsvisor_build_info Build information.\n# TYPE rsvisor_build_info gauge\n\
-         rsvisor_build_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
+    o.family("rsvisor_build_info", "gauge", "Version of rsvisor.");
+    o.sample(
+        "rsvisor_build_info",
+        &format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+        1,
     );
 
-    let _ = writeln!(
-        o,
-        "# HELP rsvisor_http_requests_total HTTP requests answered by all workers, past and present.\n\
-         # TYPE rsvisor_http_requests_total counter\nrsvisor_http_requests_total {}",
-        t.requests
+    o.family(
+        "rsvisor_http_requests_total",
+        "counter",
+        "HTTP requests answered by all workers, past and present.",
     );
-    let _ = writeln!(
-        o,
-        "# HELP rsvisor_http_responses_total HTTP responses by status class.\n\
-         # TYPE rsvisor_http_responses_total counter"
+    o.sample("rsvisor_http_requests_total", "", t.requests);
+
+    o.family(
+        "rsvisor_http_responses_total",
+        "counter",
+        "HTTP responses by status class.",
     );
     for (i, n) in t.status.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "rsvisor_http_responses_total{{code=\"{}xx\"}} {n}",
-            i + 1
+        o.sample(
+            "rsvisor_http_responses_total",
+            &format!("code=\"{}xx\"", i + 1),
+            n,
         );
     }
-    let _ = writeln!(
-        o,
-        "# HELP rsvisor_http_requests_by_method_total HTTP requests by method.\n\
-         # TYPE rsvisor_http_requests_by_method_total counter"
+
+    o.family(
+        "rsvisor_http_requests_by_method_total",
+        "counter",
+        "HTTP requests by method.",
     );
     for (name, n) in METHOD_CLASSES.iter().zip(&t.methods) {
-        let _ = writeln!(
-            o,
-            "rsvisor_http_requests_by_method_total{{method=\"{name}\"}} {n}"
+        o.sample(
+            "rsvisor_http_requests_by_method_total",
+            &format!("method=\"{name}\""),
+            n,
         );
     }
-    let _ = writeln!(
-        o,
-        "# HELP rsvisor_http_response_sent_bytes_total Response body bytes sent.\n\
-         # TYPE rsvisor_http_response_sent_bytes_total counter\n\
-         rsvisor_http_response_sent_bytes_total {}",
-        t.bytes_sent
+
+    o.family(
+        "rsvisor_http_response_body_bytes_total",
+        "counter",
+        "Response body bytes sent.",
     );
-    let _ = writeln!(
-        o,
-        "# HELP rsvisor_http_request_duration_seconds Time from request head to response head.\n\
-         # TYPE rsvisor_http_request_duration_seconds histogram"
+    o.sample("rsvisor_http_response_body_bytes_total", "", t.bytes_sent);
+
+    o.family(
+        "rsvisor_http_request_duration_seconds",
+        "histogram",
+        "Time from a request's head to its response's head.",
     );
     let mut cumulative = 0;
     for (i, bound) in LATENCY_BOUNDS_US.iter().enumerate() {
         cumulative += t.latency[i];
-        let _ = writeln!(
-            o,
-            "rsvisor_http_request_duration_seconds_bucket{{le=\"{}\"}} {cumulative}",
-            *bound as f64 / 1e6
+        o.sample(
+            "rsvisor_http_request_duration_seconds_bucket",
+            &format!("le=\"{}\"", *bound as f64 / 1e6),
+            cumulative,
         );
     }
     cumulative += t.latency[LATENCY_BOUNDS_US.len()];
-    let _ = writeln!(
-        o,
-        "rsvisor_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}\n\
-         rsvisor_http_request_duration_seconds_sum {}\n\
-         rsvisor_http_request_duration_seconds_count {cumulative}",
-        t.latency_sum_us as f64 / 1e6
+    o.sample(
+        "rsvisor_http_request_duration_seconds_bucket",
+        "le=\"+Inf\"",
+        cumulative,
+    );
+    o.sample(
+        "rsvisor_http_request_duration_seconds_sum",
+        "",
+        t.latency_sum_us as f64 / 1e6,
+    );
+    o.sample(
+        "rsvisor_http_request_duration_seconds_count",
+        "",
+        cumulative,
     );
 
-    let h = &board.header;
-    let _ = writeln!(
-        o,
-        "# HELP rsvisor_worker_exits_total Workers that exited, by reason.\n\
-         # TYPE rsvisor_worker_exits_total counter"
+    o.family(
+        "rsvisor_worker_exits_total",
+        "counter",
+        "Workers that exited, by reason.",
     );
     for (name, n) in EXIT_REASONS.iter().zip(&h.exits) {
-        let _ = writeln!(
-            o,
-            "rsvisor_worker_exits_total{{reason=\"{name}\"}} {}",
-            n.load(std::sync::atomic::Ordering::Relaxed)
-        );
-    }
-    let _ = writeln!(
-        o,
-        "# HELP rsvisor_reloads_total Reloads, by result.\n# TYPE rsvisor_reloads_total counter"
-    );
-    for (name, n) in RELOAD_RESULTS.iter().zip(&h.reloads) {
-        let _ = writeln!(
-            o,
-            "rsvisor_reloads_total{{result=\"{name}\"}} {}",
-            n.load(std::sync::atomic::Ordering::Relaxed)
+        o.sample(
+            "rsvisor_worker_exits_total",
+            &format!("reason=\"{name}\""),
+            n.load(Relaxed),
         );
     }
 
-    let live: Vec<(usize, &crate::scoreboard::Slot)> = board
+    o.family("rsvisor_reloads_total", "counter", "Reloads, by result.");
+    for (name, n) in RELOAD_RESULTS.iter().zip(&h.reloads) {
+        o.sample(
+            "rsvisor_reloads_total",
+            &format!("result=\"{name}\""),
+            n.load(Relaxed),
+        );
+    }
+
+    o.family(
+        "rsvisor_upgrades_total",
+        "counter",
+        "Binary upgrades (USR2) completed.",
+    );
+    o.sample("rsvisor_upgrades_total", "", h.upgrades.load(Relaxed));
+
+    o.family(
+        "rsvisor_generation",
+        "gauge",
+        "Current generation (incremented by each reload).",
+    );
+    o.sample("rsvisor_generation", "", board.generation());
+
+    let live: Vec<(usize, &Slot)> = board
         .slots
         .iter()
         .enumerate()
         .filter(|(_, s)| s.state() != SlotState::Free)
         .collect();
-    let _ = writeln!(
-        o,
-        "# HELP rsvisor_workers Worker processes, by state.\n# TYPE rsvisor_workers gauge"
-    );
+    o.family("rsvisor_workers", "gauge", "Worker processes, by state.");
     for state in [
         SlotState::Booting,
         SlotState::Ready,
@@ -119,31 +165,64 @@ pub fn render(board: &Board) -> String {
         SlotState::Draining,
     ] {
         let n = live.iter().filter(|(_, s)| s.state() == state).count();
-        let _ = writeln!(o, "rsvisor_workers{{state=\"{}\"}} {n}", state.name());
+        o.sample("rsvisor_workers", &format!("state=\"{}\"", state.name()), n);
     }
-    let _ = writeln!(
-        o,
-        "# HELP rsvisor_worker_active_connections Open client connections per worker slot.\n\
-         # TYPE rsvisor_worker_active_connections gauge"
-    );
-    for (i, s) in &live {
-        let _ = writeln!(
-            o,
-            "rsvisor_worker_active_connections{{worker=\"{i}\"}} {}",
-            s.active_connections()
+
+    let now_ms = crate::sys::monotonic_ms();
+    let per_worker: [PerWorker; 4] = [
+        (
+            "rsvisor_worker_active_connections",
+            "Open client connections of the worker in this slot.",
+            |s, _| s.active_connections() as f64,
+        ),
+        (
+            "rsvisor_worker_resident_memory_bytes",
+            "Resident memory of the worker in this slot (read by the master each second).",
+            |s, _| s.rss() as f64,
+        ),
+        (
+            "rsvisor_worker_event_loop_lag_seconds",
+            "How late the worker's last heartbeat tick ran.",
+            |s, _| s.loop_lag_us() as f64 / 1e6,
+        ),
+        (
+            "rsvisor_worker_heartbeat_age_seconds",
+            "Time since the worker's last heartbeat.",
+            |s, now| now.saturating_sub(s.heartbeat_ms()) as f64 / 1e3,
+        ),
+    ];
+    for (name, help, value) in per_worker {
+        o.family(name, "gauge", help);
+        for (i, s) in &live {
+            o.sample(name, &format!("worker=\"{i}\""), value(s, now_ms));
+        }
+    }
+
+    if let Some(p) = crate::procfs::stats(nix::unistd::getppid().as_raw()) {
+        o.family(
+            "rsvisor_master_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the master process.",
         );
-    }
-    let _ = writeln!(
-        o,
-        "# HELP rsvisor_worker_event_loop_lag_seconds How late the worker's last heartbeat tick ran.\n\
-         # TYPE rsvisor_worker_event_loop_lag_seconds gauge"
-    );
-    for (i, s) in &live {
-        let _ = writeln!(
-            o,
-            "rsvisor_worker_event_loop_lag_seconds{{worker=\"{i}\"}} {}",
-            s.loop_lag_us() as f64 / 1e6
+        o.sample("rsvisor_master_resident_memory_bytes", "", p.rss_bytes);
+        o.family(
+            "rsvisor_master_cpu_seconds_total",
+            "counter",
+            "CPU time (user + system) of the master process.",
         );
+        o.sample("rsvisor_master_cpu_seconds_total", "", p.cpu_seconds);
+        o.family(
+            "rsvisor_master_start_time_seconds",
+            "gauge",
+            "Start time of the master process, seconds since the Unix epoch.",
+        );
+        o.sample("rsvisor_master_start_time_seconds", "", p.start_time_unix);
+        o.family(
+            "rsvisor_master_open_fds",
+            "gauge",
+            "Open file descriptors of the master process.",
+        );
+        o.sample("rsvisor_master_open_fds", "", p.open_fds);
     }
-    o
+    o.0
 }

@@ -154,9 +154,8 @@ pub struct Slot {
     /// How late the last heartbeat tick fired (event-loop lag), µs.
     loop_lag_us: AtomicU64,
     active_connections: AtomicU64,
-    /// Requests counted for max_requests (same as counters.requests, kept
-    /// separately so that folding never resets a live worker's limit).
-    served: AtomicU64,
+    /// Resident memory, written by the master (it reads /proc).
+    rss_bytes: AtomicU64,
     pub counters: Counters,
 }
 
@@ -222,6 +221,10 @@ impl Board {
         self.header.current_generation.store(generation, Relaxed);
     }
 
+    pub fn generation(&self) -> u32 {
+        self.header.current_generation.load(Relaxed)
+    }
+
     /// Master: prepares a free slot for a worker about to be forked.
     pub fn claim(&self, index: usize, generation: u32) {
         let s = &self.slots[index];
@@ -232,7 +235,7 @@ impl Board {
         s.heartbeat_ms.store(now, Relaxed);
         s.loop_lag_us.store(0, Relaxed);
         s.active_connections.store(0, Relaxed);
-        s.served.store(0, Relaxed);
+        s.rss_bytes.store(0, Relaxed);
         s.state.store(SlotState::Booting as u32, Release);
     }
 
@@ -333,19 +336,31 @@ impl Slot {
         self.active_connections.load(Relaxed)
     }
 
-    /// Counts one served request; returns the new total.
-    pub fn count_served(&self) -> u64 {
-        self.served.fetch_add(1, Relaxed) + 1
-    }
-
+    /// Requests this worker answered (its slot is folded only after it
+    /// exited, so this is the worker's own lifetime count).
     pub fn served(&self) -> u64 {
-        self.served.load(Relaxed)
+        self.counters.requests.load(Relaxed)
     }
 
-    /// Records one finished response in this worker's counters.
-    pub fn record(&self, status: u16, method_class: usize, latency_us: u64) {
+    pub fn set_rss(&self, bytes: u64) {
+        self.rss_bytes.store(bytes, Relaxed);
+    }
+
+    pub fn rss(&self) -> u64 {
+        self.rss_bytes.load(Relaxed)
+    }
+
+    /// Counts a request without the metrics detail (metrics disabled);
+    /// returns how many this worker has answered.
+    pub fn count_request(&self) -> u64 {
+        self.counters.requests.fetch_add(1, Relaxed) + 1
+    }
+
+    /// Records one answered request in this worker's counters; returns how
+    /// many this worker has answered (for max_requests).
+    pub fn record(&self, status: u16, method_class: usize, latency_us: u64) -> u64 {
         let c = &self.counters;
-        c.requests.fetch_add(1, Relaxed);
+        let served = c.requests.fetch_add(1, Relaxed) + 1;
         let class = (status / 100).clamp(1, 5) as usize - 1;
         c.status[class].fetch_add(1, Relaxed);
         c.methods[method_class.min(METHOD_CLASSES.len() - 1)].fetch_add(1, Relaxed);
@@ -355,6 +370,7 @@ impl Slot {
             .unwrap_or(LATENCY_BOUNDS_US.len());
         c.latency[bucket].fetch_add(1, Relaxed);
         c.latency_sum_us.fetch_add(latency_us, Relaxed);
+        served
     }
 
     pub fn add_bytes_sent(&self, n: u64) {

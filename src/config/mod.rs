@@ -281,6 +281,14 @@ impl Config {
         }
     }
 
+    /// Every address the master listens on: `server.bind`, then
+    /// `metrics.bind` if set.
+    pub fn listen_addrs(&self) -> Vec<BindAddr> {
+        let mut addrs = self.server.bind.clone();
+        addrs.extend(self.metrics.bind.clone());
+        addrs
+    }
+
     /// The effective configuration as TOML, with the resolved worker count.
     pub fn render(&self) -> String {
         render::render(self)

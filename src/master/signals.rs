@@ -2,7 +2,7 @@
 //! the loop waits on the self-pipe, which workers also use to nudge it.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use nix::fcntl::OFlag;
@@ -46,17 +46,26 @@ impl SignalQueue {
         [self.read.as_raw_fd(), self.write.as_raw_fd()]
     }
 
-    /// Sleeps until a signal, a worker nudge or `timeout`.
-    pub fn wait(&self, timeout: Duration) {
+    /// Sleeps until a signal, a worker nudge, `extra` becomes readable, or
+    /// `timeout`. Returns whether `extra` is readable.
+    pub fn wait(&self, timeout: Duration, extra: Option<BorrowedFd<'_>>) -> bool {
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        let mut fds = [PollFd::new(self.read.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(self.read.as_fd(), PollFlags::POLLIN)];
+        if let Some(fd) = extra {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
         // EINTR is the normal way a signal ends this wait.
         let _ = nix::poll::poll(
             &mut fds,
             PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
         );
+        let extra_ready = fds
+            .get(1)
+            .and_then(|f| f.revents())
+            .is_some_and(|r| r.contains(PollFlags::POLLIN));
         let mut buf = [0u8; 256];
         while matches!(nix::unistd::read(&self.read, &mut buf), Ok(n) if n > 0) {}
+        extra_ready
     }
 
     /// The queued signals, in dispatch order.

@@ -1,5 +1,6 @@
-//! Forking one worker: what the child inherits, what it closes, and the
-//! setup it does before the app runs.
+//! Step 5: start the workers the plan asked for. Forking one worker: what
+//! the child inherits, what it closes, and the setup it does before the
+//! app runs.
 
 use std::os::fd::{OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
@@ -7,16 +8,19 @@ use std::sync::Arc;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use tracing::error;
+use tracing::{debug, error};
 
 use crate::config::{BindAddr, Config};
 use crate::exit;
 use crate::listen::ListenerSet;
 use crate::scoreboard::Board;
 use crate::sys::{self, Fork};
-use crate::worker::{WorkerBoot, WorkerMain};
+use crate::worker::{ListenRole, WorkerBoot, WorkerMain};
 
-pub struct SpawnRequest<'a> {
+use super::worker_handle::WorkerHandle;
+use super::{Master, Phase};
+
+struct SpawnRequest<'a> {
     pub entry: &'a dyn WorkerMain,
     pub config: Arc<Config>,
     pub slot: usize,
@@ -42,12 +46,75 @@ pub enum SpawnError {
     Fork(#[source] std::io::Error),
 }
 
+impl Master {
+    pub(super) fn spawn_workers(&mut self) {
+        if self.phase != Phase::Running || std::time::Instant::now() < self.spawn_not_before {
+            return;
+        }
+        for _ in 0..std::mem::take(&mut self.pending_spawns) {
+            if let Err(e) = self.spawn_one() {
+                error!("cannot start a worker: {e}");
+                self.spawn_not_before = std::time::Instant::now() + super::reap::BOOT_BACKOFF_BASE;
+                return;
+            }
+        }
+    }
+
+    fn spawn_one(&mut self) -> Result<(), String> {
+        let slot = self
+            .board
+            .free_slot()
+            .ok_or("no free scoreboard slot (too many workers still draining)")?;
+        let nudge = self.signals.nudge_fd().map_err(|e| e.to_string())?;
+        let mut master_fds = self.listeners.raw_fds();
+        master_fds.extend(self.signals.raw_fds());
+        master_fds.extend(self.control.as_ref().map(|c| c.raw_fd()));
+        if let Some(r) = &self.reload {
+            master_fds.extend(r.waiters.iter().map(|w| w.raw_fd()));
+        }
+        if let Some(q) = &self.queued_reload {
+            master_fds.extend(q.iter().map(|w| w.raw_fd()));
+        }
+        let pid = spawn(SpawnRequest {
+            entry: self.entry.as_ref(),
+            config: self.config.clone(),
+            slot,
+            generation: self.generation,
+            board: self.board,
+            listeners: &self.listeners,
+            nudge,
+            master_fds,
+        })
+        .map_err(|e| e.to_string())?;
+        debug!(
+            pid = pid.as_raw(),
+            slot,
+            generation = self.generation,
+            "worker started"
+        );
+        self.workers.push(WorkerHandle::new(
+            pid,
+            slot,
+            self.generation,
+            self.config.clone(),
+        ));
+        Ok(())
+    }
+}
+
 /// Forks a worker; returns its pid in the master. Never returns in the child.
-pub fn spawn(req: SpawnRequest<'_>) -> Result<Pid, SpawnError> {
+fn spawn(req: SpawnRequest<'_>) -> Result<Pid, SpawnError> {
     // The worker's own descriptors, made before fork so that the child
     // needs no fallible step to get them; the parent drops its copies.
     let mut listeners = Vec::new();
-    for addr in &req.config.server.bind {
+    let metrics = req
+        .config
+        .metrics
+        .bind
+        .iter()
+        .map(|a| (a, ListenRole::Metrics));
+    let app = req.config.server.bind.iter().map(|a| (a, ListenRole::App));
+    for (addr, role) in app.chain(metrics) {
         let l = req
             .listeners
             .get(addr)
@@ -56,7 +123,7 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<Pid, SpawnError> {
             addr: addr.clone(),
             source,
         })?;
-        listeners.push((addr.clone(), fd));
+        listeners.push((addr.clone(), fd, role));
     }
     let master_pid = nix::unistd::getpid();
     req.board.claim(req.slot, req.generation);

@@ -20,6 +20,7 @@ pub const QUICK_STOP_GRACE: Duration = Duration::from_secs(1);
 pub enum Retirement {
     Reload,
     MaxRequests,
+    Memory,
     ScaleDown,
     Shutdown,
     Timeout,
@@ -31,6 +32,7 @@ impl Retirement {
         match self {
             Retirement::Reload => "reload",
             Retirement::MaxRequests => "max_requests",
+            Retirement::Memory => "memory",
             Retirement::ScaleDown => "scale_down",
             Retirement::Shutdown => "shutdown",
             Retirement::Timeout | Retirement::BootTimeout => "timeout",
@@ -52,6 +54,10 @@ pub struct WorkerHandle {
     /// When to SIGKILL it if it is still there.
     kill_at: Option<Instant>,
     killed: bool,
+    /// Memory checks in a row above `max_worker_memory`.
+    pub memory_strikes: u32,
+    /// To be replaced for using too much memory (like a retiring worker).
+    pub memory_retire: bool,
 }
 
 impl WorkerHandle {
@@ -66,6 +72,8 @@ impl WorkerHandle {
             retirement: None,
             kill_at: None,
             killed: false,
+            memory_strikes: 0,
+            memory_retire: false,
         }
     }
 

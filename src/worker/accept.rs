@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use super::conn::{self, Peer};
-use super::Shared;
+use super::{ListenRole, Shared};
 use crate::app::Handler;
 use crate::config::BindAddr;
 
@@ -23,14 +23,21 @@ pub enum Listener {
     Unix(UnixListener),
 }
 
-pub fn into_tokio(fds: Vec<(BindAddr, OwnedFd)>) -> io::Result<Vec<Listener>> {
+pub fn into_tokio(
+    fds: Vec<(BindAddr, OwnedFd, ListenRole)>,
+) -> io::Result<Vec<(Listener, ListenRole)>> {
     fds.into_iter()
-        .map(|(addr, fd)| match addr {
-            BindAddr::Tcp(_) => {
-                TcpListener::from_std(std::net::TcpListener::from(fd)).map(Listener::Tcp)
-            }
-            BindAddr::Unix(_) => UnixListener::from_std(std::os::unix::net::UnixListener::from(fd))
-                .map(Listener::Unix),
+        .map(|(addr, fd, role)| {
+            let l = match addr {
+                BindAddr::Tcp(_) => {
+                    TcpListener::from_std(std::net::TcpListener::from(fd)).map(Listener::Tcp)
+                }
+                BindAddr::Unix(_) => {
+                    UnixListener::from_std(std::os::unix::net::UnixListener::from(fd))
+                        .map(Listener::Unix)
+                }
+            }?;
+            Ok((l, role))
         })
         .collect()
 }
@@ -38,6 +45,7 @@ pub fn into_tokio(fds: Vec<(BindAddr, OwnedFd)>) -> io::Result<Vec<Listener>> {
 /// Accepts until `stop` turns true, then drops this worker's descriptor.
 pub async fn run<H: Handler>(
     listener: Listener,
+    role: ListenRole,
     shared: Arc<Shared<H>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -53,6 +61,7 @@ pub async fn run<H: Handler>(
                 tokio::spawn(conn::serve(
                     stream,
                     Peer::Tcp(addr),
+                    role,
                     shared.clone(),
                     stop.clone(),
                 ));
@@ -61,6 +70,7 @@ pub async fn run<H: Handler>(
                 tokio::spawn(conn::serve(
                     stream,
                     Peer::Unix,
+                    role,
                     shared.clone(),
                     stop.clone(),
                 ));

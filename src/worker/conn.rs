@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use super::service::ConnService;
-use super::Shared;
+use super::{ListenRole, Shared};
 use crate::app::Handler;
 
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +23,7 @@ pub enum Peer {
 /// Per-connection bookkeeping, shared with its requests.
 pub struct ConnState {
     pub peer: Peer,
+    pub role: ListenRole,
     in_flight: AtomicU32,
     /// Worker-epoch milliseconds when the connection last became idle.
     idle_since_ms: AtomicU64,
@@ -47,6 +48,7 @@ impl ConnState {
 pub async fn serve<IO, H>(
     io: IO,
     peer: Peer,
+    role: ListenRole,
     shared: Arc<Shared<H>>,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -56,6 +58,7 @@ pub async fn serve<IO, H>(
     shared.connection_opened();
     let state = Arc::new(ConnState {
         peer,
+        role,
         in_flight: AtomicU32::new(0),
         idle_since_ms: AtomicU64::new(shared.now_ms()),
         h2: AtomicBool::new(false),

@@ -4,14 +4,27 @@
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Method, StatusCode};
 
-use super::Shared;
+use super::{ListenRole, Shared};
 use crate::app::{Body, Handler, Request, Response};
 
-pub fn builtin<H: Handler>(shared: &Shared<H>, req: &Request) -> Option<Response> {
+pub fn builtin<H: Handler>(
+    shared: &Shared<H>,
+    role: ListenRole,
+    req: &Request,
+) -> Option<Response> {
+    let path = req.uri().path();
+    let metrics = &shared.config.metrics;
+    if role == ListenRole::Metrics {
+        // The metrics listener serves nothing else.
+        return Some(if path == metrics.path && metrics.enabled {
+            metrics_response(shared)
+        } else {
+            text(StatusCode::NOT_FOUND, "not found\n")
+        });
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return None;
     }
-    let path = req.uri().path();
     let app = &shared.config.app;
     if path == app.health_path {
         return Some(json(StatusCode::OK, r#"{"status":"ok"}"#));
@@ -25,17 +38,25 @@ pub fn builtin<H: Handler>(shared: &Shared<H>, req: &Request) -> Option<Response
             json(StatusCode::OK, r#"{"status":"ready"}"#)
         });
     }
-    let metrics = &shared.config.metrics;
     if metrics.enabled && metrics.bind.is_none() && path == metrics.path {
-        let text = crate::metrics::render(shared.board);
-        let mut resp = Response::new(Body::from(text));
-        resp.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        );
-        return Some(resp);
+        return Some(metrics_response(shared));
     }
     None
+}
+
+fn metrics_response<H>(shared: &Shared<H>) -> Response {
+    let mut resp = Response::new(Body::from(crate::metrics::render(shared.board)));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response {
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    resp
 }
 
 fn json(status: StatusCode, body: &'static str) -> Response {

@@ -27,6 +27,15 @@ pub(crate) use shared::Shared;
 /// in flight) once the worker has drained.
 const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(200);
 
+/// What a listening socket is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ListenRole {
+    /// `server.bind`: the app and the built-in endpoints.
+    App,
+    /// `metrics.bind`: only the metrics endpoint.
+    Metrics,
+}
+
 /// Everything a freshly forked worker receives from its master.
 pub(crate) struct WorkerBoot {
     pub config: Arc<Config>,
@@ -34,7 +43,7 @@ pub(crate) struct WorkerBoot {
     pub generation: u32,
     pub board: &'static Board,
     /// This worker's own descriptors for the listening sockets.
-    pub listeners: Vec<(BindAddr, OwnedFd)>,
+    pub listeners: Vec<(BindAddr, OwnedFd, ListenRole)>,
     /// Write end of the master's wake-up pipe.
     pub wake: OwnedFd,
     pub master_pid: Pid,
@@ -122,8 +131,8 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> i32 {
         boot.wake,
     ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    for listener in listeners {
-        tokio::spawn(accept::run(listener, shared.clone(), stop_rx.clone()));
+    for (listener, role) in listeners {
+        tokio::spawn(accept::run(listener, role, shared.clone(), stop_rx.clone()));
     }
     slot.set_state(SlotState::Ready);
     shared.nudge_master();

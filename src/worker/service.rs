@@ -61,7 +61,7 @@ async fn handle<H: Handler>(
         RequestBody::new(body, shared.config.http.max_body_bytes),
     );
 
-    let mut resp = match endpoints::builtin(&shared, &req) {
+    let mut resp = match endpoints::builtin(&shared, conn.role, &req) {
         Some(resp) => resp,
         None => shared.handler.call(req).await,
     };
@@ -72,12 +72,15 @@ async fn handle<H: Handler>(
     }
 
     let slot = shared.slot;
-    slot.record(
-        resp.status().as_u16(),
-        method,
-        start.elapsed().as_micros() as u64,
-    );
-    let served = slot.count_served();
+    let served = if shared.config.metrics.enabled {
+        slot.record(
+            resp.status().as_u16(),
+            method,
+            start.elapsed().as_micros() as u64,
+        )
+    } else {
+        slot.count_request()
+    };
     if shared.max_requests != 0 && served == shared.max_requests && slot.mark_retiring() {
         tracing::info!(
             served,

@@ -1,0 +1,131 @@
+//! The control-socket protocol, shared by the master and `rsvisor status` /
+//! `rsvisor reload`: one request line (`status`, `reload`, `scale N`,
+//! `stop`), one JSON response line.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Status,
+    Reload,
+    Scale(usize),
+    Stop,
+}
+
+impl Request {
+    pub fn parse(line: &str) -> Result<Request, String> {
+        let mut words = line.split_whitespace();
+        let req = match (words.next(), words.next()) {
+            (Some("status"), None) => Request::Status,
+            (Some("reload"), None) => Request::Reload,
+            (Some("stop"), None) => Request::Stop,
+            (Some("scale"), Some(n)) => match n.parse::<usize>() {
+                Ok(n) if (1..=crate::config::MAX_WORKERS).contains(&n) => Request::Scale(n),
+                _ => {
+                    return Err(format!(
+                        "scale needs a worker count between 1 and {}",
+                        crate::config::MAX_WORKERS
+                    ))
+                }
+            },
+            _ => {
+                return Err(format!(
+                    "unknown command {:?}; commands are status, reload, scale N, stop",
+                    line.trim()
+                ))
+            }
+        };
+        if words.next().is_some() {
+            return Err(format!("unexpected words after {:?}", line.trim()));
+        }
+        Ok(req)
+    }
+
+    pub fn line(&self) -> String {
+        match self {
+            Request::Status => "status\n".into(),
+            Request::Reload => "reload\n".into(),
+            Request::Scale(n) => format!("scale {n}\n"),
+            Request::Stop => "stop\n".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<ReloadReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl Response {
+    pub fn error(msg: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            error: Some(msg.into()),
+            status: None,
+            reload: None,
+            message: None,
+        }
+    }
+
+    pub fn message(msg: impl Into<String>) -> Response {
+        Response {
+            ok: true,
+            error: None,
+            status: None,
+            reload: None,
+            message: Some(msg.into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub master_pid: u32,
+    pub version: String,
+    pub phase: String,
+    pub generation: u32,
+    pub desired_workers: usize,
+    pub uptime_seconds: f64,
+    pub workers: Vec<WorkerStatus>,
+    pub totals: Totals,
+    pub last_reload: Option<ReloadReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkerStatus {
+    pub slot: usize,
+    pub pid: u32,
+    pub generation: u32,
+    pub state: String,
+    pub age_seconds: f64,
+    pub requests: u64,
+    pub active_connections: u64,
+    pub rss_bytes: u64,
+    pub seconds_since_heartbeat: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Totals {
+    pub requests: u64,
+    pub responses_by_class: [u64; 5],
+    pub active_connections: u64,
+    pub worker_exits: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReloadReport {
+    /// `success`, `invalid_config` or `abandoned`.
+    pub result: String,
+    pub generation: u32,
+    pub seconds_ago: f64,
+    pub duration_ms: u64,
+    pub message: String,
+}

@@ -1,0 +1,181 @@
+//! `rsvisor status` and `rsvisor reload`: clients of the control socket.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::config::{Config, Overrides};
+use crate::control::{Request, Response, Status};
+use crate::exit;
+
+/// A reload waits for the new generation; bounded so a wedged master does
+/// not hang a deploy script forever.
+const RELOAD_WAIT_TIMEOUT: Duration = Duration::from_secs(600);
+const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{}: server.control_socket is not set; status and reload need it", .0.display())]
+    NoSocket(std::path::PathBuf),
+    #[error("cannot reach the master at {}: {source} (is rsvisor running with this config?)", path.display())]
+    Connect {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control socket {}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the master answered something unexpected: {0}")]
+    Protocol(String),
+}
+
+fn ask(config: &Path, req: Request, timeout: Duration) -> Result<Response, CtlError> {
+    let cfg = Config::load(config, &Overrides::default())?;
+    let path = cfg
+        .server
+        .control_socket
+        .ok_or_else(|| CtlError::NoSocket(config.to_path_buf()))?;
+    let io = |source| CtlError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut stream = UnixStream::connect(&path).map_err(|source| CtlError::Connect {
+        path: path.clone(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.write_all(req.line().as_bytes()).map_err(io)?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).map_err(io)?;
+    serde_json::from_str(&line).map_err(|e| CtlError::Protocol(format!("{e}: {line:?}")))
+}
+
+pub fn status(config: &Path, json: bool) -> i32 {
+    match ask(config, Request::Status, STATUS_TIMEOUT) {
+        Ok(Response {
+            status: Some(s), ..
+        }) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&s).unwrap_or_else(|e| e.to_string())
+                );
+            } else {
+                print!("{}", table(&s));
+            }
+            exit::OK
+        }
+        Ok(other) => {
+            eprintln!("rsvisor status: {}", other.error.unwrap_or_default());
+            exit::FAILURE
+        }
+        Err(e @ CtlError::Config(_)) => {
+            eprintln!("rsvisor status: {e}");
+            exit::CONFIG_ERROR
+        }
+        Err(e) => {
+            eprintln!("rsvisor status: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+pub fn reload(config: &Path) -> i32 {
+    match ask(config, Request::Reload, RELOAD_WAIT_TIMEOUT) {
+        // The master would refuse this config the same way.
+        Err(CtlError::Config(e)) => {
+            eprintln!("rsvisor reload: {e}\nnothing was reloaded (the config is invalid)");
+            exit::RELOAD_FAILED
+        }
+        Ok(resp) => {
+            let report = resp.reload.as_ref();
+            if resp.ok {
+                let ms = report.map_or(0, |r| r.duration_ms);
+                let generation = report.map_or(0, |r| r.generation);
+                println!("reload complete: generation {generation} serving ({ms} ms)");
+                exit::OK
+            } else {
+                eprintln!(
+                    "rsvisor reload: {}",
+                    resp.error.unwrap_or_else(|| "failed".into())
+                );
+                exit::RELOAD_FAILED
+            }
+        }
+        Err(e) => {
+            eprintln!("rsvisor reload: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+fn human_secs(s: f64) -> String {
+    let s = s as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+pub fn table(s: &Status) -> String {
+    let ready = s.workers.iter().filter(|w| w.state == "ready").count();
+    let mut o = format!(
+        "master {}  rsvisor {}  {}  generation {}  workers {}/{} ready  up {}\n",
+        s.master_pid,
+        s.version,
+        s.phase,
+        s.generation,
+        ready,
+        s.desired_workers,
+        human_secs(s.uptime_seconds)
+    );
+    if let Some(r) = &s.last_reload {
+        o += &format!(
+            "last reload: {} ({} ms, {} ago): {}\n",
+            r.result,
+            r.duration_ms,
+            human_secs(r.seconds_ago),
+            r.message
+        );
+    }
+    o += &format!(
+        "requests {}  (2xx {}, 4xx {}, 5xx {})  connections {}  worker exits {}\n\n",
+        s.totals.requests,
+        s.totals.responses_by_class[1],
+        s.totals.responses_by_class[3],
+        s.totals.responses_by_class[4],
+        s.totals.active_connections,
+        s.totals.worker_exits
+    );
+    o += &format!(
+        "{:<5} {:<8} {:<4} {:<9} {:<7} {:>10} {:>6} {:>10} {:>10}\n",
+        "SLOT", "PID", "GEN", "STATE", "AGE", "REQUESTS", "CONNS", "RSS", "HEARTBEAT"
+    );
+    for w in &s.workers {
+        o += &format!(
+            "{:<5} {:<8} {:<4} {:<9} {:<7} {:>10} {:>6} {:>10} {:>9.1}s\n",
+            w.slot,
+            w.pid,
+            w.generation,
+            w.state,
+            human_secs(w.age_seconds),
+            w.requests,
+            w.active_connections,
+            mib(w.rss_bytes),
+            w.seconds_since_heartbeat
+        );
+    }
+    o
+}
