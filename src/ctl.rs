@@ -51,9 +51,22 @@ fn ask(config: &Path, req: Request, timeout: Duration) -> Result<Response, CtlEr
         source,
     })?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    stream.write_all(req.line().as_bytes()).map_err(io)?;
+    // The master may answer (and close) before reading, e.g. to refuse a
+    // client: a failed write is reported only if no answer came.
+    let written = stream.write_all(req.line().as_bytes());
     let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).map_err(io)?;
+    match BufReader::new(stream).read_line(&mut line) {
+        Ok(n) if n > 0 => {}
+        Ok(_) => {
+            return Err(io(written.err().unwrap_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed without an answer",
+                )
+            })))
+        }
+        Err(e) => return Err(io(written.err().unwrap_or(e))),
+    }
     serde_json::from_str(&line).map_err(|e| CtlError::Protocol(format!("{e}: {line:?}")))
 }
 

@@ -29,6 +29,7 @@ mod pidfile;
 mod procfs;
 mod scoreboard;
 mod sys;
+mod tls;
 mod worker;
 
 use std::path::Path;

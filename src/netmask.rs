@@ -20,6 +20,25 @@ impl IpNet {
         let prefix = prefix.unwrap_or(max);
         (prefix <= max).then_some(IpNet { addr, prefix })
     }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            // An IPv4 client seen on a dual-stack socket.
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -33,5 +52,21 @@ mod tests {
         assert!(IpNet::parse("fd00::/8").is_some());
         assert!(IpNet::parse("1.2.3.4/33").is_none());
         assert!(IpNet::parse("nope").is_none());
+    }
+
+    #[test]
+    fn membership() {
+        let n = IpNet::parse("10.0.0.0/8").unwrap();
+        assert!(n.contains("10.1.2.3".parse().unwrap()));
+        assert!(!n.contains("11.0.0.1".parse().unwrap()));
+        assert!(n.contains("::ffff:10.0.0.1".parse().unwrap()));
+        let one = IpNet::parse("127.0.0.1").unwrap();
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        assert!(IpNet::parse("fd00::/8")
+            .unwrap()
+            .contains("fd12::1".parse().unwrap()));
+        assert!(IpNet::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
     }
 }

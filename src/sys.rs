@@ -32,16 +32,29 @@ pub fn fork() -> io::Result<Fork> {
     }
 }
 
-/// Puts every catchable signal back to its default action (SIGPIPE stays
-/// ignored, as Rust programs expect) and unblocks all signals: a worker
-/// must not run the master's handlers, which write to the master's pipe.
+/// Signals a worker ignores: SIGPIPE (as Rust programs expect), and the
+/// master's control signals, whose default actions would kill or stop a
+/// worker that got one meant for the master (`kill -HUP -PGID`); USR1 gets
+/// the worker's own handler later (reopen the access log).
+const IGNORED_IN_WORKERS: [Signal; 6] = [
+    Signal::SIGPIPE,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+];
+
+/// Puts every other catchable signal back to its default action and
+/// unblocks all signals: a worker must not run the master's handlers, which
+/// write to the master's pipe.
 pub fn reset_signal_dispositions() -> io::Result<()> {
     let action = |handler| SigAction::new(handler, SaFlags::empty(), SigSet::empty());
     for sig in Signal::iterator() {
         if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
             continue;
         }
-        let handler = if sig == Signal::SIGPIPE {
+        let handler = if IGNORED_IN_WORKERS.contains(&sig) {
             SigHandler::SigIgn
         } else {
             SigHandler::SigDfl

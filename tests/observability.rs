@@ -236,7 +236,7 @@ fn status_lists_live_workers_and_reload_reports_the_result() {
     assert_eq!(ask("scale 0\n")["ok"], false);
     assert_eq!(ask("frobnicate\n")["ok"], false);
     assert_eq!(ask("stop\n")["ok"], true);
-    let st = s.wait_exit(Duration::from_secs(15)).expect("stops");
+    let st = s.expect_exit(Duration::from_secs(15));
     assert_eq!(st.code(), Some(0));
 }
 

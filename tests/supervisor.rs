@@ -112,7 +112,7 @@ graceful_timeout = 10
     let r = slow.join().unwrap().expect("in-flight request answered");
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "slept 2000 ms\n");
-    let st = s.wait_exit(Duration::from_secs(12)).expect("master exits");
+    let st = s.expect_exit(Duration::from_secs(12));
     assert_eq!(st.code(), Some(0), "{}", s.log_text());
     assert!(t0.elapsed() < Duration::from_secs(10));
 }
@@ -141,7 +141,7 @@ shutdown_delay = 2
     }
     // Still serving normal requests during the delay.
     assert_eq!(get(&tcp, "/").unwrap().status, 200);
-    let st = s.wait_exit(Duration::from_secs(10)).expect("exits");
+    let st = s.expect_exit(Duration::from_secs(10));
     assert_eq!(st.code(), Some(0));
 }
 
@@ -167,7 +167,7 @@ fn quick_stop_on_int() {
     s.ready_tcp();
     let workers = s.wait_workers("two workers", START_TIMEOUT, |w| w.len() == 2);
     s.signal(Signal::SIGINT);
-    let st = s.wait_exit(Duration::from_secs(5)).expect("exits quickly");
+    let st = s.expect_exit(Duration::from_secs(5));
     assert_eq!(st.code(), Some(0));
     assert!(workers.iter().all(|p| !alive(*p)));
 }
@@ -184,9 +184,7 @@ env = { DEMO_FAIL_STARTUP = "1" }
 "#,
     )
     .start();
-    let st = s
-        .wait_exit(Duration::from_secs(20))
-        .expect("master gives up instead of looping");
+    let st = s.expect_exit(Duration::from_secs(20));
     assert_eq!(st.code(), Some(3), "{}", s.log_text());
     let log = s.log_text();
     assert!(log.contains("DEMO_FAIL_STARTUP is set"), "{log}");
@@ -213,10 +211,7 @@ pidfile = "{dir}/app.pid"
     let pid = std::fs::read_to_string(dir.join("app.pid")).unwrap();
     assert_eq!(pid.trim(), s.pid().to_string());
     s.signal(Signal::SIGTERM);
-    assert_eq!(
-        s.wait_exit(Duration::from_secs(10)).unwrap().code(),
-        Some(0)
-    );
+    assert_eq!(s.expect_exit(Duration::from_secs(10)).code(), Some(0));
     assert!(!dir.join("app.pid").exists());
     assert!(!dir.join("app.sock").exists());
 }
@@ -231,7 +226,7 @@ fn a_live_unix_socket_is_not_stolen() {
         sock.display()
     );
     let mut second = ServerBuilder::new(example("demo")).config(&cfg).start();
-    let st = second.wait_exit(Duration::from_secs(10)).expect("refuses");
+    let st = second.expect_exit(Duration::from_secs(10));
     assert_eq!(st.code(), Some(4), "{}", second.log_text());
     assert!(second.log_text().contains("another process is listening"));
     // The first server still answers on it.
@@ -246,7 +241,7 @@ fn bind_conflict_exits_4() {
         "[server]\nbind = [\"127.0.0.1:{port}\"]\nworkers = 1\n"
     ))
     .start();
-    let st = s.wait_exit(Duration::from_secs(10)).expect("exits");
+    let st = s.expect_exit(Duration::from_secs(10));
     assert_eq!(st.code(), Some(4));
     assert!(s
         .log_text()

@@ -1,6 +1,8 @@
 //! Request and response bodies of the public API.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -120,6 +122,33 @@ pub struct RequestBody {
     inner: Option<hyper::body::Incoming>,
     limit: u64,
     read: u64,
+    /// Set when the limit was exceeded, for the server to answer 413.
+    exceeded: Option<Arc<AtomicBool>>,
+    /// The connection's "waiting for the client's body since" clock slot.
+    stall: Option<BodyStall>,
+}
+
+/// Where a request body records that it waits for the client: the
+/// connection times out a body that stalls (slow uploads hold a worker's
+/// connection otherwise).
+#[derive(Clone)]
+pub(crate) struct BodyStall {
+    /// Worker-clock milliseconds + 1 when the wait began; 0 = not waiting.
+    pub since: Arc<std::sync::atomic::AtomicU64>,
+    pub clock: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl BodyStall {
+    fn waiting(&self) {
+        if self.since.load(Ordering::Relaxed) == 0 {
+            let now = self.clock.load(Ordering::Relaxed);
+            self.since.store(now + 1, Ordering::Relaxed);
+        }
+    }
+
+    fn progressed(&self) {
+        self.since.store(0, Ordering::Relaxed);
+    }
 }
 
 /// The error a [`RequestBody`] yields once more than `http.max_body_bytes`
@@ -131,11 +160,17 @@ pub struct BodyTooLarge {
 }
 
 impl RequestBody {
-    pub(crate) fn new(inner: hyper::body::Incoming, limit: u64) -> RequestBody {
+    pub(crate) fn new(
+        inner: hyper::body::Incoming,
+        limit: u64,
+        stall: Option<BodyStall>,
+    ) -> RequestBody {
         RequestBody {
             inner: Some(inner),
             limit,
             read: 0,
+            exceeded: None,
+            stall,
         }
     }
 
@@ -145,7 +180,21 @@ impl RequestBody {
             inner: None,
             limit: 0,
             read: 0,
+            exceeded: None,
+            stall: None,
         }
+    }
+
+    /// True when the request has no body at all.
+    pub(crate) fn is_empty(&self) -> bool {
+        http_body::Body::is_end_stream(self)
+    }
+
+    /// A flag that turns true if reading goes past the limit.
+    pub(crate) fn limit_flag(&mut self) -> Arc<AtomicBool> {
+        self.exceeded
+            .get_or_insert_with(|| Arc::new(AtomicBool::new(false)))
+            .clone()
     }
 
     /// Reads the whole body into memory (bounded by `http.max_body_bytes`).
@@ -166,12 +215,23 @@ impl http_body::Body for RequestBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(inner).poll_frame(cx) {
+        let polled = Pin::new(inner).poll_frame(cx);
+        if let Some(stall) = &this.stall {
+            if polled.is_pending() {
+                stall.waiting();
+            } else {
+                stall.progressed();
+            }
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.read += data.len() as u64;
                     if this.read > this.limit {
                         this.inner = None;
+                        if let Some(flag) = &this.exceeded {
+                            flag.store(true, Ordering::Relaxed);
+                        }
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
                             limit: this.limit,
                         }))));

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+pub(crate) use body::BodyStall;
 pub use body::{Body, BodyTooLarge, BoxError, RequestBody};
 pub use static_files::StaticFiles;
 

@@ -1,5 +1,6 @@
 //! Every configuration key, and the function that checks and stores it.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,7 +14,9 @@ type Setter = fn(&mut Config, &Val) -> Result<(), String>;
 /// Section, key, setter. The order is the order of `rsvisor check` output.
 pub const KEYS: &[(&str, &str, Setter)] = &[
     ("server", "bind", |c, v| {
-        c.server.bind = bind_list(v)?;
+        let (addrs, tls) = bind_list(v)?;
+        c.server.bind = addrs;
+        c.server.bind_tls = tls;
         Ok(())
     }),
     ("server", "workers", |c, v| {
@@ -397,20 +400,56 @@ fn string_list(v: &Val) -> Result<Vec<String>, String> {
     }
 }
 
-fn bind_list(v: &Val) -> Result<Vec<BindAddr>, String> {
-    let list = string_list(v)?;
-    if list.is_empty() {
+/// Entries are `"ADDR"` or `{ address = "ADDR", tls = true|false }`.
+fn bind_list(v: &Val) -> Result<(Vec<BindAddr>, BTreeMap<BindAddr, bool>), String> {
+    let items: Vec<Val> = match v {
+        Val::Array(items) => items.clone(),
+        Val::Str(_) => string_list(v)?.into_iter().map(Val::Str).collect(),
+        other => return Err(expected("a list of addresses", other)),
+    };
+    if items.is_empty() {
         return Err("needs at least one address".into());
     }
-    let mut out: Vec<BindAddr> = Vec::with_capacity(list.len());
-    for s in &list {
-        let addr: BindAddr = s.parse()?;
+    let mut out: Vec<BindAddr> = Vec::with_capacity(items.len());
+    let mut tls = BTreeMap::new();
+    for item in &items {
+        let (addr, flag) = match item {
+            Val::Str(s) => (s.parse::<BindAddr>()?, None),
+            Val::Table(entries) => bind_table(entries)?,
+            other => {
+                return Err(format!(
+                    "expected an address string or {{ address = \"…\", tls = true }}, found {}",
+                    other.type_name()
+                ))
+            }
+        };
         if out.contains(&addr) {
-            return Err(format!("{s:?} is listed twice"));
+            return Err(format!("{addr} is listed twice"));
+        }
+        if let Some(flag) = flag {
+            tls.insert(addr.clone(), flag);
         }
         out.push(addr);
     }
-    Ok(out)
+    Ok((out, tls))
+}
+
+fn bind_table(entries: &[(String, Val)]) -> Result<(BindAddr, Option<bool>), String> {
+    let mut addr = None;
+    let mut tls = None;
+    for (k, v) in entries {
+        match k.as_str() {
+            "address" => addr = Some(string(v)?.parse::<BindAddr>()?),
+            "tls" => tls = Some(boolean(v)?),
+            other => {
+                return Err(format!(
+                    "unknown key `{other}` in a bind entry; bind entries have address and tls"
+                ))
+            }
+        }
+    }
+    let addr = addr.ok_or("a bind entry needs `address`")?;
+    Ok((addr, tls))
 }
 
 fn check_allow_entry(entry: &str) -> Result<(), String> {

@@ -96,6 +96,9 @@ pub enum ClientAuth {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub bind: Vec<BindAddr>,
+    /// Bind entries that said `tls = true` or `tls = false` explicitly;
+    /// the others use TLS when `tls.cert` is set.
+    pub bind_tls: BTreeMap<BindAddr, bool>,
     pub workers: WorkerCount,
     pub backlog: u32,
     pub worker_threads: usize,
@@ -139,6 +142,9 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
     pub client_ca: Option<PathBuf>,
     pub client_auth: ClientAuth,
+    /// The certificates and keys, read and checked when the config is
+    /// loaded (so a reload with a bad certificate is refused).
+    pub material: Option<crate::tls::TlsMaterial>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -188,6 +194,7 @@ impl Default for Config {
             source: None,
             server: ServerConfig {
                 bind: vec![BindAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 8000)))],
+                bind_tls: BTreeMap::new(),
                 workers: WorkerCount::Auto,
                 backlog: 2048,
                 worker_threads: 1,
@@ -223,6 +230,7 @@ impl Default for Config {
                 key: None,
                 client_ca: None,
                 client_auth: ClientAuth::None,
+                material: None,
             },
             log: LogConfig {
                 level: "info".into(),
@@ -287,6 +295,15 @@ impl Config {
         let mut addrs = self.server.bind.clone();
         addrs.extend(self.metrics.bind.clone());
         addrs
+    }
+
+    /// Whether connections on `addr` are TLS.
+    pub fn bind_uses_tls(&self, addr: &BindAddr) -> bool {
+        self.server
+            .bind_tls
+            .get(addr)
+            .copied()
+            .unwrap_or(self.tls.cert.is_some())
     }
 
     /// The effective configuration as TOML, with the resolved worker count.

@@ -33,6 +33,7 @@ pub fn build(
     apply_env(&mut cfg, env, &mut origins)?;
     apply_overrides(&mut cfg, overrides, &mut origins)?;
     validate(&cfg, &origins)?;
+    load_tls(&mut cfg, &origins)?;
     Ok(cfg)
 }
 
@@ -197,6 +198,12 @@ fn validate(cfg: &Config, origins: &HashMap<String, Origin>) -> Result<(), Confi
             "tls.client_ca needs tls.cert and tls.key".into(),
         ));
     }
+    if cfg.tls.cert.is_none() && cfg.server.bind_tls.values().any(|t| *t) {
+        return Err(fail(
+            "server.bind",
+            "a bind entry has tls = true but tls.cert and tls.key are not set".into(),
+        ));
+    }
     if cfg.server.group.is_some() && cfg.server.user.is_none() {
         return Err(fail(
             "server.group",
@@ -222,6 +229,22 @@ fn validate(cfg: &Config, origins: &HashMap<String, Origin>) -> Result<(), Confi
         }
     }
     Ok(())
+}
+
+/// Reads and checks the certificate, key and client CA now, so that a bad
+/// file is a config error that names its key.
+fn load_tls(cfg: &mut Config, origins: &HashMap<String, Origin>) -> Result<(), ConfigError> {
+    match crate::tls::TlsMaterial::load(&cfg.tls, cfg.http.http2) {
+        Ok(material) => {
+            cfg.tls.material = material;
+            Ok(())
+        }
+        Err(e) => Err(ConfigError::Invalid {
+            origin: origins.get(e.key()).cloned().unwrap_or(Origin::Default),
+            key: e.key().to_string(),
+            message: e.to_string(),
+        }),
+    }
 }
 
 fn unknown_key_hint(section: &str, key: &str) -> String {

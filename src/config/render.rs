@@ -41,7 +41,15 @@ pub fn render(c: &Config) -> String {
     }
     let s = &c.server;
     let _ = writeln!(o, "[server]");
-    let _ = writeln!(o, "bind = {}", list(&s.bind));
+    let binds: Vec<String> = s
+        .bind
+        .iter()
+        .map(|b| match s.bind_tls.get(b) {
+            Some(tls) => format!("{{ address = {}, tls = {tls} }}", q(&b.to_string())),
+            None => q(&b.to_string()),
+        })
+        .collect();
+    let _ = writeln!(o, "bind = [{}]", binds.join(", "));
     match s.workers {
         WorkerCount::Fixed(n) => {
             let _ = writeln!(o, "workers = {n}");

@@ -20,7 +20,10 @@ impl Master {
                 Signal::SIGTTIN => self.scale_to(self.desired + 1),
                 Signal::SIGTTOU => self.scale_to(self.desired.saturating_sub(1)),
                 Signal::SIGUSR1 => {
-                    info!("USR1: no log files to reopen (error logs go to stderr)");
+                    info!("USR1: workers reopen their access logs");
+                    for w in &self.workers {
+                        w.signal(Signal::SIGUSR1);
+                    }
                 }
                 Signal::SIGUSR2 => {
                     warn!("USR2 (binary upgrade) is not supported by this build; ignored");

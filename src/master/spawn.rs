@@ -113,7 +113,14 @@ fn spawn(req: SpawnRequest<'_>) -> Result<Pid, SpawnError> {
         .bind
         .iter()
         .map(|a| (a, ListenRole::Metrics));
-    let app = req.config.server.bind.iter().map(|a| (a, ListenRole::App));
+    let app = req.config.server.bind.iter().map(|a| {
+        let role = if req.config.bind_uses_tls(a) {
+            ListenRole::Tls
+        } else {
+            ListenRole::App
+        };
+        (a, role)
+    });
     for (addr, role) in app.chain(metrics) {
         let l = req
             .listeners

@@ -134,6 +134,11 @@ impl WorkerHandle {
         }
     }
 
+    /// Forwards a signal (USR1) to the worker.
+    pub fn signal(&self, sig: Signal) {
+        self.send(sig);
+    }
+
     fn send(&self, sig: Signal) {
         // ESRCH: it is already gone and will be reaped; nothing to do.
         let _ = kill(self.pid, sig);

@@ -1,18 +1,38 @@
-//! One client connection: HTTP/1.1 or HTTP/2 through hyper, with the
-//! keep-alive idle timeout and drain behaviour rsvisor promises.
+//! One client connection: optional TLS handshake, HTTP/1.1 or HTTP/2
+//! through hyper, and the timeouts and drain behaviour rsvisor promises:
+//!
+//! - idle keep-alive connections close after `http.keepalive_timeout`;
+//! - a request head still incomplete after `http.header_read_timeout`
+//!   (slowloris) gets `408` and the connection closes;
+//! - on drain, HTTP/2 gets GOAWAY, HTTP/1.1 gets `Connection: close` on its
+//!   next response, and an idle HTTP/1.1 connection is left to its
+//!   keep-alive timeout (closing it early races with the client's next
+//!   request, which is how other servers lose requests on reload).
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 use super::service::ConnService;
 use super::{ListenRole, Shared};
 use crate::app::Handler;
+
+/// How long a connection may take to read a 408 we queued before it is
+/// dropped anyway.
+const TIMEOUT_RESPONSE_GRACE: Duration = Duration::from_secs(1);
+
+const RESPONSE_408: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 
 #[derive(Debug, Clone, Copy)]
 pub enum Peer {
@@ -20,28 +40,49 @@ pub enum Peer {
     Unix,
 }
 
+/// Which HTTP the connection speaks, when known before the first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// Plain connection: HTTP/1.1, or HTTP/2 with prior knowledge.
+    Detect,
+    H1,
+    H2,
+}
+
 /// Per-connection bookkeeping, shared with its requests.
 pub struct ConnState {
     pub peer: Peer,
     pub role: ListenRole,
+    pub tls: bool,
     in_flight: AtomicU32,
-    /// Worker-epoch milliseconds when the connection last became idle.
+    /// Worker-clock milliseconds when the connection last became idle.
     idle_since_ms: AtomicU64,
-    /// The client speaks HTTP/2 (seen on its first request).
+    /// When the first bytes of a pending request head arrived (+1; 0 = no
+    /// head pending).
+    head_since_ms: AtomicU64,
+    /// HTTP/2: no request heads to time, GOAWAY on drain.
     h2: AtomicBool,
+    /// Set when the head timed out: the IO answers 408 and ends.
+    send_408: AtomicBool,
+    /// HTTP/1.1: since when the app waits for request-body bytes (+1; 0 =
+    /// not waiting), written by the request body.
+    pub body_stall: Arc<AtomicU64>,
 }
 
 impl ConnState {
-    pub fn request_started(&self, is_h2: bool) {
+    pub fn request_started(&self) {
         self.in_flight.fetch_add(1, Relaxed);
-        if is_h2 {
-            self.h2.store(true, Relaxed);
-        }
+        self.head_since_ms.store(0, Relaxed);
     }
 
     pub fn request_finished(&self, now_ms: u64) {
         self.idle_since_ms.store(now_ms, Relaxed);
+        self.body_stall.store(0, Relaxed);
         self.in_flight.fetch_sub(1, Release);
+    }
+
+    pub fn h2(&self) -> bool {
+        self.h2.load(Relaxed)
     }
 }
 
@@ -56,21 +97,50 @@ pub async fn serve<IO, H>(
     H: Handler,
 {
     shared.connection_opened();
+    let tls = match role {
+        ListenRole::Tls => shared.tls.clone(),
+        _ => None,
+    };
     let state = Arc::new(ConnState {
         peer,
         role,
+        tls: tls.is_some(),
         in_flight: AtomicU32::new(0),
         idle_since_ms: AtomicU64::new(shared.now_ms()),
+        head_since_ms: AtomicU64::new(0),
         h2: AtomicBool::new(false),
+        send_408: AtomicBool::new(false),
+        body_stall: Arc::new(AtomicU64::new(0)),
     });
-    drive(io, &shared, &state, &mut stop).await;
+    match tls {
+        None => {
+            let proto = if shared.config.http.http2 {
+                Proto::Detect
+            } else {
+                Proto::H1
+            };
+            drive(io, proto, &shared, &state, &mut stop).await;
+        }
+        Some(acceptor) => {
+            // The handshake counts against the header timeout.
+            let limit = shared.config.http.header_read_timeout;
+            if let Ok(Ok(stream)) = tokio::time::timeout(limit, acceptor.accept(io)).await {
+                let proto = match stream.get_ref().1.alpn_protocol() {
+                    Some(b"h2") => Proto::H2,
+                    _ => Proto::H1,
+                };
+                drive(stream, proto, &shared, &state, &mut stop).await;
+            }
+        }
+    }
     shared.connection_closed();
 }
 
-/// Serves the connection until it ends, its idle time is up, or drain ends
-/// it; the socket is closed when this returns.
+/// Serves the connection until it ends, times out, or drain ends it; the
+/// socket is closed when this returns.
 async fn drive<IO, H>(
     io: IO,
+    proto: Proto,
     shared: &Arc<Shared<H>>,
     state: &Arc<ConnState>,
     stop: &mut watch::Receiver<bool>,
@@ -78,23 +148,50 @@ async fn drive<IO, H>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Handler,
 {
+    if proto == Proto::H2 {
+        state.h2.store(true, Relaxed);
+    }
     let service = ConnService::new(shared.clone(), state.clone());
-    let conn = shared.builder.serve_connection(TokioIo::new(io), service);
+    let io = TokioIo::new(Tracked {
+        inner: io,
+        state: state.clone(),
+        clock: shared.clock.clone(),
+        first_read: true,
+    });
+    let builder = match proto {
+        Proto::Detect => &shared.auto,
+        Proto::H1 => &shared.h1,
+        Proto::H2 => &shared.h2,
+    };
+    let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
 
-    let keepalive = idle_limit(shared);
+    let http = &shared.config.http;
+    let idle_limit = if http.keepalive_timeout.is_zero() {
+        // No keep-alive: this only bounds a client that never sends.
+        http.header_read_timeout
+    } else {
+        http.keepalive_timeout
+    };
     let mut drain_seen = *stop.borrow();
+    if drain_seen && state.h2.load(Relaxed) {
+        conn.as_mut().graceful_shutdown();
+    }
     loop {
         tokio::select! {
-            _ = conn.as_mut() => break,
-            _ = idle_expired(shared, state, keepalive) => break,
+            _ = conn.as_mut() => return,
+            expiry = watchdog(shared, state, idle_limit, http.header_read_timeout) => {
+                if expiry == Expiry::ClientTimeout {
+                    // Let hyper read once more: the IO answers 408 and ends.
+                    state.send_408.store(true, Relaxed);
+                    let _ = tokio::time::timeout(TIMEOUT_RESPONSE_GRACE, conn.as_mut()).await;
+                }
+                return;
+            }
             _ = stop.changed(), if !drain_seen => {
                 drain_seen = true;
-                // HTTP/2 has a way to say "no new streams": GOAWAY. HTTP/1.1
-                // connections are left alone here: their next response says
-                // `Connection: close` (see the service), and an idle one is
-                // closed only when its keep-alive time is up, because closing
-                // it now races with a request the client may be sending.
+                // HTTP/1.1 connections are left alone here: see the module
+                // comment.
                 if state.h2.load(Relaxed) {
                     conn.as_mut().graceful_shutdown();
                 }
@@ -103,32 +200,139 @@ async fn drive<IO, H>(
     }
 }
 
-/// How long a connection may sit without a request in flight.
-fn idle_limit<H>(shared: &Shared<H>) -> Duration {
-    let http = &shared.config.http;
-    if http.keepalive_timeout.is_zero() {
-        // No keep-alive: this only bounds a client that never sends.
-        http.header_read_timeout
-    } else {
-        http.keepalive_timeout
+#[derive(Debug, PartialEq, Eq)]
+enum Expiry {
+    Idle,
+    /// A request head, or a request body the app waits for, has taken
+    /// longer than `header_read_timeout`.
+    ClientTimeout,
+}
+
+/// Resolves when the connection has been idle for `idle`, or the client
+/// has been sending a request head, or stalled in the middle of a body,
+/// for longer than `header`.
+async fn watchdog<H>(
+    shared: &Shared<H>,
+    state: &ConnState,
+    idle: Duration,
+    header: Duration,
+) -> Expiry {
+    let idle_ms = idle.as_millis() as u64;
+    let header_ms = header.as_millis() as u64;
+    loop {
+        if state.in_flight.load(Acquire) > 0 {
+            let stall = state.body_stall.load(Relaxed);
+            if stall == 0 {
+                // The app is working: look again later.
+                tokio::time::sleep(header.min(idle).max(Duration::from_millis(100))).await;
+                continue;
+            }
+            let deadline = stall - 1 + header_ms;
+            let now = shared.now_ms();
+            if now >= deadline {
+                if state.body_stall.load(Relaxed) == stall {
+                    return Expiry::ClientTimeout;
+                }
+                continue;
+            }
+            tokio::time::sleep(Duration::from_millis(deadline - now)).await;
+            continue;
+        }
+        let head = state.head_since_ms.load(Relaxed);
+        let (deadline_ms, expiry) = if head != 0 {
+            (head - 1 + header_ms, Expiry::ClientTimeout)
+        } else {
+            (state.idle_since_ms.load(Relaxed) + idle_ms, Expiry::Idle)
+        };
+        let now = shared.now_ms();
+        if now >= deadline_ms {
+            // Still the same situation?
+            let same = state.in_flight.load(Acquire) == 0
+                && match expiry {
+                    Expiry::ClientTimeout => state.head_since_ms.load(Relaxed) == head,
+                    Expiry::Idle => state.head_since_ms.load(Relaxed) == 0,
+                };
+            if same {
+                return expiry;
+            }
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(deadline_ms - now)).await;
     }
 }
 
-/// Resolves when the connection has had no request in flight for `limit`.
-async fn idle_expired<H>(shared: &Shared<H>, state: &ConnState, limit: Duration) {
-    let limit_ms = limit.as_millis() as u64;
-    loop {
-        let since = state.idle_since_ms.load(Relaxed);
-        let deadline = shared.epoch + Duration::from_millis(since + limit_ms);
-        tokio::time::sleep_until(deadline).await;
-        if state.in_flight.load(Acquire) == 0 {
-            if state.idle_since_ms.load(Relaxed) == since {
-                return;
-            }
-            // A request came and went: measure again from its end.
-            continue;
+/// The connection's IO as hyper sees it: notes when a request head starts
+/// arriving, and answers 408 when told to.
+struct Tracked<IO> {
+    inner: IO,
+    state: Arc<ConnState>,
+    clock: Arc<AtomicU64>,
+    first_read: bool,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tracked<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.state.send_408.load(Relaxed) {
+            // Best effort: one write attempt, then end of stream.
+            let _ = Pin::new(&mut this.inner).poll_write(cx, RESPONSE_408);
+            let _ = Pin::new(&mut this.inner).poll_flush(cx);
+            return Poll::Ready(Ok(()));
         }
-        // Busy: look again later; the request's end resets the clock.
-        tokio::time::sleep(limit).await;
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = res {
+            let new = &buf.filled()[before..];
+            if !new.is_empty() {
+                if this.first_read {
+                    this.first_read = false;
+                    if new.starts_with(&H2_PREFACE_START[..new.len().min(H2_PREFACE_START.len())]) {
+                        this.state.h2.store(true, Relaxed);
+                    }
+                }
+                let s = &this.state;
+                if s.in_flight.load(Relaxed) == 0
+                    && s.head_since_ms.load(Relaxed) == 0
+                    && !s.h2.load(Relaxed)
+                {
+                    s.head_since_ms.store(this.clock.load(Relaxed) + 1, Relaxed);
+                }
+            }
+        }
+        res
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

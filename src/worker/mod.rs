@@ -2,9 +2,11 @@
 //! app's startup, accept on the inherited listeners, drain on TERM.
 
 mod accept;
+mod access_log;
 mod conn;
 mod endpoints;
 mod heartbeat;
+mod proxy;
 mod service;
 mod shared;
 
@@ -32,6 +34,8 @@ const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(200);
 pub(crate) enum ListenRole {
     /// `server.bind`: the app and the built-in endpoints.
     App,
+    /// The same over TLS.
+    Tls,
     /// `metrics.bind`: only the metrics endpoint.
     Metrics,
 }
@@ -92,10 +96,20 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> i32 {
     // runtime is blocked, the master stops seeing beats.
     tokio::spawn(heartbeat::run(slot, boot.master_pid));
 
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
+    let (mut term, mut usr1) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::user_defined1()),
+    ) {
+        (Ok(t), Ok(u)) => (t, u),
+        (Err(e), _) | (_, Err(e)) => {
+            error!(error = %e, "worker cannot install its signal handlers");
+            return exit::WORKER_SETUP_FAILED;
+        }
+    };
+    let access_log = match access_log::AccessLog::start(&boot.config.log) {
+        Ok(a) => a,
         Err(e) => {
-            error!(error = %e, "worker cannot install its TERM handler");
+            error!(error = %e, "worker cannot open the access log");
             return exit::WORKER_SETUP_FAILED;
         }
     };
@@ -129,7 +143,9 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> i32 {
         slot,
         boot.board,
         boot.wake,
+        access_log,
     ));
+    tokio::spawn(shared::run_clock(shared.clock.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     for (listener, role) in listeners {
         tokio::spawn(accept::run(listener, role, shared.clone(), stop_rx.clone()));
@@ -137,7 +153,16 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> i32 {
     slot.set_state(SlotState::Ready);
     shared.nudge_master();
 
-    let _ = term.recv().await;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = usr1.recv() => {
+                if let Some(log) = &shared.access_log {
+                    log.reopen();
+                }
+            }
+        }
+    }
 
     // Drain: stop accepting (each accept loop drops its descriptor; the
     // socket stays open in the master and the other workers), answer the

@@ -1,22 +1,26 @@
-//! Per-request path: built-in endpoints, the app's handler, counters, and
-//! the response body that reports when the request is really over.
+//! Per-request path: limits, built-in endpoints, the app's handler,
+//! counters, the access log, and the response body that reports when the
+//! request is really over.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONNECTION};
-use http::Version;
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, RETRY_AFTER};
+use http::{StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::conn::{ConnState, Peer};
+use super::access_log::Entry;
+use super::conn::ConnState;
 use super::endpoints;
 use super::Shared;
-use crate::app::{Body, BoxError, ClientInfo, Handler, RequestBody};
+use crate::app::{Body, BodyStall, BoxError, Handler, RequestBody};
 use crate::scoreboard::method_class;
 
 pub struct ConnService<H> {
@@ -50,34 +54,72 @@ async fn handle<H: Handler>(
     req: http::Request<Incoming>,
 ) -> http::Response<TrackedBody<H>> {
     let start = Instant::now();
+    conn.request_started();
     let version = req.version();
-    conn.request_started(version == Version::HTTP_2);
     let method = method_class(req.method());
+    let client = shared.trust.client(conn.peer, conn.tls, req.headers());
+    let log = shared.access_log.as_ref().map(|_| PendingLog {
+        time: SystemTime::now(),
+        client: client.addr.map(|a| a.ip()),
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        version,
+        user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
+        referer: req.headers().get(http::header::REFERER).cloned(),
+        request_id: req.headers().get("x-request-id").cloned(),
+    });
 
     let (mut parts, body) = req.into_parts();
-    parts.extensions.insert(client_info(conn.peer));
-    let req = http::Request::from_parts(
-        parts,
-        RequestBody::new(body, shared.config.http.max_body_bytes),
-    );
-
-    let mut resp = match endpoints::builtin(&shared, conn.role, &req) {
-        Some(resp) => resp,
-        None => shared.handler.call(req).await,
+    parts.extensions.insert(client);
+    let limit = shared.config.http.max_body_bytes;
+    let mut counted = false;
+    let mut too_large: Option<Arc<AtomicBool>> = None;
+    let mut resp = if declared_length(&parts.headers).is_some_and(|n| n > limit) {
+        // Refused before reading a byte of it.
+        status_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
+    } else {
+        let stall = (!conn.h2()).then(|| BodyStall {
+            since: conn.body_stall.clone(),
+            clock: shared.clock.clone(),
+        });
+        let mut body = RequestBody::new(body, limit, stall);
+        if !body.is_empty() {
+            too_large = Some(body.limit_flag());
+        }
+        let req = http::Request::from_parts(parts, body);
+        match endpoints::builtin(&shared, conn.role, &req) {
+            Some(resp) => resp,
+            None => {
+                if shared.at_capacity() {
+                    overloaded()
+                } else {
+                    counted = true;
+                    shared.begin_app_request();
+                    shared.handler.call(req).await
+                }
+            }
+        }
     };
-
+    if too_large.is_some_and(|f| f.load(Relaxed)) {
+        // The app read past http.max_body_bytes: whatever it answered, the
+        // client gets 413.
+        resp = status_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+    }
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && version < Version::HTTP_2 {
+        // The rest of the body is not read; the connection cannot be reused.
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     if shared.draining() && version < Version::HTTP_2 {
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
 
     let slot = shared.slot;
+    let status = resp.status().as_u16();
+    let latency_us = start.elapsed().as_micros() as u64;
     let served = if shared.config.metrics.enabled {
-        slot.record(
-            resp.status().as_u16(),
-            method,
-            start.elapsed().as_micros() as u64,
-        )
+        slot.record(status, method, latency_us)
     } else {
         slot.count_request()
     };
@@ -92,29 +134,68 @@ async fn handle<H: Handler>(
     resp.map(|body| TrackedBody {
         inner: body,
         sent: 0,
-        done: Some(Done { shared, conn }),
+        done: Some(Done {
+            shared,
+            conn,
+            counted,
+            start,
+            status,
+            log,
+        }),
     })
 }
 
-fn client_info(peer: Peer) -> ClientInfo {
-    ClientInfo {
-        addr: match peer {
-            Peer::Tcp(a) => Some(a),
-            Peer::Unix => None,
-        },
-        scheme: "http",
-        host: None,
-    }
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn status_response(status: StatusCode, body: &'static str) -> crate::Response {
+    let mut r = crate::Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r
+}
+
+/// `http.limit_concurrency` reached: tell the client to come back soon
+/// instead of queueing without bound.
+fn overloaded() -> crate::Response {
+    let mut r = status_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server is at its concurrency limit; retry shortly\n",
+    );
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// Request facts kept for the access-log line, written when the response
+/// body is done (the byte count is known then).
+struct PendingLog {
+    time: SystemTime,
+    client: Option<std::net::IpAddr>,
+    method: http::Method,
+    uri: http::Uri,
+    version: Version,
+    user_agent: Option<HeaderValue>,
+    referer: Option<HeaderValue>,
+    request_id: Option<HeaderValue>,
 }
 
 /// Marks the request finished when the response body is done or dropped.
 struct Done<H> {
     shared: Arc<Shared<H>>,
     conn: Arc<ConnState>,
+    /// Counted against `http.limit_concurrency`.
+    counted: bool,
+    start: Instant,
+    status: u16,
+    log: Option<PendingLog>,
 }
 
 /// The response body handed to hyper: counts bytes and reports the end of
-/// the request to the connection's idle clock.
+/// the request.
 pub struct TrackedBody<H> {
     inner: Body,
     sent: u64,
@@ -123,9 +204,29 @@ pub struct TrackedBody<H> {
 
 impl<H> TrackedBody<H> {
     fn finish(&mut self) {
-        if let Some(done) = self.done.take() {
-            done.shared.slot.add_bytes_sent(self.sent);
-            done.conn.request_finished(done.shared.now_ms());
+        let Some(done) = self.done.take() else {
+            return;
+        };
+        let shared = &done.shared;
+        shared.slot.add_bytes_sent(self.sent);
+        if done.counted {
+            shared.end_app_request();
+        }
+        done.conn.request_finished(shared.now_ms());
+        if let (Some(log), Some(access)) = (done.log, &shared.access_log) {
+            access.log(Entry {
+                time: log.time,
+                client: log.client,
+                method: log.method,
+                uri: log.uri,
+                version: log.version,
+                status: done.status,
+                bytes: self.sent,
+                duration_us: done.start.elapsed().as_micros() as u64,
+                user_agent: log.user_agent,
+                referer: log.referer,
+                request_id: log.request_id,
+            });
         }
     }
 }

@@ -2,32 +2,61 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
-use crate::config::Config;
+use super::access_log::AccessLog;
+use super::proxy::Trust;
+use crate::config::{Config, HttpConfig};
 use crate::scoreboard::{Board, Slot};
+
+/// Resolution of the worker clock used for connection timeouts.
+pub const CLOCK_TICK: Duration = Duration::from_millis(100);
 
 pub(crate) struct Shared<H> {
     pub handler: H,
     pub config: Arc<Config>,
     pub slot: &'static Slot,
     pub board: &'static Board,
-    pub builder: auto::Builder<TokioExecutor>,
+    /// HTTP/1.1, or HTTP/2 with prior knowledge (plain connections).
+    pub auto: auto::Builder<TokioExecutor>,
+    pub h1: auto::Builder<TokioExecutor>,
+    pub h2: auto::Builder<TokioExecutor>,
+    pub tls: Option<TlsAcceptor>,
+    pub trust: Trust,
+    pub access_log: Option<AccessLog>,
     /// This worker's own request limit (max_requests + its jitter); 0 = none.
     pub max_requests: u64,
-    /// Base of the connection idle clocks.
-    pub epoch: Instant,
+    /// Milliseconds since the worker started, advanced every CLOCK_TICK:
+    /// connection timeouts read it instead of the system clock.
+    pub clock: Arc<AtomicU64>,
     draining: AtomicBool,
     active: AtomicUsize,
     idle: Notify,
+    /// App requests in flight (for http.limit_concurrency).
+    in_flight: AtomicUsize,
     wake: OwnedFd,
+}
+
+fn builder(http: &HttpConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        // rsvisor times request heads itself (and answers 408).
+        .header_read_timeout(None)
+        .timer(TokioTimer::new())
+        .max_buf_size(http.max_header_bytes)
+        .keep_alive(!http.keepalive_timeout.is_zero());
+    b.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .max_header_list_size(http.max_header_bytes as u32);
+    b
 }
 
 impl<H> Shared<H> {
@@ -37,23 +66,14 @@ impl<H> Shared<H> {
         slot: &'static Slot,
         board: &'static Board,
         wake: OwnedFd,
+        access_log: Option<AccessLog>,
     ) -> Shared<H> {
         let http = &config.http;
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(http.header_read_timeout)
-            .max_buf_size(http.max_header_bytes)
-            .keep_alive(!http.keepalive_timeout.is_zero());
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(20)))
-            .max_header_list_size(http.max_header_bytes as u32);
-        if !http.http2 {
-            builder = builder.http1_only();
-        }
+        let auto = if http.http2 {
+            builder(http)
+        } else {
+            builder(http).http1_only()
+        };
         let lc = &config.lifecycle;
         let max_requests = if lc.max_requests == 0 {
             0
@@ -64,12 +84,22 @@ impl<H> Shared<H> {
             handler,
             slot,
             board,
-            builder,
+            auto,
+            h1: builder(http).http1_only(),
+            h2: builder(http).http2_only(),
+            tls: config
+                .tls
+                .material
+                .as_ref()
+                .map(|m| TlsAcceptor::from(m.0.clone())),
+            trust: Trust::new(&config.proxy),
+            access_log,
             max_requests,
-            epoch: Instant::now(),
+            clock: Arc::new(AtomicU64::new(0)),
             draining: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             idle: Notify::new(),
+            in_flight: AtomicUsize::new(0),
             wake,
             config,
         }
@@ -110,15 +140,40 @@ impl<H> Shared<H> {
         }
     }
 
-    /// Milliseconds since this worker's epoch (connection idle clocks).
+    /// True when `http.limit_concurrency` app requests are already running.
+    pub fn at_capacity(&self) -> bool {
+        let limit = self.config.http.limit_concurrency;
+        limit != 0 && self.in_flight.load(Relaxed) >= limit
+    }
+
+    pub fn begin_app_request(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    pub fn end_app_request(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    /// The worker clock, in milliseconds (CLOCK_TICK resolution).
     pub fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.clock.load(Relaxed)
     }
 
     /// Wakes the master's loop so it sees a change in our slot at once.
     pub fn nudge_master(&self) {
         // A full pipe means the master is already awake; nothing to do.
         let _ = nix::unistd::write(&self.wake, b"w");
+    }
+}
+
+/// Advances the worker clock; runs for the worker's life.
+pub async fn run_clock(clock: Arc<AtomicU64>) {
+    let start = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(CLOCK_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        clock.store(start.elapsed().as_millis() as u64, Relaxed);
     }
 }
 

@@ -418,6 +418,18 @@ impl Server {
         }
     }
 
+    /// Waits for the master to exit; panics with its log if it does not.
+    pub fn expect_exit(&mut self, timeout: Duration) -> ExitStatus {
+        match self.wait_exit(timeout) {
+            Some(st) => st,
+            None => panic!(
+                "master still running after {timeout:?}; workers {:?}\n{}",
+                self.workers(),
+                self.log_text()
+            ),
+        }
+    }
+
     /// Waits for a line containing `needle` in the log.
     pub fn wait_log(&mut self, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;

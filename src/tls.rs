@@ -1,0 +1,157 @@
+//! TLS with rustls: certificate chain and key (PEM: RSA, ECDSA, Ed25519),
+//! optional client certificates verified against `tls.client_ca`, TLS 1.2
+//! and 1.3, ALPN `h2` and `http/1.1`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::{ClientAuth, TlsConfig};
+
+/// A ready rustls server configuration, shared by every worker of a
+/// generation. Two are equal only if they are the same loaded object.
+#[derive(Clone)]
+pub struct TlsMaterial(pub Arc<ServerConfig>);
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsMaterial(..)")
+    }
+}
+
+impl PartialEq for TlsMaterial {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read certificates from {}: {source}", path.display())]
+    Cert {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{} contains no PEM certificate", path.display())]
+    NoCert { path: PathBuf },
+    #[error("cannot read a private key from {}: {source}", path.display())]
+    Key {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("the key in {} does not fit the certificate or is not supported: {source}", path.display())]
+    KeyMismatch {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("cannot read CA certificates from {}: {source}", path.display())]
+    Ca {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{}: {detail}", path.display())]
+    BadCa { path: PathBuf, detail: String },
+    #[error("TLS set-up failed: {0}")]
+    Setup(rustls::Error),
+}
+
+impl TlsError {
+    /// The config key the error is about.
+    pub fn key(&self) -> &'static str {
+        match self {
+            TlsError::Cert { .. } | TlsError::NoCert { .. } | TlsError::Setup(_) => "tls.cert",
+            TlsError::Key { .. } | TlsError::KeyMismatch { .. } => "tls.key",
+            TlsError::Ca { .. } | TlsError::BadCa { .. } => "tls.client_ca",
+        }
+    }
+}
+
+impl TlsMaterial {
+    /// `None` when no certificate is configured.
+    pub fn load(cfg: &TlsConfig, http2: bool) -> Result<Option<TlsMaterial>, TlsError> {
+        let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) else {
+            return Ok(None);
+        };
+        let certs = read_certs(cert)?;
+        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Key {
+            path: key.clone(),
+            source,
+        })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(TlsError::Setup)?;
+        let builder = match (&cfg.client_ca, cfg.client_auth) {
+            (Some(ca), auth) if auth != ClientAuth::None => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in read_ca(ca)? {
+                    roots.add(c).map_err(|e| TlsError::BadCa {
+                        path: ca.clone(),
+                        detail: e.to_string(),
+                    })?;
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                let verifier = if auth == ClientAuth::Optional {
+                    verifier.allow_unauthenticated()
+                } else {
+                    verifier
+                };
+                let verifier = verifier.build().map_err(|e| TlsError::BadCa {
+                    path: ca.clone(),
+                    detail: e.to_string(),
+                })?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        let mut config =
+            builder
+                .with_single_cert(certs, key_der)
+                .map_err(|source| TlsError::KeyMismatch {
+                    path: key.clone(),
+                    source,
+                })?;
+        config.alpn_protocols = if http2 {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
+        Ok(Some(TlsMaterial(Arc::new(config))))
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| TlsError::Cert {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCert {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+fn read_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| TlsError::Ca {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::BadCa {
+            path: path.to_path_buf(),
+            detail: "contains no PEM certificate".into(),
+        });
+    }
+    Ok(certs)
+}
