@@ -647,3 +647,82 @@ access_format = "json"
     }
     assert_eq!(s.workers(), workers, "USR1 must not kill workers");
 }
+
+#[test]
+fn a_bad_new_certificate_keeps_the_old_one() {
+    let b = demo(
+        r#"
+[server]
+bind = ["127.0.0.1:0"]
+workers = 1
+[tls]
+cert = "{dir}/server.pem"
+key = "{dir}/server.key"
+"#,
+    );
+    make_pki(b.dir());
+    let dir = b.dir().to_path_buf();
+    let mut s = b.start();
+    let Target::Tcp(addr) = s.tcp_addr() else { unreachable!() };
+    let ca = dir.join("ca.pem").display().to_string();
+    let url = format!("https://{addr}/");
+    let deadline = Instant::now() + START_TIMEOUT;
+    while curl(&["--cacert", &ca, &url]).1 != "200 1.1" && curl(&["--cacert", &ca, &url]).1 != "200 2" {
+        assert!(Instant::now() < deadline, "TLS server not ready: {}", s.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = s.workers();
+    std::fs::write(dir.join("server.pem"), "-----BEGIN CERTIFICATE-----\nnot base64!\n").unwrap();
+    s.signal(Signal::SIGHUP);
+    let log = s.wait_log("reload refused", Duration::from_secs(10));
+    assert!(log.contains("tls.cert"), "{log}");
+    let (ok, out) = curl(&["--cacert", &ca, &url]);
+    assert!(ok, "{out}");
+    assert_eq!(s.workers(), before);
+}
+
+#[test]
+fn combined_access_log_and_json_error_log() {
+    let mut s = demo(
+        r#"
+[server]
+bind = ["127.0.0.1:0"]
+workers = 1
+[log]
+format = "json"
+access_log = "{dir}/access.log"
+access_format = "combined"
+"#,
+    )
+    .start();
+    let tcp = s.ready_tcp();
+    let mut c = tcp.connect().unwrap();
+    c.write_all(b"GET /pid HTTP/1.1\r\nHost: x\r\nUser-Agent: ua \"quoted\"\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut sink = Vec::new();
+    let _ = c.read_to_end(&mut sink);
+    let log = s.dir.path().join("access.log");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains("/pid")) {
+            break l.to_string();
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // 127.0.0.1 - - [26/Nov/2026:21:35:24 +0000] "GET /pid HTTP/1.1" 200 5 "-" "ua \"quoted\"" 123 id
+    assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+    assert!(line.contains("+0000] \"GET /pid HTTP/1.1\" 200 "), "{line}");
+    assert!(line.contains(" \"-\" \"ua \\\"quoted\\\"\" "), "{line}");
+    // The error/event log is one JSON object per line.
+    let events = s.log_text();
+    let mut n = 0;
+    for l in events.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{l}");
+        n += 1;
+    }
+    assert!(n >= 2, "{events}");
+}

@@ -316,8 +316,14 @@ impl Server {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let text = self.log_text();
-            if let Some(rest) = text.split("listen=").nth(1) {
+            // Text logs say `listen=A, B`; JSON logs `"listen":"A, B"`.
+            let rest = text
+                .split("listen=")
+                .nth(1)
+                .or_else(|| text.split("\"listen\":\"").nth(1));
+            if let Some(rest) = rest {
                 let first = rest.lines().next().unwrap_or("");
+                let first = first.split('"').next().unwrap_or(first);
                 for part in first.split(", ") {
                     let part = part.trim();
                     if !part.starts_with("unix:") {
