@@ -28,13 +28,14 @@ mod netmask;
 mod pidfile;
 mod procfs;
 mod scoreboard;
+mod serve;
 mod sys;
+mod systemd;
 mod tls;
 mod worker;
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
 
@@ -73,6 +74,7 @@ fn check(path: &Path, overrides: &Overrides) -> i32 {
     match Config::load(path, overrides) {
         Ok(cfg) => {
             print!("{}", cfg.render());
+            print!("{}", serve::describe_inherited());
             eprintln!("{}: configuration is valid", path.display());
             exit::OK
         }
@@ -83,53 +85,4 @@ fn check(path: &Path, overrides: &Overrides) -> i32 {
     }
 }
 
-/// Loads the config, binds, and runs the master until it stops.
-pub fn serve<A: App>(app: A, path: &Path, overrides: Overrides) -> i32 {
-    let config = match Config::load(path, &overrides) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("rsvisor: {e}");
-            return exit::CONFIG_ERROR;
-        }
-    };
-    let log = logging::init(&config.log);
-    let s = &config.server;
-    let addrs = config.listen_addrs();
-    let listeners = match listen::ListenerSet::bind_all(&addrs, s.backlog, s.socket_mode) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("{e}");
-            return exit::BIND_FAILED;
-        }
-    };
-    let pidfile = match &s.pidfile {
-        Some(p) => match pidfile::Pidfile::create(p) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                tracing::error!("cannot write pidfile {}: {e}", p.display());
-                return exit::FAILURE;
-            }
-        },
-        None => None,
-    };
-    let setup = master::MasterSetup {
-        entry: Arc::new(worker::AppWorker(app)),
-        config,
-        config_path: path.to_path_buf(),
-        overrides,
-        listeners,
-        log,
-        pidfile,
-    };
-    match master::Master::new(setup) {
-        Ok(m) => m.run(),
-        Err(e @ master::MasterError::Control(_)) => {
-            tracing::error!("{e}");
-            exit::BIND_FAILED
-        }
-        Err(e) => {
-            tracing::error!("{e}");
-            exit::FAILURE
-        }
-    }
-}
+pub use serve::serve;

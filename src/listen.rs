@@ -24,6 +24,8 @@ pub enum ListenError {
     UnixInUse { addr: BindAddr, path: PathBuf },
     #[error("cannot bind {addr}: {} exists and is not a socket; refusing to remove it", path.display())]
     NotASocket { addr: BindAddr, path: PathBuf },
+    #[error("inherited socket: {0}")]
+    Inherited(#[source] io::Error),
     #[error("cannot set permissions of {}: {source}", path.display())]
     Permissions {
         path: PathBuf,
@@ -69,6 +71,41 @@ impl Listener {
         self.socket.try_clone()
     }
 
+    /// A listening socket handed over by systemd or by the master we are
+    /// upgrading from. `owns_file`: remove its Unix socket file on exit
+    /// (not for systemd's, which systemd manages).
+    pub fn from_inherited(fd: OwnedFd, owns_file: bool) -> io::Result<Listener> {
+        let sock = socket2::SockRef::from(&fd);
+        if !sock.is_listener()? {
+            return Err(io::Error::other("not a listening socket"));
+        }
+        let local = sock.local_addr()?;
+        sock.set_nonblocking(true)?;
+        let addr = if let Some(sa) = local.as_socket() {
+            BindAddr::Tcp(sa)
+        } else if let Some(path) = local.as_pathname() {
+            BindAddr::Unix(path.to_path_buf())
+        } else {
+            return Err(io::Error::other("neither a TCP nor a named Unix socket"));
+        };
+        let unix_file = match (&addr, owns_file) {
+            (BindAddr::Unix(p), true) => std::fs::symlink_metadata(p)
+                .ok()
+                .map(|m| (p.clone(), m.dev(), m.ino())),
+            _ => None,
+        };
+        Ok(Listener {
+            addr,
+            socket: fd,
+            unix_file,
+        })
+    }
+
+    /// Leaves the socket file in place on exit.
+    pub fn forget_file(&mut self) {
+        self.unix_file = None;
+    }
+
     /// Removes the Unix socket file if it is still the one we created.
     fn remove_file(&self) {
         if let Some((path, dev, ino)) = &self.unix_file {
@@ -88,7 +125,12 @@ impl Drop for Listener {
 }
 
 /// Binds `addr` with `backlog`; Unix socket files get `mode` if given.
-pub fn bind(addr: &BindAddr, backlog: u32, mode: Option<u32>) -> Result<Listener, ListenError> {
+pub fn bind(
+    addr: &BindAddr,
+    backlog: u32,
+    mode: Option<u32>,
+    owner: Option<(u32, u32)>,
+) -> Result<Listener, ListenError> {
     match addr {
         BindAddr::Tcp(sa) => {
             let wrap = |source: io::Error| {
@@ -123,7 +165,7 @@ pub fn bind(addr: &BindAddr, backlog: u32, mode: Option<u32>) -> Result<Listener
                 unix_file: None,
             })
         }
-        BindAddr::Unix(path) => bind_unix(addr, path, backlog, mode),
+        BindAddr::Unix(path) => bind_unix(addr, path, backlog, mode, owner),
     }
 }
 
@@ -132,6 +174,7 @@ fn bind_unix(
     path: &Path,
     backlog: u32,
     mode: Option<u32>,
+    owner: Option<(u32, u32)>,
 ) -> Result<Listener, ListenError> {
     let wrap = |source: io::Error| ListenError::Bind {
         addr: addr.clone(),
@@ -143,13 +186,17 @@ fn bind_unix(
     socket
         .bind(&SockAddr::unix(path).map_err(wrap)?)
         .map_err(wrap)?;
+    let perm_err = |source| ListenError::Permissions {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Before listen(): nobody can connect while the file still has the
+    // umask's permissions.
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(perm_err)?;
+    }
     if let Some(mode) = mode {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(
-            |source| ListenError::Permissions {
-                path: path.to_path_buf(),
-                source,
-            },
-        )?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(perm_err)?;
     }
     socket.listen(backlog as i32).map_err(wrap)?;
     socket.set_nonblocking(true).map_err(wrap)?;
@@ -192,17 +239,6 @@ pub struct ListenerSet {
 }
 
 impl ListenerSet {
-    /// Binds every address; on failure nothing stays bound.
-    pub fn bind_all(
-        addrs: &[BindAddr],
-        backlog: u32,
-        mode: Option<u32>,
-    ) -> Result<ListenerSet, ListenError> {
-        let mut set = ListenerSet::default();
-        set.ensure(addrs, backlog, mode)?;
-        Ok(set)
-    }
-
     /// Binds the addresses of `addrs` that are not bound yet. Returns the
     /// newly bound ones' addresses; on failure, closes what it bound.
     pub fn ensure(
@@ -210,13 +246,14 @@ impl ListenerSet {
         addrs: &[BindAddr],
         backlog: u32,
         mode: Option<u32>,
+        owner: Option<(u32, u32)>,
     ) -> Result<Vec<BindAddr>, ListenError> {
         let mut added = Vec::new();
         for addr in addrs {
             if self.get(addr).is_some() {
                 continue;
             }
-            match bind(addr, backlog, mode) {
+            match bind(addr, backlog, mode, owner) {
                 Ok(l) => {
                     added.push(addr.clone());
                     self.listeners.push(l);
@@ -228,6 +265,21 @@ impl ListenerSet {
             }
         }
         Ok(added)
+    }
+
+    /// Adds an inherited socket under `addr` (the config entry it serves).
+    pub fn adopt(&mut self, mut listener: Listener, addr: BindAddr) {
+        listener.addr = addr;
+        self.listeners.retain(|l| l.addr != listener.addr);
+        self.listeners.push(listener);
+    }
+
+    /// Keeps the sockets open but stops removing their files on exit: a
+    /// new master (binary upgrade) serves them now.
+    pub fn hand_over_files(&mut self) {
+        for l in &mut self.listeners {
+            l.forget_file();
+        }
     }
 
     pub fn get(&self, addr: &BindAddr) -> Option<&Listener> {

@@ -24,6 +24,15 @@ impl Pidfile {
     }
 }
 
+impl Pidfile {
+    /// Writes our pid again (after a failed upgrade overwrote it).
+    pub fn rewrite(&self) -> io::Result<()> {
+        let tmp = self.path.with_extension("pid.tmp");
+        std::fs::write(&tmp, format!("{}\n", self.pid))?;
+        std::fs::rename(&tmp, &self.path)
+    }
+}
+
 impl Drop for Pidfile {
     fn drop(&mut self) {
         // During a binary upgrade the new master may own the file by now.

@@ -215,3 +215,118 @@ pub fn page_size() -> u64 {
         .map(|n| n as u64)
         .unwrap_or(4096)
 }
+
+/// Current CLOCK_MONOTONIC in microseconds (systemd's MONOTONIC_USEC).
+pub fn monotonic_us() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .unwrap_or_else(|_| nix::sys::time::TimeSpec::new(0, 0));
+    ts.tv_sec() as u64 * 1_000_000 + ts.tv_nsec() as u64 / 1_000
+}
+
+/// Removes an environment variable. Called only while the process has a
+/// single thread (the master, or a worker before its runtime exists).
+pub fn unset_env(key: &str) {
+    std::env::remove_var(key);
+}
+
+/// Whether `fd` is an open descriptor of this process.
+pub fn is_open(fd: RawFd) -> bool {
+    std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists()
+}
+
+/// Marks a descriptor close-on-exec.
+pub fn set_cloexec(fd: RawFd) {
+    // SAFETY: fcntl(F_SETFD) on a descriptor number only changes a flag of
+    // this process's descriptor table; an invalid number just fails.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+    }
+}
+
+/// Takes ownership of a descriptor handed over by the process that
+/// started us (socket activation, binary upgrade).
+pub fn adopt_inherited_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: by the LISTEN_FDS protocol this number is an open descriptor
+    // handed to this process and owned by nobody else in it; the caller
+    // checked it is open and unsets the variables naming it, so it is
+    // adopted exactly once.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// In a freshly forked child of the master: places `fds` at descriptors
+/// 3, 4, … (the socket-activation layout), sets `env`, and executes `exe`
+/// with `args`. Returns only if that failed.
+pub fn exec_with_fds(
+    exe: &std::path::Path,
+    args: &[std::ffi::OsString],
+    fds: &[RawFd],
+    env: &[(String, String)],
+) -> io::Error {
+    use std::os::unix::ffi::OsStrExt;
+    // First copy every descriptor above the target range, so that placing
+    // one cannot overwrite another that is still to be placed.
+    let mut high = Vec::with_capacity(fds.len());
+    for fd in fds {
+        // SAFETY: F_DUPFD_CLOEXEC on an open descriptor of this process
+        // creates a new descriptor; it touches no memory.
+        let new = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 1024) };
+        if new < 0 {
+            return io::Error::last_os_error();
+        }
+        high.push(new);
+    }
+    for (i, fd) in high.iter().enumerate() {
+        let target = crate::systemd::LISTEN_FDS_START + i as RawFd;
+        // SAFETY: dup2 onto a number in this child's own table; whatever
+        // the master had there is not needed by the program we exec. The
+        // copy is created without close-on-exec, as the protocol requires.
+        if unsafe { libc::dup2(*fd, target) } < 0 {
+            return io::Error::last_os_error();
+        }
+    }
+    for (k, v) in env {
+        set_env(k, v);
+    }
+    let cstr = |s: &std::ffi::OsStr| std::ffi::CString::new(s.as_bytes());
+    let Ok(path) = cstr(exe.as_os_str()) else {
+        return io::Error::other("executable path contains a NUL byte");
+    };
+    let Ok(argv) = args.iter().map(|a| cstr(a)).collect::<Result<Vec<_>, _>>() else {
+        return io::Error::other("an argument contains a NUL byte");
+    };
+    match nix::unistd::execv(&path, &argv) {
+        Err(e) => io::Error::from(e),
+        Ok(never) => match never {},
+    }
+}
+
+/// Ends a forked child at once, without running the parent's exit code
+/// (atexit handlers, stdio flushes) copied into it.
+pub fn exit_child(code: i32) -> ! {
+    // SAFETY: _exit is async-signal-safe and ends the process immediately.
+    unsafe { libc::_exit(code) }
+}
+
+/// Runs the rest of this worker as `run_as`: supplementary groups, then
+/// the group, then the user, and checks that root cannot be regained.
+pub fn drop_privileges(run_as: &crate::config::RunAs) -> io::Result<()> {
+    use nix::unistd::{Gid, Uid};
+    let uid = Uid::from_raw(run_as.uid);
+    let gid = Gid::from_raw(run_as.gid);
+    if nix::unistd::geteuid() == uid && nix::unistd::getegid() == gid {
+        return Ok(());
+    }
+    let user = std::ffi::CString::new(run_as.user.as_bytes())
+        .map_err(|_| io::Error::other("user name contains a NUL byte"))?;
+    nix::unistd::initgroups(&user, gid).map_err(io::Error::from)?;
+    nix::unistd::setgid(gid).map_err(io::Error::from)?;
+    nix::unistd::setuid(uid).map_err(io::Error::from)?;
+    if nix::unistd::getuid() != uid
+        || nix::unistd::geteuid() != uid
+        || nix::unistd::getgid() != gid
+        || (!uid.is_root() && nix::unistd::setuid(Uid::from_raw(0)).is_ok())
+    {
+        return Err(io::Error::other("privileges were not dropped completely"));
+    }
+    Ok(())
+}

@@ -663,16 +663,28 @@ key = "{dir}/server.key"
     make_pki(b.dir());
     let dir = b.dir().to_path_buf();
     let mut s = b.start();
-    let Target::Tcp(addr) = s.tcp_addr() else { unreachable!() };
+    let Target::Tcp(addr) = s.tcp_addr() else {
+        unreachable!()
+    };
     let ca = dir.join("ca.pem").display().to_string();
     let url = format!("https://{addr}/");
     let deadline = Instant::now() + START_TIMEOUT;
-    while curl(&["--cacert", &ca, &url]).1 != "200 1.1" && curl(&["--cacert", &ca, &url]).1 != "200 2" {
-        assert!(Instant::now() < deadline, "TLS server not ready: {}", s.log_text());
+    while curl(&["--cacert", &ca, &url]).1 != "200 1.1"
+        && curl(&["--cacert", &ca, &url]).1 != "200 2"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "TLS server not ready: {}",
+            s.log_text()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let before = s.workers();
-    std::fs::write(dir.join("server.pem"), "-----BEGIN CERTIFICATE-----\nnot base64!\n").unwrap();
+    std::fs::write(
+        dir.join("server.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n",
+    )
+    .unwrap();
     s.signal(Signal::SIGHUP);
     let log = s.wait_log("reload refused", Duration::from_secs(10));
     assert!(log.contains("tls.cert"), "{log}");
@@ -697,8 +709,10 @@ access_format = "combined"
     .start();
     let tcp = s.ready_tcp();
     let mut c = tcp.connect().unwrap();
-    c.write_all(b"GET /pid HTTP/1.1\r\nHost: x\r\nUser-Agent: ua \"quoted\"\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    c.write_all(
+        b"GET /pid HTTP/1.1\r\nHost: x\r\nUser-Agent: ua \"quoted\"\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
     let mut sink = Vec::new();
     let _ = c.read_to_end(&mut sink);
     let log = s.dir.path().join("access.log");

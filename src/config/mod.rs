@@ -74,6 +74,14 @@ impl std::str::FromStr for BindAddr {
     }
 }
 
+/// The account workers run as (`server.user`, `server.group`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -105,6 +113,8 @@ pub struct ServerConfig {
     pub pidfile: Option<PathBuf>,
     pub user: Option<String>,
     pub group: Option<String>,
+    /// `user`/`group` resolved to ids when the config was loaded.
+    pub run_as: Option<RunAs>,
     pub umask: Option<u32>,
     pub socket_mode: Option<u32>,
     pub control_socket: Option<PathBuf>,
@@ -200,6 +210,7 @@ impl Default for Config {
                 worker_threads: 1,
                 pidfile: None,
                 user: None,
+                run_as: None,
                 group: None,
                 umask: None,
                 socket_mode: None,

@@ -33,6 +33,7 @@ pub fn build(
     apply_env(&mut cfg, env, &mut origins)?;
     apply_overrides(&mut cfg, overrides, &mut origins)?;
     validate(&cfg, &origins)?;
+    resolve_user(&mut cfg, &origins)?;
     load_tls(&mut cfg, &origins)?;
     Ok(cfg)
 }
@@ -228,6 +229,37 @@ fn validate(cfg: &Config, origins: &HashMap<String, Origin>) -> Result<(), Confi
             ));
         }
     }
+    Ok(())
+}
+
+/// Looks `server.user` and `server.group` up in the account database.
+fn resolve_user(cfg: &mut Config, origins: &HashMap<String, Origin>) -> Result<(), ConfigError> {
+    let Some(name) = cfg.server.user.clone() else {
+        return Ok(());
+    };
+    let fail = |key: &str, message: String| ConfigError::Invalid {
+        origin: origins.get(key).cloned().unwrap_or(Origin::Default),
+        key: key.to_string(),
+        message,
+    };
+    let user = match nix::unistd::User::from_name(&name) {
+        Ok(Some(u)) => u,
+        Ok(None) => return Err(fail("server.user", format!("no such user {name:?}"))),
+        Err(e) => return Err(fail("server.user", format!("cannot look up {name:?}: {e}"))),
+    };
+    let gid = match &cfg.server.group {
+        None => user.gid.as_raw(),
+        Some(g) => match nix::unistd::Group::from_name(g) {
+            Ok(Some(grp)) => grp.gid.as_raw(),
+            Ok(None) => return Err(fail("server.group", format!("no such group {g:?}"))),
+            Err(e) => return Err(fail("server.group", format!("cannot look up {g:?}: {e}"))),
+        },
+    };
+    cfg.server.run_as = Some(super::RunAs {
+        user: name,
+        uid: user.uid.as_raw(),
+        gid,
+    });
     Ok(())
 }
 

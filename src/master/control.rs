@@ -45,8 +45,20 @@ impl Waiter {
 impl ControlServer {
     pub fn bind(path: &Path) -> Result<ControlServer, ListenError> {
         let addr = BindAddr::Unix(path.to_path_buf());
-        let listener = listen::bind(&addr, CONTROL_BACKLOG, Some(CONTROL_SOCKET_MODE))?;
+        let listener = listen::bind(&addr, CONTROL_BACKLOG, Some(CONTROL_SOCKET_MODE), None)?;
         Ok(ControlServer { listener })
+    }
+
+    /// Serves on a control socket inherited from the master we upgrade from.
+    pub fn inherited(fd: std::os::fd::OwnedFd) -> std::io::Result<ControlServer> {
+        Ok(ControlServer {
+            listener: Listener::from_inherited(fd, true)?,
+        })
+    }
+
+    /// The new master (binary upgrade) owns the socket file now.
+    pub fn hand_over_file(&mut self) {
+        self.listener.forget_file();
     }
 
     pub fn as_fd(&self) -> BorrowedFd<'_> {

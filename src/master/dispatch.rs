@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use nix::sys::signal::Signal;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::control::Waiter;
 use super::{Master, Phase};
@@ -25,9 +25,7 @@ impl Master {
                         w.signal(Signal::SIGUSR1);
                     }
                 }
-                Signal::SIGUSR2 => {
-                    warn!("USR2 (binary upgrade) is not supported by this build; ignored");
-                }
+                Signal::SIGUSR2 => self.start_upgrade(),
                 // CHLD only wakes the loop; reaping is its own step.
                 _ => {}
             }
@@ -70,11 +68,25 @@ impl Master {
         if self.phase != Phase::Running {
             return;
         }
+        self.notifier.stopping();
+        if let Some(up) = self.upgrade.take() {
+            // A half-started new master must not outlive this one.
+            let _ = nix::sys::signal::kill(up.pid(), Signal::SIGKILL);
+        }
+        self.begin_graceful_stop("TERM");
+    }
+
+    /// `/ready` fails at once; after `shutdown_delay` the sockets close and
+    /// the workers drain.
+    pub(super) fn begin_graceful_stop(&mut self, why: &str) {
+        if self.phase != Phase::Running {
+            return;
+        }
         let delay = self.config.lifecycle.shutdown_delay;
         info!(
             shutdown_delay = ?delay,
             graceful_timeout = ?self.config.lifecycle.graceful_timeout,
-            "TERM: stopping gracefully; /ready now answers 503"
+            "{why}: stopping gracefully; /ready now answers 503"
         );
         self.board.set_stopping();
         self.answer_reload_waiters("stopping");
@@ -89,6 +101,12 @@ impl Master {
             return;
         }
         info!(signal = %sig, "stopping now (quick stop)");
+        if !self.handed_over {
+            self.notifier.stopping();
+        }
+        if let Some(up) = self.upgrade.take() {
+            let _ = nix::sys::signal::kill(up.pid(), Signal::SIGKILL);
+        }
         self.board.set_stopping();
         self.answer_reload_waiters("stopping");
         self.listeners.close_all();

@@ -11,6 +11,7 @@ mod control;
 mod dispatch;
 mod fleet;
 mod health;
+mod notify;
 mod progress;
 mod reap;
 mod reload;
@@ -18,8 +19,11 @@ mod retire;
 mod signals;
 mod spawn;
 mod status;
+mod upgrade;
 mod worker_handle;
 
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,12 +35,16 @@ use crate::listen::{ListenError, ListenerSet};
 use crate::logging::LogHandle;
 use crate::pidfile::Pidfile;
 use crate::scoreboard::Board;
+use crate::systemd::Notifier;
 use crate::worker::WorkerMain;
 
 use control::{ControlServer, Waiter};
 use reload::{LastReload, Reload};
 use signals::SignalQueue;
+use upgrade::Upgrade;
 use worker_handle::WorkerHandle;
+
+pub use upgrade::{FD_NAME_CONTROL, FD_NAME_UPGRADE, UPGRADE_FROM_ENV};
 
 /// Longest the loop sleeps without a signal or nudge: heartbeats and
 /// deadlines are checked at least this often.
@@ -95,6 +103,22 @@ pub struct Master {
     next_memory_check: Instant,
     initial_ready_logged: bool,
     started: Instant,
+    notifier: Notifier,
+    last_status: String,
+    next_watchdog: Instant,
+    /// The executable and arguments this master started with (USR2 runs
+    /// the file at that path again).
+    exe: PathBuf,
+    args: Vec<OsString>,
+    /// A binary upgrade this master started.
+    upgrade: Option<Upgrade>,
+    /// In a master started by an upgrade: where to say "ready".
+    upgrade_pipe: Option<OwnedFd>,
+    /// Sockets, socket files and pidfile belong to a new master now.
+    handed_over: bool,
+    /// Inherited sockets that no `server.bind` entry names; served anyway,
+    /// and kept across reloads.
+    extra_binds: Vec<crate::config::BindAddr>,
 }
 
 /// Everything `Master::new` needs.
@@ -106,6 +130,12 @@ pub struct MasterSetup {
     pub listeners: ListenerSet,
     pub log: LogHandle,
     pub pidfile: Option<Pidfile>,
+    /// A control socket inherited from the master we upgrade from.
+    pub inherited_control: Option<OwnedFd>,
+    pub upgrade_pipe: Option<OwnedFd>,
+    pub extra_binds: Vec<crate::config::BindAddr>,
+    pub exe: PathBuf,
+    pub args: Vec<OsString>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,9 +152,13 @@ impl Master {
     pub fn new(setup: MasterSetup) -> Result<Master, MasterError> {
         let board = Board::create().map_err(MasterError::Scoreboard)?;
         let signals = SignalQueue::install().map_err(MasterError::Signals)?;
-        let control = match &setup.config.server.control_socket {
-            Some(path) => Some(ControlServer::bind(path).map_err(MasterError::Control)?),
-            None => None,
+        let control = match (setup.inherited_control, &setup.config.server.control_socket) {
+            (Some(fd), _) => Some(
+                ControlServer::inherited(fd)
+                    .map_err(|e| MasterError::Control(ListenError::Inherited(e)))?,
+            ),
+            (None, Some(path)) => Some(ControlServer::bind(path).map_err(MasterError::Control)?),
+            (None, None) => None,
         };
         let desired = setup.config.worker_count();
         board.set_generation(1);
@@ -157,6 +191,15 @@ impl Master {
             next_memory_check: Instant::now(),
             initial_ready_logged: false,
             started: Instant::now(),
+            notifier: Notifier::from_env(),
+            last_status: String::new(),
+            next_watchdog: Instant::now(),
+            exe: setup.exe,
+            args: setup.args,
+            upgrade: None,
+            upgrade_pipe: setup.upgrade_pipe,
+            handed_over: false,
+            extra_binds: setup.extra_binds,
         })
     }
 
@@ -169,9 +212,10 @@ impl Master {
             listen = %addrs.join(", "),
             "rsvisor master starting"
         );
-        let mut control_ready = false;
+        let mut ready = vec![false, false];
         loop {
-            self.dispatch(control_ready);
+            self.dispatch(ready[0]);
+            self.check_upgrade(ready[1]);
             self.check_health();
             self.reap_children();
             self.cull_and_retire();
@@ -179,10 +223,13 @@ impl Master {
             if let Some(code) = self.track_progress() {
                 return code;
             }
+            self.notify_systemd();
             let timeout = self.next_wakeup();
-            control_ready = self
-                .signals
-                .wait(timeout, self.control.as_ref().map(|c| c.as_fd()));
+            let extra = [
+                self.control.as_ref().map(|c| c.as_fd()),
+                self.upgrade.as_ref().map(|u| u.pipe_fd()),
+            ];
+            ready = self.signals.wait(timeout, &extra);
         }
     }
 
@@ -203,6 +250,9 @@ impl Master {
         } = self.phase
         {
             deadline = deadline.min(close_at);
+        }
+        if self.notifier.watchdog_interval().is_some() {
+            deadline = deadline.min(self.next_watchdog);
         }
         deadline.saturating_duration_since(now)
     }

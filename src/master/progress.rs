@@ -29,6 +29,14 @@ impl Master {
                 elapsed_ms = self.started.elapsed().as_millis() as u64,
                 "all workers ready"
             );
+            let status = self.status_line();
+            if self.upgrade_pipe.is_some() {
+                // Started by USR2: this process is the service now.
+                self.notifier
+                    .send(&format!("MAINPID={}", std::process::id()));
+                self.report_ready_to_old_master();
+            }
+            self.notifier.ready(&status);
         }
 
         // An app that cannot start anywhere: stop instead of looping.

@@ -57,6 +57,7 @@ impl Master {
                 _ => continue,
             };
             let Some(idx) = self.workers.iter().position(|w| w.pid == pid) else {
+                self.upgrade_child_exited(pid, how);
                 continue;
             };
             let w = self.workers.remove(idx);

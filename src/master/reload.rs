@@ -80,14 +80,24 @@ impl Master {
     /// be bound) leaving everything as it was.
     pub(super) fn start_reload(&mut self, waiters: Vec<Waiter>) {
         info!(config = %self.config_path.display(), "reloading configuration");
+        self.notifier.reloading();
         let started = Instant::now();
-        let new = match Config::load(&self.config_path, &self.overrides) {
+        let mut new = match Config::load(&self.config_path, &self.overrides) {
             Ok(c) => c,
             Err(e) => return self.refuse_reload(waiters, e.to_string(), started),
         };
+        for extra in &self.extra_binds {
+            if !new.server.bind.contains(extra) {
+                new.server.bind.push(extra.clone());
+            }
+        }
         let addrs = new.listen_addrs();
         let c = &new.server;
-        if let Err(e) = self.listeners.ensure(&addrs, c.backlog, c.socket_mode) {
+        let owner = c.run_as.as_ref().map(|r| (r.uid, r.gid));
+        if let Err(e) = self
+            .listeners
+            .ensure(&addrs, c.backlog, c.socket_mode, owner)
+        {
             return self.refuse_reload(waiters, e.to_string(), started);
         }
         self.log.apply(&new.log);
@@ -198,5 +208,7 @@ impl Master {
             w.reply(&resp);
         }
         self.last_reload = Some(last);
+        let status = self.status_line();
+        self.notifier.ready(&status);
     }
 }

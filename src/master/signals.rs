@@ -46,26 +46,33 @@ impl SignalQueue {
         [self.read.as_raw_fd(), self.write.as_raw_fd()]
     }
 
-    /// Sleeps until a signal, a worker nudge, `extra` becomes readable, or
-    /// `timeout`. Returns whether `extra` is readable.
-    pub fn wait(&self, timeout: Duration, extra: Option<BorrowedFd<'_>>) -> bool {
+    /// Sleeps until a signal, a worker nudge, one of `extra` becomes
+    /// readable (or hung up), or `timeout`. Returns which of `extra` did.
+    pub fn wait(&self, timeout: Duration, extra: &[Option<BorrowedFd<'_>>]) -> Vec<bool> {
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         let mut fds = vec![PollFd::new(self.read.as_fd(), PollFlags::POLLIN)];
-        if let Some(fd) = extra {
-            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        let mut index = Vec::with_capacity(extra.len());
+        for fd in extra {
+            index.push(fd.map(|fd| {
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                fds.len() - 1
+            }));
         }
         // EINTR is the normal way a signal ends this wait.
         let _ = nix::poll::poll(
             &mut fds,
             PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
         );
-        let extra_ready = fds
-            .get(1)
-            .and_then(|f| f.revents())
-            .is_some_and(|r| r.contains(PollFlags::POLLIN));
+        let ready = index
+            .iter()
+            .map(|i| {
+                i.and_then(|i| fds[i].revents())
+                    .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP))
+            })
+            .collect();
         let mut buf = [0u8; 256];
         while matches!(nix::unistd::read(&self.read, &mut buf), Ok(n) if n > 0) {}
-        extra_ready
+        ready
     }
 
     /// The queued signals, in dispatch order.

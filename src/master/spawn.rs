@@ -168,8 +168,16 @@ fn child_main(entry: &dyn WorkerMain, boot: WorkerBoot, master_fds: &[RawFd]) ->
             error!(error = %e, "worker cannot reset signal handlers");
             return exit::WORKER_SETUP_FAILED;
         }
+        if let Some(run_as) = &boot.config.server.run_as {
+            // Refuse to serve at all rather than serve as root by mistake.
+            if let Err(e) = sys::drop_privileges(run_as) {
+                error!(error = %e, user = %run_as.user, "worker cannot drop privileges");
+                return exit::WORKER_SETUP_FAILED;
+            }
+        }
         // A worker never outlives its master: the kernel kills it when the
         // master dies; the check covers a master that died before this line.
+        // (Set after the privilege drop, which clears it.)
         if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
             error!(error = %e, "worker cannot set PR_SET_PDEATHSIG");
             return exit::WORKER_SETUP_FAILED;
@@ -179,6 +187,11 @@ fn child_main(entry: &dyn WorkerMain, boot: WorkerBoot, master_fds: &[RawFd]) ->
         }
         for fd in master_fds {
             sys::close_inherited(*fd);
+        }
+        // The master talks to systemd and hands sockets over; the app must
+        // not think it may.
+        for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+            sys::unset_env(var);
         }
         for (k, v) in &boot.config.app.env {
             sys::set_env(k, v);

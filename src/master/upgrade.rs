@@ -1,0 +1,202 @@
+//! USR2: binary upgrade. The master starts the executable found at its
+//! original path (re-read, so a newly installed version runs) with every
+//! listening socket and the control socket inherited (the socket-activation
+//! layout: descriptors from 3, `LISTEN_FDS`, `LISTEN_FDNAMES`) and the same
+//! arguments. The new master boots its workers and, once they are all
+//! ready, writes `ready` on a pipe it also inherited and tells systemd
+//! `MAINPID=`. Only then does the old master drain and exit. A new binary
+//! that exits, or is not ready within `lifecycle.timeout`, is killed, and
+//! the old master goes on as before.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::time::Instant;
+
+use nix::fcntl::OFlag;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tracing::{error, info, warn};
+
+use super::reap::Exit;
+use super::{Master, Phase};
+use crate::sys::{self, Fork};
+
+/// `LISTEN_FDNAMES` name of the inherited control socket.
+pub const FD_NAME_CONTROL: &str = "rsvisor-control";
+/// `LISTEN_FDNAMES` name of the pipe the new master reports readiness on.
+pub const FD_NAME_UPGRADE: &str = "rsvisor-upgrade";
+/// Set in the new master's environment: the old master's pid.
+pub const UPGRADE_FROM_ENV: &str = "RSVISOR_UPGRADE_FROM";
+
+/// An upgrade this master started.
+pub struct Upgrade {
+    pid: Pid,
+    deadline: Instant,
+    started: Instant,
+    pipe: OwnedFd,
+    said: Vec<u8>,
+}
+
+impl Upgrade {
+    pub fn pipe_fd(&self) -> BorrowedFd<'_> {
+        self.pipe.as_fd()
+    }
+
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+}
+
+impl Master {
+    pub(super) fn start_upgrade(&mut self) {
+        if self.phase != Phase::Running || self.upgrade.is_some() || self.reload.is_some() {
+            warn!("USR2 ignored: the master is stopping, reloading or upgrading already");
+            return;
+        }
+        match self.spawn_new_master() {
+            Ok(up) => {
+                info!(
+                    new_master = up.pid.as_raw(),
+                    exe = %self.exe.display(),
+                    "USR2: started the new binary; old workers serve until it is ready"
+                );
+                self.upgrade = Some(up);
+            }
+            Err(e) => error!("USR2: cannot start the new binary: {e}"),
+        }
+    }
+
+    fn spawn_new_master(&mut self) -> std::io::Result<Upgrade> {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        let mut fds: Vec<RawFd> = Vec::new();
+        let mut names: Vec<String> = Vec::new();
+        for l in self.listeners.iter() {
+            fds.push(l.raw_fd());
+            names.push(l.addr.to_string());
+        }
+        if let Some(c) = &self.control {
+            fds.push(c.raw_fd());
+            names.push(FD_NAME_CONTROL.into());
+        }
+        fds.push(write.as_raw_fd());
+        names.push(FD_NAME_UPGRADE.into());
+        let old_pid = std::process::id().to_string();
+        match sys::fork()? {
+            Fork::Child => {
+                // The new master must start clean: default signal actions,
+                // nothing blocked; exec keeps neither our handlers nor us.
+                let _ = sys::reset_signal_dispositions();
+                let me = std::process::id().to_string();
+                let mut env = vec![
+                    ("LISTEN_PID".to_string(), me.clone()),
+                    ("LISTEN_FDS".to_string(), fds.len().to_string()),
+                    ("LISTEN_FDNAMES".to_string(), names.join(":")),
+                    (UPGRADE_FROM_ENV.to_string(), old_pid),
+                ];
+                if std::env::var_os("WATCHDOG_USEC").is_some() {
+                    env.push(("WATCHDOG_PID".to_string(), me));
+                }
+                let err = sys::exec_with_fds(&self.exe, &self.args, &fds, &env);
+                eprintln!("rsvisor: cannot execute {}: {err}", self.exe.display());
+                sys::exit_child(127)
+            }
+            Fork::Parent(pid) => {
+                drop(write);
+                let now = Instant::now();
+                Ok(Upgrade {
+                    pid,
+                    deadline: now + self.config.lifecycle.timeout,
+                    started: now,
+                    pipe: read,
+                    said: Vec::new(),
+                })
+            }
+        }
+    }
+
+    /// Reads what the new master said; succeeds on `ready`, gives up on a
+    /// closed pipe or the deadline.
+    pub(super) fn check_upgrade(&mut self, pipe_readable: bool) {
+        let Some(up) = &mut self.upgrade else {
+            return;
+        };
+        let mut closed = false;
+        if pipe_readable {
+            let mut buf = [0u8; 64];
+            match nix::unistd::read(&up.pipe, &mut buf) {
+                Ok(0) => closed = true,
+                Ok(n) => up.said.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+        let ready = up.said.starts_with(b"ready");
+        let late = Instant::now() >= up.deadline;
+        if ready {
+            self.upgrade_succeeded();
+        } else if closed {
+            // It exited or gave up; the reap step may add how.
+            self.upgrade_failed("the new master closed its pipe before it was ready");
+        } else if late {
+            self.upgrade_failed("the new master was not ready within lifecycle.timeout");
+        }
+    }
+
+    /// The reap step found the new master dead.
+    pub(super) fn upgrade_child_exited(&mut self, pid: Pid, how: Exit) -> bool {
+        if self.upgrade.as_ref().map(|u| u.pid) != Some(pid) {
+            return false;
+        }
+        let msg = format!("the new master exited ({how})");
+        self.upgrade_failed(&msg);
+        true
+    }
+
+    fn upgrade_failed(&mut self, why: &str) {
+        let Some(up) = self.upgrade.take() else {
+            return;
+        };
+        error!(
+            new_master = up.pid.as_raw(),
+            "UPGRADE FAILED: {why}; this master keeps serving"
+        );
+        // Its workers die with it (PR_SET_PDEATHSIG).
+        let _ = kill(up.pid, Signal::SIGKILL);
+        if let Some(p) = &self._pidfile {
+            if let Err(e) = p.rewrite() {
+                warn!(error = %e, "cannot restore the pidfile");
+            }
+        }
+        // The new master may have said MAINPID= before failing.
+        self.notifier
+            .send(&format!("MAINPID={}", std::process::id()));
+    }
+
+    fn upgrade_succeeded(&mut self) {
+        let Some(up) = self.upgrade.take() else {
+            return;
+        };
+        info!(
+            new_master = up.pid.as_raw(),
+            elapsed_ms = up.started.elapsed().as_millis() as u64,
+            "upgrade complete: the new master serves; this one drains and exits"
+        );
+        // The new master owns the socket files and the pidfile now.
+        self.listeners.hand_over_files();
+        if let Some(c) = &mut self.control {
+            c.hand_over_file();
+        }
+        self.handed_over = true;
+        self.begin_graceful_stop("handing over to the new master");
+    }
+
+    /// In a master started by an upgrade: tell the old one we are ready.
+    pub(super) fn report_ready_to_old_master(&mut self) {
+        if let Some(pipe) = self.upgrade_pipe.take() {
+            let mut f = std::fs::File::from(pipe);
+            let _ = std::io::Write::write_all(&mut f, b"ready\n");
+            self.board
+                .header
+                .upgrades
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}

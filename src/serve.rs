@@ -1,0 +1,162 @@
+//! `rsvisor serve`: load and check the configuration, take or bind the
+//! listening sockets, write the pidfile, then hand over to the master.
+
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tracing::{error, info, warn};
+
+use crate::app::App;
+use crate::config::{BindAddr, Config, Overrides};
+use crate::listen::{Listener, ListenerSet};
+use crate::master::{self, FD_NAME_CONTROL, FD_NAME_UPGRADE};
+use crate::{exit, logging, pidfile, systemd, worker};
+
+/// Sockets handed to this process (systemd socket activation, or the
+/// master this one upgrades).
+struct Inherited {
+    listeners: Vec<Listener>,
+    control: Option<OwnedFd>,
+    upgrade_pipe: Option<OwnedFd>,
+}
+
+fn take_inherited() -> Inherited {
+    let mut out = Inherited {
+        listeners: Vec::new(),
+        control: None,
+        upgrade_pipe: None,
+    };
+    let from_upgrade = std::env::var_os(master::UPGRADE_FROM_ENV).is_some();
+    crate::sys::unset_env(master::UPGRADE_FROM_ENV);
+    for s in systemd::take_listen_fds() {
+        match s.name.as_deref() {
+            Some(FD_NAME_CONTROL) => out.control = Some(s.fd),
+            Some(FD_NAME_UPGRADE) => out.upgrade_pipe = Some(s.fd),
+            _ => match Listener::from_inherited(s.fd, from_upgrade) {
+                Ok(l) => out.listeners.push(l),
+                Err(e) => warn!(name = ?s.name, error = %e, "ignoring an inherited descriptor"),
+            },
+        }
+    }
+    out
+}
+
+/// Inherited sockets serve the `server.bind` entries with the same address;
+/// the rest of `server.bind` is bound here. Inherited sockets no entry names
+/// are served too (systemd asked for them) and returned as extra binds.
+fn listen(
+    config: &mut Config,
+    inherited: Vec<Listener>,
+) -> Result<(ListenerSet, Vec<BindAddr>), crate::ListenError> {
+    let mut set = ListenerSet::default();
+    let mut extra = Vec::new();
+    for l in inherited {
+        let addr = l.addr.clone();
+        info!(socket = %addr, "using an inherited listening socket");
+        if !config.listen_addrs().contains(&addr) {
+            warn!(socket = %addr, "inherited socket is not in server.bind; serving it anyway");
+            config.server.bind.push(addr.clone());
+            extra.push(addr.clone());
+        }
+        set.adopt(l, addr);
+    }
+    let s = &config.server;
+    let owner = s.run_as.as_ref().map(|r| (r.uid, r.gid));
+    set.ensure(&config.listen_addrs(), s.backlog, s.socket_mode, owner)?;
+    Ok((set, extra))
+}
+
+/// Loads the config, binds, and runs the master until it stops.
+pub fn serve<A: App>(app: A, path: &Path, overrides: Overrides) -> i32 {
+    // Recorded first: USR2 runs the file at this path again.
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let mut config = match Config::load(path, &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rsvisor: {e}");
+            return exit::CONFIG_ERROR;
+        }
+    };
+    let log = logging::init(&config.log);
+    if let Some(mask) = config.server.umask {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+    }
+    if let Some(r) = &config.server.run_as {
+        let me = nix::unistd::geteuid();
+        if !me.is_root() && me.as_raw() != r.uid {
+            error!(
+                "server.user = {:?} needs rsvisor to start as root (it runs as uid {me})",
+                r.user
+            );
+            return exit::CONFIG_ERROR;
+        }
+    }
+    let inherited = take_inherited();
+    let (listeners, extra_binds) = match listen(&mut config, inherited.listeners) {
+        Ok(l) => l,
+        Err(e) => {
+            error!("{e}");
+            return exit::BIND_FAILED;
+        }
+    };
+    let pidfile = match &config.server.pidfile {
+        Some(p) => match pidfile::Pidfile::create(p) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                error!("cannot write pidfile {}: {e}", p.display());
+                return exit::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let setup = master::MasterSetup {
+        entry: Arc::new(worker::AppWorker(app)),
+        config,
+        config_path: path.to_path_buf(),
+        overrides,
+        listeners,
+        log,
+        pidfile,
+        inherited_control: inherited.control,
+        upgrade_pipe: inherited.upgrade_pipe,
+        extra_binds,
+        exe,
+        args,
+    };
+    match master::Master::new(setup) {
+        Ok(m) => m.run(),
+        Err(e @ master::MasterError::Control(_)) => {
+            error!("{e}");
+            exit::BIND_FAILED
+        }
+        Err(e) => {
+            error!("{e}");
+            exit::FAILURE
+        }
+    }
+}
+
+/// What `rsvisor check` says about inherited sockets, without taking them.
+pub fn describe_inherited() -> String {
+    let pid_ok = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    match (pid_ok, std::env::var("LISTEN_FDS").ok()) {
+        (true, Some(n)) => {
+            let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+            format!(
+                "# socket activation: {n} inherited socket(s) from descriptor {} (names: {})\n",
+                systemd::LISTEN_FDS_START,
+                if names.is_empty() { "none" } else { &names }
+            )
+        }
+        (false, Some(_)) => "# socket activation: LISTEN_FDS is set for another process \
+                             (LISTEN_PID differs); nothing would be inherited\n"
+            .to_string(),
+        _ => "# socket activation: none (no LISTEN_FDS); every address is bound\n".to_string(),
+    }
+}
