@@ -147,12 +147,15 @@ pub fn describe_inherited() -> String {
         == Some(std::process::id());
     match (pid_ok, std::env::var("LISTEN_FDS").ok()) {
         (true, Some(n)) => {
-            let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
-            format!(
-                "# socket activation: {n} inherited socket(s) from descriptor {} (names: {})\n",
-                systemd::LISTEN_FDS_START,
-                if names.is_empty() { "none" } else { &names }
-            )
+            let count: i32 = n.parse().unwrap_or(0);
+            let mut out = format!("# socket activation: {n} inherited socket(s)\n");
+            for i in 0..count {
+                let fd = systemd::LISTEN_FDS_START + i;
+                let what = crate::sys::describe_socket(fd)
+                    .unwrap_or_else(|| "not a listening socket".into());
+                out += &format!("#   fd {fd}: {what}\n");
+            }
+            out
         }
         (false, Some(_)) => "# socket activation: LISTEN_FDS is set for another process \
                              (LISTEN_PID differs); nothing would be inherited\n"

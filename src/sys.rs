@@ -330,3 +330,24 @@ pub fn drop_privileges(run_as: &crate::config::RunAs) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// The local address of a listening socket this process inherited, for
+/// `rsvisor check` (which reports sockets without taking them).
+pub fn describe_socket(fd: RawFd) -> Option<String> {
+    if !is_open(fd) {
+        return None;
+    }
+    // SAFETY: the descriptor is open (checked above) and only borrowed for
+    // the two queries below; nothing closes it meanwhile (single thread).
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let sock = socket2::SockRef::from(&borrowed);
+    if !sock.is_listener().ok()? {
+        return None;
+    }
+    let addr = sock.local_addr().ok()?;
+    if let Some(sa) = addr.as_socket() {
+        Some(sa.to_string())
+    } else {
+        addr.as_pathname().map(|p| format!("unix:{}", p.display()))
+    }
+}

@@ -37,6 +37,7 @@ impl Master {
                 self.report_ready_to_old_master();
             }
             self.notifier.ready(&status);
+            self.last_status = status;
         }
 
         // An app that cannot start anywhere: stop instead of looping.

@@ -210,5 +210,6 @@ impl Master {
         self.last_reload = Some(last);
         let status = self.status_line();
         self.notifier.ready(&status);
+        self.last_status = status;
     }
 }

@@ -24,6 +24,9 @@ use crate::sys::{self, Fork};
 pub const FD_NAME_CONTROL: &str = "rsvisor-control";
 /// `LISTEN_FDNAMES` name of the pipe the new master reports readiness on.
 pub const FD_NAME_UPGRADE: &str = "rsvisor-upgrade";
+/// `LISTEN_FDNAMES` name of a listening socket (names may not contain `:`,
+/// so the address is read from the socket itself).
+pub const FD_NAME_LISTENER: &str = "rsvisor-listener";
 /// Set in the new master's environment: the old master's pid.
 pub const UPGRADE_FROM_ENV: &str = "RSVISOR_UPGRADE_FROM";
 
@@ -71,7 +74,7 @@ impl Master {
         let mut names: Vec<String> = Vec::new();
         for l in self.listeners.iter() {
             fds.push(l.raw_fd());
-            names.push(l.addr.to_string());
+            names.push(FD_NAME_LISTENER.into());
         }
         if let Some(c) = &self.control {
             fds.push(c.raw_fd());

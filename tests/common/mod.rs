@@ -236,6 +236,7 @@ pub struct ServerBuilder {
     config: String,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    raw: Option<Vec<String>>,
     dir: tempfile::TempDir,
 }
 
@@ -246,6 +247,7 @@ impl ServerBuilder {
             config: String::new(),
             env: Vec::new(),
             args: Vec::new(),
+            raw: None,
             dir: tempfile::tempdir().expect("temp dir"),
         }
     }
@@ -270,16 +272,24 @@ impl ServerBuilder {
         self
     }
 
+    /// Runs `bin RAW… CONFIG` instead of `bin serve CONFIG` (a wrapper such
+    /// as systemd-socket-activate that ends with `… -- demo serve`).
+    pub fn raw_args(mut self, raw: &[&str]) -> ServerBuilder {
+        self.raw = Some(raw.iter().map(|s| s.to_string()).collect());
+        self
+    }
+
     pub fn start(self) -> Server {
         let config = self.dir.path().join("app.toml");
         std::fs::write(&config, &self.config).expect("write config");
         let log = self.dir.path().join("stderr.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("serve")
-            .arg(&config)
-            .args(&self.args)
-            .current_dir(self.dir.path())
+        match &self.raw {
+            Some(raw) => cmd.args(raw).arg(&config),
+            None => cmd.arg("serve").arg(&config).args(&self.args),
+        };
+        cmd.current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
