@@ -118,7 +118,12 @@ level = "info"
         "{:?}",
         &stats.errors[..stats.errors.len().min(10)]
     );
-    assert_eq!(s.workers(), before, "the old workers must keep serving");
+    assert_eq!(
+        s.workers(),
+        before,
+        "the old workers must keep serving:\n{}",
+        s.log_text()
+    );
     // The master is still healthy: a good reload afterwards works.
     std::fs::write(&s.config, &good).unwrap();
     s.signal(Signal::SIGHUP);

@@ -370,10 +370,13 @@ impl Server {
         }
     }
 
-    /// Starts and waits for readiness on the first TCP address.
+    /// Waits for readiness on the first TCP address, and for the master to
+    /// report every initial worker ready (so that a signal sent next finds
+    /// a settled fleet).
     pub fn ready_tcp(&mut self) -> Target {
         let t = self.tcp_addr();
         self.wait_ready(&t);
+        self.wait_log("all workers ready", START_TIMEOUT);
         t
     }
 
