@@ -351,3 +351,11 @@ pub fn describe_socket(fd: RawFd) -> Option<String> {
         addr.as_pathname().map(|p| format!("unix:{}", p.display()))
     }
 }
+
+/// Lets another runnable process (a worker sharing this CPU) run now.
+pub fn yield_cpu() {
+    // SAFETY: sched_yield takes no arguments and cannot fail on Linux.
+    unsafe {
+        libc::sched_yield();
+    }
+}

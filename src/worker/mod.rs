@@ -68,16 +68,14 @@ impl<A: App> WorkerMain for AppWorker<A> {
 
 fn run<A: App>(app: &A, boot: WorkerBoot) -> i32 {
     let threads = boot.config.server.worker_threads;
-    let built = if threads <= 1 {
+    let mut builder = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
     };
+    let built = builder.enable_all().build();
     let rt = match built {
         Ok(rt) => rt,
         Err(e) => {

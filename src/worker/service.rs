@@ -14,12 +14,11 @@ use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, RETRY_AFTER};
 use http::{StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::Instant;
 
 use super::access_log::Entry;
 use super::conn::ConnState;
 use super::endpoints;
-use super::Shared;
+use super::shared::{self, Shared};
 use crate::app::{Body, BodyStall, BoxError, Handler, RequestBody};
 use crate::scoreboard::method_class;
 
@@ -53,7 +52,7 @@ async fn handle<H: Handler>(
     conn: Arc<ConnState>,
     req: http::Request<Incoming>,
 ) -> http::Response<TrackedBody<H>> {
-    let start = Instant::now();
+    let start = std::time::Instant::now();
     conn.request_started();
     let version = req.version();
     let method = method_class(req.method());
@@ -117,12 +116,16 @@ async fn handle<H: Handler>(
 
     let slot = shared.slot;
     let status = resp.status().as_u16();
-    let latency_us = start.elapsed().as_micros() as u64;
+    let end = std::time::Instant::now();
+    let latency_us = end.saturating_duration_since(start).as_micros() as u64;
     let served = if shared.config.metrics.enabled {
         slot.record(status, method, latency_us)
     } else {
         slot.count_request()
     };
+    if served % shared::YIELD_EVERY_REQUESTS == 0 {
+        crate::sys::yield_cpu();
+    }
     if shared.max_requests != 0 && served == shared.max_requests && slot.mark_retiring() {
         tracing::info!(
             served,
@@ -189,7 +192,7 @@ struct Done<H> {
     conn: Arc<ConnState>,
     /// Counted against `http.limit_concurrency`.
     counted: bool,
-    start: Instant,
+    start: std::time::Instant,
     status: u16,
     log: Option<PendingLog>,
 }
