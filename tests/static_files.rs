@@ -31,6 +31,8 @@ static_dir = "{dir}/public"
 #[test]
 fn serves_files_with_types_and_validators() {
     let (_s, t) = start();
+    // Two reads: the first fills the cache, the second is served from it.
+    assert_eq!(get(&t, "/style.css").unwrap().text(), "body{}");
     let r = get(&t, "/").unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "<h1>home</h1>");
@@ -66,6 +68,34 @@ fn serves_files_with_types_and_validators() {
     .unwrap();
     let r = read_response(&mut std::io::BufReader::new(s), false).unwrap();
     assert_eq!(r.status, 304);
+
+    // The cached fast path and ServeDir (a Range request goes there) agree
+    // on the validators.
+    let mut s = t.connect().unwrap();
+    write!(
+        s,
+        "GET /style.css HTTP/1.1\r\nHost: t\r\nRange: bytes=0-3\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let r = read_response(&mut std::io::BufReader::new(s), false).unwrap();
+    assert_eq!(r.status, 206);
+    assert_eq!(r.text(), "body");
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    assert_eq!(r.header("last-modified"), Some(modified.as_str()));
+    assert_eq!(r.header("content-type"), Some("text/css"));
+
+    // A change on disk is seen within a second (the cache revalidates).
+    std::fs::write(_s.dir.path().join("public/style.css"), "body{color:red}").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while get(&t, "/style.css").unwrap().text() != "body{color:red}" {
+        assert!(std::time::Instant::now() < deadline, "stale file served");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::fs::write(_s.dir.path().join("public/style.css"), "body{}").unwrap();
+    while get(&t, "/style.css").unwrap().text() != "body{}" {
+        assert!(std::time::Instant::now() < deadline, "stale file served");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 
     // HEAD: headers, no body.
     let r = request(&t, "HEAD", "/style.css", b"").unwrap();
