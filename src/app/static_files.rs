@@ -183,8 +183,11 @@ struct Cache {
     root: PathBuf,
     entries: Mutex<HashMap<PathBuf, Entry>>,
     /// The same, keyed by request path (fast path: no path building).
-    by_uri: Mutex<HashMap<Box<str>, (Instant, Arc<Known>)>>,
+    by_uri: Mutex<HashMap<Box<str>, Checked>>,
 }
+
+/// A known file and when it was last checked.
+type Checked = (Instant, Arc<Known>);
 
 #[derive(Clone)]
 pub struct CachedBackend {
