@@ -56,12 +56,12 @@ impl Listener {
     /// The actual address (useful for port 0 in tests and logs).
     pub fn local_addr(&self) -> String {
         match &self.addr {
-            BindAddr::Tcp(_) => std::net::TcpListener::from(
-                self.socket.try_clone().expect("dup of a listening socket"),
-            )
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| self.addr.to_string()),
+            BindAddr::Tcp(_) => socket2::SockRef::from(&self.socket)
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| self.addr.to_string()),
             BindAddr::Unix(_) => self.addr.to_string(),
         }
     }

@@ -125,33 +125,38 @@ impl TlsMaterial {
     }
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| TlsError::Cert {
-            path: path.to_path_buf(),
-            source,
-        })?;
+/// All PEM certificates in `path`, at least one.
+fn read_pem_certs(
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, rustls_pki_types::pem::Error> {
+    let certs = CertificateDer::pem_file_iter(path)?.collect::<Result<Vec<_>, _>>()?;
     if certs.is_empty() {
-        return Err(TlsError::NoCert {
-            path: path.to_path_buf(),
-        });
+        return Err(rustls_pki_types::pem::Error::NoItemsFound);
     }
     Ok(certs)
 }
 
-fn read_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| TlsError::Ca {
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    read_pem_certs(path).map_err(|source| match source {
+        rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoCert {
+            path: path.to_path_buf(),
+        },
+        source => TlsError::Cert {
             path: path.to_path_buf(),
             source,
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::BadCa {
+        },
+    })
+}
+
+fn read_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    read_pem_certs(path).map_err(|source| match source {
+        rustls_pki_types::pem::Error::NoItemsFound => TlsError::BadCa {
             path: path.to_path_buf(),
             detail: "contains no PEM certificate".into(),
-        });
-    }
-    Ok(certs)
+        },
+        source => TlsError::Ca {
+            path: path.to_path_buf(),
+            source,
+        },
+    })
 }

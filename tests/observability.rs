@@ -307,12 +307,7 @@ max_worker_memory = "48MiB"
     assert!(t0.elapsed() < Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(300));
     let stats = load.finish();
-    assert_eq!(
-        stats.failed,
-        0,
-        "{:?}",
-        &stats.errors[..stats.errors.len().min(5)]
-    );
+    stats.assert_all_ok(1);
     s.wait_log("worker exited after draining", Duration::from_secs(10));
     let text = get(&tcp, "/metrics").unwrap().text();
     assert_eq!(

@@ -310,12 +310,7 @@ control_socket = "{dir}/ctl.sock"
     assert_eq!(st.code(), Some(0), "{}", s.log_text());
     std::thread::sleep(Duration::from_secs(2));
     let stats = load.finish();
-    assert_eq!(
-        stats.failed,
-        0,
-        "{:?}",
-        &stats.errors[..stats.errors.len().min(10)]
-    );
+    stats.assert_all_ok(1);
     assert!(stats.ok > 500);
     let new = pidfile_pid(&d).expect("the new master wrote the pidfile");
     assert_ne!(new, old);
@@ -389,12 +384,7 @@ timeout = 3
     assert!(s.log_text().contains("not ready within lifecycle.timeout"));
 
     let stats = load.finish();
-    assert_eq!(
-        stats.failed,
-        0,
-        "{:?}",
-        &stats.errors[..stats.errors.len().min(10)]
-    );
+    stats.assert_all_ok(1);
     assert!(s.try_wait().is_none(), "the old master must keep running");
     assert_eq!(s.workers(), workers);
     assert_eq!(pidfile_pid(&d), Some(master));

@@ -539,6 +539,23 @@ pub struct LoadStats {
     pub pids: std::collections::BTreeSet<i32>,
 }
 
+impl LoadStats {
+    /// Every request answered 200, and enough of them to mean something.
+    pub fn assert_all_ok(&self, at_least: u64) {
+        assert_eq!(
+            self.failed,
+            0,
+            "failed requests: {:?}",
+            &self.errors[..self.errors.len().min(10)]
+        );
+        assert!(
+            self.ok >= at_least,
+            "only {} requests; expected at least {at_least}",
+            self.ok
+        );
+    }
+}
+
 /// A bounded load of `/pid` requests from `threads` clients that never
 /// retry: half keep connections alive (reconnecting only after a
 /// `Connection: close` or a failure), half open a new connection per request.
