@@ -740,3 +740,42 @@ access_format = "combined"
     }
     assert!(n >= 2, "{events}");
 }
+
+#[test]
+fn proxy_protocol_v1_and_v2_per_bind() {
+    let b = demo(
+        r#"
+[server]
+bind = [{ address = "127.0.0.1:0", proxy_protocol = true }, "unix:{dir}/plain.sock"]
+workers = 1
+"#,
+    );
+    let plain = Target::Unix(b.dir().join("plain.sock"));
+    let mut s = b.start();
+    let tcp = s.ready_tcp_via(&plain);
+    let client = |bytes: &[u8]| -> serde_json::Value {
+        let out = raw(&tcp, bytes).unwrap();
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("{text}"))
+    };
+    let req = b"GET /client HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let mut v1 = b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 80\r\n".to_vec();
+    v1.extend_from_slice(req);
+    assert_eq!(client(&v1)["addr"], "203.0.113.7");
+
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    v2.extend_from_slice(&[0x21, 0x21, 0, 36]);
+    let src: std::net::Ipv6Addr = "2001:db8::9".parse().unwrap();
+    v2.extend_from_slice(&src.octets());
+    v2.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+    v2.extend_from_slice(&[0x1f, 0x90, 0, 80]);
+    v2.extend_from_slice(req);
+    assert_eq!(client(&v2)["addr"], "2001:db8::9");
+
+    // No header on a PROXY bind: closed without an answer.
+    let out = raw(&tcp, req).unwrap();
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    // The other bind is plain HTTP.
+    assert_eq!(get(&plain, "/").unwrap().status, 200);
+}

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use super::value::Val;
 use super::{
-    parse_size, AccessFormat, BindAddr, ClientAuth, Config, LogFormat, WorkerCount, MAX_WORKERS,
+    parse_size, AccessFormat, BindAddr, BindOptions, ClientAuth, Config, LogFormat, WorkerCount,
+    MAX_WORKERS,
 };
 
 type Setter = fn(&mut Config, &Val) -> Result<(), String>;
@@ -14,9 +15,9 @@ type Setter = fn(&mut Config, &Val) -> Result<(), String>;
 /// Section, key, setter. The order is the order of `rsvisor check` output.
 pub const KEYS: &[(&str, &str, Setter)] = &[
     ("server", "bind", |c, v| {
-        let (addrs, tls) = bind_list(v)?;
+        let (addrs, options) = bind_list(v)?;
         c.server.bind = addrs;
-        c.server.bind_tls = tls;
+        c.server.bind_options = options;
         Ok(())
     }),
     ("server", "workers", |c, v| {
@@ -400,8 +401,8 @@ fn string_list(v: &Val) -> Result<Vec<String>, String> {
     }
 }
 
-/// Entries are `"ADDR"` or `{ address = "ADDR", tls = true|false }`.
-fn bind_list(v: &Val) -> Result<(Vec<BindAddr>, BTreeMap<BindAddr, bool>), String> {
+/// Entries are `"ADDR"` or `{ address = "ADDR", tls = …, proxy_protocol = … }`.
+fn bind_list(v: &Val) -> Result<(Vec<BindAddr>, BTreeMap<BindAddr, BindOptions>), String> {
     let items: Vec<Val> = match v {
         Val::Array(items) => items.clone(),
         Val::Str(_) => string_list(v)?.into_iter().map(Val::Str).collect(),
@@ -411,11 +412,14 @@ fn bind_list(v: &Val) -> Result<(Vec<BindAddr>, BTreeMap<BindAddr, bool>), Strin
         return Err("needs at least one address".into());
     }
     let mut out: Vec<BindAddr> = Vec::with_capacity(items.len());
-    let mut tls = BTreeMap::new();
+    let mut options = BTreeMap::new();
     for item in &items {
-        let (addr, flag) = match item {
+        let (addr, opts) = match item {
             Val::Str(s) => (s.parse::<BindAddr>()?, None),
-            Val::Table(entries) => bind_table(entries)?,
+            Val::Table(entries) => {
+                let (addr, opts) = bind_table(entries)?;
+                (addr, Some(opts))
+            }
             other => {
                 return Err(format!(
                     "expected an address string or {{ address = \"…\", tls = true }}, found {}",
@@ -426,30 +430,32 @@ fn bind_list(v: &Val) -> Result<(Vec<BindAddr>, BTreeMap<BindAddr, bool>), Strin
         if out.contains(&addr) {
             return Err(format!("{addr} is listed twice"));
         }
-        if let Some(flag) = flag {
-            tls.insert(addr.clone(), flag);
+        if let Some(opts) = opts {
+            options.insert(addr.clone(), opts);
         }
         out.push(addr);
     }
-    Ok((out, tls))
+    Ok((out, options))
 }
 
-fn bind_table(entries: &[(String, Val)]) -> Result<(BindAddr, Option<bool>), String> {
+fn bind_table(entries: &[(String, Val)]) -> Result<(BindAddr, BindOptions), String> {
     let mut addr = None;
-    let mut tls = None;
+    let mut opts = BindOptions::default();
     for (k, v) in entries {
         match k.as_str() {
             "address" => addr = Some(string(v)?.parse::<BindAddr>()?),
-            "tls" => tls = Some(boolean(v)?),
+            "tls" => opts.tls = Some(boolean(v)?),
+            "proxy_protocol" => opts.proxy_protocol = boolean(v)?,
             other => {
                 return Err(format!(
-                    "unknown key `{other}` in a bind entry; bind entries have address and tls"
+                    "unknown key `{other}` in a bind entry; bind entries have address, tls \
+                     and proxy_protocol"
                 ))
             }
         }
     }
     let addr = addr.ok_or("a bind entry needs `address`")?;
-    Ok((addr, tls))
+    Ok((addr, opts))
 }
 
 fn check_allow_entry(entry: &str) -> Result<(), String> {

@@ -74,6 +74,15 @@ impl std::str::FromStr for BindAddr {
     }
 }
 
+/// Per-address options (`{ address = "…", tls = true, proxy_protocol = true }`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BindOptions {
+    /// `Some` when the entry said `tls = …`; otherwise TLS follows `tls.cert`.
+    pub tls: Option<bool>,
+    /// Every connection starts with a PROXY protocol (v1 or v2) header.
+    pub proxy_protocol: bool,
+}
+
 /// The account workers run as (`server.user`, `server.group`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunAs {
@@ -104,9 +113,8 @@ pub enum ClientAuth {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub bind: Vec<BindAddr>,
-    /// Bind entries that said `tls = true` or `tls = false` explicitly;
-    /// the others use TLS when `tls.cert` is set.
-    pub bind_tls: BTreeMap<BindAddr, bool>,
+    /// Options of bind entries written as tables.
+    pub bind_options: BTreeMap<BindAddr, BindOptions>,
     pub workers: WorkerCount,
     pub backlog: u32,
     pub worker_threads: usize,
@@ -204,7 +212,7 @@ impl Default for Config {
             source: None,
             server: ServerConfig {
                 bind: vec![BindAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 8000)))],
-                bind_tls: BTreeMap::new(),
+                bind_options: BTreeMap::new(),
                 workers: WorkerCount::Auto,
                 backlog: 2048,
                 worker_threads: 1,
@@ -311,10 +319,18 @@ impl Config {
     /// Whether connections on `addr` are TLS.
     pub fn bind_uses_tls(&self, addr: &BindAddr) -> bool {
         self.server
-            .bind_tls
+            .bind_options
             .get(addr)
-            .copied()
+            .and_then(|o| o.tls)
             .unwrap_or(self.tls.cert.is_some())
+    }
+
+    /// Whether connections on `addr` start with a PROXY protocol header.
+    pub fn bind_uses_proxy_protocol(&self, addr: &BindAddr) -> bool {
+        self.server
+            .bind_options
+            .get(addr)
+            .is_some_and(|o| o.proxy_protocol)
     }
 
     /// The effective configuration as TOML, with the resolved worker count.

@@ -199,7 +199,13 @@ fn validate(cfg: &Config, origins: &HashMap<String, Origin>) -> Result<(), Confi
             "tls.client_ca needs tls.cert and tls.key".into(),
         ));
     }
-    if cfg.tls.cert.is_none() && cfg.server.bind_tls.values().any(|t| *t) {
+    if cfg.tls.cert.is_none()
+        && cfg
+            .server
+            .bind_options
+            .values()
+            .any(|o| o.tls == Some(true))
+    {
         return Err(fail(
             "server.bind",
             "a bind entry has tls = true but tls.cert and tls.key are not set".into(),

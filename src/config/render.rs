@@ -44,8 +44,15 @@ pub fn render(c: &Config) -> String {
     let binds: Vec<String> = s
         .bind
         .iter()
-        .map(|b| match s.bind_tls.get(b) {
-            Some(tls) => format!("{{ address = {}, tls = {tls} }}", q(&b.to_string())),
+        .map(|b| match s.bind_options.get(b) {
+            Some(o) => {
+                let tls = o.tls.map(|t| format!(", tls = {t}")).unwrap_or_default();
+                format!(
+                    "{{ address = {}{tls}, proxy_protocol = {} }}",
+                    q(&b.to_string()),
+                    o.proxy_protocol
+                )
+            }
             None => q(&b.to_string()),
         })
         .collect();
@@ -153,7 +160,8 @@ mod tests {
 
     #[test]
     fn rendered_config_parses_back_to_the_same() {
-        let text = "[server]\nworkers = 3\nbind = [\"127.0.0.1:9\", \"unix:/tmp/x.sock\"]\n\
+        let text = "[server]\nworkers = 3\nbind = [\"127.0.0.1:9\", \"unix:/tmp/x.sock\", \
+                    { address = \"127.0.0.1:10\", proxy_protocol = true }]\n\
                     umask = \"0022\"\n[lifecycle]\nshutdown_delay = 0.5\nmax_worker_memory = \"1MiB\"\n\
                     [app]\nenv = { X = \"y z\" }\n";
         let cfg = Config::from_parts(text, None, &[], &Overrides::default()).unwrap();

@@ -15,7 +15,7 @@ use crate::exit;
 use crate::listen::ListenerSet;
 use crate::scoreboard::Board;
 use crate::sys::{self, Fork};
-use crate::worker::{ListenRole, WorkerBoot, WorkerMain};
+use crate::worker::{BootListener, ListenRole, WorkerBoot, WorkerMain};
 
 use super::worker_handle::WorkerHandle;
 use super::{Master, Phase};
@@ -130,7 +130,12 @@ fn spawn(req: SpawnRequest<'_>) -> Result<Pid, SpawnError> {
             addr: addr.clone(),
             source,
         })?;
-        listeners.push((addr.clone(), fd, role));
+        listeners.push(BootListener {
+            addr: addr.clone(),
+            fd,
+            role,
+            proxy_protocol: req.config.bind_uses_proxy_protocol(addr),
+        });
     }
     let master_pid = nix::unistd::getpid();
     req.board.claim(req.slot, req.generation);

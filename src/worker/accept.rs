@@ -1,7 +1,6 @@
 //! Accept loops on the inherited listening sockets.
 
 use std::io;
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use super::conn::{self, Peer};
-use super::{ListenRole, Shared};
+use super::{BootListener, ListenRole, Shared};
 use crate::app::Handler;
 use crate::config::BindAddr;
 
@@ -23,21 +22,30 @@ pub enum Listener {
     Unix(UnixListener),
 }
 
-pub fn into_tokio(
-    fds: Vec<(BindAddr, OwnedFd, ListenRole)>,
-) -> io::Result<Vec<(Listener, ListenRole)>> {
+/// How connections of a listener are served.
+#[derive(Debug, Clone, Copy)]
+pub struct How {
+    pub role: ListenRole,
+    pub proxy_protocol: bool,
+}
+
+pub fn into_tokio(fds: Vec<BootListener>) -> io::Result<Vec<(Listener, How)>> {
     fds.into_iter()
-        .map(|(addr, fd, role)| {
-            let l = match addr {
+        .map(|l| {
+            let how = How {
+                role: l.role,
+                proxy_protocol: l.proxy_protocol,
+            };
+            let listener = match l.addr {
                 BindAddr::Tcp(_) => {
-                    TcpListener::from_std(std::net::TcpListener::from(fd)).map(Listener::Tcp)
+                    TcpListener::from_std(std::net::TcpListener::from(l.fd)).map(Listener::Tcp)
                 }
                 BindAddr::Unix(_) => {
-                    UnixListener::from_std(std::os::unix::net::UnixListener::from(fd))
+                    UnixListener::from_std(std::os::unix::net::UnixListener::from(l.fd))
                         .map(Listener::Unix)
                 }
             }?;
-            Ok((l, role))
+            Ok((listener, how))
         })
         .collect()
 }
@@ -45,7 +53,7 @@ pub fn into_tokio(
 /// Accepts until `stop` turns true, then drops this worker's descriptor.
 pub async fn run<H: Handler>(
     listener: Listener,
-    role: ListenRole,
+    how: How,
     shared: Arc<Shared<H>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -61,7 +69,7 @@ pub async fn run<H: Handler>(
                 tokio::spawn(conn::serve(
                     stream,
                     Peer::Tcp(addr),
-                    role,
+                    how,
                     shared.clone(),
                     stop.clone(),
                 ));
@@ -70,7 +78,7 @@ pub async fn run<H: Handler>(
                 tokio::spawn(conn::serve(
                     stream,
                     Peer::Unix,
-                    role,
+                    how,
                     shared.clone(),
                     stop.clone(),
                 ));

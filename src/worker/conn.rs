@@ -21,6 +21,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
+use super::accept::How;
+use super::proxy_protocol;
 use super::service::ConnService;
 use super::{ListenRole, Shared};
 use crate::app::Handler;
@@ -89,14 +91,42 @@ impl ConnState {
 pub async fn serve<IO, H>(
     io: IO,
     peer: Peer,
-    role: ListenRole,
+    how: How,
     shared: Arc<Shared<H>>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Handler,
 {
     shared.connection_opened();
+    if how.proxy_protocol {
+        // The header counts against the header timeout; a connection
+        // without a valid one is closed.
+        let limit = shared.config.http.header_read_timeout;
+        if let Ok(Ok((source, io))) = tokio::time::timeout(limit, proxy_protocol::accept(io)).await
+        {
+            let peer = match source {
+                proxy_protocol::Source::Client(addr) => Peer::Tcp(addr),
+                proxy_protocol::Source::Local => peer,
+            };
+            serve_http(io, peer, how.role, &shared, stop).await;
+        }
+    } else {
+        serve_http(io, peer, how.role, &shared, stop).await;
+    }
+    shared.connection_closed();
+}
+
+async fn serve_http<IO, H>(
+    io: IO,
+    peer: Peer,
+    role: ListenRole,
+    shared: &Arc<Shared<H>>,
+    mut stop: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
+{
     let tls = match role {
         ListenRole::Tls => shared.tls.clone(),
         _ => None,
@@ -119,7 +149,7 @@ pub async fn serve<IO, H>(
             } else {
                 Proto::H1
             };
-            drive(io, proto, &shared, &state, &mut stop).await;
+            drive(io, proto, shared, &state, &mut stop).await;
         }
         Some(acceptor) => {
             // The handshake counts against the header timeout.
@@ -129,11 +159,10 @@ pub async fn serve<IO, H>(
                     Some(b"h2") => Proto::H2,
                     _ => Proto::H1,
                 };
-                drive(stream, proto, &shared, &state, &mut stop).await;
+                drive(stream, proto, shared, &state, &mut stop).await;
             }
         }
     }
-    shared.connection_closed();
 }
 
 /// Serves the connection until it ends, times out, or drain ends it; the

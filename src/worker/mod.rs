@@ -7,6 +7,7 @@ mod conn;
 mod endpoints;
 mod heartbeat;
 mod proxy;
+mod proxy_protocol;
 mod service;
 mod shared;
 
@@ -40,6 +41,15 @@ pub(crate) enum ListenRole {
     Metrics,
 }
 
+/// One listening socket as a worker receives it.
+pub(crate) struct BootListener {
+    pub addr: BindAddr,
+    pub fd: OwnedFd,
+    pub role: ListenRole,
+    /// Connections start with a PROXY protocol header.
+    pub proxy_protocol: bool,
+}
+
 /// Everything a freshly forked worker receives from its master.
 pub(crate) struct WorkerBoot {
     pub config: Arc<Config>,
@@ -47,7 +57,7 @@ pub(crate) struct WorkerBoot {
     pub generation: u32,
     pub board: &'static Board,
     /// This worker's own descriptors for the listening sockets.
-    pub listeners: Vec<(BindAddr, OwnedFd, ListenRole)>,
+    pub listeners: Vec<BootListener>,
     /// Write end of the master's wake-up pipe.
     pub wake: OwnedFd,
     pub master_pid: Pid,
@@ -145,8 +155,8 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> i32 {
     ));
     tokio::spawn(shared::run_clock(shared.clock.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    for (listener, role) in listeners {
-        tokio::spawn(accept::run(listener, role, shared.clone(), stop_rx.clone()));
+    for (listener, how) in listeners {
+        tokio::spawn(accept::run(listener, how, shared.clone(), stop_rx.clone()));
     }
     slot.set_state(SlotState::Ready);
     shared.nudge_master();

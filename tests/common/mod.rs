@@ -380,6 +380,15 @@ impl Server {
         t
     }
 
+    /// Like `ready_tcp`, but checks readiness through `probe` (when the TCP
+    /// bind cannot answer a plain request, e.g. it expects PROXY headers).
+    pub fn ready_tcp_via(&mut self, probe: &Target) -> Target {
+        let t = self.tcp_addr();
+        self.wait_ready(probe);
+        self.wait_log("all workers ready", START_TIMEOUT);
+        t
+    }
+
     /// Worker processes: children of the master.
     pub fn workers(&self) -> Vec<i32> {
         children_of(self.pid())
