@@ -251,3 +251,45 @@ fn reload_binds_new_addresses_and_closes_removed_ones() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_hup_during_a_reload_is_queued_not_interleaved() {
+    let mut s = demo(
+        r#"
+[server]
+bind = ["127.0.0.1:0"]
+workers = 2
+[app]
+env = { DEMO_STARTUP_DELAY_MS = "400" }
+"#,
+    )
+    .start();
+    let tcp = s.ready_tcp();
+    let load = Load::start(&tcp, 4, Duration::from_secs(30));
+    s.signal(Signal::SIGHUP);
+    s.wait_log("new generation starting", Duration::from_secs(10));
+    s.signal(Signal::SIGHUP);
+    let log = s.wait_log(
+        "queued until the current one finishes",
+        Duration::from_secs(10),
+    );
+    assert!(
+        !log.contains("generation=3"),
+        "second reload started early:\n{log}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.log_text().matches("reload complete").count() < 2 {
+        assert!(Instant::now() < deadline, "{}", s.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = s.log_text();
+    // One after the other: generation 2 completes before generation 3 starts.
+    let done2 = log.find("reload complete: every worker is of the new generation generation=2");
+    let start3 = log.find("generation=3 workers=2");
+    assert!(
+        matches!((done2, start3), (Some(a), Some(b)) if a < b),
+        "{log}"
+    );
+    let stats = load.finish();
+    stats.assert_all_ok(1);
+}
