@@ -9,6 +9,7 @@
 //! | `GET /client`      | 200 JSON `{"addr": …, "scheme": …}`               |
 //! | `POST /echo`       | 200, the request body                             |
 //! | `GET /grow?mb=N`   | allocates N MiB and keeps it (memory recycling)   |
+//! | `GET /panic`       | panics in the handler (the worker must survive)   |
 //!
 //! Startup switches, set with `[app] env = { … }` in the config:
 //! `DEMO_FAIL_STARTUP=1` makes every worker's startup fail;
@@ -82,6 +83,7 @@ impl Handler for DemoHandler {
                 let total: usize = hoard.iter().map(Vec::len).sum();
                 Response::new(Body::from(format!("holding {} MiB\n", total >> 20)))
             }
+            (&Method::GET, "/panic") => panic!("demo: /panic was requested"),
             _ => status(StatusCode::NOT_FOUND, "not found\n".into()),
         }
     }

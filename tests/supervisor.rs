@@ -263,3 +263,38 @@ worker_threads = 2
     let r = common::request(&tcp, "POST", "/echo", b"ping").unwrap();
     assert_eq!((r.status, r.text().as_str()), (200, "ping"));
 }
+
+#[test]
+fn a_panicking_handler_costs_one_connection_not_the_worker() {
+    let mut s = demo(
+        r#"
+[server]
+bind = ["127.0.0.1:0"]
+workers = 1
+[lifecycle]
+graceful_timeout = 20
+[http]
+limit_concurrency = 2
+"#,
+    )
+    .start();
+    let tcp = s.ready_tcp();
+    let before = s.workers();
+    for _ in 0..5 {
+        // The connection is dropped without an answer.
+        assert!(get(&tcp, "/panic").is_err());
+    }
+    // Nor do they stay counted against limit_concurrency.
+    assert_eq!(get(&tcp, "/").unwrap().status, 200);
+    assert_eq!(
+        s.workers(),
+        before,
+        "the worker must survive a panicking handler"
+    );
+    // The panicked connections are not counted as open: a stop is immediate,
+    // not a wait for graceful_timeout.
+    let t0 = Instant::now();
+    s.signal(Signal::SIGTERM);
+    assert_eq!(s.expect_exit(Duration::from_secs(15)).code(), Some(0));
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+}

@@ -166,6 +166,21 @@ fn spawn(req: SpawnRequest<'_>) -> Result<Pid, SpawnError> {
 fn child_main(entry: &dyn WorkerMain, boot: WorkerBoot, master_fds: &[RawFd]) -> ! {
     let span = tracing::info_span!("worker", pid = std::process::id(), slot = boot.slot);
     let _entered = span.enter();
+    // Panics in app code (caught per connection by tokio) are logged like
+    // every other event, so they reach JSON logs and journald intact.
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        error!(%location, "panic in worker: {message}");
+    }));
     // A panic must never unwind into the master's code copied in this
     // process: catch it and exit.
     let code = std::panic::catch_unwind(AssertUnwindSafe(|| {

@@ -99,6 +99,8 @@ pub async fn serve<IO, H>(
     H: Handler,
 {
     shared.connection_opened();
+    // Counted closed even if the app panics inside this task.
+    let _open = OpenConnection(&shared);
     if how.proxy_protocol {
         // The header counts against the header timeout; a connection
         // without a valid one is closed.
@@ -114,7 +116,15 @@ pub async fn serve<IO, H>(
     } else {
         serve_http(io, peer, how.role, &shared, stop).await;
     }
-    shared.connection_closed();
+}
+
+/// Marks the connection closed when dropped (also while unwinding).
+struct OpenConnection<'a, H>(&'a Shared<H>);
+
+impl<H> Drop for OpenConnection<'_, H> {
+    fn drop(&mut self) {
+        self.0.connection_closed();
+    }
 }
 
 async fn serve_http<IO, H>(

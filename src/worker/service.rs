@@ -71,7 +71,7 @@ async fn handle<H: Handler>(
     let (mut parts, body) = req.into_parts();
     parts.extensions.insert(client);
     let limit = shared.config.http.max_body_bytes;
-    let mut counted = false;
+    let mut app_request: Option<AppRequest<H>> = None;
     let mut too_large: Option<Arc<AtomicBool>> = None;
     let mut resp = if declared_length(&parts.headers).is_some_and(|n| n > limit) {
         // Refused before reading a byte of it.
@@ -92,8 +92,9 @@ async fn handle<H: Handler>(
                 if shared.at_capacity() {
                     overloaded()
                 } else {
-                    counted = true;
-                    shared.begin_app_request();
+                    // Released when the response is done, or if the app
+                    // panics while we wait for it.
+                    app_request = Some(AppRequest::begin(shared.clone()));
                     shared.handler.call(req).await
                 }
             }
@@ -140,7 +141,7 @@ async fn handle<H: Handler>(
         done: Some(Done {
             shared,
             conn,
-            counted,
+            app_request,
             start,
             status,
             log,
@@ -186,12 +187,28 @@ struct PendingLog {
     request_id: Option<HeaderValue>,
 }
 
+/// An app request in flight (for `http.limit_concurrency`).
+struct AppRequest<H>(Arc<Shared<H>>);
+
+impl<H> AppRequest<H> {
+    fn begin(shared: Arc<Shared<H>>) -> AppRequest<H> {
+        shared.begin_app_request();
+        AppRequest(shared)
+    }
+}
+
+impl<H> Drop for AppRequest<H> {
+    fn drop(&mut self) {
+        self.0.end_app_request();
+    }
+}
+
 /// Marks the request finished when the response body is done or dropped.
 struct Done<H> {
     shared: Arc<Shared<H>>,
     conn: Arc<ConnState>,
-    /// Counted against `http.limit_concurrency`.
-    counted: bool,
+    /// Counted against `http.limit_concurrency` while it lives.
+    app_request: Option<AppRequest<H>>,
     start: std::time::Instant,
     status: u16,
     log: Option<PendingLog>,
@@ -212,9 +229,7 @@ impl<H> TrackedBody<H> {
         };
         let shared = &done.shared;
         shared.slot.add_bytes_sent(self.sent);
-        if done.counted {
-            shared.end_app_request();
-        }
+        drop(done.app_request);
         done.conn.request_finished(shared.now_ms());
         if let (Some(log), Some(access)) = (done.log, &shared.access_log) {
             access.log(Entry {
