@@ -263,7 +263,7 @@ async fn watchdog<H>(
             let stall = state.body_stall.load(Relaxed);
             if stall == 0 {
                 // The app is working: look again later.
-                tokio::time::sleep(header.min(idle).max(Duration::from_millis(100))).await;
+                tokio::time::sleep(header.min(idle).max(super::shared::CLOCK_TICK)).await;
                 continue;
             }
             let deadline = stall - 1 + header_ms;

@@ -16,6 +16,9 @@ use super::proxy::Trust;
 use crate::config::{Config, HttpConfig};
 use crate::scoreboard::{Board, Slot};
 
+/// HTTP/2 connections are pinged this often, so dead peers are noticed.
+pub const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+
 /// Resolution of the worker clock used for connection timeouts.
 pub const CLOCK_TICK: Duration = Duration::from_millis(100);
 
@@ -64,7 +67,7 @@ fn builder(http: &HttpConfig) -> auto::Builder<TokioExecutor> {
         .keep_alive(!http.keepalive_timeout.is_zero());
     b.http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
         .max_header_list_size(http.max_header_bytes as u32);
     b
 }
