@@ -298,3 +298,24 @@ limit_concurrency = 2
     assert_eq!(s.expect_exit(Duration::from_secs(15)).code(), Some(0));
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
 }
+
+#[test]
+fn serves_on_ipv6_loopback() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback on this machine; nothing to test");
+        return;
+    }
+    let mut s = demo("[server]\nbind = [\"[::1]:0\", \"127.0.0.1:0\"]\nworkers = 1\n").start();
+    let log = s.wait_log("listen=", START_TIMEOUT);
+    let v6 = log
+        .split("listen=")
+        .nth(1)
+        .and_then(|l| l.split(", ").next())
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(v6.starts_with("[::1]:"), "{log}");
+    let t = Target::Tcp(v6);
+    s.wait_ready(&t);
+    assert_eq!(get(&t, "/").unwrap().text(), "hello world");
+}
