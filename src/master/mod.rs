@@ -2,10 +2,12 @@
 //! scoreboard, forks workers and keeps the fleet at the desired size.
 //!
 //! Its loop runs the same steps in the same order every time, one module
-//! each: dispatch queued signals and control requests (`dispatch`) →
-//! check heartbeats, boot deadlines and memory (`health`) → reap children
+//! each: dispatch queued signals and control requests (`dispatch`), and
+//! what a new master of a binary upgrade said (`upgrade`) → check
+//! heartbeats, boot deadlines and memory (`health`) → reap children
 //! (`reap`) → cull/retire (`retire`) → spawn (`spawn`) → track progress
-//! (`progress`) → wait for a signal, a worker's nudge or the next tick.
+//! (`progress`) → tell systemd (`notify`) → wait for a signal, a worker's
+//! nudge, a control client or the next tick.
 
 mod control;
 mod dispatch;
