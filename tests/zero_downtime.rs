@@ -293,3 +293,50 @@ env = { DEMO_STARTUP_DELAY_MS = "400" }
     let stats = load.finish();
     stats.assert_all_ok(1);
 }
+
+#[test]
+fn http2_connections_are_drained_with_goaway_on_reload() {
+    let mut s = demo("[server]\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n").start();
+    let Target::Tcp(addr) = s.ready_tcp() else {
+        unreachable!()
+    };
+    let before = s.workers();
+    // Two requests on one HTTP/2 connection; the reload happens during the
+    // first. It must finish, and the second must be answered (on a new
+    // connection, by the new generation).
+    let curl = std::process::Command::new("curl")
+        .args(["-sS", "--http2-prior-knowledge", "--max-time", "20"])
+        .args(["-w", "%{http_code} %{http_version}\\n"])
+        .args(["-o", "/dev/null"])
+        .arg(format!("http://{addr}/sleep?ms=1500"))
+        .arg("-o")
+        .arg(s.dir.path().join("second.txt"))
+        .arg(format!("http://{addr}/pid"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl");
+    std::thread::sleep(Duration::from_millis(500));
+    s.signal(Signal::SIGHUP);
+    let out = curl.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(' ')).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines.iter().all(|l| *l == "200 2"), "{text}");
+    s.wait_log("reload complete", Duration::from_secs(10));
+    let after = s.wait_workers("new generation", Duration::from_secs(10), |w| {
+        w.len() == 1 && !same_set(w, &before)
+    });
+    // The old worker said GOAWAY: the second request went to the new one.
+    let pid: i32 = std::fs::read_to_string(s.dir.path().join("second.txt"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(vec![pid], after, "served by {pid}; old {before:?}");
+}
