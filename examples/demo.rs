@@ -60,13 +60,12 @@ impl Handler for DemoHandler {
             }
             (&Method::GET, "/pid") => Response::new(Body::from(std::process::id().to_string())),
             (&Method::GET, "/client") => {
-                let info = req.extensions().get::<ClientInfo>().cloned();
+                let info = ClientInfo::of(&req);
                 let addr = info
-                    .as_ref()
-                    .and_then(|i| i.addr)
+                    .addr
                     .map(|a| serde_json::Value::String(a.ip().to_string()))
                     .unwrap_or(serde_json::Value::Null);
-                let scheme = info.as_ref().map_or("http", |i| i.scheme);
+                let scheme = info.scheme;
                 let body = serde_json::json!({ "addr": addr, "scheme": scheme });
                 json(body.to_string())
             }

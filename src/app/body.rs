@@ -126,6 +126,7 @@ pub struct RequestBody {
     exceeded: Option<Arc<AtomicBool>>,
     /// The connection's "waiting for the client's body since" clock slot.
     stall: Option<BodyStall>,
+    client: super::ClientInfo,
 }
 
 /// Where a request body records that it waits for the client: the
@@ -164,6 +165,7 @@ impl RequestBody {
         inner: hyper::body::Incoming,
         limit: u64,
         stall: Option<BodyStall>,
+        client: super::ClientInfo,
     ) -> RequestBody {
         RequestBody {
             inner: Some(inner),
@@ -171,7 +173,13 @@ impl RequestBody {
             read: 0,
             exceeded: None,
             stall,
+            client,
         }
+    }
+
+    /// Who sent the request (see [`super::ClientInfo::of`]).
+    pub fn client(&self) -> &super::ClientInfo {
+        &self.client
     }
 
     /// An empty body (for tests and synthetic requests).
@@ -182,12 +190,8 @@ impl RequestBody {
             read: 0,
             exceeded: None,
             stall: None,
+            client: super::ClientInfo::default(),
         }
-    }
-
-    /// True when the request has no body at all.
-    pub(crate) fn is_empty(&self) -> bool {
-        http_body::Body::is_end_stream(self)
     }
 
     /// A flag that turns true if reading goes past the limit.

@@ -76,8 +76,9 @@ impl WorkerContext {
     }
 }
 
-/// Who sent a request, after the `[proxy]` rules: found in every request's
-/// extensions.
+/// Who sent a request, after the `[proxy]` rules: `ClientInfo::of(&req)`.
+/// (It travels with the request body rather than in the extensions: that
+/// saves two allocations on every request.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientInfo {
     /// The client address: the TCP peer, or the forwarded client when the
@@ -87,6 +88,24 @@ pub struct ClientInfo {
     pub scheme: &'static str,
     /// The forwarded host, when a trusted proxy sent one.
     pub host: Option<String>,
+}
+
+impl Default for ClientInfo {
+    /// An unknown client over plain HTTP (synthetic requests).
+    fn default() -> Self {
+        ClientInfo {
+            addr: None,
+            scheme: "http",
+            host: None,
+        }
+    }
+}
+
+impl ClientInfo {
+    /// The client of `req`.
+    pub fn of(req: &Request) -> &ClientInfo {
+        req.body().client()
+    }
 }
 
 /// An app and handler made from one async function: the smallest way to

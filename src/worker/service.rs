@@ -41,9 +41,8 @@ impl<H: Handler> hyper::service::Service<http::Request<Incoming>> for ConnServic
     type Future = BoxFuture<Result<Self::Response, Self::Error>>;
 
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
-        let shared = self.shared.clone();
-        let conn = self.conn.clone();
-        Box::pin(async move { Ok(handle(shared, conn, req).await) })
+        // One boxed future per request: the handle() state machine itself.
+        Box::pin(handle(self.shared.clone(), self.conn.clone(), req))
     }
 }
 
@@ -51,41 +50,43 @@ async fn handle<H: Handler>(
     shared: Arc<Shared<H>>,
     conn: Arc<ConnState>,
     req: http::Request<Incoming>,
-) -> http::Response<TrackedBody<H>> {
+) -> Result<http::Response<TrackedBody<H>>, std::convert::Infallible> {
     let start = std::time::Instant::now();
     conn.request_started();
     let version = req.version();
     let method = method_class(req.method());
     let client = shared.trust.client(conn.peer, conn.tls, req.headers());
-    let log = shared.access_log.as_ref().map(|_| PendingLog {
-        time: SystemTime::now(),
-        client: client.addr.map(|a| a.ip()),
-        method: req.method().clone(),
-        uri: req.uri().clone(),
-        version,
-        user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
-        referer: req.headers().get(http::header::REFERER).cloned(),
-        request_id: req.headers().get("x-request-id").cloned(),
+    // Boxed: it is carried through the request (and its future) only when
+    // the access log is on.
+    let log = shared.access_log.as_ref().map(|_| {
+        Box::new(PendingLog {
+            time: SystemTime::now(),
+            client: client.addr.map(|a| a.ip()),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version,
+            user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
+            referer: req.headers().get(http::header::REFERER).cloned(),
+            request_id: req.headers().get("x-request-id").cloned(),
+        })
     });
 
-    let (mut parts, body) = req.into_parts();
-    parts.extensions.insert(client);
     let limit = shared.config.http.max_body_bytes;
     let mut app_request: Option<AppRequest<H>> = None;
     let mut too_large: Option<Arc<AtomicBool>> = None;
-    let mut resp = if declared_length(&parts.headers).is_some_and(|n| n > limit) {
+    let mut resp = if declared_length(req.headers()).is_some_and(|n| n > limit) {
         // Refused before reading a byte of it.
         status_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
     } else {
-        let stall = (!conn.h2()).then(|| BodyStall {
+        let has_body = !http_body::Body::is_end_stream(req.body());
+        let stall = (has_body && !conn.h2()).then(|| BodyStall {
             since: conn.body_stall.clone(),
             clock: shared.clock.clone(),
         });
-        let mut body = RequestBody::new(body, limit, stall);
-        if !body.is_empty() {
-            too_large = Some(body.limit_flag());
+        let mut req = req.map(|body| RequestBody::new(body, limit, stall, client));
+        if has_body {
+            too_large = Some(req.body_mut().limit_flag());
         }
-        let req = http::Request::from_parts(parts, body);
         match endpoints::builtin(&shared, conn.role, &req) {
             Some(resp) => resp,
             None => {
@@ -135,7 +136,7 @@ async fn handle<H: Handler>(
         shared.nudge_master();
     }
 
-    resp.map(|body| TrackedBody {
+    Ok(resp.map(|body| TrackedBody {
         inner: body,
         sent: 0,
         done: Some(Done {
@@ -146,7 +147,7 @@ async fn handle<H: Handler>(
             status,
             log,
         }),
-    })
+    }))
 }
 
 fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
@@ -211,7 +212,7 @@ struct Done<H> {
     app_request: Option<AppRequest<H>>,
     start: std::time::Instant,
     status: u16,
-    log: Option<PendingLog>,
+    log: Option<Box<PendingLog>>,
 }
 
 /// The response body handed to hyper: counts bytes and reports the end of
