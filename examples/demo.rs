@@ -46,9 +46,20 @@ impl App for Demo {
 
 impl Handler for DemoHandler {
     async fn call(&self, req: Request) -> Response {
-        let ms = query_u64(&req, "ms").unwrap_or(0);
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/") => Response::new(Body::from("hello world")),
+            (&Method::GET, "/pid") => Response::new(Body::from(std::process::id().to_string())),
+            // The other routes await bigger futures (timers, body reads):
+            // boxed, so that every request's future stays small.
+            _ => Box::pin(self.other_routes(req)).await,
+        }
+    }
+}
+
+impl DemoHandler {
+    async fn other_routes(&self, req: Request) -> Response {
+        let ms = query_u64(&req, "ms").unwrap_or(0);
+        match (req.method(), req.uri().path()) {
             (&Method::GET, "/sleep") => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 Response::new(Body::from(format!("slept {ms} ms\n")))
@@ -58,7 +69,6 @@ impl Handler for DemoHandler {
                 std::thread::sleep(Duration::from_millis(ms));
                 Response::new(Body::from(format!("blocked {ms} ms\n")))
             }
-            (&Method::GET, "/pid") => Response::new(Body::from(std::process::id().to_string())),
             (&Method::GET, "/client") => {
                 let info = ClientInfo::of(&req);
                 let addr = info

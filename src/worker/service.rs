@@ -41,23 +41,54 @@ impl<H: Handler> hyper::service::Service<http::Request<Incoming>> for ConnServic
     type Future = BoxFuture<Result<Self::Response, Self::Error>>;
 
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
-        // One boxed future per request: the handle() state machine itself.
-        Box::pin(handle(self.shared.clone(), self.conn.clone(), req))
+        let shared = self.shared.clone();
+        let conn = self.conn.clone();
+        match prepare(&shared, &conn, req) {
+            Prepared::Answered(resp, ctx) => {
+                Box::pin(std::future::ready(Ok(finish(shared, conn, ctx, resp))))
+            }
+            Prepared::ForApp(req, ctx) => {
+                // The request travels boxed, so the future holds it once
+                // (inside the app's future) and stays small enough for the
+                // allocator's fast path.
+                Box::pin(async move {
+                    let resp = shared.handler.call(*req).await;
+                    Ok(finish(shared, conn, ctx, resp))
+                })
+            }
+        }
     }
 }
 
-async fn handle<H: Handler>(
-    shared: Arc<Shared<H>>,
-    conn: Arc<ConnState>,
+/// What the request path carries from before the app to after it.
+struct Ctx<H> {
+    start: std::time::Instant,
+    version: Version,
+    method: usize,
+    /// Boxed: carried only when the access log is on.
+    log: Option<Box<PendingLog>>,
+    /// Released when the response is done, or if the app panics.
+    app_request: Option<AppRequest<H>>,
+    too_large: Option<Arc<AtomicBool>>,
+}
+
+enum Prepared<H> {
+    /// Answered without the app (built-in endpoint, limit, overload).
+    Answered(crate::Response, Ctx<H>),
+    /// For the app's handler.
+    ForApp(Box<crate::Request>, Ctx<H>),
+}
+
+fn prepare<H: Handler>(
+    shared: &Arc<Shared<H>>,
+    conn: &Arc<ConnState>,
     req: http::Request<Incoming>,
-) -> Result<http::Response<TrackedBody<H>>, std::convert::Infallible> {
+) -> Prepared<H> {
     let start = std::time::Instant::now();
     conn.request_started();
     let version = req.version();
     let method = method_class(req.method());
     let client = shared.trust.client(conn.peer, conn.tls, req.headers());
-    // Boxed: it is carried through the request (and its future) only when
-    // the access log is on.
     let log = shared.access_log.as_ref().map(|_| {
         Box::new(PendingLog {
             time: SystemTime::now(),
@@ -70,48 +101,58 @@ async fn handle<H: Handler>(
             request_id: req.headers().get("x-request-id").cloned(),
         })
     });
-
-    let limit = shared.config.http.max_body_bytes;
-    let mut app_request: Option<AppRequest<H>> = None;
-    let mut too_large: Option<Arc<AtomicBool>> = None;
-    let mut resp = if declared_length(req.headers()).is_some_and(|n| n > limit) {
-        // Refused before reading a byte of it.
-        status_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
-    } else {
-        let has_body = !http_body::Body::is_end_stream(req.body());
-        let stall = (has_body && !conn.h2()).then(|| BodyStall {
-            since: conn.body_stall.clone(),
-            clock: shared.clock.clone(),
-        });
-        let mut req = req.map(|body| RequestBody::new(body, limit, stall, client));
-        if has_body {
-            too_large = Some(req.body_mut().limit_flag());
-        }
-        match endpoints::builtin(&shared, conn.role, &req) {
-            Some(resp) => resp,
-            None => {
-                if shared.at_capacity() {
-                    overloaded()
-                } else {
-                    // Released when the response is done, or if the app
-                    // panics while we wait for it.
-                    app_request = Some(AppRequest::begin(shared.clone()));
-                    shared.handler.call(req).await
-                }
-            }
-        }
+    let mut ctx = Ctx {
+        start,
+        version,
+        method,
+        log,
+        app_request: None,
+        too_large: None,
     };
-    if too_large.is_some_and(|f| f.load(Relaxed)) {
+    let limit = shared.config.http.max_body_bytes;
+    if declared_length(req.headers()).is_some_and(|n| n > limit) {
+        // Refused before reading a byte of it.
+        let resp = status_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+        return Prepared::Answered(resp, ctx);
+    }
+    let has_body = !http_body::Body::is_end_stream(req.body());
+    let stall = (has_body && !conn.h2()).then(|| BodyStall {
+        since: conn.body_stall.clone(),
+        clock: shared.clock.clone(),
+    });
+    let mut req = req.map(|body| RequestBody::new(body, limit, stall, client));
+    if has_body {
+        ctx.too_large = Some(req.body_mut().limit_flag());
+    }
+    if let Some(resp) = endpoints::builtin(shared, conn.role, &req) {
+        return Prepared::Answered(resp, ctx);
+    }
+    if shared.at_capacity() {
+        return Prepared::Answered(overloaded(), ctx);
+    }
+    ctx.app_request = Some(AppRequest::begin(shared.clone()));
+    Prepared::ForApp(Box::new(req), ctx)
+}
+
+/// After the response head exists: limits, drain, counters, and the body
+/// wrapper that reports the end of the request.
+fn finish<H: Handler>(
+    shared: Arc<Shared<H>>,
+    conn: Arc<ConnState>,
+    ctx: Ctx<H>,
+    mut resp: crate::Response,
+) -> http::Response<TrackedBody<H>> {
+    if ctx.too_large.is_some_and(|f| f.load(Relaxed)) {
         // The app read past http.max_body_bytes: whatever it answered, the
         // client gets 413.
         resp = status_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
     }
-    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && version < Version::HTTP_2 {
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && ctx.version < Version::HTTP_2 {
         // The rest of the body is not read; the connection cannot be reused.
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
-    if shared.draining() && version < Version::HTTP_2 {
+    if shared.draining() && ctx.version < Version::HTTP_2 {
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
@@ -119,9 +160,9 @@ async fn handle<H: Handler>(
     let slot = shared.slot;
     let status = resp.status().as_u16();
     let end = std::time::Instant::now();
-    let latency_us = end.saturating_duration_since(start).as_micros() as u64;
+    let latency_us = end.saturating_duration_since(ctx.start).as_micros() as u64;
     let served = if shared.config.metrics.enabled {
-        slot.record(status, method, latency_us)
+        slot.record(status, ctx.method, latency_us)
     } else {
         slot.count_request()
     };
@@ -136,18 +177,18 @@ async fn handle<H: Handler>(
         shared.nudge_master();
     }
 
-    Ok(resp.map(|body| TrackedBody {
+    resp.map(|body| TrackedBody {
         inner: body,
         sent: 0,
         done: Some(Done {
             shared,
             conn,
-            app_request,
-            start,
+            app_request: ctx.app_request,
+            start: ctx.start,
             status,
-            log,
+            log: ctx.log,
         }),
-    }))
+    })
 }
 
 fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
