@@ -141,14 +141,9 @@ pub fn serve<A: App>(app: A, path: &Path, overrides: Overrides) -> i32 {
 
 /// What `rsvisor check` says about inherited sockets, without taking them.
 pub fn describe_inherited() -> String {
-    let pid_ok = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        == Some(std::process::id());
-    match (pid_ok, std::env::var("LISTEN_FDS").ok()) {
-        (true, Some(n)) => {
-            let count: i32 = n.parse().unwrap_or(0);
-            let mut out = format!("# socket activation: {n} inherited socket(s)\n");
+    match systemd::listen_fds() {
+        systemd::ListenFds::Ours(count) => {
+            let mut out = format!("# socket activation: {count} inherited socket(s)\n");
             for i in 0..count {
                 let fd = systemd::LISTEN_FDS_START + i;
                 let what = crate::sys::describe_socket(fd)
@@ -157,9 +152,12 @@ pub fn describe_inherited() -> String {
             }
             out
         }
-        (false, Some(_)) => "# socket activation: LISTEN_FDS is set for another process \
-                             (LISTEN_PID differs); nothing would be inherited\n"
+        systemd::ListenFds::NotOurs => "# socket activation: LISTEN_FDS is set for another \
+                                        process (LISTEN_PID differs); nothing would be \
+                                        inherited\n"
             .to_string(),
-        _ => "# socket activation: none (no LISTEN_FDS); every address is bound\n".to_string(),
+        systemd::ListenFds::None => {
+            "# socket activation: none (no LISTEN_FDS); every address is bound\n".to_string()
+        }
     }
 }

@@ -105,24 +105,46 @@ pub struct Inherited {
     pub name: Option<String>,
 }
 
-/// Takes the `LISTEN_FDS` sockets if `LISTEN_PID` is this process, and
-/// unsets the variables so that nothing started later takes them again.
-pub fn take_listen_fds() -> Vec<Inherited> {
-    let pid_ok = std::env::var("LISTEN_PID")
+/// What the `LISTEN_*` variables offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenFds {
+    /// No `LISTEN_FDS`.
+    None,
+    /// `LISTEN_FDS` is meant for another process (`LISTEN_PID` differs).
+    NotOurs,
+    /// This many descriptors from [`LISTEN_FDS_START`] are ours.
+    Ours(i32),
+}
+
+/// Reads `LISTEN_PID` and `LISTEN_FDS` without taking anything.
+pub fn listen_fds() -> ListenFds {
+    let Some(count) = std::env::var("LISTEN_FDS").ok() else {
+        return ListenFds::None;
+    };
+    let ours = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
         == Some(std::process::id());
-    let count = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|n| n.parse::<i32>().ok())
-        .unwrap_or(0);
+    if !ours {
+        return ListenFds::NotOurs;
+    }
+    ListenFds::Ours(count.parse::<i32>().unwrap_or(0).max(0))
+}
+
+/// Takes the `LISTEN_FDS` sockets if `LISTEN_PID` is this process, and
+/// unsets the variables so that nothing started later takes them again.
+pub fn take_listen_fds() -> Vec<Inherited> {
+    let count = match listen_fds() {
+        ListenFds::Ours(n) => n,
+        ListenFds::None | ListenFds::NotOurs => 0,
+    };
     let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
         .map(|n| n.split(':').map(String::from).collect())
         .unwrap_or_default();
     for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         crate::sys::unset_env(var);
     }
-    if !pid_ok || count <= 0 {
+    if count == 0 {
         return Vec::new();
     }
     (0..count)
