@@ -71,7 +71,7 @@ impl App for StaticFiles {
             serve: dir.map(|root| {
                 let cache = Arc::new(Cache {
                     root: root.clone(),
-                    entries: Mutex::new(HashMap::new()),
+                    entries: Mutex::new(Entries::default()),
                     by_uri: Mutex::new(HashMap::new()),
                 });
                 let backend = CachedBackend {
@@ -179,9 +179,41 @@ struct Entry {
     found: Result<Arc<Known>, io::ErrorKind>,
 }
 
+impl Entry {
+    fn data_len(&self) -> u64 {
+        self.found
+            .as_ref()
+            .ok()
+            .and_then(|k| k.data.as_ref())
+            .map_or(0, |d| d.len() as u64)
+    }
+}
+
+/// The entries by file path, with the bytes they hold kept as a running
+/// total (not summed again on every miss).
+#[derive(Default)]
+struct Entries {
+    map: HashMap<PathBuf, Entry>,
+    bytes: u64,
+}
+
+impl Entries {
+    fn insert(&mut self, path: PathBuf, entry: Entry) {
+        self.bytes += entry.data_len();
+        if let Some(old) = self.map.insert(path, entry) {
+            self.bytes -= old.data_len();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.bytes = 0;
+    }
+}
+
 struct Cache {
     root: PathBuf,
-    entries: Mutex<HashMap<PathBuf, Entry>>,
+    entries: Mutex<Entries>,
     /// The same, keyed by request path (fast path: no path building).
     by_uri: Mutex<HashMap<Box<str>, Checked>>,
 }
@@ -264,14 +296,14 @@ impl Cache {
 
     fn lookup(&self, path: &Path) -> io::Result<Arc<Known>> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = entries.get(path) {
+        if let Some(e) = entries.map.get(path) {
             if e.checked.elapsed() < REVALIDATE_AFTER {
                 return e.found.clone().map_err(io::Error::from);
             }
         }
-        let previous = entries.get(path).and_then(|e| e.found.clone().ok());
+        let previous = entries.map.get(path).and_then(|e| e.found.clone().ok());
         let found = self.resolve(path, previous.as_deref());
-        if entries.len() >= CACHE_ENTRIES_MAX || cached_bytes(&entries) > CACHE_BYTES_MAX {
+        if entries.map.len() >= CACHE_ENTRIES_MAX || entries.bytes > CACHE_BYTES_MAX {
             entries.clear();
             // Lock order: entries, then by_uri (lookup_uri never holds both).
             self.by_uri
@@ -336,19 +368,6 @@ impl Cache {
             headers,
         }))
     }
-}
-
-fn cached_bytes(entries: &HashMap<PathBuf, Entry>) -> u64 {
-    // Counted only when the map is large enough to matter.
-    if entries.len() < 256 {
-        return 0;
-    }
-    entries
-        .values()
-        .filter_map(|e| e.found.as_ref().ok())
-        .filter_map(|k| k.data.as_ref())
-        .map(|d| d.len() as u64)
-        .sum()
 }
 
 impl Backend for CachedBackend {
@@ -446,5 +465,48 @@ impl File for StaticFile {
         ready(Ok(match self {
             StaticFile::Memory { meta, .. } | StaticFile::Disk { meta, .. } => meta.clone(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(bytes: Option<usize>) -> Entry {
+        let meta = Meta {
+            is_dir: false,
+            len: bytes.unwrap_or(0) as u64,
+            modified: None,
+        };
+        Entry {
+            checked: Instant::now(),
+            found: Ok(Arc::new(Known {
+                real: PathBuf::from("/x"),
+                meta,
+                data: bytes.map(|n| Bytes::from(vec![0u8; n])),
+                headers: None,
+            })),
+        }
+    }
+
+    #[test]
+    fn byte_total_follows_inserts_replacements_and_clears() {
+        let mut e = Entries::default();
+        e.insert("/a".into(), entry(Some(100)));
+        e.insert("/b".into(), entry(Some(50)));
+        e.insert("/c".into(), entry(None));
+        assert_eq!(e.bytes, 150);
+        e.insert("/a".into(), entry(Some(10)));
+        assert_eq!(e.bytes, 60);
+        e.insert(
+            "/b".into(),
+            Entry {
+                checked: Instant::now(),
+                found: Err(io::ErrorKind::NotFound),
+            },
+        );
+        assert_eq!(e.bytes, 10);
+        e.clear();
+        assert_eq!((e.bytes, e.map.len()), (0, 0));
     }
 }
