@@ -376,12 +376,8 @@ timeout = 3
     std::fs::write(&bin, "#!/bin/sh\nexec sleep 60\n").unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     s.signal(Signal::SIGUSR2);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while s.log_text().matches("UPGRADE FAILED").count() < 2 {
-        assert!(Instant::now() < deadline, "{}", s.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(s.log_text().contains("not ready within lifecycle.timeout"));
+    let log = s.wait_log_count("UPGRADE FAILED", 2, Duration::from_secs(15));
+    assert!(log.contains("not ready within lifecycle.timeout"));
 
     let stats = load.finish();
     stats.assert_all_ok(1);

@@ -137,16 +137,7 @@ max_requests_jitter = 10
     .start();
     let tcp = s.ready_tcp();
     let load = Load::start(&tcp, 8, Duration::from_secs(60));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let log_has = |s: &Server| s.log_text().matches("reached max_requests").count();
-    while log_has(&s) < 30 {
-        assert!(
-            Instant::now() < deadline,
-            "too few recycles:\n{}",
-            s.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    s.wait_log_count("reached max_requests", 30, Duration::from_secs(60));
     let stats = load.finish();
     stats.assert_all_ok(1);
     assert!(stats.ok >= 2000, "only {} requests", stats.ok);
@@ -277,12 +268,7 @@ env = { DEMO_STARTUP_DELAY_MS = "400" }
         !log.contains("generation=3"),
         "second reload started early:\n{log}"
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while s.log_text().matches("reload complete").count() < 2 {
-        assert!(Instant::now() < deadline, "{}", s.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let log = s.log_text();
+    let log = s.wait_log_count("reload complete", 2, Duration::from_secs(20));
     // One after the other: generation 2 completes before generation 3 starts.
     let done2 = log.find("reload complete: every worker is of the new generation generation=2");
     let start3 = log.find("generation=3 workers=2");

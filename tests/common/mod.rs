@@ -460,15 +460,20 @@ impl Server {
 
     /// Waits for a line containing `needle` in the log.
     pub fn wait_log(&mut self, needle: &str, timeout: Duration) -> String {
+        self.wait_log_count(needle, 1, timeout)
+    }
+
+    /// Waits until the log says `needle` at least `n` times.
+    pub fn wait_log_count(&mut self, needle: &str, n: usize, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let text = self.log_text();
-            if text.contains(needle) {
+            if text.matches(needle).count() >= n {
                 return text;
             }
             assert!(
                 Instant::now() < deadline,
-                "log never said {needle:?}:\n{text}"
+                "log did not say {needle:?} {n} times:\n{text}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
