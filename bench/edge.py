@@ -10,9 +10,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from lib import OUT, ROOT, Server, free_port, wrk_with_cpu  # noqa: E402
-
-DEMO = os.path.join(ROOT, "target", "release", "examples", "demo")
+import bench  # noqa: E402
+from lib import OUT, free_port, wrk_with_cpu  # noqa: E402
 
 
 def pki():
@@ -27,10 +26,7 @@ def pki():
 
 
 def demo(port, extra=""):
-    cfg = os.path.join(OUT, f"edge-{port}.toml")
-    with open(cfg, "w") as f:
-        f.write(f'[server]\nbind = ["127.0.0.1:{port}"]\nworkers = 2\n[log]\naccess_log = ""\n{extra}')
-    return Server("rsvisor-edge", [DEMO, "serve", cfg], port, cpus="1")
+    return bench.rsvisor_demo(port, extra=extra, name="rsvisor-edge")
 
 
 def slowloris(port, n, stop):
