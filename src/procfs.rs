@@ -21,11 +21,26 @@ pub fn stats(pid: i32) -> Option<ProcStats> {
         .map(|d| d.count() as u64)
         .unwrap_or(0);
     Some(ProcStats {
-        rss_bytes: crate::sys::rss_bytes(pid).unwrap_or(0),
+        rss_bytes: rss_bytes(pid).unwrap_or(0),
         cpu_seconds: (utime + stime) / ticks,
         start_time_unix: boot_time().unwrap_or(0.0) + start_ticks / ticks,
         open_fds,
     })
+}
+
+/// Resident set size of a process in bytes, from /proc/PID/statm.
+pub fn rss_bytes(pid: i32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size())
+}
+
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map(|n| n as u64)
+        .unwrap_or(4096)
 }
 
 fn clock_ticks() -> f64 {

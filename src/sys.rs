@@ -201,21 +201,6 @@ pub fn affinity_cpus() -> Option<usize> {
     )
 }
 
-/// Resident set size of a process in bytes, from /proc/PID/statm.
-pub fn rss_bytes(pid: i32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * page_size())
-}
-
-pub fn page_size() -> u64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .map(|n| n as u64)
-        .unwrap_or(4096)
-}
-
 /// Current CLOCK_MONOTONIC in microseconds (systemd's MONOTONIC_USEC).
 pub fn monotonic_us() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)

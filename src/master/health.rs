@@ -63,7 +63,7 @@ impl Master {
 
     fn check_memory(&mut self) {
         for w in &mut self.workers {
-            let rss = crate::sys::rss_bytes(w.pid.as_raw()).unwrap_or(0);
+            let rss = crate::procfs::rss_bytes(w.pid.as_raw()).unwrap_or(0);
             let slot = self.board.slot(w.slot);
             slot.set_rss(rss);
             let Some(limit) = w.config.lifecycle.max_worker_memory else {
