@@ -3,7 +3,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
@@ -72,11 +72,11 @@ impl ControlServer {
     /// Accepts every pending client and reads its request line.
     pub fn accept_requests(&self) -> Vec<(Waiter, Result<Request, String>)> {
         let mut out = Vec::new();
-        let std_listener = match self.listener.dup() {
-            Ok(fd) => UnixListener::from(fd),
-            Err(_) => return out,
-        };
-        while let Ok((stream, _)) = std_listener.accept() {
+        let listener = self.listener.as_fd();
+        let listener = socket2::SockRef::from(&listener);
+        // The socket is non-blocking: accept until nobody is waiting.
+        while let Ok((socket, _)) = listener.accept() {
+            let stream = UnixStream::from(socket);
             match read_request(&stream) {
                 Ok(Some(req)) => out.push((Waiter(stream), req)),
                 Ok(None) => {}
