@@ -57,13 +57,13 @@ impl Master {
         }
 
         self.progress_reload();
-        self.close_unused_listeners();
         None
     }
 
     /// Closes listening sockets that neither the current configuration nor
-    /// any live worker uses any more (addresses removed by a reload).
-    fn close_unused_listeners(&mut self) {
+    /// any live worker uses any more (addresses removed by a reload). Called
+    /// when that can change: a worker exited, or a reload was abandoned.
+    pub(super) fn close_unused_listeners(&mut self) {
         let mut keep = self.config.listen_addrs();
         for w in &self.workers {
             keep.extend(w.config.listen_addrs());

@@ -103,6 +103,7 @@ impl Master {
         if boot_failure && self.phase == Phase::Running {
             self.boot_failed(how);
         }
+        self.close_unused_listeners();
     }
 
     fn boot_failed(&mut self, how: Exit) {

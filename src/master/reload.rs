@@ -168,6 +168,8 @@ impl Master {
                 self.generation = r.old_generation;
                 self.desired = r.old_desired;
                 self.board.set_generation(self.generation);
+                // The new generation's addresses stay while its workers do.
+                self.close_unused_listeners();
                 self.boot_failures = 0;
                 self.startup_failures = 0;
                 self.spawn_not_before = Instant::now();
