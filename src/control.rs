@@ -2,7 +2,11 @@
 //! `rsvisor reload`: one request line (`status`, `reload`, `scale N`,
 //! `stop`), one JSON response line.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+
+use crate::outcome::{ExitReason, Phase, ReloadResult, WorkerState};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -90,10 +94,12 @@ impl Response {
 pub struct Status {
     pub master_pid: u32,
     pub version: String,
-    pub phase: String,
+    pub phase: Phase,
     pub generation: u32,
     pub desired_workers: usize,
     pub uptime_seconds: f64,
+    /// The addresses the master listens on, as bound (a port 0 resolved).
+    pub listeners: Vec<String>,
     pub workers: Vec<WorkerStatus>,
     pub totals: Totals,
     pub last_reload: Option<ReloadReport>,
@@ -104,7 +110,7 @@ pub struct WorkerStatus {
     pub slot: usize,
     pub pid: u32,
     pub generation: u32,
-    pub state: String,
+    pub state: WorkerState,
     pub age_seconds: f64,
     pub requests: u64,
     pub active_connections: u64,
@@ -118,12 +124,15 @@ pub struct Totals {
     pub responses_by_class: [u64; 5],
     pub active_connections: u64,
     pub worker_exits: u64,
+    /// Worker exits by reason, since the master started.
+    pub exits_by_reason: BTreeMap<ExitReason, u64>,
+    /// Reloads by result, since the master started.
+    pub reloads_by_result: BTreeMap<ReloadResult, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ReloadReport {
-    /// `success`, `invalid_config` or `abandoned`.
-    pub result: String,
+    pub result: ReloadResult,
     pub generation: u32,
     pub seconds_ago: f64,
     pub duration_ms: u64,

@@ -143,7 +143,11 @@ fn mib(b: u64) -> String {
 }
 
 pub fn table(s: &Status) -> String {
-    let ready = s.workers.iter().filter(|w| w.state == "ready").count();
+    let ready = s
+        .workers
+        .iter()
+        .filter(|w| w.state == crate::outcome::WorkerState::Ready)
+        .count();
     let mut o = format!(
         "master {}  rsvisor {}  {}  generation {}  workers {}/{} ready  up {}\n",
         s.master_pid,

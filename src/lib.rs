@@ -14,6 +14,8 @@
 //! }
 //! ```
 
+#![deny(unsafe_code)]
+
 mod app;
 mod cli;
 pub mod config;
@@ -23,12 +25,15 @@ pub mod exit;
 mod listen;
 mod logging;
 mod master;
+mod material;
 mod metrics;
 mod netmask;
+pub mod outcome;
 mod pidfile;
 mod procfs;
 mod scoreboard;
 mod serve;
+#[allow(unsafe_code)]
 mod sys;
 mod systemd;
 mod tls;
@@ -71,9 +76,9 @@ pub fn main<A: App>(app: A) -> ExitCode {
 }
 
 fn check(path: &Path, overrides: &Overrides) -> i32 {
-    match Config::load(path, overrides) {
-        Ok(cfg) => {
-            print!("{}", cfg.render());
+    match material::Loaded::load(path, overrides) {
+        Ok(loaded) => {
+            print!("{}", loaded.config.render());
             print!("{}", serve::describe_inherited());
             eprintln!("{}: configuration is valid", path.display());
             exit::OK

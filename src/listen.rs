@@ -299,8 +299,4 @@ impl ListenerSet {
     pub fn close_all(&mut self) {
         self.listeners.clear();
     }
-
-    pub fn raw_fds(&self) -> Vec<RawFd> {
-        self.listeners.iter().map(Listener::raw_fd).collect()
-    }
 }

@@ -9,9 +9,8 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::scoreboard::{
-    Board, Slot, SlotState, EXIT_REASONS, LATENCY_BOUNDS_US, METHOD_CLASSES, RELOAD_RESULTS,
-};
+use crate::outcome::{ExitReason, ReloadResult};
+use crate::scoreboard::{Board, Slot, SlotState, LATENCY_BOUNDS_US, METHOD_CLASSES};
 
 /// A per-worker gauge: name, help, how to read it from a slot at `now_ms`.
 type PerWorker = (&'static str, &'static str, fn(&Slot, u64) -> f64);
@@ -120,20 +119,20 @@ pub fn render(board: &Board) -> String {
         "counter",
         "Workers that exited, by reason.",
     );
-    for (name, n) in EXIT_REASONS.iter().zip(&h.exits) {
+    for r in ExitReason::ALL {
         o.sample(
             "rsvisor_worker_exits_total",
-            &format!("reason=\"{name}\""),
-            n.load(Relaxed),
+            &format!("reason=\"{r}\""),
+            board.exits(*r),
         );
     }
 
     o.family("rsvisor_reloads_total", "counter", "Reloads, by result.");
-    for (name, n) in RELOAD_RESULTS.iter().zip(&h.reloads) {
+    for r in ReloadResult::ALL {
         o.sample(
             "rsvisor_reloads_total",
-            &format!("result=\"{name}\""),
-            n.load(Relaxed),
+            &format!("result=\"{r}\""),
+            board.reloads(*r),
         );
     }
 

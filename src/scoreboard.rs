@@ -4,6 +4,9 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 
+use crate::outcome::{ExitReason, ReloadResult};
+use crate::sys::shared_plain;
+
 /// Slots available: enough for `MAX_WORKERS` serving workers plus as many
 /// replacements and draining workers again during a rolling reload.
 pub const SLOT_CAPACITY: usize = 2 * crate::config::MAX_WORKERS + 16;
@@ -57,16 +60,17 @@ impl SlotState {
     }
 }
 
-/// Monotonic counters that `/metrics` sums over the fleet.
-#[repr(C)]
-#[derive(Default)]
-pub struct Counters {
-    pub requests: AtomicU64,
-    pub bytes_sent: AtomicU64,
-    pub status: [AtomicU64; 5],
-    pub methods: [AtomicU64; METHOD_CLASSES.len()],
-    pub latency: [AtomicU64; LATENCY_BUCKETS],
-    pub latency_sum_us: AtomicU64,
+shared_plain! {
+    /// Monotonic counters that `/metrics` sums over the fleet.
+    #[repr(C)]
+    pub struct Counters {
+        pub requests: AtomicU64,
+        pub bytes_sent: AtomicU64,
+        pub status: [AtomicU64; 5],
+        pub methods: [AtomicU64; METHOD_CLASSES.len()],
+        pub latency: [AtomicU64; LATENCY_BUCKETS],
+        pub latency_sum_us: AtomicU64,
+    }
 }
 
 /// A plain copy of [`Counters`].
@@ -142,57 +146,53 @@ impl CountersSnapshot {
     }
 }
 
-/// One worker's slot.
-#[repr(C, align(64))]
-#[derive(Default)]
-pub struct Slot {
-    pid: AtomicU32,
-    generation: AtomicU32,
-    state: AtomicU32,
-    started_ms: AtomicU64,
-    heartbeat_ms: AtomicU64,
-    /// How late the last heartbeat tick fired (event-loop lag), µs.
-    loop_lag_us: AtomicU64,
-    active_connections: AtomicU64,
-    /// Resident memory, written by the master (it reads /proc).
-    rss_bytes: AtomicU64,
-    pub counters: Counters,
+shared_plain! {
+    /// One worker's slot.
+    #[repr(C, align(64))]
+    pub struct Slot {
+        pid: AtomicU32,
+        generation: AtomicU32,
+        state: AtomicU32,
+        started_ms: AtomicU64,
+        heartbeat_ms: AtomicU64,
+        /// How late the last heartbeat tick fired (event-loop lag), µs.
+        loop_lag_us: AtomicU64,
+        active_connections: AtomicU64,
+        /// Resident memory, written by the master (it reads /proc).
+        rss_bytes: AtomicU64,
+        pub counters: Counters,
+    }
 }
 
-/// Why workers left, counted by the master.
-pub const EXIT_REASONS: [&str; 7] = [
-    "crash",
-    "timeout",
-    "max_requests",
-    "memory",
-    "reload",
-    "scale_down",
-    "shutdown",
-];
+const EXIT_REASONS: usize = ExitReason::ALL.len();
+const RELOAD_RESULTS: usize = ReloadResult::ALL.len();
 
-pub const RELOAD_RESULTS: [&str; 3] = ["success", "invalid_config", "abandoned"];
-
-/// Fleet-wide data: flags and the counts the master keeps.
-#[repr(C, align(64))]
-#[derive(Default)]
-pub struct Header {
-    /// Non-zero once the master is stopping: every `/ready` answers 503.
-    stopping: AtomicU32,
-    current_generation: AtomicU32,
-    /// Seqlock around folding a retired worker's counters into `retired`.
-    fold_seq: AtomicU64,
-    pub retired: Counters,
-    pub exits: [AtomicU64; EXIT_REASONS.len()],
-    pub reloads: [AtomicU64; RELOAD_RESULTS.len()],
-    pub upgrades: AtomicU64,
-    pub master_started_ms: AtomicU64,
+shared_plain! {
+    /// Fleet-wide data: flags and the counts the master keeps.
+    #[repr(C, align(64))]
+    pub struct Header {
+        /// Non-zero once the master is stopping: every `/ready` answers 503.
+        stopping: AtomicU32,
+        current_generation: AtomicU32,
+        /// Seqlock around folding a retired worker's counters into `retired`.
+        fold_seq: AtomicU64,
+        pub retired: Counters,
+        /// Indexed by [`ExitReason::index`].
+        pub exits: [AtomicU64; EXIT_REASONS],
+        /// Indexed by [`ReloadResult::index`].
+        pub reloads: [AtomicU64; RELOAD_RESULTS],
+        pub upgrades: AtomicU64,
+        pub master_started_ms: AtomicU64,
+    }
 }
 
-/// The whole shared region.
-#[repr(C)]
-pub struct Board {
-    pub header: Header,
-    pub slots: [Slot; SLOT_CAPACITY],
+shared_plain! {
+    /// The whole shared region.
+    #[repr(C)]
+    pub struct Board {
+        pub header: Header,
+        pub slots: [Slot; SLOT_CAPACITY],
+    }
 }
 
 impl Board {
@@ -273,16 +273,20 @@ impl Board {
         }
     }
 
-    pub fn count_exit(&self, reason: &str) {
-        if let Some(i) = EXIT_REASONS.iter().position(|r| *r == reason) {
-            self.header.exits[i].fetch_add(1, Relaxed);
-        }
+    pub fn count_exit(&self, reason: ExitReason) {
+        self.header.exits[reason.index()].fetch_add(1, Relaxed);
     }
 
-    pub fn count_reload(&self, result: &str) {
-        if let Some(i) = RELOAD_RESULTS.iter().position(|r| *r == result) {
-            self.header.reloads[i].fetch_add(1, Relaxed);
-        }
+    pub fn exits(&self, reason: ExitReason) -> u64 {
+        self.header.exits[reason.index()].load(Relaxed)
+    }
+
+    pub fn count_reload(&self, result: ReloadResult) {
+        self.header.reloads[result.index()].fetch_add(1, Relaxed);
+    }
+
+    pub fn reloads(&self, result: ReloadResult) -> u64 {
+        self.header.reloads[result.index()].load(Relaxed)
     }
 }
 

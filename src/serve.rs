@@ -12,6 +12,7 @@ use crate::app::App;
 use crate::config::{BindAddr, Config, Overrides};
 use crate::listen::{Listener, ListenerSet};
 use crate::master::{self, FD_NAME_CONTROL, FD_NAME_UPGRADE};
+use crate::material::{Loaded, Material};
 use crate::{exit, logging, pidfile, systemd, worker};
 
 /// Sockets handed to this process (systemd socket activation, or the
@@ -48,6 +49,7 @@ fn take_inherited() -> Inherited {
 /// are served too (systemd asked for them) and returned as extra binds.
 fn listen(
     config: &mut Config,
+    material: &Material,
     inherited: Vec<Listener>,
 ) -> Result<(ListenerSet, Vec<BindAddr>), crate::ListenError> {
     let mut set = ListenerSet::default();
@@ -63,7 +65,7 @@ fn listen(
         set.adopt(l, addr);
     }
     let s = &config.server;
-    let owner = s.run_as.as_ref().map(|r| (r.uid, r.gid));
+    let owner = material.run_as.as_ref().map(|r| (r.uid, r.gid));
     set.ensure(&config.listen_addrs(), s.backlog, s.socket_mode, owner)?;
     Ok((set, extra))
 }
@@ -73,18 +75,19 @@ pub fn serve<A: App>(app: A, path: &Path, overrides: Overrides) -> i32 {
     // Recorded first: USR2 runs the file at this path again.
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
     let args: Vec<OsString> = std::env::args_os().collect();
-    let mut config = match Config::load(path, &overrides) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("rsvisor: {e}");
-            return exit::CONFIG_ERROR;
-        }
-    };
+    let (mut config, material) =
+        match Config::load(path, &overrides).and_then(|c| Material::load(&c).map(|m| (c, m))) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                eprintln!("rsvisor: {e}");
+                return exit::CONFIG_ERROR;
+            }
+        };
     let log = logging::init(&config.log);
     if let Some(mask) = config.server.umask {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
     }
-    if let Some(r) = &config.server.run_as {
+    if let Some(r) = &material.run_as {
         let me = nix::unistd::geteuid();
         if !me.is_root() && me.as_raw() != r.uid {
             error!(
@@ -95,7 +98,7 @@ pub fn serve<A: App>(app: A, path: &Path, overrides: Overrides) -> i32 {
         }
     }
     let inherited = take_inherited();
-    let (listeners, extra_binds) = match listen(&mut config, inherited.listeners) {
+    let (listeners, extra_binds) = match listen(&mut config, &material, inherited.listeners) {
         Ok(l) => l,
         Err(e) => {
             error!("{e}");
@@ -114,7 +117,10 @@ pub fn serve<A: App>(app: A, path: &Path, overrides: Overrides) -> i32 {
     };
     let setup = master::MasterSetup {
         entry: Arc::new(worker::AppWorker(app)),
-        config,
+        loaded: Loaded {
+            config: Arc::new(config),
+            material: Arc::new(material),
+        },
         config_path: path.to_path_buf(),
         overrides,
         listeners,

@@ -5,7 +5,7 @@ use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::unistd::Pid;
@@ -23,7 +23,7 @@ pub enum Fork {
 /// in the child.
 pub fn fork() -> io::Result<Fork> {
     // SAFETY: the master never starts threads (no tokio, no helper threads;
-    // see DESIGN.md "Known pitfalls"), so the child is a full copy of a
+    // see docs/ARCHITECTURE.md), so the child is a full copy of a
     // single-threaded process and may allocate and run arbitrary code.
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Fork::Parent(child)),
@@ -119,18 +119,55 @@ pub fn take_pending(sig: Signal) -> bool {
         .is_some_and(|f| f.swap(false, Ordering::SeqCst))
 }
 
-/// Marker for types that may live in memory shared between processes:
-/// only atomics and plain integers, valid when all bytes are zero, and no
-/// pointers (a pointer means nothing in another address space).
+/// Types that may live in memory shared between processes: atomics and
+/// arrays of them. They hold no pointers (a pointer means nothing in
+/// another address space) and are valid when all bytes are zero.
+///
+/// Structs get it from [`shared_plain!`], which checks every field.
 ///
 /// # Safety
-/// Implementors must be `repr(C)`, made only of atomics / integers / arrays
-/// of them, and valid when zeroed.
+/// Implementors must hold no pointers and be valid when zeroed.
 pub unsafe trait SharedPlain: Sync {}
 
-// SAFETY: the scoreboard is `repr(C)` and made only of atomic integers and
-// arrays of them; all-zero is "free slot, no counts", a valid value.
-unsafe impl SharedPlain for crate::scoreboard::Board {}
+// SAFETY: atomics of integers hold no pointers, and zero is a valid value
+// of each.
+unsafe impl SharedPlain for AtomicU64 {}
+// SAFETY: as above.
+unsafe impl SharedPlain for AtomicU32 {}
+// SAFETY: as above.
+unsafe impl SharedPlain for AtomicBool {}
+// SAFETY: an array of such values is such a value.
+unsafe impl<T: SharedPlain, const N: usize> SharedPlain for [T; N] {}
+
+/// Declares a struct whose fields are all [`SharedPlain`] and makes it
+/// `SharedPlain` too, so it can live in [`shared_zeroed`] memory. The
+/// field check happens at compile time: a field of any other type (a
+/// pointer, a `String`) does not compile.
+macro_rules! shared_plain {
+    ($(#[$m:meta])* $vis:vis struct $name:ident {
+        $($(#[$fm:meta])* $fvis:vis $field:ident : $ty:ty),* $(,)?
+    }) => {
+        $(#[$m])*
+        $vis struct $name {
+            $($(#[$fm])* $fvis $field: $ty),*
+        }
+
+        // SAFETY: every field is SharedPlain (the function below does not
+        // compile otherwise), so the struct holds no pointers and is valid
+        // when zeroed.
+        #[allow(unsafe_code)]
+        unsafe impl $crate::sys::SharedPlain for $name {}
+
+        const _: () = {
+            fn assert_shared_plain<T: $crate::sys::SharedPlain>() {}
+            #[allow(dead_code)]
+            fn every_field_is_shared_plain() {
+                $(assert_shared_plain::<$ty>();)*
+            }
+        };
+    };
+}
+pub(crate) use shared_plain;
 
 /// Maps one zeroed `T` into `MAP_SHARED | MAP_ANONYMOUS` memory that stays
 /// shared with every child forked afterwards. It is never unmapped: it
@@ -138,10 +175,9 @@ unsafe impl SharedPlain for crate::scoreboard::Board {}
 pub fn shared_zeroed<T: SharedPlain>() -> io::Result<&'static T> {
     let len = std::num::NonZeroUsize::new(std::mem::size_of::<T>().max(1))
         .ok_or_else(|| io::Error::other("zero-sized shared region"))?;
-    assert!(
-        std::mem::align_of::<T>() <= 4096,
-        "mmap returns page-aligned memory"
-    );
+    if std::mem::align_of::<T>() > 4096 {
+        return Err(io::Error::other("type needs more than page alignment"));
+    }
     // SAFETY: an anonymous mapping has no file or address preconditions; we
     // ask the kernel to choose the address and check the result.
     let ptr: NonNull<std::ffi::c_void> = unsafe {
@@ -154,20 +190,56 @@ pub fn shared_zeroed<T: SharedPlain>() -> io::Result<&'static T> {
     }
     .map_err(io::Error::from)?;
     // SAFETY: the mapping is `size_of::<T>()` bytes, page-aligned (so
-    // aligned for T), zero-filled by the kernel (a valid T by SharedPlain),
-    // and never unmapped, so a shared 'static reference is valid; T is Sync
-    // and only touched through atomics.
+    // aligned for T, checked above), zero-filled by the kernel (a valid T by
+    // SharedPlain), and never unmapped, so a shared 'static reference is
+    // valid; T is Sync and only touched through atomics.
     Ok(unsafe { ptr.cast::<T>().as_ref() })
 }
 
-/// Closes a descriptor that this process inherited through fork but whose
-/// owning object will never be dropped here (the child exits without
-/// unwinding the master's state).
-pub fn close_inherited(fd: RawFd) {
-    // SAFETY: called in a freshly forked child for descriptors the master
-    // owns; the child never drops the master's owning objects (it leaves via
-    // `process::exit`), so nothing else will close this number again.
-    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+/// In a freshly forked child: closes every descriptor except 0, 1, 2 and
+/// `keep`. What the child keeps is a list of what it needs; anything the
+/// master opened (its pipes, control clients, sockets of other
+/// generations) is closed without having to be named.
+pub fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
+    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|fd| *fd > 2).collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut first: libc::c_uint = 3;
+    for fd in keep.iter().copied().chain([RawFd::MAX]) {
+        let fd = fd as libc::c_uint;
+        if fd > first {
+            close_range(first, fd - 1)?;
+        }
+        first = fd.saturating_add(1);
+    }
+    Ok(())
+}
+
+fn close_range(first: libc::c_uint, last: libc::c_uint) -> io::Result<()> {
+    // SAFETY: close_range(2) only closes descriptors of this process in
+    // the given range; the child owns no Rust object that will use them
+    // (it never drops the master's state, see `close_fds_except`).
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0 as libc::c_uint) };
+    if r == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::ENOSYS) {
+        return Err(err);
+    }
+    // Kernels before 5.9: close what /proc lists in the range.
+    let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in open {
+        if (first as i64..=last as i64).contains(&(fd as i64)) {
+            // SAFETY: as above; a descriptor that is already closed (the
+            // directory handle of read_dir) just fails with EBADF.
+            unsafe { libc::close(fd) };
+        }
+    }
+    Ok(())
 }
 
 /// Sets an environment variable in a worker before its runtime starts.
@@ -239,12 +311,13 @@ pub fn adopt_inherited_fd(fd: RawFd) -> OwnedFd {
 }
 
 /// In a freshly forked child of the master: places `fds` at descriptors
-/// 3, 4, … (the socket-activation layout), sets `env`, and executes `exe`
-/// with `args`. Returns only if that failed.
+/// `first_fd`, `first_fd + 1`, … (the socket-activation layout), sets
+/// `env`, and executes `exe` with `args`. Returns only if that failed.
 pub fn exec_with_fds(
     exe: &std::path::Path,
     args: &[std::ffi::OsString],
     fds: &[RawFd],
+    first_fd: RawFd,
     env: &[(String, String)],
 ) -> io::Error {
     use std::os::unix::ffi::OsStrExt;
@@ -261,7 +334,7 @@ pub fn exec_with_fds(
         high.push(new);
     }
     for (i, fd) in high.iter().enumerate() {
-        let target = crate::systemd::LISTEN_FDS_START + i as RawFd;
+        let target = first_fd + i as RawFd;
         // SAFETY: dup2 onto a number in this child's own table; whatever
         // the master had there is not needed by the program we exec. The
         // copy is created without close-on-exec, as the protocol requires.
@@ -292,16 +365,17 @@ pub fn exit_child(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Runs the rest of this worker as `run_as`: supplementary groups, then
-/// the group, then the user, and checks that root cannot be regained.
-pub fn drop_privileges(run_as: &crate::config::RunAs) -> io::Result<()> {
+/// Runs the rest of this process as `user` (`uid`, `gid`): supplementary
+/// groups, then the group, then the user, and checks that root cannot be
+/// regained.
+pub fn drop_privileges(user: &str, uid: u32, gid: u32) -> io::Result<()> {
     use nix::unistd::{Gid, Uid};
-    let uid = Uid::from_raw(run_as.uid);
-    let gid = Gid::from_raw(run_as.gid);
+    let uid = Uid::from_raw(uid);
+    let gid = Gid::from_raw(gid);
     if nix::unistd::geteuid() == uid && nix::unistd::getegid() == gid {
         return Ok(());
     }
-    let user = std::ffi::CString::new(run_as.user.as_bytes())
+    let user = std::ffi::CString::new(user.as_bytes())
         .map_err(|_| io::Error::other("user name contains a NUL byte"))?;
     nix::unistd::initgroups(&user, gid).map_err(io::Error::from)?;
     nix::unistd::setgid(gid).map_err(io::Error::from)?;

@@ -121,7 +121,7 @@ fn auto_workers_follow_cpu_affinity() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0));
     assert!(
-        text.contains("workers = 3  # auto: 2 × 1 usable CPU + 1 = 3"),
+        text.contains("workers = \"auto\"  # auto: 2 × 1 usable CPU + 1 = 3"),
         "{text}"
     );
 }

@@ -260,10 +260,7 @@ env = { DEMO_STARTUP_DELAY_MS = "400" }
     s.signal(Signal::SIGHUP);
     s.wait_log("new generation starting", Duration::from_secs(10));
     s.signal(Signal::SIGHUP);
-    let log = s.wait_log(
-        "queued until the current one finishes",
-        Duration::from_secs(10),
-    );
+    let log = s.wait_log("queued until it finishes", Duration::from_secs(10));
     assert!(
         !log.contains("generation=3"),
         "second reload started early:\n{log}"

@@ -1,250 +1,50 @@
-//! Every configuration key, and the function that checks and stores it.
+//! Every configuration key, in one table: its default, its meaning (the
+//! README's tables are generated from it), how a value is checked and
+//! stored, and how it is printed back by `rsvisor check`. The order here is
+//! the order of `check`'s output and of the README.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::time::Duration;
-
+use super::convert::*;
 use super::value::Val;
-use super::{
-    parse_size, AccessFormat, BindAddr, BindOptions, ClientAuth, Config, LogFormat, WorkerCount,
-    MAX_WORKERS,
-};
+use super::{AccessFormat, ClientAuth, Config, LogFormat, WorkerCount, MAX_WORKERS};
 
-type Setter = fn(&mut Config, &Val) -> Result<(), String>;
+pub type Setter = fn(&mut Config, &Val) -> Result<(), String>;
 
-/// Section, key, setter. The order is the order of `rsvisor check` output.
-pub const KEYS: &[(&str, &str, Setter)] = &[
-    ("server", "bind", |c, v| {
-        let (addrs, options) = bind_list(v)?;
-        c.server.bind = addrs;
-        c.server.bind_options = options;
-        Ok(())
-    }),
-    ("server", "workers", |c, v| {
-        c.server.workers = match v {
-            Val::Str(s) if s == "auto" => WorkerCount::Auto,
-            Val::Str(s) => match s.parse::<i64>() {
-                Ok(n) => WorkerCount::Fixed(int_in(&Val::Int(n), 1, MAX_WORKERS as i64)? as usize),
-                Err(_) => return Err(format!("expected an integer or \"auto\", found {s:?}")),
+pub struct Key {
+    pub section: &'static str,
+    pub name: &'static str,
+    /// The default as a TOML literal; `Config::default()` is made by
+    /// applying these.
+    pub default: &'static str,
+    /// What the key means (Markdown, one paragraph): the README's text.
+    pub doc: &'static str,
+    pub set: Setter,
+    /// The current value as a TOML literal.
+    pub get: fn(&Config) -> String,
+    /// A comment `check` adds after the value (how `auto` was resolved).
+    pub note: Option<fn(&Config) -> Option<String>>,
+}
+
+macro_rules! key {
+    ($section:literal . $name:literal = $default:literal,
+     $doc:literal,
+     set |$c:ident, $v:ident| $set:expr,
+     get |$g:ident| $get:expr $(, note $note:expr)? $(,)?) => {
+        Key {
+            section: $section,
+            name: $name,
+            default: $default,
+            doc: $doc,
+            set: |$c, $v| {
+                $set;
+                Ok(())
             },
-            Val::Int(_) => WorkerCount::Fixed(int_in(v, 1, MAX_WORKERS as i64)? as usize),
-            other => {
-                return Err(format!(
-                    "expected an integer or \"auto\", found {}",
-                    other.type_name()
-                ))
-            }
-        };
-        Ok(())
-    }),
-    ("server", "backlog", |c, v| {
-        c.server.backlog = int_in(v, 1, 65535)? as u32;
-        Ok(())
-    }),
-    ("server", "worker_threads", |c, v| {
-        c.server.worker_threads = int_in(v, 1, 256)? as usize;
-        Ok(())
-    }),
-    ("server", "pidfile", |c, v| {
-        c.server.pidfile = opt_path(v)?;
-        Ok(())
-    }),
-    ("server", "user", |c, v| {
-        c.server.user = opt_string(v)?;
-        Ok(())
-    }),
-    ("server", "group", |c, v| {
-        c.server.group = opt_string(v)?;
-        Ok(())
-    }),
-    ("server", "umask", |c, v| {
-        c.server.umask = opt_mode(v, 0o777)?;
-        Ok(())
-    }),
-    ("server", "socket_mode", |c, v| {
-        c.server.socket_mode = opt_mode(v, 0o7777)?;
-        Ok(())
-    }),
-    ("server", "control_socket", |c, v| {
-        c.server.control_socket = opt_path(v)?;
-        Ok(())
-    }),
-    ("lifecycle", "timeout", |c, v| {
-        c.lifecycle.timeout = seconds(v, false)?;
-        Ok(())
-    }),
-    ("lifecycle", "graceful_timeout", |c, v| {
-        c.lifecycle.graceful_timeout = seconds(v, true)?;
-        Ok(())
-    }),
-    ("lifecycle", "max_requests", |c, v| {
-        c.lifecycle.max_requests = int_in(v, 0, i64::MAX)? as u64;
-        Ok(())
-    }),
-    ("lifecycle", "max_requests_jitter", |c, v| {
-        c.lifecycle.max_requests_jitter = int_in(v, 0, i64::MAX)? as u64;
-        Ok(())
-    }),
-    ("lifecycle", "shutdown_delay", |c, v| {
-        c.lifecycle.shutdown_delay = seconds(v, true)?;
-        Ok(())
-    }),
-    ("lifecycle", "max_worker_memory", |c, v| {
-        c.lifecycle.max_worker_memory = match v {
-            Val::Str(s) if s.is_empty() => None,
-            Val::Str(s) => Some(parse_size(s)?).filter(|n| *n > 0),
-            Val::Int(_) => Some(int_in(v, 0, i64::MAX)? as u64).filter(|n| *n > 0),
-            other => {
-                return Err(format!(
-                    "expected a size such as \"512MiB\", found {}",
-                    other.type_name()
-                ))
-            }
-        };
-        Ok(())
-    }),
-    ("http", "keepalive_timeout", |c, v| {
-        c.http.keepalive_timeout = seconds(v, true)?;
-        Ok(())
-    }),
-    ("http", "header_read_timeout", |c, v| {
-        c.http.header_read_timeout = seconds(v, false)?;
-        Ok(())
-    }),
-    ("http", "max_header_bytes", |c, v| {
-        // hyper's read buffer cannot be smaller than 8 KiB.
-        c.http.max_header_bytes = int_in(v, 8192, 1 << 24)? as usize;
-        Ok(())
-    }),
-    ("http", "max_body_bytes", |c, v| {
-        c.http.max_body_bytes = int_in(v, 0, i64::MAX)? as u64;
-        Ok(())
-    }),
-    ("http", "limit_concurrency", |c, v| {
-        c.http.limit_concurrency = int_in(v, 0, 1 << 20)? as usize;
-        Ok(())
-    }),
-    ("http", "http2", |c, v| {
-        c.http.http2 = boolean(v)?;
-        Ok(())
-    }),
-    ("proxy", "proxy_headers", |c, v| {
-        c.proxy.proxy_headers = boolean(v)?;
-        Ok(())
-    }),
-    ("proxy", "forwarded_allow_ips", |c, v| {
-        let list = string_list(v)?;
-        for entry in &list {
-            check_allow_entry(entry)?;
+            get: |$g| $get,
+            note: key!(@note $($note)?),
         }
-        c.proxy.forwarded_allow_ips = list;
-        Ok(())
-    }),
-    ("tls", "cert", |c, v| {
-        c.tls.cert = opt_path(v)?;
-        Ok(())
-    }),
-    ("tls", "key", |c, v| {
-        c.tls.key = opt_path(v)?;
-        Ok(())
-    }),
-    ("tls", "client_ca", |c, v| {
-        c.tls.client_ca = opt_path(v)?;
-        Ok(())
-    }),
-    ("tls", "client_auth", |c, v| {
-        c.tls.client_auth = match one_of(v, &["none", "optional", "required"])? {
-            "none" => ClientAuth::None,
-            "optional" => ClientAuth::Optional,
-            _ => ClientAuth::Required,
-        };
-        Ok(())
-    }),
-    ("log", "level", |c, v| {
-        let level = string(v)?;
-        tracing_subscriber::EnvFilter::try_new(&level)
-            .map_err(|e| format!("{level:?} is not a level or RUST_LOG filter: {e}"))?;
-        c.log.level = level;
-        Ok(())
-    }),
-    ("log", "format", |c, v| {
-        c.log.format = match one_of(v, &["text", "json"])? {
-            "text" => LogFormat::Text,
-            _ => LogFormat::Json,
-        };
-        Ok(())
-    }),
-    ("log", "access_log", |c, v| {
-        c.log.access_log = opt_string(v)?;
-        Ok(())
-    }),
-    ("log", "access_format", |c, v| {
-        c.log.access_format = match one_of(v, &["combined", "json"])? {
-            "combined" => AccessFormat::Combined,
-            _ => AccessFormat::Json,
-        };
-        Ok(())
-    }),
-    ("app", "static_dir", |c, v| {
-        c.app.static_dir = opt_path(v)?;
-        Ok(())
-    }),
-    ("app", "health_path", |c, v| {
-        c.app.health_path = url_path(v)?;
-        Ok(())
-    }),
-    ("app", "ready_path", |c, v| {
-        c.app.ready_path = url_path(v)?;
-        Ok(())
-    }),
-    ("app", "env", |c, v| {
-        let Val::Table(entries) = v else {
-            return Err(format!(
-                "expected a table such as {{ NAME = \"value\" }}, found {}",
-                v.type_name()
-            ));
-        };
-        let mut env = std::collections::BTreeMap::new();
-        for (name, value) in entries {
-            if name.is_empty() || name.contains('=') || name.contains('\0') {
-                return Err(format!("{name:?} is not an environment variable name"));
-            }
-            let value = match value {
-                Val::Str(s) => s.clone(),
-                Val::Int(i) => i.to_string(),
-                Val::Bool(b) => b.to_string(),
-                Val::Float(f) => f.to_string(),
-                other => {
-                    return Err(format!(
-                        "{name}: expected a string, found {}",
-                        other.type_name()
-                    ))
-                }
-            };
-            if value.contains('\0') {
-                return Err(format!("{name}: value contains a NUL byte"));
-            }
-            env.insert(name.clone(), value);
-        }
-        c.app.env = env;
-        Ok(())
-    }),
-    ("metrics", "enabled", |c, v| {
-        c.metrics.enabled = boolean(v)?;
-        Ok(())
-    }),
-    ("metrics", "path", |c, v| {
-        c.metrics.path = url_path(v)?;
-        Ok(())
-    }),
-    ("metrics", "bind", |c, v| {
-        c.metrics.bind = match opt_string(v)? {
-            None => None,
-            Some(s) => Some(s.parse::<BindAddr>()?),
-        };
-        Ok(())
-    }),
-];
+    };
+    (@note $note:expr) => { Some($note) };
+    (@note) => { None };
+}
 
 pub const SECTIONS: &[&str] = &[
     "server",
@@ -257,212 +57,319 @@ pub const SECTIONS: &[&str] = &[
     "metrics",
 ];
 
-pub fn find(section: &str, key: &str) -> Option<Setter> {
-    KEYS.iter()
-        .find(|(s, k, _)| *s == section && *k == key)
-        .map(|(_, _, f)| *f)
-}
-
-pub fn keys_of(section: &str) -> Vec<&'static str> {
-    KEYS.iter()
-        .filter(|(s, _, _)| *s == section)
-        .map(|(_, k, _)| *k)
-        .collect()
-}
-
-fn expected(what: &str, v: &Val) -> String {
-    format!("expected {what}, found {}", v.type_name())
-}
-
-fn int_in(v: &Val, min: i64, max: i64) -> Result<i64, String> {
-    let n = match v {
-        Val::Int(n) => *n,
-        Val::Str(s) => s
-            .trim()
-            .parse::<i64>()
-            .map_err(|_| format!("expected an integer, found {s:?}"))?,
-        other => return Err(expected("an integer", other)),
-    };
-    if n < min || n > max {
-        return Err(if max == i64::MAX {
-            format!("{n} is out of range: must be at least {min}")
-        } else {
-            format!("{n} is out of range: must be between {min} and {max}")
-        });
-    }
-    Ok(n)
-}
-
-/// Seconds as an integer or a float; `allow_zero` says whether 0 is meaningful.
-fn seconds(v: &Val, allow_zero: bool) -> Result<Duration, String> {
-    let secs = match v {
-        Val::Int(n) => *n as f64,
-        Val::Float(f) => *f,
-        Val::Str(s) => s
-            .trim()
-            .parse::<f64>()
-            .map_err(|_| format!("expected a number of seconds, found {s:?}"))?,
-        other => return Err(expected("a number of seconds", other)),
-    };
-    if !secs.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&secs) {
-        return Err(format!(
-            "{secs} is out of range: must be a number of seconds between 0 and one year"
-        ));
-    }
-    if !allow_zero && secs == 0.0 {
-        return Err("must be greater than 0 seconds".into());
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-fn boolean(v: &Val) -> Result<bool, String> {
-    match v {
-        Val::Bool(b) => Ok(*b),
-        Val::Str(s) if matches!(s.as_str(), "true" | "1" | "yes" | "on") => Ok(true),
-        Val::Str(s) if matches!(s.as_str(), "false" | "0" | "no" | "off") => Ok(false),
-        Val::Int(1) => Ok(true),
-        Val::Int(0) => Ok(false),
-        other => Err(format!("expected true or false, found {}", other.show())),
-    }
-}
-
-fn string(v: &Val) -> Result<String, String> {
-    match v {
-        Val::Str(s) => Ok(s.clone()),
-        other => Err(expected("a string", other)),
-    }
-}
-
-fn opt_string(v: &Val) -> Result<Option<String>, String> {
-    let s = string(v)?;
-    Ok(if s.is_empty() { None } else { Some(s) })
-}
-
-fn opt_path(v: &Val) -> Result<Option<PathBuf>, String> {
-    Ok(opt_string(v)?.map(PathBuf::from))
-}
-
-fn one_of<'a>(v: &Val, options: &[&'a str]) -> Result<&'a str, String> {
-    let s = string(v)?;
-    options
-        .iter()
-        .find(|o| **o == s)
-        .copied()
-        .ok_or_else(|| format!("{s:?} is not one of {}", options.join(", ")))
-}
-
-fn url_path(v: &Val) -> Result<String, String> {
-    let s = string(v)?;
-    if !s.starts_with('/') || s.contains(char::is_whitespace) {
-        return Err(format!("{s:?} must be a URL path starting with `/`"));
-    }
-    Ok(s)
-}
-
-/// Octal permission bits, written as a string ("0660") or a TOML octal (0o660).
-fn opt_mode(v: &Val, max: u32) -> Result<Option<u32>, String> {
-    let mode = match v {
-        Val::Str(s) if s.is_empty() => return Ok(None),
-        Val::Str(s) => {
-            let digits = s.trim_start_matches("0o");
-            u32::from_str_radix(digits, 8)
-                .map_err(|_| format!("{s:?} is not an octal mode such as \"0660\""))?
-        }
-        Val::Int(n) if *n >= 0 => *n as u32,
-        other => return Err(expected("an octal mode such as \"0660\"", other)),
-    };
-    if mode > max {
-        return Err(format!("{mode:o} is out of range: at most {max:o}"));
-    }
-    Ok(Some(mode))
-}
-
-fn string_list(v: &Val) -> Result<Vec<String>, String> {
-    match v {
-        // A single string is accepted as a one-element list; from the
-        // environment, commas separate entries.
-        Val::Str(s) => Ok(s
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect()),
-        Val::Array(items) => items
-            .iter()
-            .map(|item| match item {
-                Val::Str(s) => Ok(s.clone()),
-                other => Err(format!(
-                    "expected a list of strings, found {} in the list",
-                    other.type_name()
-                )),
-            })
-            .collect(),
-        other => Err(expected("a list of strings", other)),
-    }
-}
-
-/// Entries are `"ADDR"` or `{ address = "ADDR", tls = …, proxy_protocol = … }`.
-fn bind_list(v: &Val) -> Result<(Vec<BindAddr>, BTreeMap<BindAddr, BindOptions>), String> {
-    let items: Vec<Val> = match v {
-        Val::Array(items) => items.clone(),
-        Val::Str(_) => string_list(v)?.into_iter().map(Val::Str).collect(),
-        other => return Err(expected("a list of addresses", other)),
-    };
-    if items.is_empty() {
-        return Err("needs at least one address".into());
-    }
-    let mut out: Vec<BindAddr> = Vec::with_capacity(items.len());
-    let mut options = BTreeMap::new();
-    for item in &items {
-        let (addr, opts) = match item {
-            Val::Str(s) => (s.parse::<BindAddr>()?, None),
-            Val::Table(entries) => {
-                let (addr, opts) = bind_table(entries)?;
-                (addr, Some(opts))
+pub const KEYS: &[Key] = &[
+    key!("server"."bind" = r#"["127.0.0.1:8000"]"#,
+        "addresses to listen on: `\"HOST:PORT\"`, `\"[::1]:PORT\"`, `\"unix:/path.sock\"` \
+         (`localhost:PORT` and `*:PORT` are accepted), or a table `{ address = \"0.0.0.0:443\", \
+         tls = true, proxy_protocol = true }`: `tls` chooses TLS per address, `proxy_protocol` \
+         expects every connection to start with a PROXY protocol v1 or v2 header (HAProxy, AWS \
+         NLB) whose source address becomes the client's (`LOCAL`/`UNKNOWN` keep the peer; a \
+         connection without a valid header within `header_read_timeout` is closed). Bound by the \
+         master before any worker starts; IPv6 sockets are v6-only. A stale Unix socket file is \
+         replaced only if nothing accepts on it; the file is removed on exit.",
+        set |c, v| {
+            let (addrs, options) = bind_list(v)?;
+            c.server.bind = addrs;
+            c.server.bind_options = options;
+        },
+        get |c| binds(&c.server.bind, &c.server.bind_options)),
+    key!("server"."workers" = r#""auto""#,
+    "number of worker processes (1–128), or `\"auto\"` = 2 × usable CPUs + 1, where usable \
+     CPUs honour the cgroup v2 `cpu.max` quota, the cgroup v1 CFS quota and the CPU affinity \
+     mask (`std::thread::available_parallelism`); `rsvisor check` shows the number and which \
+     limit applied",
+    set |c, v| c.server.workers = workers(v)?,
+    get |c| match c.server.workers {
+        WorkerCount::Fixed(n) => n.to_string(),
+        WorkerCount::Auto => q("auto"),
+    },
+    note |c| match c.server.workers {
+        WorkerCount::Auto => Some(super::resolve_auto_workers().explanation),
+        WorkerCount::Fixed(_) => None,
+    }),
+    key!("server"."backlog" = "2048",
+        "`listen()` backlog (1–65535)",
+        set |c, v| c.server.backlog = int_in(v, 1, 65535)? as u32,
+        get |c| c.server.backlog.to_string()),
+    key!("server"."worker_threads" = "1",
+        "tokio threads per worker: 1 = current-thread runtime (fastest for pre-fork), more = \
+         multi-thread runtime",
+        set |c, v| c.server.worker_threads = int_in(v, 1, 256)? as usize,
+        get |c| c.server.worker_threads.to_string()),
+    key!("server"."pidfile" = r#""""#,
+        "write the master's pid here after binding; removed on exit (only if it still holds this \
+         pid: after a binary upgrade it names the new master)",
+        set |c, v| c.server.pidfile = opt_path(v)?,
+        get |c| q_path(&c.server.pidfile)),
+    key!("server"."user" = r#""""#,
+        "run workers as this user. The master must start as root; sockets and pidfile are \
+         created first, then each worker sets its supplementary groups (`initgroups`), group, \
+         then user, checks that root cannot be regained, and refuses to serve if any step \
+         fails. Unknown names are config errors.",
+        set |c, v| c.server.user = opt_string(v)?,
+        get |c| q_opt(&c.server.user)),
+    key!("server"."group" = r#""""#,
+        "the workers' group (default: the primary group of `user`); needs `user`",
+        set |c, v| c.server.group = opt_string(v)?,
+        get |c| q_opt(&c.server.group)),
+    key!("server"."umask" = r#""""#,
+        "octal, e.g. `\"0027\"`: applied at start (socket files, pidfile, files the app creates)",
+        set |c, v| c.server.umask = opt_mode(v, 0o777)?,
+        get |c| mode(c.server.umask)),
+    key!("server"."socket_mode" = r#""""#,
+        "octal, e.g. `\"0660\"`: permissions of Unix socket files, which are also owned by \
+         `user`/`group`",
+        set |c, v| c.server.socket_mode = opt_mode(v, 0o7777)?,
+        get |c| mode(c.server.socket_mode)),
+    key!("server"."control_socket" = r#""""#,
+        "a Unix socket (mode 0600, the master's user only; other users are refused by file mode \
+         and by a peer-credential check) that answers `status`, `reload`, `scale N` and `stop`, \
+         one line each, with one JSON line; used by `rsvisor status` and `rsvisor reload`",
+        set |c, v| c.server.control_socket = opt_path(v)?,
+        get |c| q_path(&c.server.control_socket)),
+    key!("lifecycle"."timeout" = "30",
+        "a worker must be ready within this many seconds of its fork, and once serving must not \
+         miss its heartbeat for longer; otherwise it gets `SIGABRT`, then `SIGKILL` 1 s later, \
+         and is replaced",
+        set |c, v| c.lifecycle.timeout = seconds(v, false)?,
+        get |c| secs(c.lifecycle.timeout)),
+    key!("lifecycle"."graceful_timeout" = "30",
+        "how long a draining worker (stop, reload, recycling) may take to finish in-flight \
+         requests before `SIGKILL`",
+        set |c, v| c.lifecycle.graceful_timeout = seconds(v, true)?,
+        get |c| secs(c.lifecycle.graceful_timeout)),
+    key!("lifecycle"."max_requests" = "0",
+        "recycle a worker after this many requests (0 = never)",
+        set |c, v| c.lifecycle.max_requests = int_in(v, 0, i64::MAX)? as u64,
+        get |c| c.lifecycle.max_requests.to_string()),
+    key!("lifecycle"."max_requests_jitter" = "0",
+        "each worker draws its own limit in `[max_requests, max_requests + jitter]`",
+        set |c, v| c.lifecycle.max_requests_jitter = int_in(v, 0, i64::MAX)? as u64,
+        get |c| c.lifecycle.max_requests_jitter.to_string()),
+    key!("lifecycle"."shutdown_delay" = "0",
+        "after `SIGTERM`, keep serving for this long with `/ready` answering 503, so load \
+         balancers stop sending traffic first",
+        set |c, v| c.lifecycle.shutdown_delay = seconds(v, true)?,
+        get |c| secs(c.lifecycle.shutdown_delay)),
+    key!("lifecycle"."max_worker_memory" = r#""""#,
+        "e.g. `\"512MiB\"`, `\"2GiB\"`: a worker whose RSS (read each second from /proc) is \
+         above this for two checks in a row is replaced like a max_requests worker: its \
+         replacement first, then a graceful drain",
+        set |c, v| c.lifecycle.max_worker_memory = opt_size(v)?,
+        get |c| size(c.lifecycle.max_worker_memory)),
+    key!("http"."keepalive_timeout" = "5",
+        "close a connection that has had no request in flight for this long; also closes a \
+         connection that never sends a byte (0 = no keep-alive)",
+        set |c, v| c.http.keepalive_timeout = seconds(v, true)?,
+        get |c| secs(c.http.keepalive_timeout)),
+    key!("http"."header_read_timeout" = "10",
+        "a request head not complete within this time (slowloris), or a request body that \
+         stalls this long while the app waits for it, gets `408 Request Timeout` and the \
+         connection closes; also bounds the TLS handshake",
+        set |c, v| c.http.header_read_timeout = seconds(v, false)?,
+        get |c| secs(c.http.header_read_timeout)),
+    key!("http"."max_header_bytes" = "16384",
+        "largest request head (8192–16 MiB); larger heads get `431`",
+        // hyper's read buffer cannot be smaller than 8 KiB.
+        set |c, v| c.http.max_header_bytes = int_in(v, 8192, 1 << 24)? as usize,
+        get |c| c.http.max_header_bytes.to_string()),
+    key!("http"."max_body_bytes" = "10485760",
+        "a larger `Content-Length` gets `413` before the body is read; a chunked body that \
+         grows past it gets `413` too (the app's `RequestBody` yields `BodyTooLarge`)",
+        set |c, v| c.http.max_body_bytes = int_in(v, 0, i64::MAX)? as u64,
+        get |c| c.http.max_body_bytes.to_string()),
+    key!("http"."limit_concurrency" = "0",
+        "per worker: app requests beyond this many in flight get `503` with `Retry-After: 1` at \
+         once (0 = unlimited); health, readiness and metrics are exempt",
+        set |c, v| c.http.limit_concurrency = int_in(v, 0, 1 << 20)? as usize,
+        get |c| c.http.limit_concurrency.to_string()),
+    key!("http"."http2" = "true",
+        "HTTP/2: over TLS by ALPN (`h2`), and on plain sockets with prior knowledge (h2c)",
+        set |c, v| c.http.http2 = boolean(v)?,
+        get |c| c.http.http2.to_string()),
+    key!("proxy"."proxy_headers" = "false",
+        "honour `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded` \
+         (RFC 7239, which wins when present)",
+        set |c, v| c.proxy.proxy_headers = boolean(v)?,
+        get |c| c.proxy.proxy_headers.to_string()),
+    key!("proxy"."forwarded_allow_ips" = r#"["127.0.0.1"]"#,
+        "peers allowed to set them: IPs and CIDRs (v4 and v6), `\"unix\"` for Unix-socket peers, \
+         `\"*\"` for any. The client is the rightmost address in the chain that is not itself in \
+         this list, so a client cannot spoof its way in by prepending addresses. The app sees \
+         the result as `ClientInfo::of(&req)` (demo: `/client`); the access log logs it.",
+        set |c, v| {
+            let list = string_list(v)?;
+            for entry in &list {
+                check_allow_entry(entry)?;
             }
-            other => {
-                return Err(format!(
-                    "expected an address string or {{ address = \"…\", tls = true }}, found {}",
-                    other.type_name()
-                ))
-            }
-        };
-        if out.contains(&addr) {
-            return Err(format!("{addr} is listed twice"));
+            c.proxy.forwarded_allow_ips = list;
+        },
+        get |c| list(&c.proxy.forwarded_allow_ips)),
+    key!("tls"."cert" = r#""""#,
+        "PEM certificate chain; with `key`, every bind uses TLS unless its entry says \
+         `tls = false`",
+        set |c, v| c.tls.cert = opt_path(v)?,
+        get |c| q_path(&c.tls.cert)),
+    key!("tls"."key" = r#""""#,
+        "PEM private key: RSA, ECDSA or Ed25519 (PKCS#8, PKCS#1 or SEC1)",
+        set |c, v| c.tls.key = opt_path(v)?,
+        get |c| q_path(&c.tls.key)),
+    key!("tls"."client_ca" = r#""""#,
+        "PEM CA certificates that sign client certificates",
+        set |c, v| c.tls.client_ca = opt_path(v)?,
+        get |c| q_path(&c.tls.client_ca)),
+    key!("tls"."client_auth" = r#""none""#,
+        "`none`, `optional` (verified if sent), `required` (handshake refused without a valid \
+         one) — gunicorn's `--cert-reqs 0/1/2`",
+        set |c, v| c.tls.client_auth = match one_of(v, ClientAuth::NAMES)? {
+            "none" => ClientAuth::None,
+            "optional" => ClientAuth::Optional,
+            _ => ClientAuth::Required,
+        },
+        get |c| q(c.tls.client_auth.as_str())),
+    key!("log"."level" = r#""info""#,
+        "a level or a `RUST_LOG`-style filter (`\"info,rsvisor=debug\"`)",
+        set |c, v| {
+            let level = string(v)?;
+            tracing_subscriber::EnvFilter::try_new(&level)
+                .map_err(|e| format!("{level:?} is not a level or RUST_LOG filter: {e}"))?;
+            c.log.level = level;
+        },
+        get |c| q(&c.log.level)),
+    key!("log"."format" = r#""text""#,
+        "`text` or `json` (one JSON object per line)",
+        set |c, v| c.log.format = match one_of(v, LogFormat::NAMES)? {
+            "text" => LogFormat::Text,
+            _ => LogFormat::Json,
+        },
+        get |c| q(c.log.format.as_str())),
+    key!("log"."access_log" = r#""-""#,
+        "one line per response to stdout (`\"-\"`), a file path, or nowhere (`\"\"`)",
+        set |c, v| c.log.access_log = opt_string(v)?,
+        get |c| q_opt(&c.log.access_log)),
+    key!("log"."access_format" = r#""combined""#,
+        "`combined`: the Apache/nginx combined format followed by the duration in µs and the \
+         request id; `json`: one object per line with `time`, `client`, `method`, `path`, \
+         `protocol`, `status`, `bytes`, `duration_us`, `user_agent`, `referer`, `request_id`",
+        set |c, v| c.log.access_format = match one_of(v, AccessFormat::NAMES)? {
+            "combined" => AccessFormat::Combined,
+            _ => AccessFormat::Json,
+        },
+        get |c| q(c.log.access_format.as_str())),
+    key!("app"."static_dir" = r#""""#,
+        "the built-in app of the `rsvisor` binary serves files from here (content type by \
+         extension, `HEAD`, ranges, `Last-Modified`/`If-Modified-Since`, `ETag`/`If-None-Match`); \
+         `..` and symlinks that leave the directory answer 404",
+        set |c, v| c.app.static_dir = opt_path(v)?,
+        get |c| q_path(&c.app.static_dir)),
+    key!("app"."health_path" = r#""/health""#,
+        "liveness: `200 {\"status\":\"ok\"}` while the worker's event loop runs",
+        set |c, v| c.app.health_path = url_path(v)?,
+        get |c| q(&c.app.health_path)),
+    key!("app"."ready_path" = r#""/ready""#,
+        "readiness: `200 {\"status\":\"ready\"}`; `503` while the server is stopping or the \
+         worker draining, or when the app's `Handler::ready()` says no",
+        set |c, v| c.app.ready_path = url_path(v)?,
+        get |c| q(&c.app.ready_path)),
+    key!("app"."env" = "{}",
+        "environment variables set in every worker before the app starts (gunicorn's \
+         `raw_env`), e.g. `env = { DATABASE_URL = \"postgres://…\" }`",
+        set |c, v| c.app.env = env_table(v)?,
+        get |c| env(&c.app.env)),
+    key!("metrics"."enabled" = "true",
+        "serve Prometheus metrics of the whole fleet (when `false`, workers also skip the \
+         per-request metric counters)",
+        set |c, v| c.metrics.enabled = boolean(v)?,
+        get |c| c.metrics.enabled.to_string()),
+    key!("metrics"."path" = r#""/metrics""#,
+        "where",
+        set |c, v| c.metrics.path = url_path(v)?,
+        get |c| q(&c.metrics.path)),
+    key!("metrics"."bind" = r#""""#,
+        "serve metrics only on this separate address (`\"127.0.0.1:9100\"`, \
+         `\"unix:/run/app-metrics.sock\"`), so they need not be public; the main listeners then \
+         pass `metrics.path` to the app",
+        set |c, v| c.metrics.bind = match opt_string(v)? {
+            None => None,
+            Some(s) => Some(s.parse()?),
+        },
+        get |c| q(&c.metrics.bind.as_ref().map(|b| b.to_string()).unwrap_or_default())),
+];
+
+fn workers(v: &Val) -> Result<WorkerCount, String> {
+    Ok(match v {
+        Val::Str(s) if s == "auto" => WorkerCount::Auto,
+        Val::Str(s) => match s.parse::<i64>() {
+            Ok(n) => WorkerCount::Fixed(int_in(&Val::Int(n), 1, MAX_WORKERS as i64)? as usize),
+            Err(_) => return Err(format!("expected an integer or \"auto\", found {s:?}")),
+        },
+        Val::Int(_) => WorkerCount::Fixed(int_in(v, 1, MAX_WORKERS as i64)? as usize),
+        other => {
+            return Err(format!(
+                "expected an integer or \"auto\", found {}",
+                other.type_name()
+            ))
         }
-        if let Some(opts) = opts {
-            options.insert(addr.clone(), opts);
-        }
-        out.push(addr);
-    }
-    Ok((out, options))
+    })
 }
 
-fn bind_table(entries: &[(String, Val)]) -> Result<(BindAddr, BindOptions), String> {
-    let mut addr = None;
-    let mut opts = BindOptions::default();
-    for (k, v) in entries {
-        match k.as_str() {
-            "address" => addr = Some(string(v)?.parse::<BindAddr>()?),
-            "tls" => opts.tls = Some(boolean(v)?),
-            "proxy_protocol" => opts.proxy_protocol = boolean(v)?,
-            other => {
-                return Err(format!(
-                    "unknown key `{other}` in a bind entry; bind entries have address, tls \
-                     and proxy_protocol"
-                ))
-            }
-        }
-    }
-    let addr = addr.ok_or("a bind entry needs `address`")?;
-    Ok((addr, opts))
+pub fn find(section: &str, name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.section == section && k.name == name)
 }
 
-fn check_allow_entry(entry: &str) -> Result<(), String> {
-    if entry == "*" || entry == "unix" {
-        return Ok(());
+pub fn keys_of(section: &str) -> impl Iterator<Item = &'static Key> + '_ {
+    KEYS.iter().filter(move |k| k.section == section)
+}
+
+/// The configuration every key's default makes.
+pub fn defaults() -> Config {
+    let mut c = Config::blank();
+    for k in KEYS {
+        let v = Val::literal(k.default);
+        // The table's own literals; `every_default_is_accepted` checks them.
+        if let Err(e) = (k.set)(&mut c, &v) {
+            debug_assert!(false, "default of {}.{} is refused: {e}", k.section, k.name);
+        }
     }
-    crate::netmask::IpNet::parse(entry)
-        .map(|_| ())
-        .ok_or_else(|| format!("{entry:?} is not an IP address, a CIDR, \"unix\" or \"*\""))
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_default_is_accepted_and_renders_as_written() {
+        let mut c = Config::blank();
+        for k in KEYS {
+            (k.set)(&mut c, &Val::literal(k.default))
+                .unwrap_or_else(|e| panic!("{}.{}: {e}", k.section, k.name));
+            assert_eq!((k.get)(&c), k.default, "{}.{}", k.section, k.name);
+        }
+    }
+
+    #[test]
+    fn keys_are_unique_and_in_section_order() {
+        let mut seen = std::collections::HashSet::new();
+        let mut last_section = 0;
+        for k in KEYS {
+            assert!(
+                seen.insert((k.section, k.name)),
+                "{}.{} twice",
+                k.section,
+                k.name
+            );
+            let s = SECTIONS
+                .iter()
+                .position(|s| *s == k.section)
+                .expect("known section");
+            assert!(
+                s >= last_section,
+                "{}.{} is out of section order",
+                k.section,
+                k.name
+            );
+            last_section = s;
+        }
+    }
 }

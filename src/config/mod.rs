@@ -1,6 +1,8 @@
 //! The validated configuration: TOML file, then `RSVISOR_<SECTION>_<KEY>`
 //! environment overrides, then command-line flags, on top of the defaults.
 
+mod convert;
+mod docs;
 mod error;
 mod keys;
 mod parse;
@@ -8,12 +10,13 @@ mod render;
 mod value;
 mod workers;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use error::ConfigError;
+pub use docs::markdown_table;
+pub use error::{ConfigError, Origin};
 pub use workers::{resolve_auto_workers, WorkerCount, WorkersResolution};
 
 /// Upper bound for `server.workers`: the scoreboard holds twice this many
@@ -83,34 +86,41 @@ pub struct BindOptions {
     pub proxy_protocol: bool,
 }
 
-/// The account workers run as (`server.user`, `server.group`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunAs {
-    pub user: String,
-    pub uid: u32,
-    pub gid: u32,
+/// Declares a config enum with its names (`as_str`, `NAMES`).
+macro_rules! named_enum {
+    ($(#[$m:meta])* pub enum $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub enum $name {
+            #[default]
+            $($variant),+
+        }
+
+        impl $name {
+            pub const NAMES: &'static [&'static str] = &[$($text),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+    };
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
+named_enum! {
+    pub enum LogFormat { Text = "text", Json = "json" }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccessFormat {
-    Combined,
-    Json,
+named_enum! {
+    pub enum AccessFormat { Combined = "combined", Json = "json" }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAuth {
-    None,
-    Optional,
-    Required,
+named_enum! {
+    pub enum ClientAuth { None = "none", Optional = "optional", Required = "required" }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServerConfig {
     pub bind: Vec<BindAddr>,
     /// Options of bind entries written as tables.
@@ -121,14 +131,12 @@ pub struct ServerConfig {
     pub pidfile: Option<PathBuf>,
     pub user: Option<String>,
     pub group: Option<String>,
-    /// `user`/`group` resolved to ids when the config was loaded.
-    pub run_as: Option<RunAs>,
     pub umask: Option<u32>,
     pub socket_mode: Option<u32>,
     pub control_socket: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LifecycleConfig {
     pub timeout: Duration,
     pub graceful_timeout: Duration,
@@ -138,7 +146,7 @@ pub struct LifecycleConfig {
     pub max_worker_memory: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct HttpConfig {
     pub keepalive_timeout: Duration,
     pub header_read_timeout: Duration,
@@ -148,24 +156,21 @@ pub struct HttpConfig {
     pub http2: bool,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProxyConfig {
     pub proxy_headers: bool,
     pub forwarded_allow_ips: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub client_ca: Option<PathBuf>,
     pub client_auth: ClientAuth,
-    /// The certificates and keys, read and checked when the config is
-    /// loaded (so a reload with a bad certificate is refused).
-    pub material: Option<crate::tls::TlsMaterial>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LogConfig {
     pub level: String,
     pub format: LogFormat,
@@ -174,7 +179,7 @@ pub struct LogConfig {
     pub access_format: AccessFormat,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AppConfig {
     pub static_dir: Option<PathBuf>,
     pub health_path: String,
@@ -184,14 +189,16 @@ pub struct AppConfig {
     pub env: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct MetricsConfig {
     pub enabled: bool,
     pub path: String,
     pub bind: Option<BindAddr>,
 }
 
-/// The whole validated configuration.
+/// The whole validated configuration: data only. What it refers to
+/// outside itself (certificates, the worker account, the static
+/// directory) is loaded and checked separately, by `crate::material`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file it was read from, if any (for messages and reloads).
@@ -204,71 +211,54 @@ pub struct Config {
     pub log: LogConfig,
     pub app: AppConfig,
     pub metrics: MetricsConfig,
+    /// Where each key that was set got its value.
+    pub(crate) origins: Origins,
 }
 
 impl Default for Config {
+    /// Every key at its documented default.
     fn default() -> Self {
+        keys::defaults()
+    }
+}
+
+impl Config {
+    /// Every field at Rust's zero value: the canvas defaults are applied on.
+    fn blank() -> Config {
         Config {
             source: None,
-            server: ServerConfig {
-                bind: vec![BindAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 8000)))],
-                bind_options: BTreeMap::new(),
-                workers: WorkerCount::Auto,
-                backlog: 2048,
-                worker_threads: 1,
-                pidfile: None,
-                user: None,
-                run_as: None,
-                group: None,
-                umask: None,
-                socket_mode: None,
-                control_socket: None,
-            },
-            lifecycle: LifecycleConfig {
-                timeout: Duration::from_secs(30),
-                graceful_timeout: Duration::from_secs(30),
-                max_requests: 0,
-                max_requests_jitter: 0,
-                shutdown_delay: Duration::ZERO,
-                max_worker_memory: None,
-            },
-            http: HttpConfig {
-                keepalive_timeout: Duration::from_secs(5),
-                header_read_timeout: Duration::from_secs(10),
-                max_header_bytes: 16384,
-                max_body_bytes: 10 * 1024 * 1024,
-                limit_concurrency: 0,
-                http2: true,
-            },
-            proxy: ProxyConfig {
-                proxy_headers: false,
-                forwarded_allow_ips: vec!["127.0.0.1".into()],
-            },
-            tls: TlsConfig {
-                cert: None,
-                key: None,
-                client_ca: None,
-                client_auth: ClientAuth::None,
-                material: None,
-            },
-            log: LogConfig {
-                level: "info".into(),
-                format: LogFormat::Text,
-                access_log: Some("-".into()),
-                access_format: AccessFormat::Combined,
-            },
-            app: AppConfig {
-                static_dir: None,
-                health_path: "/health".into(),
-                ready_path: "/ready".into(),
-                env: BTreeMap::new(),
-            },
-            metrics: MetricsConfig {
-                enabled: true,
-                path: "/metrics".into(),
-                bind: None,
-            },
+            server: ServerConfig::default(),
+            lifecycle: LifecycleConfig::default(),
+            http: HttpConfig::default(),
+            proxy: ProxyConfig::default(),
+            tls: TlsConfig::default(),
+            log: LogConfig::default(),
+            app: AppConfig::default(),
+            metrics: MetricsConfig::default(),
+            origins: Origins::default(),
         }
+    }
+}
+
+/// Where each key got its value (`"server.user"` → file:line:col), so
+/// that checks made after parsing can point at the line. Two configs that
+/// differ only in where their values came from are equal.
+#[derive(Debug, Clone, Default)]
+pub struct Origins(HashMap<String, Origin>);
+
+impl PartialEq for Origins {
+    fn eq(&self, _: &Origins) -> bool {
+        true
+    }
+}
+
+impl Origins {
+    pub fn get(&self, key: &str) -> Origin {
+        self.0.get(key).cloned().unwrap_or(Origin::Default)
+    }
+
+    pub fn set(&mut self, key: String, origin: Origin) {
+        self.0.insert(key, origin);
     }
 }
 

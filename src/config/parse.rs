@@ -1,7 +1,6 @@
 //! File → environment → flags, each layer checked key by key with the place
 //! it came from, then the cross-key checks.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use toml::de::{DeTable, DeValue};
@@ -9,7 +8,7 @@ use toml::de::{DeTable, DeValue};
 use super::error::{ConfigError, Origin};
 use super::keys::{self, SECTIONS};
 use super::value::Val;
-use super::{Config, Overrides};
+use super::{Config, Origins, Overrides};
 
 pub const ENV_PREFIX: &str = "RSVISOR_";
 
@@ -27,14 +26,13 @@ pub fn build(
         ..Config::default()
     };
     // Where each key got its value, so that cross-key errors can point at it.
-    let mut origins: HashMap<String, Origin> = HashMap::new();
+    let mut origins = Origins::default();
 
     apply_file(&mut cfg, text, &file, &mut origins)?;
     apply_env(&mut cfg, env, &mut origins)?;
     apply_overrides(&mut cfg, overrides, &mut origins)?;
-    validate(&cfg, &origins)?;
-    resolve_user(&mut cfg, &origins)?;
-    load_tls(&mut cfg, &origins)?;
+    cfg.origins = origins;
+    validate(&cfg)?;
     Ok(cfg)
 }
 
@@ -42,7 +40,7 @@ fn apply_file(
     cfg: &mut Config,
     text: &str,
     file: &Path,
-    origins: &mut HashMap<String, Origin>,
+    origins: &mut Origins,
 ) -> Result<(), ConfigError> {
     let at = |span: std::ops::Range<usize>| Origin::file(file, text, span.start);
     let root = DeTable::parse(text).map_err(|e| {
@@ -81,7 +79,7 @@ fn apply_file(
         for (key, value) in entries {
             let key_name = key.get_ref().as_ref();
             let full = format!("{name}.{key_name}");
-            let Some(setter) = keys::find(name, key_name) else {
+            let Some(k) = keys::find(name, key_name) else {
                 return Err(ConfigError::Invalid {
                     origin: at(key.span()),
                     key: full,
@@ -89,12 +87,12 @@ fn apply_file(
                 });
             };
             let val = Val::from_toml(value.get_ref());
-            setter(cfg, &val).map_err(|message| ConfigError::Invalid {
+            (k.set)(cfg, &val).map_err(|message| ConfigError::Invalid {
                 origin: at(value.span()),
                 key: full.clone(),
                 message,
             })?;
-            origins.insert(full, at(key.span()));
+            origins.set(full, at(key.span()));
         }
     }
     Ok(())
@@ -103,7 +101,7 @@ fn apply_file(
 fn apply_env(
     cfg: &mut Config,
     env: &[(String, String)],
-    origins: &mut HashMap<String, Origin>,
+    origins: &mut Origins,
 ) -> Result<(), ConfigError> {
     let mut vars: Vec<&(String, String)> = env
         .iter()
@@ -123,19 +121,19 @@ fn apply_env(
         let key = rest[section.len() + 1..].to_ascii_lowercase();
         let full = format!("{section}.{key}");
         let origin = Origin::Env(var.clone());
-        let Some(setter) = keys::find(section, &key) else {
+        let Some(k) = keys::find(section, &key) else {
             return Err(ConfigError::Invalid {
                 origin,
                 key: full,
                 message: unknown_key_hint(section, &key),
             });
         };
-        setter(cfg, &Val::from_env(raw)).map_err(|message| ConfigError::Invalid {
+        (k.set)(cfg, &Val::from_env(raw)).map_err(|message| ConfigError::Invalid {
             origin: origin.clone(),
             key: full.clone(),
             message,
         })?;
-        origins.insert(full, origin);
+        origins.set(full, origin);
     }
     Ok(())
 }
@@ -143,36 +141,36 @@ fn apply_env(
 fn apply_overrides(
     cfg: &mut Config,
     overrides: &Overrides,
-    origins: &mut HashMap<String, Origin>,
+    origins: &mut Origins,
 ) -> Result<(), ConfigError> {
+    let mut flags: Vec<(&str, &str, Val)> = Vec::new();
     if !overrides.bind.is_empty() {
-        let origin = Origin::Flag("--bind".into());
-        let setter = keys::find("server", "bind").expect("server.bind is a key");
         let val = Val::Array(overrides.bind.iter().cloned().map(Val::Str).collect());
-        setter(cfg, &val).map_err(|message| ConfigError::Invalid {
-            origin: origin.clone(),
-            key: "server.bind".into(),
-            message,
-        })?;
-        origins.insert("server.bind".into(), origin);
+        flags.push(("--bind", "bind", val));
     }
     if let Some(n) = overrides.workers {
-        let origin = Origin::Flag("--workers".into());
-        let setter = keys::find("server", "workers").expect("server.workers is a key");
-        setter(cfg, &Val::Int(n as i64)).map_err(|message| ConfigError::Invalid {
+        flags.push(("--workers", "workers", Val::Int(n as i64)));
+    }
+    for (flag, name, val) in flags {
+        let origin = Origin::Flag(flag.into());
+        let full = format!("server.{name}");
+        let Some(k) = keys::find("server", name) else {
+            continue;
+        };
+        (k.set)(cfg, &val).map_err(|message| ConfigError::Invalid {
             origin: origin.clone(),
-            key: "server.workers".into(),
+            key: full.clone(),
             message,
         })?;
-        origins.insert("server.workers".into(), origin);
+        origins.set(full, origin);
     }
     Ok(())
 }
 
 /// Checks that involve more than one key.
-fn validate(cfg: &Config, origins: &HashMap<String, Origin>) -> Result<(), ConfigError> {
+fn validate(cfg: &Config) -> Result<(), ConfigError> {
     let fail = |key: &str, message: String| ConfigError::Invalid {
-        origin: origins.get(key).cloned().unwrap_or(Origin::Default),
+        origin: cfg.origins.get(key),
         key: key.to_string(),
         message,
     };
@@ -238,55 +236,8 @@ fn validate(cfg: &Config, origins: &HashMap<String, Origin>) -> Result<(), Confi
     Ok(())
 }
 
-/// Looks `server.user` and `server.group` up in the account database.
-fn resolve_user(cfg: &mut Config, origins: &HashMap<String, Origin>) -> Result<(), ConfigError> {
-    let Some(name) = cfg.server.user.clone() else {
-        return Ok(());
-    };
-    let fail = |key: &str, message: String| ConfigError::Invalid {
-        origin: origins.get(key).cloned().unwrap_or(Origin::Default),
-        key: key.to_string(),
-        message,
-    };
-    let user = match nix::unistd::User::from_name(&name) {
-        Ok(Some(u)) => u,
-        Ok(None) => return Err(fail("server.user", format!("no such user {name:?}"))),
-        Err(e) => return Err(fail("server.user", format!("cannot look up {name:?}: {e}"))),
-    };
-    let gid = match &cfg.server.group {
-        None => user.gid.as_raw(),
-        Some(g) => match nix::unistd::Group::from_name(g) {
-            Ok(Some(grp)) => grp.gid.as_raw(),
-            Ok(None) => return Err(fail("server.group", format!("no such group {g:?}"))),
-            Err(e) => return Err(fail("server.group", format!("cannot look up {g:?}: {e}"))),
-        },
-    };
-    cfg.server.run_as = Some(super::RunAs {
-        user: name,
-        uid: user.uid.as_raw(),
-        gid,
-    });
-    Ok(())
-}
-
-/// Reads and checks the certificate, key and client CA now, so that a bad
-/// file is a config error that names its key.
-fn load_tls(cfg: &mut Config, origins: &HashMap<String, Origin>) -> Result<(), ConfigError> {
-    match crate::tls::TlsMaterial::load(&cfg.tls, cfg.http.http2) {
-        Ok(material) => {
-            cfg.tls.material = material;
-            Ok(())
-        }
-        Err(e) => Err(ConfigError::Invalid {
-            origin: origins.get(e.key()).cloned().unwrap_or(Origin::Default),
-            key: e.key().to_string(),
-            message: e.to_string(),
-        }),
-    }
-}
-
 fn unknown_key_hint(section: &str, key: &str) -> String {
-    let known = keys::keys_of(section);
+    let known: Vec<&str> = keys::keys_of(section).map(|k| k.name).collect();
     let close = known
         .iter()
         .find(|k| similar(k, key))

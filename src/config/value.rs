@@ -62,6 +62,14 @@ impl Val {
         }
     }
 
+    /// A TOML literal of the key table (any value, tables included).
+    pub fn literal(raw: &str) -> Val {
+        match DeValue::parse(raw.trim()) {
+            Ok(v) => Val::from_toml(v.get_ref()),
+            Err(_) => Val::Str(raw.to_string()),
+        }
+    }
+
     /// An environment value: a TOML literal when it parses as one
     /// (`4`, `true`, `["a", "b"]`), otherwise the raw string.
     pub fn from_env(raw: &str) -> Val {

@@ -1,8 +1,9 @@
 //! `workers = "auto"`: 2 × usable CPUs + 1, where usable CPUs are what this
 //! process may really run on (cgroup quota, CPU affinity), not the host's count.
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum WorkerCount {
+    #[default]
     Auto,
     Fixed(usize),
 }

@@ -2,7 +2,7 @@
 //! that only the master's own user (or root) may use.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -35,10 +35,6 @@ impl Waiter {
         line.push('\n');
         // A client that went away does not matter.
         let _ = self.0.write_all(line.as_bytes());
-    }
-
-    pub fn raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
     }
 }
 

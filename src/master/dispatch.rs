@@ -6,8 +6,8 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 use tracing::info;
 
-use super::control::Waiter;
-use super::{Master, Phase};
+use super::lifecycle::{Lifecycle, StopKind};
+use super::Master;
 use crate::control::{Request, Response};
 
 impl Master {
@@ -15,10 +15,10 @@ impl Master {
         for sig in self.signals.take() {
             match sig {
                 Signal::SIGINT | Signal::SIGQUIT => self.quick_stop(sig),
-                Signal::SIGTERM => self.graceful_stop(),
+                Signal::SIGTERM => self.graceful_stop("TERM", false),
                 Signal::SIGHUP => self.request_reload(None),
-                Signal::SIGTTIN => self.scale_to(self.desired + 1),
-                Signal::SIGTTOU => self.scale_to(self.desired.saturating_sub(1)),
+                Signal::SIGTTIN => self.scale_to(self.current.desired + 1),
+                Signal::SIGTTOU => self.scale_to(self.current.desired.saturating_sub(1)),
                 Signal::SIGUSR1 => {
                     info!("USR1: workers reopen their access logs");
                     for w in &self.workers {
@@ -36,7 +36,7 @@ impl Master {
     }
 
     fn serve_control(&mut self) {
-        let Some(control) = &self.control else {
+        let Some(control) = &self.sockets.control else {
             return;
         };
         for (client, request) in control.accept_requests() {
@@ -49,7 +49,7 @@ impl Master {
                 }
                 Ok(Request::Reload) => self.request_reload(Some(client)),
                 Ok(Request::Scale(n)) => {
-                    if self.phase != Phase::Running {
+                    if !self.lifecycle.serving() {
                         client.reply(&Response::error("stopping; not scaling"));
                         continue;
                     }
@@ -57,102 +57,75 @@ impl Master {
                     client.reply(&Response::message(format!("scaling to {n} workers")));
                 }
                 Ok(Request::Stop) => {
-                    self.graceful_stop();
+                    self.graceful_stop("stop request", false);
                     client.reply(&Response::message("stopping gracefully"));
                 }
             }
         }
     }
 
-    fn graceful_stop(&mut self) {
-        if self.phase != Phase::Running {
-            return;
-        }
-        self.notifier.stopping();
-        if let Some(up) = self.upgrade.take() {
-            // A half-started new master must not outlive this one.
-            let _ = nix::sys::signal::kill(up.pid(), Signal::SIGKILL);
-        }
-        self.begin_graceful_stop("TERM");
-    }
-
     /// `/ready` fails at once; after `shutdown_delay` the sockets close and
-    /// the workers drain.
-    pub(super) fn begin_graceful_stop(&mut self, why: &str) {
-        if self.phase != Phase::Running {
+    /// the workers drain. `handed_over`: a new master serves now.
+    pub(super) fn graceful_stop(&mut self, why: &str, handed_over: bool) {
+        if self.lifecycle.stopping() {
             return;
         }
-        let delay = self.config.lifecycle.shutdown_delay;
+        let lc = &self.current.loaded.config.lifecycle;
         info!(
-            shutdown_delay = ?delay,
-            graceful_timeout = ?self.config.lifecycle.graceful_timeout,
+            shutdown_delay = ?lc.shutdown_delay,
+            graceful_timeout = ?lc.graceful_timeout,
             "{why}: stopping gracefully; /ready now answers 503"
         );
-        self.board.set_stopping();
-        self.answer_reload_waiters("stopping");
-        self.phase = Phase::Stopping {
-            close_at: Instant::now() + delay,
+        let kind = StopKind::Graceful {
+            close_at: Instant::now() + lc.shutdown_delay,
             closed: false,
         };
+        if !handed_over {
+            self.systemd.notifier.stopping();
+        }
+        let was = self.lifecycle.stop(kind, handed_over);
+        self.left(was);
     }
 
     fn quick_stop(&mut self, sig: Signal) {
-        if self.phase == Phase::QuickStopping {
+        if self.lifecycle.quick_stopping() {
             return;
         }
         info!(signal = %sig, "stopping now (quick stop)");
-        if !self.handed_over {
-            self.notifier.stopping();
+        if !self.lifecycle.handed_over() {
+            self.systemd.notifier.stopping();
         }
-        if let Some(up) = self.upgrade.take() {
-            let _ = nix::sys::signal::kill(up.pid(), Signal::SIGKILL);
-        }
-        self.board.set_stopping();
-        self.answer_reload_waiters("stopping");
-        self.listeners.close_all();
+        let was = self.lifecycle.stop(StopKind::Quick, false);
+        self.left(was);
+        self.sockets.listeners.close_all();
         for w in &mut self.workers {
             w.quick_stop();
         }
-        self.phase = Phase::QuickStopping;
+    }
+
+    /// Cleans up after what the master was doing when it started to stop.
+    fn left(&mut self, was: Lifecycle) {
+        self.board.set_stopping();
+        let mut waiting = self.queued_reload.take().unwrap_or_default();
+        match was {
+            Lifecycle::Reloading(r) => waiting.extend(r.waiters),
+            // A half-started new master must not outlive this one.
+            Lifecycle::Upgrading(up) => up.kill(),
+            Lifecycle::Running | Lifecycle::Stopping(_) => {}
+        }
+        for w in waiting {
+            w.reply(&Response::error("reload interrupted: stopping"));
+        }
     }
 
     fn scale_to(&mut self, n: usize) {
-        if self.phase != Phase::Running {
+        if !self.lifecycle.serving() {
             return;
         }
-        let before = self.desired;
-        self.desired = n.clamp(1, crate::config::MAX_WORKERS);
-        if self.desired != before {
-            info!(from = before, to = self.desired, "scaling workers");
-        }
-    }
-
-    /// HUP or `rsvisor reload`: start a reload now, or queue it behind the
-    /// one in progress (never interleave two).
-    fn request_reload(&mut self, waiter: Option<Waiter>) {
-        if self.phase != Phase::Running {
-            info!("reload ignored: stopping");
-            if let Some(w) = waiter {
-                w.reply(&Response::error("stopping; not reloading"));
-            }
-            return;
-        }
-        if self.reload.is_some() {
-            info!("reload requested during a reload: queued until the current one finishes");
-            let queue = self.queued_reload.get_or_insert_with(Vec::new);
-            queue.extend(waiter);
-            return;
-        }
-        self.start_reload(waiter.into_iter().collect());
-    }
-
-    fn answer_reload_waiters(&mut self, why: &str) {
-        let mut waiting: Vec<Waiter> = self.queued_reload.take().unwrap_or_default();
-        if let Some(r) = &mut self.reload {
-            waiting.append(&mut r.waiters);
-        }
-        for w in waiting {
-            w.reply(&Response::error(format!("reload interrupted: {why}")));
+        let before = self.current.desired;
+        self.current.desired = n.clamp(1, crate::config::MAX_WORKERS);
+        if self.current.desired != before {
+            info!(from = before, to = self.current.desired, "scaling workers");
         }
     }
 }

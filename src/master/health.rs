@@ -1,13 +1,14 @@
-//! Step 2: workers that stopped beating, never finished booting, or use
-//! too much memory.
+//! Step 2: read what the workers reported in their slots (ready, asking to
+//! retire), then judge their health: workers that stopped beating, never
+//! finished booting, or use too much memory.
 
 use std::time::{Duration, Instant};
 
 use tracing::{error, warn};
 
-use super::worker_handle::Retirement;
+use super::worker_handle::Report;
 use super::Master;
-use crate::scoreboard::SlotState;
+use crate::outcome::ExitReason;
 
 /// How often the master reads every worker's RSS from /proc.
 pub const MEMORY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -15,12 +16,53 @@ pub const MEMORY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// one high reading may be a burst about to be freed.
 pub const MEMORY_STRIKES: u32 = 2;
 
+/// The heartbeat rule for one worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Healthy,
+    /// Still booting after `timeout` since its fork.
+    BootTimedOut,
+    /// Serving, but its heartbeat is older than `timeout`: its event loop
+    /// is blocked.
+    Silent,
+}
+
+/// `booting`: not ready yet (its heartbeat already runs during an async
+/// startup, so boot is bounded by the time since fork instead).
+pub fn verdict(booting: bool, since_spawn: Duration, silent: Duration, limit: Duration) -> Verdict {
+    if booting {
+        if since_spawn > limit {
+            Verdict::BootTimedOut
+        } else {
+            Verdict::Healthy
+        }
+    } else if silent > limit {
+        Verdict::Silent
+    } else {
+        Verdict::Healthy
+    }
+}
+
 impl Master {
     pub(super) fn check_health(&mut self) {
+        self.observe_workers();
         self.check_heartbeats();
-        if Instant::now() >= self.next_memory_check {
-            self.next_memory_check = Instant::now() + MEMORY_CHECK_INTERVAL;
+        let now = Instant::now();
+        if now >= self.next_memory_check {
+            self.next_memory_check = now + MEMORY_CHECK_INTERVAL;
             self.check_memory();
+        }
+    }
+
+    /// Takes in each worker's own report; a worker of the current
+    /// generation that became ready ends a run of boot failures.
+    fn observe_workers(&mut self) {
+        let now = Instant::now();
+        for w in &mut self.workers {
+            let report = w.observe(self.board.slot(w.slot).state(), now);
+            if report == Report::BecameReady && w.generation == self.current.generation {
+                self.backoff.succeeded();
+            }
         }
     }
 
@@ -33,30 +75,29 @@ impl Master {
             // Each worker is judged by its own generation's timeout.
             let limit = w.config.lifecycle.timeout;
             let slot = self.board.slot(w.slot);
-            if slot.state() == SlotState::Booting {
-                // The heartbeat already runs during an async startup, so
-                // boot is bounded by time since fork instead.
-                if w.spawned_at.elapsed() > limit {
+            let silent = Duration::from_millis(now_ms.saturating_sub(slot.heartbeat_ms()));
+            let since_spawn = w.spawned_at.elapsed();
+            match verdict(w.booting(), since_spawn, silent, limit) {
+                Verdict::Healthy => {}
+                Verdict::BootTimedOut => {
                     error!(
                         pid = w.pid.as_raw(),
-                        waited_ms = w.spawned_at.elapsed().as_millis() as u64,
+                        waited_ms = since_spawn.as_millis() as u64,
                         "worker did not become ready within lifecycle.timeout; aborting it"
                     );
-                    w.abort(Retirement::BootTimeout);
+                    w.abort();
                 }
-                continue;
-            }
-            let silent_ms = now_ms.saturating_sub(slot.heartbeat_ms());
-            if silent_ms > limit.as_millis() as u64 {
-                error!(
-                    pid = w.pid.as_raw(),
-                    silent_ms,
-                    active_connections = slot.active_connections(),
-                    served = slot.served(),
-                    "worker missed its heartbeat for longer than lifecycle.timeout \
-                     (its event loop is blocked); SIGABRT now, SIGKILL in 1 s"
-                );
-                w.abort(Retirement::Timeout);
+                Verdict::Silent => {
+                    error!(
+                        pid = w.pid.as_raw(),
+                        silent_ms = silent.as_millis() as u64,
+                        active_connections = slot.active_connections(),
+                        served = slot.served(),
+                        "worker missed its heartbeat for longer than lifecycle.timeout \
+                         (its event loop is blocked); SIGABRT now, SIGKILL in 1 s"
+                    );
+                    w.abort();
+                }
             }
         }
     }
@@ -64,28 +105,41 @@ impl Master {
     fn check_memory(&mut self) {
         for w in &mut self.workers {
             let rss = crate::procfs::rss_bytes(w.pid.as_raw()).unwrap_or(0);
-            let slot = self.board.slot(w.slot);
-            slot.set_rss(rss);
+            self.board.slot(w.slot).set_rss(rss);
             let Some(limit) = w.config.lifecycle.max_worker_memory else {
                 continue;
             };
-            if w.leaving() || w.memory_retire {
+            if !w.serving() {
                 continue;
             }
-            if rss > limit {
-                w.memory_strikes += 1;
-                if w.memory_strikes >= MEMORY_STRIKES {
-                    warn!(
-                        pid = w.pid.as_raw(),
-                        rss_bytes = rss,
-                        limit_bytes = limit,
-                        "worker stays above max_worker_memory; replacing it"
-                    );
-                    w.memory_retire = true;
-                }
-            } else {
+            if rss <= limit {
                 w.memory_strikes = 0;
+                continue;
+            }
+            w.memory_strikes += 1;
+            if w.memory_strikes >= MEMORY_STRIKES {
+                warn!(
+                    pid = w.pid.as_raw(),
+                    rss_bytes = rss,
+                    limit_bytes = limit,
+                    "worker stays above max_worker_memory; replacing it"
+                );
+                w.retire(ExitReason::Memory);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn booting_workers_are_judged_by_age_serving_ones_by_heartbeat() {
+        let s = Duration::from_secs;
+        assert_eq!(verdict(true, s(5), s(100), s(10)), Verdict::Healthy);
+        assert_eq!(verdict(true, s(11), s(0), s(10)), Verdict::BootTimedOut);
+        assert_eq!(verdict(false, s(100), s(9), s(10)), Verdict::Healthy);
+        assert_eq!(verdict(false, s(1), s(11), s(10)), Verdict::Silent);
     }
 }

@@ -1,18 +1,26 @@
 //! The master: one thread, no tokio. It owns the listening sockets and the
 //! scoreboard, forks workers and keeps the fleet at the desired size.
 //!
+//! Its state is grouped by who may change it: what is fixed for its life
+//! (`Fixed`), the sockets and files it owns (`Sockets`), the generation new
+//! workers start with (`Current`), the workers (`WorkerHandle`, each with
+//! its stage), what it is doing (`Lifecycle`: running, reloading,
+//! upgrading, stopping), the boot backoff, and what it tells systemd.
+//!
 //! Its loop runs the same steps in the same order every time, one module
 //! each: dispatch queued signals and control requests (`dispatch`), and
-//! what a new master of a binary upgrade said (`upgrade`) → check
-//! heartbeats, boot deadlines and memory (`health`) → reap children
-//! (`reap`) → cull/retire (`retire`) → spawn (`spawn`) → track progress
-//! (`progress`) → tell systemd (`notify`) → wait for a signal, a worker's
-//! nudge, a control client or the next tick.
+//! what a new master of a binary upgrade said (`upgrade`) → read the
+//! workers' reports and check heartbeats, boot deadlines and memory
+//! (`health`) → reap children (`reap`) → cull/retire (`retire`) → spawn
+//! (`spawn`) → track progress (`progress`) → tell systemd (`notify`) →
+//! wait for a signal, a worker's nudge, a control client or the next tick.
 
+mod backoff;
 mod control;
 mod dispatch;
 mod fleet;
 mod health;
+mod lifecycle;
 mod notify;
 mod progress;
 mod reap;
@@ -32,18 +40,20 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use crate::config::{Config, Overrides};
+use crate::config::{BindAddr, Overrides};
 use crate::listen::{ListenError, ListenerSet};
 use crate::logging::LogHandle;
+use crate::material::Loaded;
 use crate::pidfile::Pidfile;
 use crate::scoreboard::Board;
 use crate::systemd::Notifier;
 use crate::worker::WorkerMain;
 
+use backoff::BootBackoff;
 use control::{ControlServer, Waiter};
-use reload::{LastReload, Reload};
+use lifecycle::Lifecycle;
+use reload::LastReload;
 use signals::SignalQueue;
-use upgrade::Upgrade;
 use worker_handle::WorkerHandle;
 
 pub use upgrade::{FD_NAME_CONTROL, FD_NAME_UPGRADE, UPGRADE_FROM_ENV};
@@ -52,81 +62,74 @@ pub use upgrade::{FD_NAME_CONTROL, FD_NAME_UPGRADE, UPGRADE_FROM_ENV};
 /// deadlines are checked at least this often.
 const MASTER_TICK: Duration = Duration::from_millis(250);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Running,
-    /// TERM: `/ready` fails; listeners close at `close_at` (after
-    /// `shutdown_delay`), then workers drain.
-    Stopping {
-        close_at: Instant,
-        closed: bool,
-    },
-    /// INT / QUIT: listeners closed, workers told to exit now.
-    QuickStopping,
-}
-
-impl Phase {
-    fn name(self) -> &'static str {
-        match self {
-            Phase::Running => "running",
-            Phase::Stopping { .. } => "stopping",
-            Phase::QuickStopping => "stopping now",
-        }
-    }
-}
-
-pub struct Master {
+/// What is fixed for the master's life.
+struct Fixed {
     entry: Arc<dyn WorkerMain>,
-    config: Arc<Config>,
     config_path: PathBuf,
     overrides: Overrides,
-    board: &'static Board,
-    listeners: ListenerSet,
-    signals: SignalQueue,
-    control: Option<ControlServer>,
-    log: LogHandle,
-    _pidfile: Option<Pidfile>,
-    workers: Vec<WorkerHandle>,
-    generation: u32,
-    desired: usize,
-    phase: Phase,
-    reload: Option<Reload>,
-    /// A reload was asked for while one ran; these clients wait for it.
-    queued_reload: Option<Vec<Waiter>>,
-    last_reload: Option<LastReload>,
-    /// Workers of the current generation that died before becoming ready,
-    /// in a row; drives the respawn backoff.
-    boot_failures: u32,
-    /// Of those, how many failed in the app's own startup.
-    startup_failures: u32,
-    spawn_not_before: Instant,
-    /// Workers the last plan asked for, started by the spawn step.
-    pending_spawns: usize,
-    next_memory_check: Instant,
-    initial_ready_logged: bool,
-    started: Instant,
-    notifier: Notifier,
-    last_status: String,
-    next_watchdog: Instant,
     /// The executable and arguments this master started with (USR2 runs
     /// the file at that path again).
     exe: PathBuf,
     args: Vec<OsString>,
-    /// A binary upgrade this master started.
-    upgrade: Option<Upgrade>,
-    /// In a master started by an upgrade: where to say "ready".
-    upgrade_pipe: Option<OwnedFd>,
-    /// Sockets, socket files and pidfile belong to a new master now.
-    handed_over: bool,
     /// Inherited sockets that no `server.bind` entry names; served anyway,
     /// and kept across reloads.
-    extra_binds: Vec<crate::config::BindAddr>,
+    extra_binds: Vec<BindAddr>,
+    started: Instant,
+}
+
+/// The sockets and files the master owns (until a binary upgrade hands
+/// them over).
+struct Sockets {
+    listeners: ListenerSet,
+    control: Option<ControlServer>,
+    pidfile: Option<Pidfile>,
+}
+
+/// The generation new workers start with.
+#[derive(Clone)]
+pub struct Current {
+    loaded: Loaded,
+    generation: u32,
+    /// Workers it should have (`server.workers`, then TTIN / TTOU).
+    desired: usize,
+}
+
+/// What the master tells systemd, and when.
+struct Systemd {
+    notifier: Notifier,
+    last_status: String,
+    next_watchdog: Instant,
+    /// READY=1 was sent (all initial workers were ready once).
+    initial_ready: bool,
+    /// In a master started by a binary upgrade: where to say "ready".
+    upgrade_pipe: Option<OwnedFd>,
+}
+
+pub struct Master {
+    fixed: Fixed,
+    board: &'static Board,
+    signals: SignalQueue,
+    log: LogHandle,
+    sockets: Sockets,
+    current: Current,
+    /// Oldest first.
+    workers: Vec<WorkerHandle>,
+    lifecycle: Lifecycle,
+    backoff: BootBackoff,
+    /// A reload was asked for while a reload or upgrade ran; these
+    /// clients wait for it.
+    queued_reload: Option<Vec<Waiter>>,
+    last_reload: Option<LastReload>,
+    systemd: Systemd,
+    /// Workers the last plan asked for, started by the spawn step.
+    pending_spawns: usize,
+    next_memory_check: Instant,
 }
 
 /// Everything `Master::new` needs.
 pub struct MasterSetup {
     pub entry: Arc<dyn WorkerMain>,
-    pub config: Config,
+    pub loaded: Loaded,
     pub config_path: PathBuf,
     pub overrides: Overrides,
     pub listeners: ListenerSet,
@@ -135,7 +138,7 @@ pub struct MasterSetup {
     /// A control socket inherited from the master we upgrade from.
     pub inherited_control: Option<OwnedFd>,
     pub upgrade_pipe: Option<OwnedFd>,
-    pub extra_binds: Vec<crate::config::BindAddr>,
+    pub extra_binds: Vec<BindAddr>,
     pub exe: PathBuf,
     pub args: Vec<OsString>,
 }
@@ -154,7 +157,8 @@ impl Master {
     pub fn new(setup: MasterSetup) -> Result<Master, MasterError> {
         let board = Board::create().map_err(MasterError::Scoreboard)?;
         let signals = SignalQueue::install().map_err(MasterError::Signals)?;
-        let control = match (setup.inherited_control, &setup.config.server.control_socket) {
+        let config = &setup.loaded.config;
+        let control = match (setup.inherited_control, &config.server.control_socket) {
             (Some(fd), _) => Some(
                 ControlServer::inherited(fd)
                     .map_err(|e| MasterError::Control(ListenError::Inherited(e)))?,
@@ -162,62 +166,71 @@ impl Master {
             (None, Some(path)) => Some(ControlServer::bind(path).map_err(MasterError::Control)?),
             (None, None) => None,
         };
-        let desired = setup.config.worker_count();
+        let desired = config.worker_count();
         board.set_generation(1);
         board.header.master_started_ms.store(
             crate::sys::monotonic_ms(),
             std::sync::atomic::Ordering::Relaxed,
         );
+        let now = Instant::now();
         Ok(Master {
-            entry: setup.entry,
-            config: Arc::new(setup.config),
-            config_path: setup.config_path,
-            overrides: setup.overrides,
+            fixed: Fixed {
+                entry: setup.entry,
+                config_path: setup.config_path,
+                overrides: setup.overrides,
+                exe: setup.exe,
+                args: setup.args,
+                extra_binds: setup.extra_binds,
+                started: now,
+            },
             board,
-            listeners: setup.listeners,
             signals,
-            control,
             log: setup.log,
-            _pidfile: setup.pidfile,
+            sockets: Sockets {
+                listeners: setup.listeners,
+                control,
+                pidfile: setup.pidfile,
+            },
+            current: Current {
+                loaded: setup.loaded,
+                generation: 1,
+                desired,
+            },
             workers: Vec::new(),
-            generation: 1,
-            desired,
-            phase: Phase::Running,
-            reload: None,
+            lifecycle: Lifecycle::Running,
+            backoff: BootBackoff::new(now),
             queued_reload: None,
             last_reload: None,
-            boot_failures: 0,
-            startup_failures: 0,
-            spawn_not_before: Instant::now(),
+            systemd: Systemd {
+                notifier: Notifier::from_env(),
+                last_status: String::new(),
+                next_watchdog: now,
+                initial_ready: false,
+                upgrade_pipe: setup.upgrade_pipe,
+            },
             pending_spawns: 0,
-            next_memory_check: Instant::now(),
-            initial_ready_logged: false,
-            started: Instant::now(),
-            notifier: Notifier::from_env(),
-            last_status: String::new(),
-            next_watchdog: Instant::now(),
-            exe: setup.exe,
-            args: setup.args,
-            upgrade: None,
-            upgrade_pipe: setup.upgrade_pipe,
-            handed_over: false,
-            extra_binds: setup.extra_binds,
+            next_memory_check: now,
         })
     }
 
     /// Runs until the fleet is stopped; returns the process exit code.
     pub fn run(mut self) -> i32 {
-        let addrs: Vec<String> = self.listeners.iter().map(|l| l.local_addr()).collect();
+        let addrs: Vec<String> = self
+            .sockets
+            .listeners
+            .iter()
+            .map(|l| l.local_addr())
+            .collect();
         info!(
             pid = std::process::id(),
-            workers = self.desired,
+            workers = self.current.desired,
             listen = %addrs.join(", "),
             "rsvisor master starting"
         );
-        let mut ready = vec![false, false];
+        let mut woke = signals::Wakeup::default();
         loop {
-            self.dispatch(ready[0]);
-            self.check_upgrade(ready[1]);
+            self.dispatch(woke.control);
+            self.check_upgrade(woke.upgrade);
             self.check_health();
             self.reap_children();
             self.cull_and_retire();
@@ -227,11 +240,11 @@ impl Master {
             }
             self.notify_systemd();
             let timeout = self.next_wakeup();
-            let extra = [
-                self.control.as_ref().map(|c| c.as_fd()),
-                self.upgrade.as_ref().map(|u| u.pipe_fd()),
-            ];
-            ready = self.signals.wait(timeout, &extra);
+            woke = self.signals.wait(
+                timeout,
+                self.sockets.control.as_ref().map(|c| c.as_fd()),
+                self.lifecycle.upgrade().map(|u| u.pipe_fd()),
+            );
         }
     }
 
@@ -243,18 +256,14 @@ impl Master {
                 deadline = deadline.min(at);
             }
         }
-        if self.spawn_not_before > now {
-            deadline = deadline.min(self.spawn_not_before);
+        if !self.backoff.may_spawn(now) {
+            deadline = deadline.min(self.backoff.not_before());
         }
-        if let Phase::Stopping {
-            close_at,
-            closed: false,
-        } = self.phase
-        {
-            deadline = deadline.min(close_at);
+        if let Some(at) = self.lifecycle.close_deadline() {
+            deadline = deadline.min(at);
         }
-        if self.notifier.watchdog_interval().is_some() {
-            deadline = deadline.min(self.next_watchdog);
+        if self.systemd.notifier.watchdog_interval().is_some() {
+            deadline = deadline.min(self.systemd.next_watchdog);
         }
         deadline.saturating_duration_since(now)
     }

@@ -1,11 +1,10 @@
-//! Telling systemd how the fleet is doing: a STATUS line a person can read
-//! in `systemctl status`, and WATCHDOG pings only while the loop runs and
-//! at least one worker is healthy.
+//! Telling systemd how the fleet is doing: READY once the first fleet is
+//! up, a STATUS line a person can read in `systemctl status`, and WATCHDOG
+//! pings only while the loop runs and at least one worker is healthy.
 
 use std::time::{Duration, Instant};
 
 use super::Master;
-use crate::scoreboard::SlotState;
 
 /// A worker whose heartbeat is older than this does not count as healthy
 /// for the watchdog (its event loop is stuck).
@@ -13,23 +12,44 @@ pub const WATCHDOG_STALE_HEARTBEAT: Duration = Duration::from_secs(2);
 
 impl Master {
     pub(super) fn notify_systemd(&mut self) {
-        if !self.notifier.enabled() {
+        if !self.systemd.notifier.enabled() || self.lifecycle.handed_over() {
             return;
         }
         let status = self.status_line();
-        if status != self.last_status {
-            self.notifier.status(&status);
-            self.last_status = status;
+        if status != self.systemd.last_status {
+            self.systemd.notifier.status(&status);
+            self.systemd.last_status = status;
         }
-        if let Some(interval) = self.notifier.watchdog_interval() {
+        if let Some(interval) = self.systemd.notifier.watchdog_interval() {
             let now = Instant::now();
-            if now >= self.next_watchdog {
+            if now >= self.systemd.next_watchdog {
                 if self.healthy_workers() > 0 {
-                    self.notifier.watchdog();
+                    self.systemd.notifier.watchdog();
                 }
-                self.next_watchdog = now + interval;
+                self.systemd.next_watchdog = now + interval;
             }
         }
+    }
+
+    /// Every initial worker is ready: this master serves. Started by a
+    /// binary upgrade, it also takes over as the service's main process.
+    pub(super) fn initial_ready(&mut self) {
+        self.systemd.initial_ready = true;
+        if self.systemd.upgrade_pipe.is_some() {
+            self.systemd
+                .notifier
+                .send(&format!("MAINPID={}", std::process::id()));
+            self.report_ready_to_old_master();
+        }
+        self.systemd_ready();
+    }
+
+    /// READY=1 with the current status (after the first start and after
+    /// every reload, as `Type=notify-reload` expects).
+    pub(super) fn systemd_ready(&mut self) {
+        let status = self.status_line();
+        self.systemd.notifier.ready(&status);
+        self.systemd.last_status = status;
     }
 
     pub(super) fn status_line(&self) -> String {
@@ -40,7 +60,7 @@ impl Master {
         };
         format!(
             "{ready}/{} workers ready, generation {}{reload}",
-            self.desired, self.generation
+            self.current.desired, self.current.generation
         )
     }
 
@@ -52,8 +72,7 @@ impl Master {
             .iter()
             .filter(|w| {
                 let slot = self.board.slot(w.slot);
-                !w.leaving()
-                    && matches!(slot.state(), SlotState::Ready | SlotState::Retiring)
+                (w.serving() || w.retiring().is_some())
                     && now.saturating_sub(slot.heartbeat_ms()) < stale
             })
             .count()

@@ -1,24 +1,19 @@
-//! Step 3: collect exited workers, log how they ended, count why, and
+//! Step 3: collect exited children, log how they ended, count why, and
 //! apply the boot-failure backoff.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
-use super::worker_handle::{Retirement, WorkerHandle};
-use super::{Master, Phase};
+use super::worker_handle::{LeaveHow, WorkerHandle};
+use super::Master;
 use crate::exit;
+use crate::outcome::ExitReason;
 
-/// First delay before respawning after a worker died during boot; doubles
-/// with every further boot failure in a row.
-pub const BOOT_BACKOFF_BASE: Duration = Duration::from_millis(100);
-/// Cap of that delay.
-pub const BOOT_BACKOFF_MAX: Duration = Duration::from_secs(10);
-
-/// How a worker ended.
+/// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     Code(i32),
@@ -44,6 +39,13 @@ impl std::fmt::Display for Exit {
     }
 }
 
+/// Whether a worker that ended this way failed to boot: it never became
+/// ready, belonged to the generation being started, and was not asked to
+/// leave for another reason than its boot deadline.
+pub fn boot_failure(was_ready: bool, current_generation: bool, reason: ExitReason) -> bool {
+    !was_ready && current_generation && matches!(reason, ExitReason::Crash | ExitReason::Timeout)
+}
+
 impl Master {
     pub(super) fn reap_children(&mut self) {
         loop {
@@ -56,35 +58,33 @@ impl Master {
                 WaitStatus::Signaled(pid, sig, _) => (pid, Exit::Signal(sig)),
                 _ => continue,
             };
-            let Some(idx) = self.workers.iter().position(|w| w.pid == pid) else {
-                self.upgrade_child_exited(pid, how);
-                continue;
-            };
-            let w = self.workers.remove(idx);
-            self.worker_exited(w, how);
+            match self.workers.iter().position(|w| w.pid == pid) {
+                Some(idx) => {
+                    let w = self.workers.remove(idx);
+                    self.worker_exited(w, how);
+                }
+                None => self.other_child_exited(pid, how),
+            }
         }
     }
 
     fn worker_exited(&mut self, w: WorkerHandle, how: Exit) {
         let was_ready = w.ready_at.is_some();
-        let reason = match w.retirement {
-            Some(r) => r.reason(),
-            None => "crash",
-        };
+        let reason = w.exit_reason();
         self.board.release(w.slot);
         self.board.count_exit(reason);
         let pid = w.pid.as_raw();
-        match (w.retirement, how) {
-            (Some(Retirement::Timeout | Retirement::BootTimeout), _) => {
+        match (w.leave_how(), how) {
+            (Some(LeaveHow::Abort), _) => {
                 warn!(pid, status = %how, "worker stopped after timeout");
             }
             (Some(_), Exit::Code(0)) => {
-                info!(pid, reason, "worker exited after draining");
+                info!(pid, %reason, "worker exited after draining");
             }
-            (Some(r), _) => {
-                warn!(pid, reason = r.reason(), status = %how, "worker ended");
+            (Some(_), _) => {
+                warn!(pid, %reason, status = %how, "worker ended");
             }
-            (None, _) if self.phase != Phase::Running => {
+            (None, _) if !self.lifecycle.serving() => {
                 info!(pid, status = %how, "worker exited during shutdown");
             }
             (None, _) => {
@@ -97,31 +97,34 @@ impl Master {
                 );
             }
         }
-        let boot_failure = !was_ready
-            && w.generation == self.generation
-            && matches!(w.retirement, None | Some(Retirement::BootTimeout));
-        if boot_failure && self.phase == Phase::Running {
-            self.boot_failed(how);
+        let current = w.generation == self.current.generation;
+        if boot_failure(was_ready, current, reason) && self.lifecycle.serving() {
+            let in_startup = how == Exit::Code(exit::WORKER_APP_STARTUP_FAILED);
+            let delay = self.backoff.failed(Instant::now(), in_startup);
+            warn!(
+                failures_in_a_row = self.backoff.failures(),
+                retry_in = ?delay,
+                "worker failed during boot"
+            );
+            if let Some(r) = self.lifecycle.reload_mut() {
+                r.boot_failed();
+            }
         }
         self.close_unused_listeners();
     }
+}
 
-    fn boot_failed(&mut self, how: Exit) {
-        self.boot_failures += 1;
-        if how == Exit::Code(exit::WORKER_APP_STARTUP_FAILED) {
-            self.startup_failures += 1;
-        }
-        let backoff = BOOT_BACKOFF_BASE
-            .saturating_mul(1 << (self.boot_failures - 1).min(16))
-            .min(BOOT_BACKOFF_MAX);
-        self.spawn_not_before = Instant::now() + backoff;
-        warn!(
-            failures_in_a_row = self.boot_failures,
-            retry_in = ?backoff,
-            "worker failed during boot"
-        );
-        if let Some(r) = &mut self.reload {
-            r.boot_failed();
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unready_workers_of_the_current_generation_fail_to_boot() {
+        assert!(boot_failure(false, true, ExitReason::Crash));
+        assert!(boot_failure(false, true, ExitReason::Timeout));
+        assert!(!boot_failure(true, true, ExitReason::Crash));
+        assert!(!boot_failure(false, false, ExitReason::Crash));
+        assert!(!boot_failure(false, true, ExitReason::Reload));
+        assert!(!boot_failure(false, true, ExitReason::ScaleDown));
     }
 }

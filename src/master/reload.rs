@@ -2,39 +2,20 @@
 //! new generation; finish when it is fully ready, or give up and restore
 //! the previous generation when its workers cannot boot.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{error, info};
 
 use super::control::Waiter;
-use super::Master;
-use crate::config::Config;
+use super::lifecycle::{Lifecycle, Reload, ReloadAdmission, ReloadOutcome};
+use super::{Current, Master};
 use crate::control::{ReloadReport, Response};
-
-/// New workers that may fail to boot during one reload before it is
-/// abandoned and the previous generation is restored.
-pub const RELOAD_MAX_BOOT_FAILURES: u32 = 3;
-
-pub struct Reload {
-    pub old_config: Arc<Config>,
-    pub old_generation: u32,
-    pub old_desired: usize,
-    started: Instant,
-    failures: u32,
-    /// Control-socket clients waiting for the result.
-    pub waiters: Vec<Waiter>,
-}
-
-pub enum ReloadOutcome {
-    InProgress,
-    Done { elapsed: Duration },
-    Abandon { failures: u32 },
-}
+use crate::material::Loaded;
+use crate::outcome::ReloadResult;
 
 /// The result of the last reload, for `rsvisor status`.
 pub struct LastReload {
-    pub result: &'static str,
+    pub result: ReloadResult,
     pub generation: u32,
     pub at: Instant,
     pub duration: Duration,
@@ -44,7 +25,7 @@ pub struct LastReload {
 impl LastReload {
     pub fn report(&self) -> ReloadReport {
         ReloadReport {
-            result: self.result.to_string(),
+            result: self.result,
             generation: self.generation,
             seconds_ago: self.at.elapsed().as_secs_f64(),
             duration_ms: self.duration.as_millis() as u64,
@@ -53,155 +34,161 @@ impl LastReload {
     }
 }
 
-impl Reload {
-    pub fn boot_failed(&mut self) {
-        self.failures += 1;
-    }
-
-    /// `complete`: the new generation is fully ready and no old worker
-    /// still serves.
-    pub fn outcome(&self, complete: bool) -> ReloadOutcome {
-        if self.failures >= RELOAD_MAX_BOOT_FAILURES {
-            ReloadOutcome::Abandon {
-                failures: self.failures,
-            }
-        } else if complete {
-            ReloadOutcome::Done {
-                elapsed: self.started.elapsed(),
-            }
-        } else {
-            ReloadOutcome::InProgress
-        }
-    }
-}
-
 impl Master {
-    /// Starts a reload, or refuses it (invalid config, address that cannot
-    /// be bound) leaving everything as it was.
-    pub(super) fn start_reload(&mut self, waiters: Vec<Waiter>) {
-        info!(config = %self.config_path.display(), "reloading configuration");
-        self.notifier.reloading();
-        let started = Instant::now();
-        let mut new = match Config::load(&self.config_path, &self.overrides) {
-            Ok(c) => c,
-            Err(e) => return self.refuse_reload(waiters, e.to_string(), started),
-        };
-        for extra in &self.extra_binds {
-            if !new.server.bind.contains(extra) {
-                new.server.bind.push(extra.clone());
+    /// HUP or `rsvisor reload`: start a reload now, or queue it behind the
+    /// reload or upgrade in progress (never interleave two).
+    pub(super) fn request_reload(&mut self, waiter: Option<Waiter>) {
+        match self.lifecycle.admit_reload() {
+            ReloadAdmission::Start => self.start_reload(waiter.into_iter().collect()),
+            ReloadAdmission::Queue => {
+                info!("reload requested during a reload or upgrade: queued until it finishes");
+                let queue = self.queued_reload.get_or_insert_with(Vec::new);
+                queue.extend(waiter);
+            }
+            ReloadAdmission::Refuse => {
+                info!("reload ignored: stopping");
+                if let Some(w) = waiter {
+                    w.reply(&Response::error("stopping; not reloading"));
+                }
             }
         }
-        let addrs = new.listen_addrs();
-        let c = &new.server;
-        let owner = c.run_as.as_ref().map(|r| (r.uid, r.gid));
-        if let Err(e) = self
-            .listeners
-            .ensure(&addrs, c.backlog, c.socket_mode, owner)
-        {
-            return self.refuse_reload(waiters, e.to_string(), started);
-        }
-        self.log.apply(&new.log);
-        let old_config = std::mem::replace(&mut self.config, Arc::new(new));
-        let old_generation = self.generation;
-        let old_desired = self.desired;
-        self.generation += 1;
-        self.desired = self.config.worker_count();
-        self.board.set_generation(self.generation);
-        self.reload = Some(Reload {
-            old_config,
-            old_generation,
-            old_desired,
-            started,
-            failures: 0,
-            waiters,
-        });
-        self.boot_failures = 0;
-        self.startup_failures = 0;
-        self.spawn_not_before = Instant::now();
-        info!(
-            generation = self.generation,
-            workers = self.desired,
-            "new generation starting; old workers retire as replacements become ready"
-        );
     }
 
-    fn refuse_reload(&mut self, waiters: Vec<Waiter>, why: String, started: Instant) {
-        error!("reload refused, still serving with the current configuration: {why}");
-        self.board.count_reload("invalid_config");
-        self.record_reload("invalid_config", started.elapsed(), why, waiters);
-    }
-
-    /// Ends a reload that is done or must be abandoned.
-    pub(super) fn progress_reload(&mut self) {
-        let Some(r) = &self.reload else {
-            return;
-        };
-        let current = self.generation;
-        let old_serving = self
-            .workers
-            .iter()
-            .any(|w| w.generation != current && !w.leaving());
-        let complete = self.ready_count() >= self.desired && !old_serving;
-        match r.outcome(complete) {
-            ReloadOutcome::InProgress => return,
-            ReloadOutcome::Done { elapsed } => {
-                let r = self.reload.take().expect("checked above");
-                info!(
-                    generation = current,
-                    elapsed_ms = elapsed.as_millis() as u64,
-                    "reload complete: every worker is of the new generation"
-                );
-                self.board.count_reload("success");
-                let msg = format!("generation {current} serving");
-                self.record_reload("success", elapsed, msg, r.waiters);
-            }
-            ReloadOutcome::Abandon { failures } => {
-                let r = self.reload.take().expect("checked above");
-                error!(
-                    failures,
-                    "RELOAD ABANDONED: new workers could not start; \
-                     the previous generation keeps serving"
-                );
-                self.board.count_reload("abandoned");
-                self.log.apply(&r.old_config.log);
-                self.config = r.old_config;
-                self.generation = r.old_generation;
-                self.desired = r.old_desired;
-                self.board.set_generation(self.generation);
-                // The new generation's addresses stay while its workers do.
-                self.close_unused_listeners();
-                self.boot_failures = 0;
-                self.startup_failures = 0;
-                self.spawn_not_before = Instant::now();
-                let msg = format!(
-                    "{failures} new workers failed to boot; generation {} keeps serving",
-                    self.generation
-                );
-                self.record_reload("abandoned", r.started.elapsed(), msg, r.waiters);
-            }
-        }
+    /// Runs a reload that waited for the previous one (or an upgrade).
+    pub(super) fn start_queued_reload(&mut self) {
         if let Some(waiters) = self.queued_reload.take() {
             self.start_reload(waiters);
         }
     }
 
-    fn record_reload(
+    /// Starts a reload, or refuses it (invalid config, address that cannot
+    /// be bound) leaving everything as it was.
+    fn start_reload(&mut self, waiters: Vec<Waiter>) {
+        info!(config = %self.fixed.config_path.display(), "reloading configuration");
+        self.systemd.notifier.reloading();
+        let started = Instant::now();
+        let new = match self.load_new_config() {
+            Ok(l) => l,
+            Err(why) => return self.refuse_reload(waiters, why, started),
+        };
+        self.log.apply(&new.config.log);
+        let previous = self.current.clone();
+        self.current = Current {
+            generation: previous.generation + 1,
+            desired: new.config.worker_count(),
+            loaded: new,
+        };
+        self.board.set_generation(self.current.generation);
+        self.lifecycle = Lifecycle::Reloading(Reload::new(previous, started, waiters));
+        self.backoff.reset(Instant::now());
+        info!(
+            generation = self.current.generation,
+            workers = self.current.desired,
+            "new generation starting; old workers retire as replacements become ready"
+        );
+    }
+
+    /// The new configuration, with what it refers to loaded and its new
+    /// addresses bound.
+    fn load_new_config(&mut self) -> Result<Loaded, String> {
+        let mut config =
+            crate::config::Config::load(&self.fixed.config_path, &self.fixed.overrides)
+                .map_err(|e| e.to_string())?;
+        for extra in &self.fixed.extra_binds {
+            if !config.server.bind.contains(extra) {
+                config.server.bind.push(extra.clone());
+            }
+        }
+        let loaded = Loaded::from_config(config).map_err(|e| e.to_string())?;
+        let c = &loaded.config.server;
+        let owner = loaded.material.run_as.as_ref().map(|r| (r.uid, r.gid));
+        self.sockets
+            .listeners
+            .ensure(
+                &loaded.config.listen_addrs(),
+                c.backlog,
+                c.socket_mode,
+                owner,
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(loaded)
+    }
+
+    fn refuse_reload(&mut self, waiters: Vec<Waiter>, why: String, started: Instant) {
+        error!("reload refused, still serving with the current configuration: {why}");
+        self.finish_reload(ReloadResult::InvalidConfig, started.elapsed(), why, waiters);
+        self.start_queued_reload();
+    }
+
+    /// Ends a reload that is done or must be abandoned.
+    pub(super) fn progress_reload(&mut self) {
+        let Some(r) = self.lifecycle.reload() else {
+            return;
+        };
+        let current = self.current.generation;
+        let old_serving = self
+            .workers
+            .iter()
+            .any(|w| w.generation != current && !w.leaving());
+        let complete = self.ready_count() >= self.current.desired && !old_serving;
+        match r.outcome(complete) {
+            ReloadOutcome::InProgress => return,
+            ReloadOutcome::Done { elapsed } => {
+                let Some(r) = self.lifecycle.end_reload() else {
+                    return;
+                };
+                info!(
+                    generation = current,
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    "reload complete: every worker is of the new generation"
+                );
+                let msg = format!("generation {current} serving");
+                self.finish_reload(ReloadResult::Success, elapsed, msg, r.waiters);
+            }
+            ReloadOutcome::Abandon { failures } => {
+                let Some(r) = self.lifecycle.end_reload() else {
+                    return;
+                };
+                error!(
+                    failures,
+                    "RELOAD ABANDONED: new workers could not start; \
+                     the previous generation keeps serving"
+                );
+                self.log.apply(&r.previous.loaded.config.log);
+                self.current = r.previous;
+                self.board.set_generation(self.current.generation);
+                // The new generation's addresses stay while its workers do.
+                self.close_unused_listeners();
+                self.backoff.reset(Instant::now());
+                let msg = format!(
+                    "{failures} new workers failed to boot; generation {} keeps serving",
+                    self.current.generation
+                );
+                self.finish_reload(ReloadResult::Abandoned, r.started.elapsed(), msg, r.waiters);
+            }
+        }
+        self.start_queued_reload();
+    }
+
+    fn finish_reload(
         &mut self,
-        result: &'static str,
+        result: ReloadResult,
         duration: Duration,
         message: String,
         waiters: Vec<Waiter>,
     ) {
+        self.board.count_reload(result);
         let last = LastReload {
             result,
-            generation: self.generation,
+            generation: self.current.generation,
             at: Instant::now(),
             duration,
             message,
         };
+        let ok = result == ReloadResult::Success;
         let resp = Response {
-            ok: result == "success",
-            error: (result != "success").then(|| format!("reload {result}: {}", last.message)),
+            ok,
+            error: (!ok).then(|| format!("reload {result}: {}", last.message)),
             status: None,
             reload: Some(last.report()),
             message: None,
@@ -210,8 +197,6 @@ impl Master {
             w.reply(&resp);
         }
         self.last_reload = Some(last);
-        let status = self.status_line();
-        self.notifier.ready(&status);
-        self.last_status = status;
+        self.systemd_ready();
     }
 }

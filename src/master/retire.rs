@@ -6,9 +6,8 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::fleet;
-use super::worker_handle::Retirement;
-use super::{Master, Phase};
-use crate::scoreboard::SlotState;
+use super::Master;
+use crate::outcome::ExitReason;
 
 impl Master {
     pub(super) fn cull_and_retire(&mut self) {
@@ -18,76 +17,41 @@ impl Master {
                 warn!(pid = w.pid.as_raw(), "worker did not exit in time; SIGKILL");
             }
         }
-        match self.phase {
-            Phase::QuickStopping => return,
-            Phase::Stopping { close_at, closed } => {
-                if !closed && now >= close_at {
-                    info!("closing listeners; draining workers");
-                    self.listeners.close_all();
-                    for w in &mut self.workers {
-                        let graceful = w.config.lifecycle.graceful_timeout;
-                        w.drain(Retirement::Shutdown, graceful);
-                    }
-                    self.phase = Phase::Stopping {
-                        close_at,
-                        closed: true,
-                    };
-                }
-                return;
+        if self.lifecycle.close_listeners_due(now) {
+            info!("closing listeners; draining workers");
+            self.sockets.listeners.close_all();
+            for w in &mut self.workers {
+                let graceful = w.config.lifecycle.graceful_timeout;
+                w.drain(ExitReason::Shutdown, graceful);
             }
-            Phase::Running => {}
+        }
+        if !self.lifecycle.serving() {
+            return;
         }
 
-        self.note_ready_workers(now);
+        let current = self.current.generation;
         let seen: Vec<fleet::Seen> = self
             .workers
             .iter()
-            .map(|w| {
-                let state = w.state(self.board);
-                fleet::Seen {
-                    current_generation: w.generation == self.generation,
-                    booting: state == SlotState::Booting,
-                    retiring: state == SlotState::Retiring || w.memory_retire,
-                    leaving: w.leaving(),
-                }
+            .map(|w| fleet::Seen {
+                current_generation: w.generation == current,
+                booting: w.booting(),
+                retiring: w.retiring().is_some(),
+                leaving: w.leaving(),
             })
             .collect();
-        let plan = fleet::plan(self.desired, &seen);
+        let plan = fleet::plan(self.current.desired, &seen);
         for i in plan.drain {
             let w = &mut self.workers[i];
-            let why = if w.memory_retire {
-                Retirement::Memory
-            } else if seen[i].retiring {
-                Retirement::MaxRequests
-            } else if !seen[i].current_generation {
-                Retirement::Reload
-            } else {
-                Retirement::ScaleDown
+            let why = match w.retiring() {
+                Some(reason) => reason,
+                None if w.generation != current => ExitReason::Reload,
+                None => ExitReason::ScaleDown,
             };
-            info!(
-                pid = w.pid.as_raw(),
-                reason = why.reason(),
-                "draining worker"
-            );
+            info!(pid = w.pid.as_raw(), reason = %why, "draining worker");
             let graceful = w.config.lifecycle.graceful_timeout;
             w.drain(why, graceful);
         }
         self.pending_spawns = plan.spawn;
-    }
-
-    /// Records when workers first reported ready; a ready worker of the
-    /// current generation ends a run of boot failures.
-    fn note_ready_workers(&mut self, now: Instant) {
-        for w in &mut self.workers {
-            if w.ready_at.is_none()
-                && matches!(w.state(self.board), SlotState::Ready | SlotState::Retiring)
-            {
-                w.ready_at = Some(now);
-                if w.generation == self.generation {
-                    self.boot_failures = 0;
-                    self.startup_failures = 0;
-                }
-            }
-        }
     }
 }

@@ -2,7 +2,7 @@
 //! the loop waits on the self-pipe, which workers also use to nudge it.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use nix::fcntl::OFlag;
@@ -23,6 +23,16 @@ pub const HANDLED: [Signal; 9] = [
     Signal::SIGCHLD,
 ];
 
+/// What woke the loop besides signals and nudges (which only mean "run
+/// the steps").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wakeup {
+    /// A control client is waiting to be accepted.
+    pub control: bool,
+    /// The new master of a binary upgrade wrote (or closed) its pipe.
+    pub upgrade: bool,
+}
+
 pub struct SignalQueue {
     read: OwnedFd,
     write: OwnedFd,
@@ -41,38 +51,40 @@ impl SignalQueue {
         self.write.try_clone()
     }
 
-    /// The master's own descriptors, which a forked worker must close.
-    pub fn raw_fds(&self) -> [RawFd; 2] {
-        [self.read.as_raw_fd(), self.write.as_raw_fd()]
-    }
-
-    /// Sleeps until a signal, a worker nudge, one of `extra` becomes
-    /// readable (or hung up), or `timeout`. Returns which of `extra` did.
-    pub fn wait(&self, timeout: Duration, extra: &[Option<BorrowedFd<'_>>]) -> Vec<bool> {
+    /// Sleeps until a signal, a worker nudge, the control socket or the
+    /// upgrade pipe becomes readable (or hung up), or `timeout`.
+    pub fn wait(
+        &self,
+        timeout: Duration,
+        control: Option<BorrowedFd<'_>>,
+        upgrade: Option<BorrowedFd<'_>>,
+    ) -> Wakeup {
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         let mut fds = vec![PollFd::new(self.read.as_fd(), PollFlags::POLLIN)];
-        let mut index = Vec::with_capacity(extra.len());
-        for fd in extra {
-            index.push(fd.map(|fd| {
+        let mut at = [None, None];
+        for (i, fd) in [control, upgrade].into_iter().enumerate() {
+            if let Some(fd) = fd {
                 fds.push(PollFd::new(fd, PollFlags::POLLIN));
-                fds.len() - 1
-            }));
+                at[i] = Some(fds.len() - 1);
+            }
         }
+        let [control_at, upgrade_at] = at;
         // EINTR is the normal way a signal ends this wait.
         let _ = nix::poll::poll(
             &mut fds,
             PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
         );
-        let ready = index
-            .iter()
-            .map(|i| {
-                i.and_then(|i| fds[i].revents())
-                    .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP))
-            })
-            .collect();
+        let readable = |at: Option<usize>| {
+            at.and_then(|i| fds[i].revents())
+                .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP))
+        };
+        let woke = Wakeup {
+            control: readable(control_at),
+            upgrade: readable(upgrade_at),
+        };
         let mut buf = [0u8; 256];
         while matches!(nix::unistd::read(&self.read, &mut buf), Ok(n) if n > 0) {}
-        ready
+        woke
     }
 
     /// The queued signals, in dispatch order.

@@ -1,39 +1,42 @@
 //! Step 5: start the workers the plan asked for. Forking one worker: what
-//! the child inherits, what it closes, and the setup it does before the
-//! app runs.
+//! the child keeps (an allowlist: everything else is closed), and the setup
+//! it does before the app runs.
 
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::time::Instant;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tracing::{debug, error};
 
-use crate::config::{BindAddr, Config};
+use crate::config::BindAddr;
 use crate::exit;
 use crate::listen::ListenerSet;
+use crate::material::Loaded;
 use crate::scoreboard::Board;
 use crate::sys::{self, Fork};
 use crate::worker::{BootListener, ListenRole, WorkerBoot, WorkerMain};
 
 use super::worker_handle::WorkerHandle;
-use super::{Master, Phase};
+use super::Master;
 
 struct SpawnRequest<'a> {
-    pub entry: &'a dyn WorkerMain,
-    pub config: Arc<Config>,
-    pub slot: usize,
-    pub generation: u32,
-    pub board: &'static Board,
-    pub listeners: &'a ListenerSet,
-    pub nudge: OwnedFd,
-    /// Every descriptor of the master that the worker must not keep.
-    pub master_fds: Vec<RawFd>,
+    entry: &'a dyn WorkerMain,
+    loaded: &'a Loaded,
+    slot: usize,
+    generation: u32,
+    board: &'static Board,
+    listeners: &'a ListenerSet,
+    nudge: OwnedFd,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
+    #[error("no free scoreboard slot (too many workers still draining)")]
+    NoSlot,
+    #[error("cannot create the worker's wake-up descriptor: {0}")]
+    Nudge(#[source] std::io::Error),
     #[error("cannot duplicate the listening socket for {addr}: {source}")]
     Dup {
         addr: BindAddr,
@@ -48,95 +51,85 @@ pub enum SpawnError {
 
 impl Master {
     pub(super) fn spawn_workers(&mut self) {
-        if self.phase != Phase::Running || std::time::Instant::now() < self.spawn_not_before {
+        let now = Instant::now();
+        if !self.lifecycle.serving() || !self.backoff.may_spawn(now) {
             return;
         }
         for _ in 0..std::mem::take(&mut self.pending_spawns) {
             if let Err(e) = self.spawn_one() {
                 error!("cannot start a worker: {e}");
-                self.spawn_not_before = std::time::Instant::now() + super::reap::BOOT_BACKOFF_BASE;
+                self.backoff.pause(now);
                 return;
             }
         }
     }
 
-    fn spawn_one(&mut self) -> Result<(), String> {
-        let slot = self
-            .board
-            .free_slot()
-            .ok_or("no free scoreboard slot (too many workers still draining)")?;
-        let nudge = self.signals.nudge_fd().map_err(|e| e.to_string())?;
-        let mut master_fds = self.listeners.raw_fds();
-        master_fds.extend(self.signals.raw_fds());
-        master_fds.extend(self.control.as_ref().map(|c| c.raw_fd()));
-        if let Some(r) = &self.reload {
-            master_fds.extend(r.waiters.iter().map(|w| w.raw_fd()));
-        }
-        if let Some(q) = &self.queued_reload {
-            master_fds.extend(q.iter().map(|w| w.raw_fd()));
-        }
+    fn spawn_one(&mut self) -> Result<(), SpawnError> {
+        let slot = self.board.free_slot().ok_or(SpawnError::NoSlot)?;
+        let nudge = self.signals.nudge_fd().map_err(SpawnError::Nudge)?;
         let pid = spawn(SpawnRequest {
-            entry: self.entry.as_ref(),
-            config: self.config.clone(),
+            entry: self.fixed.entry.as_ref(),
+            loaded: &self.current.loaded,
             slot,
-            generation: self.generation,
+            generation: self.current.generation,
             board: self.board,
-            listeners: &self.listeners,
+            listeners: &self.sockets.listeners,
             nudge,
-            master_fds,
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
         debug!(
             pid = pid.as_raw(),
             slot,
-            generation = self.generation,
+            generation = self.current.generation,
             "worker started"
         );
         self.workers.push(WorkerHandle::new(
             pid,
             slot,
-            self.generation,
-            self.config.clone(),
+            self.current.generation,
+            self.current.loaded.config.clone(),
         ));
         Ok(())
     }
 }
 
-/// Forks a worker; returns its pid in the master. Never returns in the child.
-fn spawn(req: SpawnRequest<'_>) -> Result<Pid, SpawnError> {
-    // The worker's own descriptors, made before fork so that the child
-    // needs no fallible step to get them; the parent drops its copies.
-    let mut listeners = Vec::new();
-    let metrics = req
-        .config
-        .metrics
-        .bind
-        .iter()
-        .map(|a| (a, ListenRole::Metrics));
-    let app = req.config.server.bind.iter().map(|a| {
-        let role = if req.config.bind_uses_tls(a) {
+/// The worker's own descriptors for the listening sockets of its config,
+/// made before fork so that the child needs no fallible step to get them.
+fn worker_listeners(
+    loaded: &Loaded,
+    listeners: &ListenerSet,
+) -> Result<Vec<BootListener>, SpawnError> {
+    let config = &loaded.config;
+    let metrics = config.metrics.bind.iter().map(|a| (a, ListenRole::Metrics));
+    let app = config.server.bind.iter().map(|a| {
+        let role = if config.bind_uses_tls(a) {
             ListenRole::Tls
         } else {
             ListenRole::App
         };
         (a, role)
     });
+    let mut out = Vec::new();
     for (addr, role) in app.chain(metrics) {
-        let l = req
-            .listeners
+        let l = listeners
             .get(addr)
             .ok_or_else(|| SpawnError::NotBound(addr.clone()))?;
         let fd = l.dup().map_err(|source| SpawnError::Dup {
             addr: addr.clone(),
             source,
         })?;
-        listeners.push(BootListener {
+        out.push(BootListener {
             addr: addr.clone(),
             fd,
             role,
-            proxy_protocol: req.config.bind_uses_proxy_protocol(addr),
+            proxy_protocol: config.bind_uses_proxy_protocol(addr),
         });
     }
+    Ok(out)
+}
+
+/// Forks a worker; returns its pid in the master. Never returns in the child.
+fn spawn(req: SpawnRequest<'_>) -> Result<Pid, SpawnError> {
+    let listeners = worker_listeners(req.loaded, req.listeners)?;
     let master_pid = nix::unistd::getpid();
     req.board.claim(req.slot, req.generation);
     match sys::fork() {
@@ -150,7 +143,8 @@ fn spawn(req: SpawnRequest<'_>) -> Result<Pid, SpawnError> {
         }
         Ok(Fork::Child) => {
             let boot = WorkerBoot {
-                config: req.config.clone(),
+                config: req.loaded.config.clone(),
+                material: req.loaded.material.clone(),
                 slot: req.slot,
                 generation: req.generation,
                 board: req.board,
@@ -158,12 +152,19 @@ fn spawn(req: SpawnRequest<'_>) -> Result<Pid, SpawnError> {
                 wake: req.nudge,
                 master_pid,
             };
-            child_main(req.entry, boot, &req.master_fds)
+            child_main(req.entry, boot)
         }
     }
 }
 
-fn child_main(entry: &dyn WorkerMain, boot: WorkerBoot, master_fds: &[RawFd]) -> ! {
+/// Descriptors a worker keeps: its listeners and its wake-up pipe.
+fn kept_fds(boot: &WorkerBoot) -> Vec<RawFd> {
+    let mut keep: Vec<RawFd> = boot.listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
+    keep.push(boot.wake.as_raw_fd());
+    keep
+}
+
+fn child_main(entry: &dyn WorkerMain, boot: WorkerBoot) -> ! {
     let span = tracing::info_span!("worker", pid = std::process::id(), slot = boot.slot);
     let _entered = span.enter();
     // Panics in app code (caught per connection by tokio) are logged like
@@ -188,10 +189,10 @@ fn child_main(entry: &dyn WorkerMain, boot: WorkerBoot, master_fds: &[RawFd]) ->
             error!(error = %e, "worker cannot reset signal handlers");
             return exit::WORKER_SETUP_FAILED;
         }
-        if let Some(run_as) = &boot.config.server.run_as {
+        if let Some(r) = &boot.material.run_as {
             // Refuse to serve at all rather than serve as root by mistake.
-            if let Err(e) = sys::drop_privileges(run_as) {
-                error!(error = %e, user = %run_as.user, "worker cannot drop privileges");
+            if let Err(e) = sys::drop_privileges(&r.user, r.uid, r.gid) {
+                error!(error = %e, user = %r.user, "worker cannot drop privileges");
                 return exit::WORKER_SETUP_FAILED;
             }
         }
@@ -205,8 +206,9 @@ fn child_main(entry: &dyn WorkerMain, boot: WorkerBoot, master_fds: &[RawFd]) ->
         if nix::unistd::getppid() != boot.master_pid {
             return exit::WORKER_ORPHANED;
         }
-        for fd in master_fds {
-            sys::close_inherited(*fd);
+        if let Err(e) = sys::close_fds_except(&kept_fds(&boot)) {
+            error!(error = %e, "worker cannot close the master's descriptors");
+            return exit::WORKER_SETUP_FAILED;
         }
         // The master talks to systemd and hands sockets over; the app must
         // not think it may.

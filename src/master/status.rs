@@ -2,6 +2,7 @@
 
 use super::Master;
 use crate::control::{Status, Totals, WorkerStatus};
+use crate::outcome::{ExitReason, ReloadResult};
 
 impl Master {
     pub(super) fn status(&self) -> Status {
@@ -11,17 +12,11 @@ impl Master {
             .iter()
             .map(|w| {
                 let slot = self.board.slot(w.slot);
-                let mut state = w.state(self.board).name().to_string();
-                if w.leaving() && state != "draining" {
-                    state = "stopping".into();
-                } else if w.memory_retire && !w.leaving() {
-                    state = "retiring".into();
-                }
                 WorkerStatus {
                     slot: w.slot,
                     pid: w.pid.as_raw() as u32,
                     generation: w.generation,
-                    state,
+                    state: w.state(),
                     age_seconds: w.spawned_at.elapsed().as_secs_f64(),
                     requests: slot.served(),
                     active_connections: slot.active_connections(),
@@ -32,25 +27,34 @@ impl Master {
             })
             .collect();
         let totals = self.board.fleet_totals();
-        let exits = self
-            .board
-            .header
-            .exits
+        let exits_by_reason = ExitReason::ALL
             .iter()
-            .map(|a| a.load(std::sync::atomic::Ordering::Relaxed))
-            .sum();
+            .map(|r| (*r, self.board.exits(*r)))
+            .collect();
+        let reloads_by_result = ReloadResult::ALL
+            .iter()
+            .map(|r| (*r, self.board.reloads(*r)))
+            .collect();
         Status {
             master_pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            phase: self.phase.name().to_string(),
-            generation: self.generation,
-            desired_workers: self.desired,
-            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            phase: self.lifecycle.phase(),
+            generation: self.current.generation,
+            desired_workers: self.current.desired,
+            uptime_seconds: self.fixed.started.elapsed().as_secs_f64(),
+            listeners: self
+                .sockets
+                .listeners
+                .iter()
+                .map(|l| l.local_addr())
+                .collect(),
             totals: Totals {
                 requests: totals.requests,
                 responses_by_class: totals.status,
                 active_connections: workers.iter().map(|w| w.active_connections).sum(),
-                worker_exits: exits,
+                worker_exits: ExitReason::ALL.iter().map(|r| self.board.exits(*r)).sum(),
+                exits_by_reason,
+                reloads_by_result,
             },
             workers,
             last_reload: self.last_reload.as_ref().map(|r| r.report()),

@@ -8,17 +8,18 @@
 //! that exits, or is not ready within `lifecycle.timeout`, is killed, and
 //! the old master goes on as before.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 use nix::fcntl::OFlag;
-use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
+use super::lifecycle::{judge_upgrade, Lifecycle, Upgrade, UpgradeVerdict};
 use super::reap::Exit;
-use super::{Master, Phase};
+use super::Master;
 use crate::sys::{self, Fork};
+use crate::systemd::LISTEN_FDS_START;
 
 /// `LISTEN_FDNAMES` name of the inherited control socket.
 pub const FD_NAME_CONTROL: &str = "rsvisor-control";
@@ -30,28 +31,9 @@ pub const FD_NAME_LISTENER: &str = "rsvisor-listener";
 /// Set in the new master's environment: the old master's pid.
 pub const UPGRADE_FROM_ENV: &str = "RSVISOR_UPGRADE_FROM";
 
-/// An upgrade this master started.
-pub struct Upgrade {
-    pid: Pid,
-    deadline: Instant,
-    started: Instant,
-    pipe: OwnedFd,
-    said: Vec<u8>,
-}
-
-impl Upgrade {
-    pub fn pipe_fd(&self) -> BorrowedFd<'_> {
-        self.pipe.as_fd()
-    }
-
-    pub fn pid(&self) -> Pid {
-        self.pid
-    }
-}
-
 impl Master {
     pub(super) fn start_upgrade(&mut self) {
-        if self.phase != Phase::Running || self.upgrade.is_some() || self.reload.is_some() {
+        if !self.lifecycle.may_upgrade() {
             warn!("USR2 ignored: the master is stopping, reloading or upgrading already");
             return;
         }
@@ -59,10 +41,10 @@ impl Master {
             Ok(up) => {
                 info!(
                     new_master = up.pid.as_raw(),
-                    exe = %self.exe.display(),
+                    exe = %self.fixed.exe.display(),
                     "USR2: started the new binary; old workers serve until it is ready"
                 );
-                self.upgrade = Some(up);
+                self.lifecycle = Lifecycle::Upgrading(up);
             }
             Err(e) => error!("USR2: cannot start the new binary: {e}"),
         }
@@ -72,11 +54,11 @@ impl Master {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
         let mut fds: Vec<RawFd> = Vec::new();
         let mut names: Vec<String> = Vec::new();
-        for l in self.listeners.iter() {
+        for l in self.sockets.listeners.iter() {
             fds.push(l.raw_fd());
             names.push(FD_NAME_LISTENER.into());
         }
-        if let Some(c) = &self.control {
+        if let Some(c) = &self.sockets.control {
             fds.push(c.raw_fd());
             names.push(FD_NAME_CONTROL.into());
         }
@@ -98,83 +80,79 @@ impl Master {
                 if std::env::var_os("WATCHDOG_USEC").is_some() {
                     env.push(("WATCHDOG_PID".to_string(), me));
                 }
-                let err = sys::exec_with_fds(&self.exe, &self.args, &fds, &env);
-                eprintln!("rsvisor: cannot execute {}: {err}", self.exe.display());
+                let err = sys::exec_with_fds(
+                    &self.fixed.exe,
+                    &self.fixed.args,
+                    &fds,
+                    LISTEN_FDS_START,
+                    &env,
+                );
+                eprintln!(
+                    "rsvisor: cannot execute {}: {err}",
+                    self.fixed.exe.display()
+                );
                 sys::exit_child(127)
             }
             Fork::Parent(pid) => {
                 drop(write);
                 let now = Instant::now();
-                Ok(Upgrade {
+                Ok(Upgrade::new(
                     pid,
-                    deadline: now + self.config.lifecycle.timeout,
-                    started: now,
-                    pipe: read,
-                    said: Vec::new(),
-                })
+                    read,
+                    now,
+                    now + self.current.loaded.config.lifecycle.timeout,
+                ))
             }
         }
     }
 
-    /// Reads what the new master said; succeeds on `ready`, gives up on a
-    /// closed pipe or the deadline.
+    /// Reads what the new master said and applies [`judge_upgrade`].
     pub(super) fn check_upgrade(&mut self, pipe_readable: bool) {
-        let Some(up) = &mut self.upgrade else {
+        let Some(up) = self.lifecycle.upgrade_mut() else {
             return;
         };
-        let mut closed = false;
         if pipe_readable {
-            let mut buf = [0u8; 64];
-            match nix::unistd::read(&up.pipe, &mut buf) {
-                Ok(0) => closed = true,
-                Ok(n) => up.said.extend_from_slice(&buf[..n]),
-                Err(_) => {}
-            }
+            up.read_pipe();
         }
-        let ready = up.said.starts_with(b"ready");
-        let late = Instant::now() >= up.deadline;
-        if ready {
-            self.upgrade_succeeded();
-        } else if closed {
-            // It exited or gave up; the reap step may add how.
-            self.upgrade_failed("the new master closed its pipe before it was ready");
-        } else if late {
-            self.upgrade_failed("the new master was not ready within lifecycle.timeout");
+        match judge_upgrade(&up.said, up.closed, Instant::now() >= up.deadline) {
+            UpgradeVerdict::Waiting => {}
+            UpgradeVerdict::Ready => self.upgrade_succeeded(),
+            UpgradeVerdict::Failed(why) => self.upgrade_failed(why),
         }
     }
 
-    /// The reap step found the new master dead.
-    pub(super) fn upgrade_child_exited(&mut self, pid: Pid, how: Exit) -> bool {
-        if self.upgrade.as_ref().map(|u| u.pid) != Some(pid) {
-            return false;
+    /// The reap step found a child that is not a worker: the new master of
+    /// an upgrade, if it is that one.
+    pub(super) fn other_child_exited(&mut self, pid: Pid, how: Exit) {
+        if self.lifecycle.upgrade().map(|u| u.pid) == Some(pid) {
+            let msg = format!("the new master exited ({how})");
+            self.upgrade_failed(&msg);
         }
-        let msg = format!("the new master exited ({how})");
-        self.upgrade_failed(&msg);
-        true
     }
 
     fn upgrade_failed(&mut self, why: &str) {
-        let Some(up) = self.upgrade.take() else {
+        let Some(up) = self.lifecycle.end_upgrade() else {
             return;
         };
         error!(
             new_master = up.pid.as_raw(),
             "UPGRADE FAILED: {why}; this master keeps serving"
         );
-        // Its workers die with it (PR_SET_PDEATHSIG).
-        let _ = kill(up.pid, Signal::SIGKILL);
-        if let Some(p) = &self._pidfile {
+        up.kill();
+        if let Some(p) = &self.sockets.pidfile {
             if let Err(e) = p.rewrite() {
                 warn!(error = %e, "cannot restore the pidfile");
             }
         }
         // The new master may have said MAINPID= before failing.
-        self.notifier
+        self.systemd
+            .notifier
             .send(&format!("MAINPID={}", std::process::id()));
+        self.start_queued_reload();
     }
 
     fn upgrade_succeeded(&mut self) {
-        let Some(up) = self.upgrade.take() else {
+        let Some(up) = self.lifecycle.end_upgrade() else {
             return;
         };
         info!(
@@ -183,17 +161,16 @@ impl Master {
             "upgrade complete: the new master serves; this one drains and exits"
         );
         // The new master owns the socket files and the pidfile now.
-        self.listeners.hand_over_files();
-        if let Some(c) = &mut self.control {
+        self.sockets.listeners.hand_over_files();
+        if let Some(c) = &mut self.sockets.control {
             c.hand_over_file();
         }
-        self.handed_over = true;
-        self.begin_graceful_stop("handing over to the new master");
+        self.graceful_stop("handing over to the new master", true);
     }
 
     /// In a master started by an upgrade: tell the old one we are ready.
     pub(super) fn report_ready_to_old_master(&mut self) {
-        if let Some(pipe) = self.upgrade_pipe.take() {
+        if let Some(pipe) = self.systemd.upgrade_pipe.take() {
             let mut f = std::fs::File::from(pipe);
             let _ = std::io::Write::write_all(&mut f, b"ready\n");
             self.board

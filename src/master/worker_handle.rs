@@ -1,5 +1,6 @@
-//! The master's view of one worker: its pid, slot, generation and what the
-//! master has asked of it, with TERM → KILL and ABRT → KILL escalation.
+//! The master's view of one worker: its pid, slot, generation, its stage
+//! (booting → serving → retiring → leaving), and the TERM → KILL and
+//! ABRT → KILL escalation of a worker told to leave.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,56 +9,67 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::config::Config;
-use crate::scoreboard::{Board, SlotState};
+use crate::outcome::{ExitReason, WorkerState};
+use crate::scoreboard::SlotState;
 
 /// After SIGABRT for a missed heartbeat, how long before SIGKILL.
 pub const ABORT_GRACE: Duration = Duration::from_secs(1);
 /// After SIGINT in a quick stop, how long before SIGKILL.
 pub const QUICK_STOP_GRACE: Duration = Duration::from_secs(1);
 
-/// Why the master asked a worker to leave; also the metrics label.
+/// Where a worker is in its life, as the master sees it. One reason per
+/// worker: the reason it retires is the reason it leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retirement {
-    Reload,
-    MaxRequests,
-    Memory,
-    ScaleDown,
-    Shutdown,
-    Timeout,
-    BootTimeout,
+pub enum Stage {
+    /// Forked; not serving yet.
+    Booting,
+    Serving,
+    /// Wants to be replaced (max_requests, memory): serves on until a
+    /// ready replacement takes its place.
+    Retiring(ExitReason),
+    /// Told to leave.
+    Leaving(Leaving),
 }
 
-impl Retirement {
-    pub fn reason(self) -> &'static str {
-        match self {
-            Retirement::Reload => "reload",
-            Retirement::MaxRequests => "max_requests",
-            Retirement::Memory => "memory",
-            Retirement::ScaleDown => "scale_down",
-            Retirement::Shutdown => "shutdown",
-            Retirement::Timeout | Retirement::BootTimeout => "timeout",
-        }
-    }
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leaving {
+    pub reason: ExitReason,
+    pub how: LeaveHow,
+    /// SIGKILL then, if it is still there.
+    kill_at: Instant,
+    killed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveHow {
+    /// TERM: stop accepting, finish in-flight requests, exit.
+    Drain,
+    /// ABRT: it is stuck (a core dump shows where).
+    Abort,
+    /// INT: exit now.
+    Quick,
+}
+
+/// What changed when the master read the worker's own report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    Nothing,
+    BecameReady,
 }
 
 pub struct WorkerHandle {
     pub pid: Pid,
     pub slot: usize,
     pub generation: u32,
-    /// The configuration this worker was started with (its listeners).
+    /// The configuration this worker was started with (its listeners,
+    /// its timeouts).
     pub config: Arc<Config>,
     pub spawned_at: Instant,
     /// Set once the worker reported ready.
     pub ready_at: Option<Instant>,
-    /// What the master asked of it, if anything.
-    pub retirement: Option<Retirement>,
-    /// When to SIGKILL it if it is still there.
-    kill_at: Option<Instant>,
-    killed: bool,
+    pub stage: Stage,
     /// Memory checks in a row above `max_worker_memory`.
     pub memory_strikes: u32,
-    /// To be replaced for using too much memory (like a retiring worker).
-    pub memory_retire: bool,
 }
 
 impl WorkerHandle {
@@ -69,57 +81,138 @@ impl WorkerHandle {
             config,
             spawned_at: Instant::now(),
             ready_at: None,
-            retirement: None,
-            kill_at: None,
-            killed: false,
+            stage: Stage::Booting,
             memory_strikes: 0,
-            memory_retire: false,
         }
     }
 
-    /// The worker's own report, from the scoreboard.
-    pub fn state(&self, board: &Board) -> SlotState {
-        board.slot(self.slot).state()
+    /// Takes in what the worker wrote in its slot (ready, asking to retire).
+    pub fn observe(&mut self, slot: SlotState, now: Instant) -> Report {
+        let serving = matches!(slot, SlotState::Ready | SlotState::Retiring);
+        let mut report = Report::Nothing;
+        if self.ready_at.is_none() && serving {
+            self.ready_at = Some(now);
+            report = Report::BecameReady;
+        }
+        if self.stage == Stage::Booting && serving {
+            self.stage = Stage::Serving;
+        }
+        if self.stage == Stage::Serving && slot == SlotState::Retiring {
+            self.stage = Stage::Retiring(ExitReason::MaxRequests);
+        }
+        report
     }
 
-    /// Asked to leave (drain, abort or kill) already.
+    /// The master decided this worker should be replaced (memory).
+    pub fn retire(&mut self, reason: ExitReason) {
+        if matches!(self.stage, Stage::Serving) {
+            self.stage = Stage::Retiring(reason);
+        }
+    }
+
+    pub fn booting(&self) -> bool {
+        self.stage == Stage::Booting
+    }
+
+    pub fn retiring(&self) -> Option<ExitReason> {
+        match self.stage {
+            Stage::Retiring(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Asked to leave (drain, abort or quick stop) already.
     pub fn leaving(&self) -> bool {
-        self.retirement.is_some()
+        matches!(self.stage, Stage::Leaving(_))
+    }
+
+    /// Serving and staying: counts as capacity.
+    pub fn serving(&self) -> bool {
+        self.stage == Stage::Serving
+    }
+
+    /// Why it left, as counted when it is reaped: what the master asked of
+    /// it, or a crash if it was not asked.
+    pub fn exit_reason(&self) -> ExitReason {
+        match self.stage {
+            Stage::Leaving(l) => l.reason,
+            _ => ExitReason::Crash,
+        }
+    }
+
+    pub fn leave_how(&self) -> Option<LeaveHow> {
+        match self.stage {
+            Stage::Leaving(l) => Some(l.how),
+            _ => None,
+        }
+    }
+
+    /// What `rsvisor status` shows.
+    pub fn state(&self) -> WorkerState {
+        match self.stage {
+            Stage::Booting => WorkerState::Booting,
+            Stage::Serving => WorkerState::Ready,
+            Stage::Retiring(_) => WorkerState::Retiring,
+            Stage::Leaving(Leaving {
+                how: LeaveHow::Drain,
+                ..
+            }) => WorkerState::Draining,
+            Stage::Leaving(_) => WorkerState::Stopping,
+        }
     }
 
     /// Graceful: stop accepting, finish in-flight requests, exit; killed if
     /// still there after `graceful_timeout`.
-    pub fn drain(&mut self, why: Retirement, graceful_timeout: Duration) {
-        if self.retirement.is_some() {
+    pub fn drain(&mut self, reason: ExitReason, graceful_timeout: Duration) {
+        if self.leaving() {
             return;
         }
-        self.retirement = Some(why);
-        self.send(Signal::SIGTERM);
-        self.kill_at = Some(Instant::now() + graceful_timeout);
+        self.leave(reason, LeaveHow::Drain, graceful_timeout, Signal::SIGTERM);
     }
 
     /// Missed heartbeats or boot deadline: SIGABRT (a core dump shows where
     /// it was stuck), then SIGKILL after [`ABORT_GRACE`].
-    pub fn abort(&mut self, why: Retirement) {
-        self.retirement = Some(why);
-        self.send(Signal::SIGABRT);
-        self.kill_at = Some(Instant::now() + ABORT_GRACE);
+    pub fn abort(&mut self) {
+        self.leave(
+            ExitReason::Timeout,
+            LeaveHow::Abort,
+            ABORT_GRACE,
+            Signal::SIGABRT,
+        );
     }
 
-    /// Quick stop: SIGINT (default action: exit now), SIGKILL shortly after.
+    /// Quick stop: SIGINT (default action: exit now), SIGKILL shortly after
+    /// (or at the earlier deadline it already had).
     pub fn quick_stop(&mut self) {
-        self.retirement = Some(Retirement::Shutdown);
-        self.send(Signal::SIGINT);
-        let deadline = Instant::now() + QUICK_STOP_GRACE;
-        self.kill_at = Some(self.kill_at.map_or(deadline, |d| d.min(deadline)));
+        let reason = match self.stage {
+            Stage::Leaving(l) => l.reason,
+            _ => ExitReason::Shutdown,
+        };
+        let earlier = self.kill_deadline();
+        self.leave(reason, LeaveHow::Quick, QUICK_STOP_GRACE, Signal::SIGINT);
+        if let (Some(at), Stage::Leaving(l)) = (earlier, &mut self.stage) {
+            l.kill_at = l.kill_at.min(at);
+        }
+    }
+
+    fn leave(&mut self, reason: ExitReason, how: LeaveHow, grace: Duration, sig: Signal) {
+        self.stage = Stage::Leaving(Leaving {
+            reason,
+            how,
+            kill_at: Instant::now() + grace,
+            killed: false,
+        });
+        self.send(sig);
     }
 
     /// Sends SIGKILL once the deadline passed; returns true if it did.
     pub fn escalate(&mut self, now: Instant) -> bool {
-        match self.kill_at {
-            Some(at) if now >= at && !self.killed => {
-                self.killed = true;
-                self.send(Signal::SIGKILL);
+        let pid = self.pid;
+        match &mut self.stage {
+            Stage::Leaving(l) if now >= l.kill_at && !l.killed => {
+                l.killed = true;
+                // ESRCH: it is already gone and will be reaped.
+                let _ = kill(pid, Signal::SIGKILL);
                 true
             }
             _ => false,
@@ -127,10 +220,9 @@ impl WorkerHandle {
     }
 
     pub fn kill_deadline(&self) -> Option<Instant> {
-        if self.killed {
-            None
-        } else {
-            self.kill_at
+        match self.stage {
+            Stage::Leaving(l) if !l.killed => Some(l.kill_at),
+            _ => None,
         }
     }
 
@@ -142,5 +234,74 @@ impl WorkerHandle {
     fn send(&self, sig: Signal) {
         // ESRCH: it is already gone and will be reaped; nothing to do.
         let _ = kill(self.pid, sig);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle() -> WorkerHandle {
+        // A pid that is never a real process of ours: signals to it fail
+        // harmlessly (pid_max is far below this).
+        WorkerHandle::new(
+            Pid::from_raw(i32::MAX - 7),
+            0,
+            1,
+            Arc::new(Config::default()),
+        )
+    }
+
+    #[test]
+    fn stages_follow_the_workers_reports() {
+        let now = Instant::now();
+        let mut w = handle();
+        assert_eq!(w.observe(SlotState::Booting, now), Report::Nothing);
+        assert!(w.booting());
+        assert_eq!(w.observe(SlotState::Ready, now), Report::BecameReady);
+        assert!(w.serving());
+        assert_eq!(w.observe(SlotState::Ready, now), Report::Nothing);
+        w.observe(SlotState::Retiring, now);
+        assert_eq!(w.retiring(), Some(ExitReason::MaxRequests));
+        assert_eq!(w.state(), WorkerState::Retiring);
+        // A crash while retiring is still a crash.
+        assert_eq!(w.exit_reason(), ExitReason::Crash);
+    }
+
+    #[test]
+    fn the_reason_it_retired_for_is_the_reason_it_leaves_for() {
+        let mut w = handle();
+        w.observe(SlotState::Ready, Instant::now());
+        w.retire(ExitReason::Memory);
+        w.drain(
+            w.retiring().unwrap_or(ExitReason::Reload),
+            Duration::from_secs(5),
+        );
+        assert_eq!(w.exit_reason(), ExitReason::Memory);
+        assert_eq!(w.state(), WorkerState::Draining);
+        // A second request to leave changes nothing.
+        w.drain(ExitReason::Shutdown, Duration::from_secs(5));
+        assert_eq!(w.exit_reason(), ExitReason::Memory);
+    }
+
+    #[test]
+    fn kill_follows_the_deadline_once() {
+        let mut w = handle();
+        w.drain(ExitReason::Reload, Duration::ZERO);
+        let at = w.kill_deadline().expect("a deadline");
+        assert!(w.escalate(at));
+        assert!(!w.escalate(at + Duration::from_secs(1)));
+        assert_eq!(w.kill_deadline(), None);
+    }
+
+    #[test]
+    fn a_quick_stop_keeps_an_earlier_kill_deadline() {
+        let mut w = handle();
+        w.abort();
+        let abort_deadline = w.kill_deadline().expect("a deadline");
+        w.quick_stop();
+        assert!(w.kill_deadline().expect("a deadline") <= abort_deadline);
+        assert_eq!(w.exit_reason(), ExitReason::Timeout);
+        assert_eq!(w.state(), WorkerState::Stopping);
     }
 }

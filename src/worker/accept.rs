@@ -8,8 +8,9 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tracing::warn;
 
-use super::conn::{self, Peer};
-use super::{BootListener, ListenRole, Shared};
+use super::conn;
+use super::conn_state::{How, Peer};
+use super::{BootListener, Shared};
 use crate::app::Handler;
 use crate::config::BindAddr;
 
@@ -20,13 +21,6 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 pub enum Listener {
     Tcp(TcpListener),
     Unix(UnixListener),
-}
-
-/// How connections of a listener are served.
-#[derive(Debug, Clone, Copy)]
-pub struct How {
-    pub role: ListenRole,
-    pub proxy_protocol: bool,
 }
 
 pub fn into_tokio(fds: Vec<BootListener>) -> io::Result<Vec<(Listener, How)>> {

@@ -10,9 +10,8 @@
 //!   request, which is how other servers lose requests on reload).
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicU64, Ordering::*};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -21,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
-use super::accept::How;
+use super::conn_state::{ConnState, How, Peer};
 use super::proxy_protocol;
 use super::service::ConnService;
 use super::{ListenRole, Shared};
@@ -36,12 +35,6 @@ const RESPONSE_408: &[u8] =
 
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 
-#[derive(Debug, Clone, Copy)]
-pub enum Peer {
-    Tcp(SocketAddr),
-    Unix,
-}
-
 /// Which HTTP the connection speaks, when known before the first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proto {
@@ -49,43 +42,6 @@ pub enum Proto {
     Detect,
     H1,
     H2,
-}
-
-/// Per-connection bookkeeping, shared with its requests.
-pub struct ConnState {
-    pub peer: Peer,
-    pub role: ListenRole,
-    pub tls: bool,
-    in_flight: AtomicU32,
-    /// Worker-clock milliseconds when the connection last became idle.
-    idle_since_ms: AtomicU64,
-    /// When the first bytes of a pending request head arrived (+1; 0 = no
-    /// head pending).
-    head_since_ms: AtomicU64,
-    /// HTTP/2: no request heads to time, GOAWAY on drain.
-    h2: AtomicBool,
-    /// Set when the head timed out: the IO answers 408 and ends.
-    send_408: AtomicBool,
-    /// HTTP/1.1: since when the app waits for request-body bytes (+1; 0 =
-    /// not waiting), written by the request body.
-    pub body_stall: Arc<AtomicU64>,
-}
-
-impl ConnState {
-    pub fn request_started(&self) {
-        self.in_flight.fetch_add(1, Relaxed);
-        self.head_since_ms.store(0, Relaxed);
-    }
-
-    pub fn request_finished(&self, now_ms: u64) {
-        self.idle_since_ms.store(now_ms, Relaxed);
-        self.body_stall.store(0, Relaxed);
-        self.in_flight.fetch_sub(1, Release);
-    }
-
-    pub fn h2(&self) -> bool {
-        self.h2.load(Relaxed)
-    }
 }
 
 pub async fn serve<IO, H>(
@@ -141,17 +97,7 @@ async fn serve_http<IO, H>(
         ListenRole::Tls => shared.tls.clone(),
         _ => None,
     };
-    let state = Arc::new(ConnState {
-        peer,
-        role,
-        tls: tls.is_some(),
-        in_flight: AtomicU32::new(0),
-        idle_since_ms: AtomicU64::new(shared.now_ms()),
-        head_since_ms: AtomicU64::new(0),
-        h2: AtomicBool::new(false),
-        send_408: AtomicBool::new(false),
-        body_stall: Arc::new(AtomicU64::new(0)),
-    });
+    let state = Arc::new(ConnState::new(peer, role, tls.is_some(), shared.now_ms()));
     match tls {
         None => {
             let proto = if shared.config.http.http2 {

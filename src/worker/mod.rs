@@ -47,6 +47,7 @@ use forward_async_write;
 
 mod access_log;
 mod conn;
+mod conn_state;
 mod endpoints;
 mod heartbeat;
 mod proxy;
@@ -65,6 +66,7 @@ use tracing::{error, info};
 use crate::app::{App, WorkerContext};
 use crate::config::{BindAddr, Config};
 use crate::exit;
+use crate::material::Material;
 use crate::scoreboard::{Board, SlotState};
 
 pub(crate) use shared::Shared;
@@ -96,6 +98,7 @@ pub(crate) struct BootListener {
 /// Everything a freshly forked worker receives from its master.
 pub(crate) struct WorkerBoot {
     pub config: Arc<Config>,
+    pub material: Arc<Material>,
     pub slot: usize,
     pub generation: u32,
     pub board: &'static Board,
@@ -191,6 +194,7 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> i32 {
     let shared = Arc::new(Shared::new(
         handler,
         boot.config.clone(),
+        &boot.material,
         slot,
         boot.board,
         boot.wake,

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::HeaderMap;
 
-use super::conn::Peer;
+use super::conn_state::Peer;
 use crate::app::ClientInfo;
 use crate::config::ProxyConfig;
 use crate::netmask::IpNet;

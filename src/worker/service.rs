@@ -16,7 +16,7 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::access_log::Entry;
-use super::conn::ConnState;
+use super::conn_state::ConnState;
 use super::endpoints;
 use super::shared::{self, Shared};
 use crate::app::{Body, BodyStall, BoxError, Handler, RequestBody};

@@ -14,6 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use super::access_log::AccessLog;
 use super::proxy::Trust;
 use crate::config::{Config, HttpConfig};
+use crate::material::Material;
 use crate::scoreboard::{Board, Slot};
 
 /// HTTP/2 connections are pinged this often, so dead peers are noticed.
@@ -76,6 +77,7 @@ impl<H> Shared<H> {
     pub fn new(
         handler: H,
         config: Arc<Config>,
+        material: &Material,
         slot: &'static Slot,
         board: &'static Board,
         wake: OwnedFd,
@@ -100,9 +102,8 @@ impl<H> Shared<H> {
             auto,
             h1: builder(http).http1_only(),
             h2: builder(http).http2_only(),
-            tls: config
+            tls: material
                 .tls
-                .material
                 .as_ref()
                 .map(|m| TlsAcceptor::from(m.0.clone())),
             trust: Trust::new(&config.proxy),

@@ -1,0 +1,122 @@
+//! Outcomes the master counts and reports, as enums: the metrics labels,
+//! the scoreboard's counter indexes and the control protocol's values all
+//! come from these, so a misspelt outcome cannot silently go uncounted.
+
+use serde::{Deserialize, Serialize};
+
+/// Declares an outcome enum: `as_str()` (the metrics label and the JSON
+/// value), `ALL` (every variant, in index order) and `index()`.
+macro_rules! outcome {
+    ($(#[$m:meta])* pub enum $name:ident { $($(#[$vm:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vm])* $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            /// Position in [`Self::ALL`] (the scoreboard's counter index).
+            pub fn index(self) -> usize {
+                self as usize
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+outcome! {
+    /// Why a worker left (`rsvisor_worker_exits_total{reason}`).
+    pub enum ExitReason {
+        /// It died without being asked to.
+        Crash = "crash",
+        /// It missed its heartbeat, or did not become ready in time.
+        Timeout = "timeout",
+        /// It reached `lifecycle.max_requests`.
+        MaxRequests = "max_requests",
+        /// Its RSS stayed above `lifecycle.max_worker_memory`.
+        Memory = "memory",
+        /// A newer generation replaced it.
+        Reload = "reload",
+        /// The fleet was scaled down (TTOU, `scale`).
+        ScaleDown = "scale_down",
+        /// The master stopped.
+        Shutdown = "shutdown",
+    }
+}
+
+outcome! {
+    /// How a reload ended (`rsvisor_reloads_total{result}`).
+    pub enum ReloadResult {
+        /// Every worker is of the new generation.
+        Success = "success",
+        /// The new configuration was refused; nothing changed.
+        InvalidConfig = "invalid_config",
+        /// New workers could not boot; the previous generation serves on.
+        Abandoned = "abandoned",
+    }
+}
+
+outcome! {
+    /// A worker as `rsvisor status` shows it.
+    pub enum WorkerState {
+        /// Started; not accepting yet.
+        Booting = "booting",
+        /// Accepting and serving.
+        Ready = "ready",
+        /// Serving until its replacement is ready (max_requests, memory).
+        Retiring = "retiring",
+        /// Told to drain; finishing in-flight requests.
+        Draining = "draining",
+        /// Told to stop now (heartbeat timeout, quick stop).
+        Stopping = "stopping",
+    }
+}
+
+outcome! {
+    /// What the master is doing, as `rsvisor status` shows it.
+    pub enum Phase {
+        Running = "running",
+        Reloading = "reloading",
+        Upgrading = "upgrading",
+        Stopping = "stopping",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indexes_follow_all() {
+        for (i, r) in ExitReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        for (i, r) in ReloadResult::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+    }
+
+    #[test]
+    fn json_values_are_the_labels() {
+        for r in ExitReason::ALL {
+            let json = serde_json::to_string(r).expect("serializes");
+            assert_eq!(json, format!("\"{}\"", r.as_str()));
+        }
+        let back: ReloadResult = serde_json::from_str("\"invalid_config\"").expect("parses");
+        assert_eq!(back, ReloadResult::InvalidConfig);
+    }
+}

@@ -1,0 +1,73 @@
+//! What a connection is, shared by the accept loop, the connection and
+//! its requests: who the peer is, how the listener serves, and the
+//! per-connection bookkeeping the timeouts read.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::Arc;
+
+use super::ListenRole;
+
+#[derive(Debug, Clone, Copy)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    Unix,
+}
+
+/// How connections of a listener are served.
+#[derive(Debug, Clone, Copy)]
+pub struct How {
+    pub role: ListenRole,
+    pub proxy_protocol: bool,
+}
+
+/// Per-connection bookkeeping, shared with its requests.
+pub struct ConnState {
+    pub peer: Peer,
+    pub role: ListenRole,
+    pub tls: bool,
+    pub(super) in_flight: AtomicU32,
+    /// Worker-clock milliseconds when the connection last became idle.
+    pub(super) idle_since_ms: AtomicU64,
+    /// When the first bytes of a pending request head arrived (+1; 0 = no
+    /// head pending).
+    pub(super) head_since_ms: AtomicU64,
+    /// HTTP/2: no request heads to time, GOAWAY on drain.
+    pub(super) h2: AtomicBool,
+    /// Set when the head timed out: the IO answers 408 and ends.
+    pub(super) send_408: AtomicBool,
+    /// HTTP/1.1: since when the app waits for request-body bytes (+1; 0 =
+    /// not waiting), written by the request body.
+    pub body_stall: Arc<AtomicU64>,
+}
+
+impl ConnState {
+    pub fn new(peer: Peer, role: ListenRole, tls: bool, now_ms: u64) -> ConnState {
+        ConnState {
+            peer,
+            role,
+            tls,
+            in_flight: AtomicU32::new(0),
+            idle_since_ms: AtomicU64::new(now_ms),
+            head_since_ms: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
+            send_408: AtomicBool::new(false),
+            body_stall: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+        self.head_since_ms.store(0, Relaxed);
+    }
+
+    pub fn request_finished(&self, now_ms: u64) {
+        self.idle_since_ms.store(now_ms, Relaxed);
+        self.body_stall.store(0, Relaxed);
+        self.in_flight.fetch_sub(1, Release);
+    }
+
+    pub fn h2(&self) -> bool {
+        self.h2.load(Relaxed)
+    }
+}
