@@ -1,6 +1,7 @@
 //! The control-socket protocol, shared by the master and `rsvisor status` /
 //! `rsvisor reload`: one request line (`status`, `reload`, `scale N`,
-//! `stop`), one JSON response line.
+//! `stop`), one JSON response line. Public, so that scripts and tools
+//! written in Rust can read the master's answers with these types.
 
 use std::collections::BTreeMap;
 
@@ -103,6 +104,8 @@ pub struct Status {
     pub workers: Vec<WorkerStatus>,
     pub totals: Totals,
     pub last_reload: Option<ReloadReport>,
+    /// The last binary upgrade this master started (USR2), if any.
+    pub last_upgrade: Option<UpgradeReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -136,5 +139,15 @@ pub struct ReloadReport {
     pub generation: u32,
     pub seconds_ago: f64,
     pub duration_ms: u64,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UpgradeReport {
+    /// The new master took over (this master is stopping), or it failed
+    /// and this master serves on.
+    pub ok: bool,
+    pub new_master_pid: u32,
+    pub seconds_ago: f64,
     pub message: String,
 }

@@ -19,7 +19,7 @@
 mod app;
 mod cli;
 pub mod config;
-mod control;
+pub mod control;
 mod ctl;
 pub mod exit;
 mod listen;

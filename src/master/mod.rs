@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use tracing::info;
 
 use crate::config::{BindAddr, Overrides};
+use crate::control::UpgradeReport;
 use crate::listen::{ListenError, ListenerSet};
 use crate::logging::LogHandle;
 use crate::material::Loaded;
@@ -120,6 +121,7 @@ pub struct Master {
     /// clients wait for it.
     queued_reload: Option<Vec<Waiter>>,
     last_reload: Option<LastReload>,
+    last_upgrade: Option<(Instant, UpgradeReport)>,
     systemd: Systemd,
     /// Workers the last plan asked for, started by the spawn step.
     pending_spawns: usize,
@@ -201,6 +203,7 @@ impl Master {
             backoff: BootBackoff::new(now),
             queued_reload: None,
             last_reload: None,
+            last_upgrade: None,
             systemd: Systemd {
                 notifier: Notifier::from_env(),
                 last_status: String::new(),

@@ -1,7 +1,7 @@
 //! `rsvisor status`: the fleet as the master sees it.
 
 use super::Master;
-use crate::control::{Status, Totals, WorkerStatus};
+use crate::control::{Status, Totals, UpgradeReport, WorkerStatus};
 use crate::outcome::{ExitReason, ReloadResult};
 
 impl Master {
@@ -58,6 +58,10 @@ impl Master {
             },
             workers,
             last_reload: self.last_reload.as_ref().map(|r| r.report()),
+            last_upgrade: self.last_upgrade.as_ref().map(|(at, r)| UpgradeReport {
+                seconds_ago: at.elapsed().as_secs_f64(),
+                ..r.clone()
+            }),
         }
     }
 }

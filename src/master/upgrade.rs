@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 use super::lifecycle::{judge_upgrade, Lifecycle, Upgrade, UpgradeVerdict};
 use super::reap::Exit;
 use super::Master;
+use crate::control::UpgradeReport;
 use crate::sys::{self, Fork};
 use crate::systemd::LISTEN_FDS_START;
 
@@ -138,6 +139,7 @@ impl Master {
             new_master = up.pid.as_raw(),
             "UPGRADE FAILED: {why}; this master keeps serving"
         );
+        self.record_upgrade(&up, false, format!("{why}; this master keeps serving"));
         up.kill();
         if let Some(p) = &self.sockets.pidfile {
             if let Err(e) = p.rewrite() {
@@ -160,12 +162,23 @@ impl Master {
             elapsed_ms = up.started.elapsed().as_millis() as u64,
             "upgrade complete: the new master serves; this one drains and exits"
         );
+        self.record_upgrade(&up, true, "the new master serves".into());
         // The new master owns the socket files and the pidfile now.
         self.sockets.listeners.hand_over_files();
         if let Some(c) = &mut self.sockets.control {
             c.hand_over_file();
         }
         self.graceful_stop("handing over to the new master", true);
+    }
+
+    fn record_upgrade(&mut self, up: &Upgrade, ok: bool, message: String) {
+        let report = UpgradeReport {
+            ok,
+            new_master_pid: up.pid.as_raw() as u32,
+            seconds_ago: 0.0,
+            message,
+        };
+        self.last_upgrade = Some((Instant::now(), report));
     }
 
     /// In a master started by an upgrade: tell the old one we are ready.

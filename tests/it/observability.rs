@@ -1,17 +1,11 @@
 //! Observability: fleet-wide /metrics that never go backwards, the control
 //! socket (`rsvisor status`, `rsvisor reload`), memory-based recycling.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
-
-fn demo(config: &str) -> ServerBuilder {
-    ServerBuilder::new(example("demo")).config(config)
-}
+use crate::util::*;
 
 /// The value of an unlabelled sample, or of one labelled sample.
 fn sample(text: &str, name_and_labels: &str) -> f64 {
@@ -82,7 +76,9 @@ max_requests_jitter = 5
         assert_eq!(r.status, 200, "request {i}");
     }
     // Let some recycled workers exit and be folded into the totals.
-    s.wait_log("worker exited after draining", Duration::from_secs(10));
+    s.wait_status("recycled workers reaped", Duration::from_secs(10), |st| {
+        st.totals.exits_by_reason[&ExitReason::MaxRequests] >= 1
+    });
     let text = get(&tcp, "/metrics").unwrap().text();
     let total = sample(&text, "rsvisor_http_requests_total");
     // N requests plus the first scrape.
@@ -144,7 +140,6 @@ control_socket = "{dir}/ctl.sock"
 fn status_lists_live_workers_and_reload_reports_the_result() {
     let mut s = demo(control_config()).start();
     let tcp = s.ready_tcp();
-    s.wait_workers("two workers", START_TIMEOUT, |w| w.len() == 2);
     let cfg = s.config.display().to_string();
     let (code, out, err) = run(
         &rsvisor_bin(),
@@ -187,24 +182,33 @@ fn status_lists_live_workers_and_reload_reports_the_result() {
         format!("{good}\n[app]\nenv = {{ DEMO_FAIL_STARTUP = \"1\" }}\n"),
     )
     .unwrap();
-    let serving = s.wait_workers("two workers", Duration::from_secs(10), |w| w.len() == 2);
+    let serving = s.wait_settled(Duration::from_secs(10));
     let (code, _, err) = run(&rsvisor_bin(), &["reload", &cfg], s.dir.path(), &[]);
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("abandoned"), "{err}");
     assert_eq!(get(&tcp, "/").unwrap().status, 200);
-    assert_eq!(s.workers(), serving);
+    let pids = |st: &Status| st.workers.iter().map(|w| w.pid).collect::<Vec<_>>();
+    assert_eq!(
+        pids(&s.wait_settled(Duration::from_secs(10))),
+        pids(&serving)
+    );
 
     // An invalid config: refused at once, also non-zero.
     std::fs::write(&s.config, format!("{good}\nbogus = 1\n")).unwrap();
     let (code, _, err) = run(&rsvisor_bin(), &["reload", &cfg], s.dir.path(), &[]);
     assert_eq!(code, 5, "{err}");
+    let line = good.lines().count() + 2;
     assert!(
-        err.contains("app.toml:7:1: server.bogus: unknown key"),
+        err.contains(&format!("app.toml:{line}:1: server.bogus: unknown key")),
         "{err}"
     );
     assert!(err.contains("nothing was reloaded"), "{err}");
     s.signal(Signal::SIGHUP);
-    s.wait_log("reload refused", Duration::from_secs(10));
+    let st = s.wait_reloads(3, Duration::from_secs(10));
+    assert_eq!(
+        st.last_reload.map(|r| r.result),
+        Some(ReloadResult::InvalidConfig)
+    );
 
     std::fs::write(&s.config, &good).unwrap();
     let metrics = get(&tcp, "/metrics").unwrap().text();
@@ -232,7 +236,9 @@ fn status_lists_live_workers_and_reload_reports_the_result() {
         serde_json::from_str(&resp).unwrap()
     };
     assert_eq!(ask("scale 3\n")["ok"], true);
-    s.wait_workers("three workers", Duration::from_secs(10), |w| w.len() == 3);
+    s.wait_status("three workers", Duration::from_secs(10), |st| {
+        st.desired_workers == 3 && settled(st)
+    });
     assert_eq!(ask("scale 0\n")["ok"], false);
     assert_eq!(ask("frobnicate\n")["ok"], false);
     assert_eq!(ask("stop\n")["ok"], true);
@@ -294,26 +300,33 @@ max_worker_memory = "48MiB"
     )
     .start();
     let tcp = s.ready_tcp();
-    let before = s.wait_workers("two workers", START_TIMEOUT, |w| w.len() == 2);
+    let before = s.worker_pids();
     let load = Load::start(&tcp, 4, Duration::from_secs(30));
     let r = get(&tcp, "/grow?mb=80").unwrap();
     assert_eq!(r.status, 200);
     let t0 = Instant::now();
-    s.wait_workers(
+    s.wait_status(
         "the big worker's replacement",
         Duration::from_secs(15),
-        |w| w.len() == 2 && w.iter().filter(|p| before.contains(p)).count() == 1,
+        |st| {
+            settled(st)
+                && st.totals.exits_by_reason[&ExitReason::Memory] == 1
+                && st
+                    .workers
+                    .iter()
+                    .filter(|w| before.contains(&(w.pid as i32)))
+                    .count()
+                    == 1
+        },
     );
     assert!(t0.elapsed() < Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(300));
     let stats = load.finish();
     stats.assert_all_ok(1);
-    s.wait_log("worker exited after draining", Duration::from_secs(10));
     let text = get(&tcp, "/metrics").unwrap().text();
     assert_eq!(
         sample(&text, "rsvisor_worker_exits_total{reason=\"memory\"}"),
         1.0,
         "{text}"
     );
-    assert!(s.log_text().contains("above max_worker_memory"));
 }

@@ -1,9 +1,7 @@
 //! The built-in app of the `rsvisor` binary: static files, confined to
 //! `app.static_dir`, with conditional requests.
 
-mod common;
-
-use common::*;
+use crate::util::*;
 
 fn start() -> (Server, Target) {
     let b = ServerBuilder::new(rsvisor_bin()).config(

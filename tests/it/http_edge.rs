@@ -1,18 +1,12 @@
 //! The HTTP edge: timeouts, size limits, malformed input, overload, proxy
 //! headers, TLS with client certificates, HTTP/2, access logs.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
-
-fn demo(config: &str) -> ServerBuilder {
-    ServerBuilder::new(example("demo")).config(config)
-}
+use crate::util::*;
 
 const EDGE: &str = r#"
 [server]
@@ -687,8 +681,10 @@ key = "{dir}/server.key"
     )
     .unwrap();
     s.signal(Signal::SIGHUP);
-    let log = s.wait_log("reload refused", Duration::from_secs(10));
-    assert!(log.contains("tls.cert"), "{log}");
+    let st = s.wait_reloads(1, Duration::from_secs(10));
+    let last = st.last_reload.expect("a reload result");
+    assert_eq!(last.result, ReloadResult::InvalidConfig);
+    assert!(last.message.contains("tls.cert"), "{}", last.message);
     let (ok, out) = curl(&["--cacert", &ca, &url]);
     assert!(ok, "{out}");
     assert_eq!(s.workers(), before);
@@ -753,7 +749,7 @@ workers = 1
     );
     let plain = Target::Unix(b.dir().join("plain.sock"));
     let mut s = b.start();
-    let tcp = s.ready_tcp_via(&plain);
+    let tcp = s.ready_tcp();
     let client = |bytes: &[u8]| -> serde_json::Value {
         let out = raw(&tcp, bytes).unwrap();
         let text = String::from_utf8_lossy(&out).into_owned();

@@ -1,11 +1,9 @@
 //! `rsvisor check`: effective config on success, `file:line:col: key:` and
 //! exit 2 on error; environment and flag precedence; `workers = "auto"`.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::util::*;
 
 fn check_in(dir: &std::path::Path, text: &str, env: &[(&str, &str)]) -> (i32, String, String) {
     let path = dir.join("app.toml");

@@ -1,7 +1,6 @@
 //! Shared helpers for the integration tests: start the real binaries in a
 //! temporary directory, talk HTTP/1.1 to them over TCP or Unix sockets, and
 //! make sure every process a test started is gone when it ends.
-#![allow(dead_code)]
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -13,6 +12,8 @@ use std::time::{Duration, Instant};
 
 pub use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+pub use rsvisor::control::Status;
+pub use rsvisor::outcome::{ExitReason, Phase, ReloadResult, WorkerState};
 
 /// Generous, because CI machines have 2 noisy cores.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -30,6 +31,37 @@ pub fn example(name: &str) -> PathBuf {
 
 pub fn rsvisor_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rsvisor"))
+}
+
+/// The demo app (the contract routes tests and benchmarks use) with `config`.
+pub fn demo(config: &str) -> ServerBuilder {
+    ServerBuilder::new(example("demo")).config(config)
+}
+
+/// Adds `server.control_socket` in `dir` unless the config names one, so
+/// that every test can ask the master for its state.
+fn with_control_socket(text: &str, dir: &Path) -> (String, PathBuf) {
+    if let Some(line) = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("control_socket"))
+    {
+        let path = line
+            .split('"')
+            .nth(1)
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        return (text.to_string(), path);
+    }
+    let path = dir.join("control.sock");
+    let line = format!("control_socket = \"{}\"\n", path.display());
+    let text = match text.find("[server]\n") {
+        Some(i) => {
+            let at = i + "[server]\n".len();
+            format!("{}{line}{}", &text[..at], &text[at..])
+        }
+        None => format!("[server]\n{line}{text}"),
+    };
+    (text, path)
 }
 
 /// Where to reach a server.
@@ -228,6 +260,8 @@ pub struct Server {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// The master's control socket (always configured by the builder).
+    pub control: PathBuf,
     exited: Option<ExitStatus>,
 }
 
@@ -267,11 +301,6 @@ impl ServerBuilder {
         self
     }
 
-    pub fn arg(mut self, a: &str) -> ServerBuilder {
-        self.args.push(a.into());
-        self
-    }
-
     /// Runs `bin RAW… CONFIG` instead of `bin serve CONFIG` (a wrapper such
     /// as systemd-socket-activate that ends with `… -- demo serve`).
     pub fn raw_args(mut self, raw: &[&str]) -> ServerBuilder {
@@ -281,7 +310,8 @@ impl ServerBuilder {
 
     pub fn start(self) -> Server {
         let config = self.dir.path().join("app.toml");
-        std::fs::write(&config, &self.config).expect("write config");
+        let (text, control) = with_control_socket(&self.config, self.dir.path());
+        std::fs::write(&config, text).expect("write config");
         let log = self.dir.path().join("stderr.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(&self.bin);
@@ -307,6 +337,7 @@ impl ServerBuilder {
             dir: self.dir,
             config,
             log,
+            control,
             exited: None,
         }
     }
@@ -321,32 +352,75 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits for the "listen=" line and returns the first TCP address.
-    pub fn tcp_addr(&mut self) -> Target {
-        let deadline = Instant::now() + START_TIMEOUT;
+    /// The master's state, asked through its control socket; `None` while
+    /// it cannot answer (not started yet, or gone).
+    pub fn status(&self) -> Option<Status> {
+        let stream = UnixStream::connect(&self.control).ok()?;
+        stream.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+        (&stream).write_all(b"status\n").ok()?;
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).ok()?;
+        let resp: rsvisor::control::Response = serde_json::from_str(&line).ok()?;
+        resp.status
+    }
+
+    /// Waits until the master's status satisfies `pred`; returns it.
+    pub fn wait_status(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Status) -> bool,
+    ) -> Status {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
         loop {
-            let text = self.log_text();
-            // Text logs say `listen=A, B`; JSON logs `"listen":"A, B"`.
-            let rest = text
-                .split("listen=")
-                .nth(1)
-                .or_else(|| text.split("\"listen\":\"").nth(1));
-            if let Some(rest) = rest {
-                let first = rest.lines().next().unwrap_or("");
-                let first = first.split('"').next().unwrap_or(first);
-                for part in first.split(", ") {
-                    let part = part.trim();
-                    if !part.starts_with("unix:") {
-                        return Target::Tcp(part.to_string());
-                    }
+            if let Some(st) = self.status() {
+                if pred(&st) {
+                    return st;
                 }
+                last = Some(st);
             }
             if let Some(st) = self.try_wait() {
-                panic!("server exited ({st}) before listening:\n{text}");
+                panic!(
+                    "server exited ({st}) while waiting for {what}:\n{}",
+                    self.log_text()
+                );
             }
-            assert!(Instant::now() < deadline, "server did not start:\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last status {last:#?}\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits until every worker the master wants is ready and of the
+    /// current generation, and nothing else runs: a settled fleet.
+    pub fn wait_settled(&mut self, timeout: Duration) -> Status {
+        self.wait_status("a settled fleet", timeout, settled)
+    }
+
+    /// Waits until the master's `reloads_by_result` counts reach `n` in all
+    /// (finished reloads, whatever their result); returns that status.
+    pub fn wait_reloads(&mut self, n: u64, timeout: Duration) -> Status {
+        self.wait_status(&format!("{n} finished reload(s)"), timeout, |st| {
+            st.totals.reloads_by_result.values().sum::<u64>() >= n
+        })
+    }
+
+    /// The first TCP address the master listens on (a port 0 resolved).
+    pub fn tcp_addr(&mut self) -> Target {
+        let st = self.wait_status("a TCP listener", START_TIMEOUT, |st| {
+            st.listeners.iter().any(|l| !l.starts_with("unix:"))
+        });
+        let addr = st
+            .listeners
+            .iter()
+            .find(|l| !l.starts_with("unix:"))
+            .cloned()
+            .unwrap_or_default();
+        Target::Tcp(addr)
     }
 
     /// Waits until `/ready` answers 200 through `t`.
@@ -370,23 +444,21 @@ impl Server {
         }
     }
 
-    /// Waits for readiness on the first TCP address, and for the master to
-    /// report every initial worker ready (so that a signal sent next finds
-    /// a settled fleet).
+    /// Waits for a settled fleet (so that a signal sent next finds every
+    /// initial worker ready) and returns the first TCP address.
     pub fn ready_tcp(&mut self) -> Target {
-        let t = self.tcp_addr();
-        self.wait_ready(&t);
-        self.wait_log("all workers ready", START_TIMEOUT);
-        t
+        self.wait_settled(START_TIMEOUT);
+        self.tcp_addr()
     }
 
-    /// Like `ready_tcp`, but checks readiness through `probe` (when the TCP
-    /// bind cannot answer a plain request, e.g. it expects PROXY headers).
-    pub fn ready_tcp_via(&mut self, probe: &Target) -> Target {
-        let t = self.tcp_addr();
-        self.wait_ready(probe);
-        self.wait_log("all workers ready", START_TIMEOUT);
-        t
+    /// Worker pids as the master reports them.
+    pub fn worker_pids(&self) -> Vec<i32> {
+        let mut pids: Vec<i32> = self
+            .status()
+            .map(|st| st.workers.iter().map(|w| w.pid as i32).collect())
+            .unwrap_or_default();
+        pids.sort();
+        pids
     }
 
     /// Worker processes: children of the master.
@@ -457,27 +529,17 @@ impl Server {
             ),
         }
     }
+}
 
-    /// Waits for a line containing `needle` in the log.
-    pub fn wait_log(&mut self, needle: &str, timeout: Duration) -> String {
-        self.wait_log_count(needle, 1, timeout)
-    }
-
-    /// Waits until the log says `needle` at least `n` times.
-    pub fn wait_log_count(&mut self, needle: &str, n: usize, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let text = self.log_text();
-            if text.matches(needle).count() >= n {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "log did not say {needle:?} {n} times:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+/// Every worker the master wants is ready, of the current generation, and
+/// nothing else runs.
+pub fn settled(st: &Status) -> bool {
+    st.phase == Phase::Running
+        && st.workers.len() == st.desired_workers
+        && st
+            .workers
+            .iter()
+            .all(|w| w.state == WorkerState::Ready && w.generation == st.generation)
 }
 
 impl Drop for Server {

@@ -1,15 +1,10 @@
 //! Zero-downtime operations: health-gated HUP reloads, abandoned reloads,
-//! max-requests recycling, heartbeat timeouts, TTIN/TTOU.
-
-mod common;
+//! max-requests recycling, heartbeat timeouts, TTIN/TTOU. The master's
+//! decisions are read from its status (control socket).
 
 use std::time::{Duration, Instant};
 
-use common::*;
-
-fn demo(config: &str) -> ServerBuilder {
-    ServerBuilder::new(example("demo")).config(config)
-}
+use crate::util::*;
 
 fn same_set(a: &[i32], b: &[i32]) -> bool {
     a.iter().any(|p| b.contains(p))
@@ -28,15 +23,17 @@ graceful_timeout = 10
     )
     .start();
     let tcp = s.ready_tcp();
-    let mut pids = s.wait_workers("two workers", START_TIMEOUT, |w| w.len() == 2);
+    let mut pids = s.worker_pids();
     let load = Load::start(&tcp, 8, Duration::from_secs(30));
-    for round in 1..=5 {
+    for round in 1..=5u64 {
         std::thread::sleep(Duration::from_secs(2));
         s.signal(Signal::SIGHUP);
-        let old = pids.clone();
-        pids = s.wait_workers(&format!("reload {round}"), Duration::from_secs(15), |w| {
-            w.len() == 2 && !same_set(w, &old)
+        let st = s.wait_status(&format!("reload {round}"), Duration::from_secs(15), |st| {
+            st.generation == round as u32 + 1 && settled(st)
         });
+        let now: Vec<i32> = st.workers.iter().map(|w| w.pid as i32).collect();
+        assert!(!same_set(&now, &pids), "round {round}: {now:?} vs {pids:?}");
+        pids = now;
     }
     std::thread::sleep(Duration::from_millis(500));
     let stats = load.finish();
@@ -48,38 +45,47 @@ graceful_timeout = 10
     );
     // Six generations of two workers answered.
     assert!(stats.pids.len() >= 10, "pids that served: {:?}", stats.pids);
-    let log = s.log_text();
-    assert_eq!(log.matches("reload complete").count(), 5, "{log}");
+    let st = s.status().expect("status");
+    assert_eq!(st.totals.reloads_by_result[&ReloadResult::Success], 5);
+    assert_eq!(st.totals.reloads_by_result.values().sum::<u64>(), 5);
 }
 
 #[test]
 fn invalid_config_on_reload_changes_nothing() {
     let mut s = demo("[server]\nbind = [\"127.0.0.1:0\"]\nworkers = 2\n").start();
     let tcp = s.ready_tcp();
-    let before = s.wait_workers("two workers", START_TIMEOUT, |w| w.len() == 2);
+    let before = s.worker_pids();
     let good = std::fs::read_to_string(&s.config).unwrap();
+    let lines = good.lines().count();
     std::fs::write(&s.config, format!("{good}\n[lifecycle]\ntimeot = 3\n")).unwrap();
     s.signal(Signal::SIGHUP);
-    let log = s.wait_log("reload refused", Duration::from_secs(10));
-    assert!(
-        log.contains("app.toml:6:1: lifecycle.timeot: unknown key"),
-        "{log}"
-    );
+    let st = s.wait_reloads(1, Duration::from_secs(10));
+    let last = st.last_reload.expect("a reload result");
+    assert_eq!(last.result, ReloadResult::InvalidConfig);
+    let place = format!("app.toml:{}:1: lifecycle.timeot: unknown key", lines + 3);
+    assert!(last.message.contains(&place), "{}", last.message);
+    assert_eq!(st.generation, 1);
     for _ in 0..20 {
         assert_eq!(get(&tcp, "/").unwrap().status, 200);
     }
     assert_eq!(
-        s.workers(),
+        s.worker_pids(),
         before,
         "workers changed after a refused reload"
     );
 
     std::fs::write(&s.config, &good).unwrap();
     s.signal(Signal::SIGHUP);
-    s.wait_workers("reload after the fix", Duration::from_secs(15), |w| {
-        w.len() == 2 && !same_set(w, &before)
+    let st = s.wait_status("reload after the fix", Duration::from_secs(15), |st| {
+        st.generation == 2 && settled(st)
     });
-    s.wait_log("reload complete", Duration::from_secs(10));
+    let now: Vec<i32> = st.workers.iter().map(|w| w.pid as i32).collect();
+    assert!(!same_set(&now, &before));
+    let st = s.wait_reloads(2, Duration::from_secs(10));
+    assert_eq!(
+        st.last_reload.map(|r| r.result),
+        Some(ReloadResult::Success)
+    );
 }
 
 #[test]
@@ -95,7 +101,7 @@ level = "info"
     )
     .start();
     let tcp = s.ready_tcp();
-    let before = s.wait_workers("two workers", START_TIMEOUT, |w| w.len() == 2);
+    let before = s.worker_pids();
     let good = std::fs::read_to_string(&s.config).unwrap();
     std::fs::write(
         &s.config,
@@ -104,12 +110,18 @@ level = "info"
     .unwrap();
     let load = Load::start(&tcp, 4, Duration::from_secs(30));
     s.signal(Signal::SIGHUP);
-    let log = s.wait_log("RELOAD ABANDONED", Duration::from_secs(20));
-    assert!(log.contains("DEMO_FAIL_STARTUP is set"), "{log}");
+    let st = s.wait_reloads(1, Duration::from_secs(20));
+    assert_eq!(
+        st.last_reload.map(|r| r.result),
+        Some(ReloadResult::Abandoned)
+    );
+    assert_eq!(st.generation, 1, "the previous generation is current again");
+    // Why the new workers failed is the app's own error, in the log.
+    assert!(s.log_text().contains("DEMO_FAIL_STARTUP is set"));
     let stats = load.finish();
     stats.assert_all_ok(1);
     assert_eq!(
-        s.workers(),
+        s.worker_pids(),
         before,
         "the old workers must keep serving:\n{}",
         s.log_text()
@@ -117,9 +129,11 @@ level = "info"
     // The master is still healthy: a good reload afterwards works.
     std::fs::write(&s.config, &good).unwrap();
     s.signal(Signal::SIGHUP);
-    s.wait_workers("good reload", Duration::from_secs(15), |w| {
-        w.len() == 2 && !same_set(w, &before)
+    let st = s.wait_status("good reload", Duration::from_secs(15), |st| {
+        st.last_reload.as_ref().map(|r| r.result) == Some(ReloadResult::Success) && settled(st)
     });
+    let now: Vec<i32> = st.workers.iter().map(|w| w.pid as i32).collect();
+    assert!(!same_set(&now, &before));
 }
 
 #[test]
@@ -137,13 +151,16 @@ max_requests_jitter = 10
     .start();
     let tcp = s.ready_tcp();
     let load = Load::start(&tcp, 8, Duration::from_secs(60));
-    s.wait_log_count("reached max_requests", 30, Duration::from_secs(60));
+    s.wait_status("30 recycled workers", Duration::from_secs(60), |st| {
+        st.totals.exits_by_reason[&ExitReason::MaxRequests] >= 30
+    });
     let stats = load.finish();
     stats.assert_all_ok(1);
     assert!(stats.ok >= 2000, "only {} requests", stats.ok);
     assert!(stats.pids.len() >= 20, "{} distinct pids", stats.pids.len());
     // Capacity never dropped: the fleet is back to two ready workers.
-    s.wait_workers("two workers", Duration::from_secs(10), |w| w.len() == 2);
+    let st = s.wait_settled(Duration::from_secs(10));
+    assert_eq!(st.totals.exits_by_reason[&ExitReason::Crash], 0);
 }
 
 #[test]
@@ -159,7 +176,7 @@ timeout = 2
     )
     .start();
     let tcp = s.ready_tcp();
-    let before = s.wait_workers("two workers", START_TIMEOUT, |w| w.len() == 2);
+    let before = s.worker_pids();
 
     // Slow but not blocked: keeps beating, never killed.
     let slow = {
@@ -169,7 +186,7 @@ timeout = 2
     let r = slow.join().unwrap().unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(
-        s.workers(),
+        s.worker_pids(),
         before,
         "a slow async request must not kill its worker"
     );
@@ -182,10 +199,18 @@ timeout = 2
     let t0 = Instant::now();
     // Meanwhile the other worker keeps serving (new connections).
     let load = Load::start(&tcp, 2, Duration::from_secs(10));
-    let after = s.wait_workers(
+    let st = s.wait_status(
         "the blocked worker's replacement",
         Duration::from_secs(8),
-        |w| w.len() == 2 && w.iter().filter(|p| before.contains(p)).count() == 1,
+        |st| {
+            settled(st)
+                && st
+                    .workers
+                    .iter()
+                    .filter(|w| before.contains(&(w.pid as i32)))
+                    .count()
+                    == 1
+        },
     );
     assert!(
         t0.elapsed() < Duration::from_secs(4) + Duration::from_millis(500),
@@ -195,29 +220,27 @@ timeout = 2
     let stats = load.finish();
     assert!(stats.ok > 0);
     let _ = blocker.join();
-    let log = s.log_text();
-    assert!(log.contains("missed its heartbeat"), "{log}");
-    assert!(log.contains("SIGABRT"), "{log}");
-    let killed: Vec<_> = before.iter().filter(|p| !after.contains(p)).collect();
-    assert!(log.contains(&format!("pid={}", killed[0])), "{log}");
+    assert_eq!(st.totals.exits_by_reason[&ExitReason::Timeout], 1);
+    assert_eq!(st.totals.worker_exits, 1);
 }
 
 #[test]
 fn ttin_and_ttou_change_the_worker_count() {
     let mut s = demo("[server]\nbind = [\"127.0.0.1:0\"]\nworkers = 2\n").start();
     s.ready_tcp();
-    s.wait_workers("two workers", START_TIMEOUT, |w| w.len() == 2);
+    let workers = |n: usize| move |st: &Status| st.desired_workers == n && settled(st);
     s.signal(Signal::SIGTTIN);
-    s.wait_workers("three workers", Duration::from_secs(10), |w| w.len() == 3);
+    s.wait_status("three workers", Duration::from_secs(10), workers(3));
     s.signal(Signal::SIGTTOU);
-    s.wait_workers("two workers again", Duration::from_secs(10), |w| {
-        w.len() == 2
-    });
+    s.wait_status("two workers again", Duration::from_secs(10), workers(2));
     s.signal(Signal::SIGTTOU);
-    s.wait_workers("one worker", Duration::from_secs(10), |w| w.len() == 1);
+    s.wait_status("one worker", Duration::from_secs(10), workers(1));
     s.signal(Signal::SIGTTOU);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(s.workers().len(), 1, "never below one worker");
+    let st = s.wait_settled(Duration::from_secs(10));
+    assert_eq!(st.desired_workers, 1, "never below one worker");
+    assert_eq!(st.totals.exits_by_reason[&ExitReason::ScaleDown], 2);
+    assert_eq!(s.workers().len(), 1);
 }
 
 #[test]
@@ -232,7 +255,11 @@ fn reload_binds_new_addresses_and_closes_removed_ones() {
     );
     std::fs::write(&s.config, text).unwrap();
     s.signal(Signal::SIGHUP);
-    s.wait_log("reload complete", Duration::from_secs(10));
+    let st = s.wait_reloads(1, Duration::from_secs(10));
+    assert_eq!(
+        st.last_reload.map(|r| r.result),
+        Some(ReloadResult::Success)
+    );
     let unix = Target::Unix(sock.clone());
     assert_eq!(get(&unix, "/").unwrap().status, 200);
     // The old TCP address is closed once its workers are gone.
@@ -258,21 +285,27 @@ env = { DEMO_STARTUP_DELAY_MS = "400" }
     let tcp = s.ready_tcp();
     let load = Load::start(&tcp, 4, Duration::from_secs(30));
     s.signal(Signal::SIGHUP);
-    s.wait_log("new generation starting", Duration::from_secs(10));
+    s.wait_status("the first reload", Duration::from_secs(10), |st| {
+        st.phase == Phase::Reloading && st.generation == 2
+    });
     s.signal(Signal::SIGHUP);
-    let log = s.wait_log("queued until it finishes", Duration::from_secs(10));
-    assert!(
-        !log.contains("generation=3"),
-        "second reload started early:\n{log}"
-    );
-    let log = s.wait_log_count("reload complete", 2, Duration::from_secs(20));
-    // One after the other: generation 2 completes before generation 3 starts.
-    let done2 = log.find("reload complete: every worker is of the new generation generation=2");
-    let start3 = log.find("generation=3 workers=2");
-    assert!(
-        matches!((done2, start3), (Some(a), Some(b)) if a < b),
-        "{log}"
-    );
+    // One after the other: generation 3 appears only once generation 2's
+    // reload has finished.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = s.status().expect("status");
+        let done = st.totals.reloads_by_result[&ReloadResult::Success];
+        assert!(
+            st.generation < 3 || done >= 1,
+            "second reload started early: {st:#?}"
+        );
+        if done == 2 {
+            assert_eq!(st.generation, 3);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{st:#?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let stats = load.finish();
     stats.assert_all_ok(1);
 }
@@ -283,7 +316,7 @@ fn http2_connections_are_drained_with_goaway_on_reload() {
     let Target::Tcp(addr) = s.ready_tcp() else {
         unreachable!()
     };
-    let before = s.workers();
+    let before = s.worker_pids();
     // Two requests on one HTTP/2 connection; the reload happens during the
     // first. It must finish, and the second must be answered (on a new
     // connection, by the new generation).
@@ -311,10 +344,11 @@ fn http2_connections_are_drained_with_goaway_on_reload() {
     let lines: Vec<&str> = text.lines().filter(|l| l.contains(' ')).collect();
     assert_eq!(lines.len(), 2, "{text}");
     assert!(lines.iter().all(|l| *l == "200 2"), "{text}");
-    s.wait_log("reload complete", Duration::from_secs(10));
-    let after = s.wait_workers("new generation", Duration::from_secs(10), |w| {
-        w.len() == 1 && !same_set(w, &before)
+    let st = s.wait_status("the new generation", Duration::from_secs(10), |st| {
+        st.generation == 2 && settled(st)
     });
+    let after: Vec<i32> = st.workers.iter().map(|w| w.pid as i32).collect();
+    assert!(!same_set(&after, &before));
     // The old worker said GOAWAY: the second request went to the new one.
     let pid: i32 = std::fs::read_to_string(s.dir.path().join("second.txt"))
         .unwrap()

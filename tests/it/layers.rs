@@ -1,0 +1,138 @@
+//! The layering rules, checked on the source: `unsafe` only in `sys`,
+//! `sys` imports nothing of the crate, and no module imports a module that
+//! imports it back (directly or through others).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Module path (`master::reload`) → source without comments.
+fn modules() -> BTreeMap<String, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).expect("src dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            if p.extension().is_none_or(|x| x != "rs") {
+                continue;
+            }
+            let rel = p.strip_prefix(&root).expect("under src").with_extension("");
+            let mut parts: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            if matches!(
+                parts.last().map(String::as_str),
+                Some("mod" | "lib" | "main")
+            ) {
+                parts.pop();
+            }
+            let text = std::fs::read_to_string(&p).expect("source");
+            let code: String = text
+                .lines()
+                .map(|l| l.split("//").next().unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join("\n");
+            out.insert(parts.join("::"), code);
+        }
+    }
+    out
+}
+
+/// The crate modules `src` refers to through `crate::…` paths.
+fn crate_deps(src: &str, mods: &BTreeMap<String, String>) -> BTreeSet<String> {
+    let mut deps = BTreeSet::new();
+    for (i, _) in src.match_indices("crate::") {
+        if src[..i].ends_with('$') {
+            continue; // `$crate::` in a macro body
+        }
+        let path: String = src[i + "crate::".len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+            .collect();
+        let segs: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).collect();
+        for n in (1..=segs.len()).rev() {
+            let cand = segs[..n].join("::");
+            if mods.contains_key(&cand) {
+                deps.insert(cand);
+                break;
+            }
+        }
+    }
+    deps
+}
+
+/// Sibling modules `src` (module `name`) refers to through `super::…`.
+fn super_deps(name: &str, src: &str, mods: &BTreeMap<String, String>) -> BTreeSet<String> {
+    let mut deps = BTreeSet::new();
+    let parent = match name.rsplit_once("::") {
+        Some((p, _)) => p.to_string(),
+        None => return deps,
+    };
+    for (i, _) in src.match_indices("super::") {
+        let word: String = src[i + "super::".len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let cand = format!("{parent}::{word}");
+        if mods.contains_key(&cand) {
+            deps.insert(cand);
+        }
+    }
+    deps
+}
+
+#[test]
+fn unsafe_code_lives_in_sys_only() {
+    for (name, src) in modules() {
+        if name == "sys" {
+            continue;
+        }
+        let has_unsafe = src
+            .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .any(|w| w == "unsafe");
+        assert!(!has_unsafe, "`unsafe` in src/{}", name.replace("::", "/"));
+    }
+}
+
+#[test]
+fn sys_imports_nothing_of_the_crate() {
+    let mods = modules();
+    let deps = crate_deps(&mods["sys"], &mods);
+    assert!(deps.is_empty(), "sys depends on {deps:?}");
+}
+
+#[test]
+fn no_module_imports_a_module_that_imports_it_back() {
+    let mods = modules();
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (name, src) in &mods {
+        let mut deps = crate_deps(src, &mods);
+        deps.extend(super_deps(name, src, &mods));
+        // A module may use its own parent (which declares it) and children.
+        deps.retain(|d| d != name && !name.starts_with(&format!("{d}::")));
+        deps.retain(|d| !d.starts_with(&format!("{name}::")));
+        edges.insert(name.clone(), deps);
+    }
+    // Depth-first search for a path back to the start.
+    for start in edges.keys() {
+        let mut stack: Vec<(String, Vec<String>)> = vec![(start.clone(), vec![start.clone()])];
+        let mut seen = BTreeSet::new();
+        while let Some((at, path)) = stack.pop() {
+            for next in edges.get(&at).into_iter().flatten() {
+                if next == start {
+                    panic!("module cycle: {} -> {start}", path.join(" -> "));
+                }
+                if seen.insert(next.clone()) {
+                    let mut p = path.clone();
+                    p.push(next.clone());
+                    stack.push((next.clone(), p));
+                }
+            }
+        }
+    }
+}

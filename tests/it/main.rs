@@ -1,0 +1,16 @@
+//! The integration suite: one test binary (linked once) whose modules run
+//! the real `rsvisor` and `demo` binaries on loopback and Unix sockets.
+//! The servers are asked about their state through the control socket
+//! (`util::Server::status`); their logs are read only where the log
+//! itself is the feature under test.
+
+mod util;
+
+mod config_check;
+mod http_edge;
+mod layers;
+mod observability;
+mod static_files;
+mod supervisor;
+mod systemd;
+mod zero_downtime;
