@@ -1,4 +1,5 @@
-//! The demo app that tests and benchmarks run (routes in DESIGN.md):
+//! The demo app that tests and benchmarks run (its routes are a contract,
+//! listed in the README):
 //!
 //! | route              | answer                                            |
 //! |--------------------|---------------------------------------------------|
