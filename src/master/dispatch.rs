@@ -6,12 +6,13 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 use tracing::info;
 
+use super::control::{ClientId, Revents};
 use super::lifecycle::{Lifecycle, StopKind};
 use super::Master;
 use crate::control::{Request, Response};
 
 impl Master {
-    pub(super) fn dispatch(&mut self, control_ready: bool) {
+    pub(super) fn dispatch(&mut self, control: &Revents) {
         for sig in self.signals.take() {
             match sig {
                 Signal::SIGINT | Signal::SIGQUIT => self.quick_stop(sig),
@@ -30,37 +31,45 @@ impl Master {
                 _ => {}
             }
         }
-        if control_ready {
-            self.serve_control();
-        }
+        self.serve_control(control);
     }
 
-    fn serve_control(&mut self) {
-        let Some(control) = &self.sockets.control else {
+    fn serve_control(&mut self, revents: &Revents) {
+        let Some(control) = &mut self.sockets.control else {
             return;
         };
-        for (client, request) in control.accept_requests() {
+        for (client, request) in control.handle(revents, Instant::now()) {
             match request {
-                Err(e) => client.reply(&Response::error(e)),
+                Err(e) => self.reply(client, &Response::error(e)),
                 Ok(Request::Status) => {
                     let mut resp = Response::message("status");
                     resp.status = Some(self.status());
-                    client.reply(&resp);
+                    self.reply(client, &resp);
                 }
                 Ok(Request::Reload) => self.request_reload(Some(client)),
                 Ok(Request::Scale(n)) => {
                     if !self.lifecycle.serving() {
-                        client.reply(&Response::error("stopping; not scaling"));
+                        self.reply(client, &Response::error("stopping; not scaling"));
                         continue;
                     }
                     self.scale_to(n);
-                    client.reply(&Response::message(format!("scaling to {n} workers")));
+                    self.reply(
+                        client,
+                        &Response::message(format!("scaling to {n} workers")),
+                    );
                 }
                 Ok(Request::Stop) => {
                     self.graceful_stop("stop request", false);
-                    client.reply(&Response::message("stopping gracefully"));
+                    self.reply(client, &Response::message("stopping gracefully"));
                 }
             }
+        }
+    }
+
+    /// Answers a control client (if it is still there).
+    pub(super) fn reply(&mut self, to: ClientId, resp: &Response) {
+        if let Some(c) = &mut self.sockets.control {
+            c.reply(to, resp);
         }
     }
 
@@ -114,7 +123,7 @@ impl Master {
             Lifecycle::Running | Lifecycle::Stopping(_) => {}
         }
         for w in waiting {
-            w.reply(&Response::error("reload interrupted: stopping"));
+            self.reply(w, &Response::error("reload interrupted: stopping"));
         }
     }
 

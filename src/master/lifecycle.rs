@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::control::Waiter;
+use super::control::ClientId;
 use super::Current;
 use crate::outcome::Phase;
 
@@ -222,7 +222,7 @@ pub struct Reload {
     pub started: Instant,
     failures: u32,
     /// Control-socket clients waiting for the result.
-    pub waiters: Vec<Waiter>,
+    pub waiters: Vec<ClientId>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -233,7 +233,7 @@ pub enum ReloadOutcome {
 }
 
 impl Reload {
-    pub fn new(previous: Current, started: Instant, waiters: Vec<Waiter>) -> Reload {
+    pub fn new(previous: Current, started: Instant, waiters: Vec<ClientId>) -> Reload {
         Reload {
             previous,
             started,

@@ -51,7 +51,7 @@ use crate::systemd::Notifier;
 use crate::worker::WorkerMain;
 
 use backoff::BootBackoff;
-use control::{ControlServer, Waiter};
+use control::{ClientId, ControlServer, Revents};
 use lifecycle::Lifecycle;
 use reload::LastReload;
 use signals::SignalQueue;
@@ -62,6 +62,16 @@ pub use upgrade::{FD_NAME_CONTROL, FD_NAME_UPGRADE, UPGRADE_FROM_ENV};
 /// Longest the loop sleeps without a signal or nudge: heartbeats and
 /// deadlines are checked at least this often.
 const MASTER_TICK: Duration = Duration::from_millis(250);
+
+/// What woke the loop besides signals and nudges (which only mean "run
+/// the steps").
+#[derive(Debug, Default)]
+struct Wakeup {
+    /// What each control-socket descriptor reported.
+    control: Revents,
+    /// The new master of a binary upgrade wrote (or closed) its pipe.
+    upgrade: bool,
+}
 
 /// What is fixed for the master's life.
 struct Fixed {
@@ -119,7 +129,7 @@ pub struct Master {
     backoff: BootBackoff,
     /// A reload was asked for while a reload or upgrade ran; these
     /// clients wait for it.
-    queued_reload: Option<Vec<Waiter>>,
+    queued_reload: Option<Vec<ClientId>>,
     last_reload: Option<LastReload>,
     last_upgrade: Option<(Instant, UpgradeReport)>,
     systemd: Systemd,
@@ -230,9 +240,9 @@ impl Master {
             listen = %addrs.join(", "),
             "rsvisor master starting"
         );
-        let mut woke = signals::Wakeup::default();
+        let mut woke = Wakeup::default();
         loop {
-            self.dispatch(woke.control);
+            self.dispatch(&woke.control);
             self.check_upgrade(woke.upgrade);
             self.check_health();
             self.reap_children();
@@ -242,12 +252,33 @@ impl Master {
                 return code;
             }
             self.notify_systemd();
-            let timeout = self.next_wakeup();
-            woke = self.signals.wait(
-                timeout,
-                self.sockets.control.as_ref().map(|c| c.as_fd()),
-                self.lifecycle.upgrade().map(|u| u.pipe_fd()),
-            );
+            woke = self.wait();
+        }
+    }
+
+    /// Sleeps until a signal, a worker's nudge, a control client, the
+    /// upgrade pipe, or the next deadline.
+    fn wait(&self) -> Wakeup {
+        let timeout = self.next_wakeup();
+        let mut fds = self
+            .sockets
+            .control
+            .as_ref()
+            .map(|c| c.interest())
+            .unwrap_or_default();
+        let control = fds.len();
+        if let Some(up) = self.lifecycle.upgrade() {
+            fds.push((up.pipe_fd(), nix::poll::PollFlags::POLLIN));
+        }
+        let mut revents = self.signals.wait(timeout, &fds);
+        let upgrade = revents.len() > control
+            && revents[control].is_some_and(|r| {
+                r.intersects(nix::poll::PollFlags::POLLIN | nix::poll::PollFlags::POLLHUP)
+            });
+        revents.truncate(control);
+        Wakeup {
+            control: revents,
+            upgrade,
         }
     }
 
@@ -267,6 +298,14 @@ impl Master {
         }
         if self.systemd.notifier.watchdog_interval().is_some() {
             deadline = deadline.min(self.systemd.next_watchdog);
+        }
+        if let Some(at) = self
+            .sockets
+            .control
+            .as_ref()
+            .and_then(|c| c.next_deadline())
+        {
+            deadline = deadline.min(at);
         }
         deadline.saturating_duration_since(now)
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info};
 
-use super::control::Waiter;
+use super::control::ClientId;
 use super::lifecycle::{Lifecycle, Reload, ReloadAdmission, ReloadOutcome};
 use super::{Current, Master};
 use crate::control::{ReloadReport, Response};
@@ -37,7 +37,7 @@ impl LastReload {
 impl Master {
     /// HUP or `rsvisor reload`: start a reload now, or queue it behind the
     /// reload or upgrade in progress (never interleave two).
-    pub(super) fn request_reload(&mut self, waiter: Option<Waiter>) {
+    pub(super) fn request_reload(&mut self, waiter: Option<ClientId>) {
         match self.lifecycle.admit_reload() {
             ReloadAdmission::Start => self.start_reload(waiter.into_iter().collect()),
             ReloadAdmission::Queue => {
@@ -48,7 +48,7 @@ impl Master {
             ReloadAdmission::Refuse => {
                 info!("reload ignored: stopping");
                 if let Some(w) = waiter {
-                    w.reply(&Response::error("stopping; not reloading"));
+                    self.reply(w, &Response::error("stopping; not reloading"));
                 }
             }
         }
@@ -63,7 +63,7 @@ impl Master {
 
     /// Starts a reload, or refuses it (invalid config, address that cannot
     /// be bound) leaving everything as it was.
-    fn start_reload(&mut self, waiters: Vec<Waiter>) {
+    fn start_reload(&mut self, waiters: Vec<ClientId>) {
         info!(config = %self.fixed.config_path.display(), "reloading configuration");
         self.systemd.notifier.reloading();
         let started = Instant::now();
@@ -114,7 +114,7 @@ impl Master {
         Ok(loaded)
     }
 
-    fn refuse_reload(&mut self, waiters: Vec<Waiter>, why: String, started: Instant) {
+    fn refuse_reload(&mut self, waiters: Vec<ClientId>, why: String, started: Instant) {
         error!("reload refused, still serving with the current configuration: {why}");
         self.finish_reload(ReloadResult::InvalidConfig, started.elapsed(), why, waiters);
         self.start_queued_reload();
@@ -175,7 +175,7 @@ impl Master {
         result: ReloadResult,
         duration: Duration,
         message: String,
-        waiters: Vec<Waiter>,
+        waiters: Vec<ClientId>,
     ) {
         self.board.count_reload(result);
         let last = LastReload {
@@ -194,7 +194,7 @@ impl Master {
             message: None,
         };
         for w in waiters {
-            w.reply(&resp);
+            self.reply(w, &resp);
         }
         self.last_reload = Some(last);
         self.systemd_ready();

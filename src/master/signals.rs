@@ -23,16 +23,6 @@ pub const HANDLED: [Signal; 9] = [
     Signal::SIGCHLD,
 ];
 
-/// What woke the loop besides signals and nudges (which only mean "run
-/// the steps").
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Wakeup {
-    /// A control client is waiting to be accepted.
-    pub control: bool,
-    /// The new master of a binary upgrade wrote (or closed) its pipe.
-    pub upgrade: bool,
-}
-
 pub struct SignalQueue {
     read: OwnedFd,
     write: OwnedFd,
@@ -51,40 +41,27 @@ impl SignalQueue {
         self.write.try_clone()
     }
 
-    /// Sleeps until a signal, a worker nudge, the control socket or the
-    /// upgrade pipe becomes readable (or hung up), or `timeout`.
+    /// Sleeps until a signal or a worker nudge arrives, one of `fds` is
+    /// ready for what it asks (or hung up), or `timeout`. The self-pipe is
+    /// drained; `fds` keep their results.
     pub fn wait(
         &self,
         timeout: Duration,
-        control: Option<BorrowedFd<'_>>,
-        upgrade: Option<BorrowedFd<'_>>,
-    ) -> Wakeup {
+        fds: &[(BorrowedFd<'_>, PollFlags)],
+    ) -> Vec<Option<PollFlags>> {
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        let mut fds = vec![PollFd::new(self.read.as_fd(), PollFlags::POLLIN)];
-        let mut at = [None, None];
-        for (i, fd) in [control, upgrade].into_iter().enumerate() {
-            if let Some(fd) = fd {
-                fds.push(PollFd::new(fd, PollFlags::POLLIN));
-                at[i] = Some(fds.len() - 1);
-            }
-        }
-        let [control_at, upgrade_at] = at;
+        let mut polled = Vec::with_capacity(fds.len() + 1);
+        polled.push(PollFd::new(self.read.as_fd(), PollFlags::POLLIN));
+        polled.extend(fds.iter().map(|(fd, flags)| PollFd::new(*fd, *flags)));
         // EINTR is the normal way a signal ends this wait.
         let _ = nix::poll::poll(
-            &mut fds,
+            &mut polled,
             PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
         );
-        let readable = |at: Option<usize>| {
-            at.and_then(|i| fds[i].revents())
-                .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP))
-        };
-        let woke = Wakeup {
-            control: readable(control_at),
-            upgrade: readable(upgrade_at),
-        };
+        let revents = polled[1..].iter().map(|p| p.revents()).collect();
         let mut buf = [0u8; 256];
         while matches!(nix::unistd::read(&self.read, &mut buf), Ok(n) if n > 0) {}
-        woke
+        revents
     }
 
     /// The queued signals, in dispatch order.

@@ -330,3 +330,63 @@ max_worker_memory = "48MiB"
         "{text}"
     );
 }
+
+#[test]
+fn silent_control_clients_never_delay_supervision() {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let mut s = demo("[server]\nbind = [\"127.0.0.1:0\"]\nworkers = 2\n").start();
+    s.ready_tcp();
+    let opened = Instant::now();
+    // Twenty clients that connect and say nothing, and one that sends half
+    // a line.
+    let mut silent: Vec<UnixStream> = (0..20)
+        .map(|_| UnixStream::connect(&s.control).unwrap())
+        .collect();
+    let mut half = UnixStream::connect(&s.control).unwrap();
+    std::io::Write::write_all(&mut half, b"sta").unwrap();
+
+    let victim = s.worker_pids()[0];
+    kill(victim, Signal::SIGKILL);
+    let t0 = Instant::now();
+    s.wait_status("the replacement", Duration::from_secs(5), |st| {
+        settled(st) && st.workers.iter().all(|w| w.pid as i32 != victim)
+    });
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "replacement took {took:?}"
+    );
+    let cfg = s.config.display().to_string();
+    let (code, out, err) = run(&rsvisor_bin(), &["status", &cfg], s.dir.path(), &[]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Past the cap, a new connection is told so at once instead of hanging.
+    let extra: Vec<UnixStream> = (0..20)
+        .map(|_| UnixStream::connect(&s.control).unwrap())
+        .collect();
+    let mut refused = 0;
+    for mut c in extra {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut text = String::new();
+        let _ = c.read_to_string(&mut text);
+        if text.contains("too many control connections") {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 1, "no connection was refused over the cap");
+
+    // A client that never completes its request is disconnected after the
+    // idle timeout (10 s), not kept forever.
+    for c in silent.iter_mut().chain(std::iter::once(&mut half)) {
+        c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut buf = Vec::new();
+        let _ = c.read_to_end(&mut buf);
+    }
+    let waited = opened.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(14),
+        "silent clients closed after {waited:?}"
+    );
+    assert!(s.status().is_some());
+}
