@@ -16,7 +16,8 @@ pub enum Fork {
     Child,
 }
 
-/// Forks the calling process.
+/// Forks the calling process. Callers block signals around it (see
+/// [`block_all_signals`]).
 ///
 /// The master calls this from its single thread only, so the child starts
 /// with a consistent heap and no lock held by a thread that does not exist
@@ -45,9 +46,9 @@ const IGNORED_IN_WORKERS: [Signal; 6] = [
     Signal::SIGTTOU,
 ];
 
-/// Puts every other catchable signal back to its default action and
-/// unblocks all signals: a worker must not run the master's handlers, which
-/// write to the master's pipe.
+/// Puts every other catchable signal back to its default action: a worker
+/// must not run the master's handlers, which write to the master's pipe.
+/// The signal mask is left as it is (see [`block_all_signals`]).
 pub fn reset_signal_dispositions() -> io::Result<()> {
     let action = |handler| SigAction::new(handler, SaFlags::empty(), SigSet::empty());
     for sig in Signal::iterator() {
@@ -63,8 +64,36 @@ pub fn reset_signal_dispositions() -> io::Result<()> {
         // none of sigaction's handler-safety requirements apply.
         unsafe { nix::sys::signal::sigaction(sig, &action(handler)) }.map_err(io::Error::from)?;
     }
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+    Ok(())
+}
+
+/// Blocks every signal in the calling thread and returns the mask it had.
+///
+/// The master forks with every signal blocked: a signal sent to the new
+/// child before it has replaced the master's handlers with its own stays
+/// pending (instead of running the master's handler in the child, where
+/// it would be lost) and is delivered when the child unblocks, once its
+/// own handlers are in place.
+pub fn block_all_signals() -> io::Result<SigSet> {
+    let mut old = SigSet::empty();
+    nix::sys::signal::sigprocmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut old),
+    )
+    .map_err(io::Error::from)?;
+    Ok(old)
+}
+
+/// Restores a mask returned by [`block_all_signals`].
+pub fn set_signal_mask(mask: &SigSet) -> io::Result<()> {
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(mask), None)
         .map_err(io::Error::from)
+}
+
+/// Unblocks every signal: pending ones are delivered now.
+pub fn unblock_all_signals() -> io::Result<()> {
+    set_signal_mask(&SigSet::empty())
 }
 
 /// Signals queued by [`queue_signal`], indexed by number.

@@ -132,7 +132,16 @@ fn spawn(req: SpawnRequest<'_>) -> Result<Pid, SpawnError> {
     let listeners = worker_listeners(req.loaded, req.listeners)?;
     let master_pid = nix::unistd::getpid();
     req.board.claim(req.slot, req.generation);
-    match sys::fork() {
+    // Blocked until the worker has its own handlers (see
+    // `sys::block_all_signals`); the master's signals wait meanwhile.
+    let mask = sys::block_all_signals().map_err(SpawnError::Fork)?;
+    let forked = sys::fork();
+    if !matches!(forked, Ok(Fork::Child)) {
+        if let Err(e) = sys::set_signal_mask(&mask) {
+            error!(error = %e, "cannot restore the master's signal mask");
+        }
+    }
+    match forked {
         Err(e) => {
             req.board.release(req.slot);
             Err(SpawnError::Fork(e))

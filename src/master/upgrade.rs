@@ -66,11 +66,19 @@ impl Master {
         fds.push(write.as_raw_fd());
         names.push(FD_NAME_UPGRADE.into());
         let old_pid = std::process::id().to_string();
-        match sys::fork()? {
+        let mask = sys::block_all_signals()?;
+        let forked = sys::fork();
+        if !matches!(forked, Ok(Fork::Child)) {
+            sys::set_signal_mask(&mask)?;
+        }
+        match forked? {
             Fork::Child => {
                 // The new master must start clean: default signal actions,
-                // nothing blocked; exec keeps neither our handlers nor us.
+                // nothing blocked (a signal sent to it meanwhile is delivered
+                // now, with the default action: it dies, and the upgrade
+                // fails visibly). exec keeps neither our handlers nor us.
                 let _ = sys::reset_signal_dispositions();
+                let _ = sys::unblock_all_signals();
                 let me = std::process::id().to_string();
                 let mut env = vec![
                     ("LISTEN_PID".to_string(), me.clone()),

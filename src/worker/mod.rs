@@ -160,6 +160,12 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> i32 {
             return exit::WORKER_SETUP_FAILED;
         }
     };
+    // Forked with every signal blocked: what the master sent since (a TERM
+    // right after the fork) is delivered now, to these handlers.
+    if let Err(e) = crate::sys::unblock_all_signals() {
+        error!(error = %e, "worker cannot unblock signals");
+        return exit::WORKER_SETUP_FAILED;
+    }
     let access_log = match access_log::AccessLog::start(&boot.config.log) {
         Ok(a) => a,
         Err(e) => {

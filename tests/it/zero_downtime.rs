@@ -357,3 +357,54 @@ fn http2_connections_are_drained_with_goaway_on_reload() {
         .unwrap();
     assert_eq!(vec![pid], after, "served by {pid}; old {before:?}");
 }
+
+/// A TERM the master sends to a worker it has just forked (kill -9 of a
+/// worker, then HUP at once: the replacement is of the old generation and
+/// is drained right away) must reach the worker's own handler, however
+/// early it comes: otherwise the worker serves the old code until
+/// graceful_timeout and is then killed.
+#[test]
+fn a_term_right_after_a_fork_is_never_lost() {
+    let mut s = demo(
+        r#"
+[server]
+bind = ["127.0.0.1:0"]
+workers = 2
+[lifecycle]
+graceful_timeout = 30
+[log]
+access_log = ""
+"#,
+    )
+    .start();
+    s.ready_tcp();
+    const TRIES: u32 = 200;
+    for i in 0..TRIES {
+        let st = s.wait_settled(Duration::from_secs(10));
+        let old: Vec<i32> = st.workers.iter().map(|w| w.pid as i32).collect();
+        kill(old[i as usize % 2], Signal::SIGKILL);
+        // From at once to 2 ms later: some HUPs land just after the
+        // master forked the replacement.
+        std::thread::sleep(Duration::from_micros(100 * (i % 20) as u64));
+        s.signal(Signal::SIGHUP);
+        let generation = st.generation + 1;
+        // Well under graceful_timeout: every old worker, including a
+        // replacement forked just before the HUP, left promptly.
+        let t0 = Instant::now();
+        s.wait_status(
+            &format!("try {i}: generation {generation} alone"),
+            Duration::from_secs(10),
+            |st| st.generation == generation && settled(st),
+        );
+        let mut left = s.workers();
+        left.retain(|p| old.contains(p));
+        assert!(left.is_empty(), "try {i}: old workers {left:?} still alive");
+        assert!(t0.elapsed() < Duration::from_secs(10));
+    }
+    let st = s.status().expect("status");
+    assert_eq!(
+        st.totals.reloads_by_result[&ReloadResult::Success],
+        TRIES as u64
+    );
+    assert_eq!(st.totals.exits_by_reason[&ExitReason::Timeout], 0);
+}
