@@ -82,7 +82,7 @@ impl DemoHandler {
             }
             (&Method::POST, "/echo") => match req.into_body().bytes().await {
                 Ok(bytes) => Response::new(Body::from(bytes)),
-                Err(e) => status(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+                Err(e) => status(e.status(), e.to_string()),
             },
             (&Method::GET, "/grow") => {
                 let mb = query_u64(&req, "mb").unwrap_or(0).min(4096) as usize;

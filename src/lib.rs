@@ -36,6 +36,7 @@ mod serve;
 #[allow(unsafe_code)]
 mod sys;
 mod systemd;
+mod throttle;
 mod tls;
 mod worker;
 
@@ -45,7 +46,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 pub use app::{
-    service_fn, App, Body, BodyTooLarge, BoxError, ClientInfo, Handler, Request, RequestBody,
+    service_fn, App, Body, BodyError, BoxError, ClientInfo, Handler, Request, RequestBody,
     Response, ServiceFn, StaticFiles, WorkerContext,
 };
 pub use config::Config;

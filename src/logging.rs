@@ -31,8 +31,16 @@ impl LogHandle {
 }
 
 fn filter_of(cfg: &LogConfig) -> EnvFilter {
+    // h2 warns once per misbehaving connection (a reset flood): rsvisor
+    // counts those and says them itself, once per interval. A filter that
+    // names h2 is taken as it is.
+    let level = if cfg.level.contains("h2") {
+        cfg.level.clone()
+    } else {
+        format!("{},h2=error", cfg.level)
+    };
     // The config was validated, so the filter parses; fall back to info.
-    EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"))
+    EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 fn format_of(cfg: &LogConfig) -> BoxedFormat {

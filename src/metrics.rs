@@ -9,7 +9,7 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::outcome::{ExitReason, ReloadResult};
+use crate::outcome::{AcceptError, ConnError, ExitReason, ReloadResult, TlsFailure};
 use crate::scoreboard::{Board, Slot, SlotState, LATENCY_BOUNDS_US, METHOD_CLASSES};
 
 /// A per-worker gauge: name, help, how to read it from a slot at `now_ms`.
@@ -112,6 +112,70 @@ pub fn render(board: &Board) -> String {
         "rsvisor_http_request_duration_seconds_count",
         "",
         cumulative,
+    );
+
+    let e = &t.errors;
+    o.family(
+        "rsvisor_http_send_timeouts_total",
+        "counter",
+        "Responses ended because the client took nothing for http.send_timeout.",
+    );
+    o.sample("rsvisor_http_send_timeouts_total", "", e.send_timeouts);
+    o.family(
+        "rsvisor_connection_errors_total",
+        "counter",
+        "Connections that ended with a protocol or I/O error.",
+    );
+    for k in ConnError::ALL {
+        o.sample(
+            "rsvisor_connection_errors_total",
+            &format!("kind=\"{k}\""),
+            e.conn[k.index()],
+        );
+    }
+    o.family(
+        "rsvisor_accept_errors_total",
+        "counter",
+        "Failed accept() calls, by reason.",
+    );
+    for r in AcceptError::ALL {
+        o.sample(
+            "rsvisor_accept_errors_total",
+            &format!("reason=\"{r}\""),
+            e.accept[r.index()],
+        );
+    }
+    o.family(
+        "rsvisor_tls_handshake_failures_total",
+        "counter",
+        "Failed TLS handshakes, by reason.",
+    );
+    for r in TlsFailure::ALL {
+        o.sample(
+            "rsvisor_tls_handshake_failures_total",
+            &format!("reason=\"{r}\""),
+            e.tls[r.index()],
+        );
+    }
+    o.family(
+        "rsvisor_access_log_write_errors_total",
+        "counter",
+        "Failed writes of access-log lines.",
+    );
+    o.sample(
+        "rsvisor_access_log_write_errors_total",
+        "",
+        e.access_log_write_errors,
+    );
+    o.family(
+        "rsvisor_access_log_dropped_lines_total",
+        "counter",
+        "Access-log lines dropped because the writer could not keep up.",
+    );
+    o.sample(
+        "rsvisor_access_log_dropped_lines_total",
+        "",
+        e.access_log_dropped,
     );
 
     o.family(

@@ -96,6 +96,48 @@ outcome! {
     }
 }
 
+outcome! {
+    /// Why accepting a connection failed (`rsvisor_accept_errors_total{reason}`).
+    pub enum AcceptError {
+        /// Out of file descriptors (EMFILE, ENFILE): raise `LimitNOFILE`.
+        Descriptors = "descriptors",
+        /// Out of kernel memory or buffers (ENOMEM, ENOBUFS).
+        Memory = "memory",
+        Other = "other",
+    }
+}
+
+outcome! {
+    /// Why a TLS handshake failed (`rsvisor_tls_handshake_failures_total{reason}`).
+    pub enum TlsFailure {
+        /// Not done within `http.header_read_timeout`.
+        Timeout = "timeout",
+        /// `client_auth = "required"` and the client sent no certificate.
+        NoCertificate = "no_certificate",
+        /// The client's certificate was refused (unknown issuer, expired,
+        /// X.509 v1…).
+        BadCertificate = "bad_certificate",
+        /// No protocol version, cipher or ALPN in common; a bad message.
+        Protocol = "protocol",
+        /// The connection failed or closed during the handshake.
+        Io = "io",
+    }
+}
+
+outcome! {
+    /// Connections that ended with a protocol error
+    /// (`rsvisor_connection_errors_total{kind}`).
+    pub enum ConnError {
+        /// A malformed HTTP/1.1 request (answered 400 and closed).
+        Http1 = "http1",
+        /// An HTTP/2 protocol error, our GOAWAY included (a reset flood
+        /// gets `ENHANCE_YOUR_CALM`).
+        Http2 = "http2",
+        /// The connection failed under us (reset, broken pipe).
+        Io = "io",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 
-use crate::outcome::{ExitReason, ReloadResult};
+use crate::outcome::{AcceptError, ConnError, ExitReason, ReloadResult, TlsFailure};
 use crate::sys::shared_plain;
 
 /// Slots available: enough for `MAX_WORKERS` serving workers plus as many
@@ -70,6 +70,99 @@ shared_plain! {
         pub methods: [AtomicU64; METHOD_CLASSES.len()],
         pub latency: [AtomicU64; LATENCY_BUCKETS],
         pub latency_sum_us: AtomicU64,
+        pub errors: Errors,
+    }
+}
+
+const ACCEPT_ERRORS: usize = AcceptError::ALL.len();
+const TLS_FAILURES: usize = TlsFailure::ALL.len();
+const CONN_ERRORS: usize = ConnError::ALL.len();
+
+shared_plain! {
+    /// Things that went wrong, counted where they happen (they are also
+    /// logged, but only once per interval: see `crate::throttle`).
+    #[repr(C)]
+    pub struct Errors {
+        pub send_timeouts: AtomicU64,
+        pub access_log_write_errors: AtomicU64,
+        pub access_log_dropped: AtomicU64,
+        /// Indexed by [`AcceptError::index`].
+        pub accept: [AtomicU64; ACCEPT_ERRORS],
+        /// Indexed by [`TlsFailure::index`].
+        pub tls: [AtomicU64; TLS_FAILURES],
+        /// Indexed by [`ConnError::index`].
+        pub conn: [AtomicU64; CONN_ERRORS],
+    }
+}
+
+/// A plain copy of [`Errors`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorsSnapshot {
+    pub send_timeouts: u64,
+    pub access_log_write_errors: u64,
+    pub access_log_dropped: u64,
+    pub accept: [u64; ACCEPT_ERRORS],
+    pub tls: [u64; TLS_FAILURES],
+    pub conn: [u64; CONN_ERRORS],
+}
+
+fn load_all<const N: usize>(a: &[AtomicU64; N]) -> [u64; N] {
+    std::array::from_fn(|i| a[i].load(Relaxed))
+}
+
+fn add_all<const N: usize>(a: &[AtomicU64; N], v: &[u64; N]) {
+    for (a, v) in a.iter().zip(v) {
+        a.fetch_add(*v, Relaxed);
+    }
+}
+
+fn sum_all<const N: usize>(a: &mut [u64; N], v: &[u64; N]) {
+    for (a, v) in a.iter_mut().zip(v) {
+        *a += v;
+    }
+}
+
+impl Errors {
+    fn snapshot(&self) -> ErrorsSnapshot {
+        ErrorsSnapshot {
+            send_timeouts: self.send_timeouts.load(Relaxed),
+            access_log_write_errors: self.access_log_write_errors.load(Relaxed),
+            access_log_dropped: self.access_log_dropped.load(Relaxed),
+            accept: load_all(&self.accept),
+            tls: load_all(&self.tls),
+            conn: load_all(&self.conn),
+        }
+    }
+
+    fn add(&self, s: &ErrorsSnapshot) {
+        self.send_timeouts.fetch_add(s.send_timeouts, Relaxed);
+        self.access_log_write_errors
+            .fetch_add(s.access_log_write_errors, Relaxed);
+        self.access_log_dropped
+            .fetch_add(s.access_log_dropped, Relaxed);
+        add_all(&self.accept, &s.accept);
+        add_all(&self.tls, &s.tls);
+        add_all(&self.conn, &s.conn);
+    }
+
+    fn clear(&self) {
+        self.send_timeouts.store(0, Relaxed);
+        self.access_log_write_errors.store(0, Relaxed);
+        self.access_log_dropped.store(0, Relaxed);
+        for a in self.accept.iter().chain(&self.tls).chain(&self.conn) {
+            a.store(0, Relaxed);
+        }
+    }
+}
+
+impl ErrorsSnapshot {
+    fn add(&mut self, o: &ErrorsSnapshot) {
+        self.send_timeouts += o.send_timeouts;
+        self.access_log_write_errors += o.access_log_write_errors;
+        self.access_log_dropped += o.access_log_dropped;
+        sum_all(&mut self.accept, &o.accept);
+        sum_all(&mut self.tls, &o.tls);
+        sum_all(&mut self.conn, &o.conn);
     }
 }
 
@@ -82,6 +175,7 @@ pub struct CountersSnapshot {
     pub methods: [u64; METHOD_CLASSES.len()],
     pub latency: [u64; LATENCY_BUCKETS],
     pub latency_sum_us: u64,
+    pub errors: ErrorsSnapshot,
 }
 
 impl Counters {
@@ -101,6 +195,7 @@ impl Counters {
         for (d, a) in s.latency.iter_mut().zip(&self.latency) {
             *d = a.load(Relaxed);
         }
+        s.errors = self.errors.snapshot();
         s
     }
 
@@ -117,6 +212,7 @@ impl Counters {
         for (a, v) in self.latency.iter().zip(&s.latency) {
             a.fetch_add(*v, Relaxed);
         }
+        self.errors.add(&s.errors);
     }
 
     fn clear(&self) {
@@ -126,6 +222,7 @@ impl Counters {
         self.status.iter().for_each(|a| a.store(0, Relaxed));
         self.methods.iter().for_each(|a| a.store(0, Relaxed));
         self.latency.iter().for_each(|a| a.store(0, Relaxed));
+        self.errors.clear();
     }
 }
 
@@ -143,6 +240,7 @@ impl CountersSnapshot {
         for (a, b) in self.latency.iter_mut().zip(&o.latency) {
             *a += b;
         }
+        self.errors.add(&o.errors);
     }
 }
 
@@ -379,6 +477,36 @@ impl Slot {
 
     pub fn add_bytes_sent(&self, n: u64) {
         self.counters.bytes_sent.fetch_add(n, Relaxed);
+    }
+
+    pub fn count_send_timeout(&self) {
+        self.counters.errors.send_timeouts.fetch_add(1, Relaxed);
+    }
+
+    pub fn count_access_log_write_error(&self) {
+        self.counters
+            .errors
+            .access_log_write_errors
+            .fetch_add(1, Relaxed);
+    }
+
+    pub fn count_access_log_dropped(&self, lines: u64) {
+        self.counters
+            .errors
+            .access_log_dropped
+            .fetch_add(lines, Relaxed);
+    }
+
+    pub fn count_accept_error(&self, e: AcceptError) {
+        self.counters.errors.accept[e.index()].fetch_add(1, Relaxed);
+    }
+
+    pub fn count_tls_failure(&self, f: TlsFailure) {
+        self.counters.errors.tls[f.index()].fetch_add(1, Relaxed);
+    }
+
+    pub fn count_conn_error(&self, e: ConnError) {
+        self.counters.errors.conn[e.index()].fetch_add(1, Relaxed);
     }
 }
 

@@ -1,9 +1,11 @@
 //! Request and response bodies of the public API.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
@@ -116,63 +118,130 @@ impl http_body::Body for Body {
     }
 }
 
-/// A request body as the app receives it. It enforces `http.max_body_bytes`
-/// while streaming: reading past the limit yields [`BodyTooLarge`].
+/// A request body as the app receives it. It streams, and it enforces
+/// what the server promises about bodies while it does:
+///
+/// - reading past `http.max_body_bytes` yields [`BodyError::TooLarge`];
+/// - a client that stops sending while the app waits for more, for
+///   `http.header_read_timeout`, yields [`BodyError::TimedOut`];
+/// - a body that breaks the protocol (a bad chunk size, a connection closed
+///   early) yields [`BodyError::Malformed`].
+///
+/// Whatever the app answers after such an error, the client gets 413, 408
+/// or 400 (and the connection is closed).
 pub struct RequestBody {
     inner: Option<hyper::body::Incoming>,
     limit: u64,
     read: u64,
-    /// Set when the limit was exceeded, for the server to answer 413.
-    exceeded: Option<Arc<AtomicBool>>,
-    /// The connection's "waiting for the client's body since" clock slot.
-    stall: Option<BodyStall>,
+    /// Where the server learns which error the body yielded.
+    outcome: Option<Arc<AtomicU8>>,
+    stall: StallTimer,
     client: super::ClientInfo,
 }
 
-/// Where a request body records that it waits for the client: the
-/// connection times out a body that stalls (slow uploads hold a worker's
-/// connection otherwise).
-#[derive(Clone)]
-pub(crate) struct BodyStall {
-    /// Worker-clock milliseconds + 1 when the wait began; 0 = not waiting.
-    pub since: Arc<std::sync::atomic::AtomicU64>,
-    pub clock: Arc<std::sync::atomic::AtomicU64>,
+/// Why a request body could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body is larger than the limit of {limit} bytes (http.max_body_bytes)")]
+    TooLarge { limit: u64 },
+    #[error("the client sent no request-body bytes for {0:?} (http.header_read_timeout)")]
+    TimedOut(Duration),
+    #[error("malformed request body: {0}")]
+    Malformed(#[source] hyper::Error),
 }
 
-impl BodyStall {
-    fn waiting(&self) {
-        if self.since.load(Ordering::Relaxed) == 0 {
-            let now = self.clock.load(Ordering::Relaxed);
-            self.since.store(now + 1, Ordering::Relaxed);
+impl BodyError {
+    /// The status the client gets for it: 413, 408 or 400.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            BodyError::TooLarge { .. } => http::StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::TimedOut(_) => http::StatusCode::REQUEST_TIMEOUT,
+            BodyError::Malformed(_) => http::StatusCode::BAD_REQUEST,
         }
     }
 
-    fn progressed(&self) {
-        self.since.store(0, Ordering::Relaxed);
+    fn code(&self) -> u8 {
+        match self {
+            BodyError::TooLarge { .. } => OUTCOME_TOO_LARGE,
+            BodyError::TimedOut(_) => OUTCOME_TIMED_OUT,
+            BodyError::Malformed(_) => OUTCOME_MALFORMED,
+        }
     }
 }
 
-/// The error a [`RequestBody`] yields once more than `http.max_body_bytes`
-/// arrived; the connection layer answers 413 when the app lets it through.
-#[derive(Debug, thiserror::Error)]
-#[error("request body is larger than the limit of {limit} bytes (http.max_body_bytes)")]
-pub struct BodyTooLarge {
-    pub limit: u64,
+const OUTCOME_TOO_LARGE: u8 = 1;
+const OUTCOME_TIMED_OUT: u8 = 2;
+const OUTCOME_MALFORMED: u8 = 3;
+
+/// Which [`BodyError`] a body yielded, as the server reads it after the
+/// app answered (0 = none).
+#[derive(Clone, Default)]
+pub(crate) struct BodyOutcome(Option<Arc<AtomicU8>>);
+
+impl BodyOutcome {
+    /// The status the client must get instead of the app's answer.
+    pub fn status(&self) -> Option<http::StatusCode> {
+        match self.0.as_ref()?.load(Ordering::Relaxed) {
+            OUTCOME_TOO_LARGE => Some(http::StatusCode::PAYLOAD_TOO_LARGE),
+            OUTCOME_TIMED_OUT => Some(http::StatusCode::REQUEST_TIMEOUT),
+            OUTCOME_MALFORMED => Some(http::StatusCode::BAD_REQUEST),
+            _ => None,
+        }
+    }
+}
+
+/// Times the waits for request-body bytes: armed when the app waits for
+/// more and the client has sent nothing yet, so a body that arrives
+/// steadily (or an app that reads late) never touches a timer.
+struct StallTimer {
+    limit: Duration,
+    waiting_since: Option<tokio::time::Instant>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl StallTimer {
+    /// Ready once the current wait has lasted `limit`.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let since = *self
+            .waiting_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        let deadline = since + self.limit;
+        let sleep = match &mut self.sleep {
+            Some(s) => {
+                if s.deadline() != deadline {
+                    s.as_mut().reset(deadline);
+                }
+                s
+            }
+            None => self
+                .sleep
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        sleep.as_mut().poll(cx)
+    }
+
+    fn progressed(&mut self) {
+        self.waiting_since = None;
+    }
 }
 
 impl RequestBody {
     pub(crate) fn new(
         inner: hyper::body::Incoming,
         limit: u64,
-        stall: Option<BodyStall>,
+        stall_limit: Duration,
         client: super::ClientInfo,
     ) -> RequestBody {
         RequestBody {
             inner: Some(inner),
             limit,
             read: 0,
-            exceeded: None,
-            stall,
+            outcome: None,
+            stall: StallTimer {
+                limit: stall_limit,
+                waiting_since: None,
+                sleep: None,
+            },
             client,
         }
     }
@@ -188,64 +257,72 @@ impl RequestBody {
             inner: None,
             limit: 0,
             read: 0,
-            exceeded: None,
-            stall: None,
+            outcome: None,
+            stall: StallTimer {
+                limit: Duration::MAX,
+                waiting_since: None,
+                sleep: None,
+            },
             client: super::ClientInfo::default(),
         }
     }
 
-    /// A flag that turns true if reading goes past the limit.
-    pub(crate) fn limit_flag(&mut self) -> Arc<AtomicBool> {
-        self.exceeded
-            .get_or_insert_with(|| Arc::new(AtomicBool::new(false)))
-            .clone()
+    /// Where the server reads which error this body yielded.
+    pub(crate) fn outcome(&mut self) -> BodyOutcome {
+        BodyOutcome(Some(
+            self.outcome
+                .get_or_insert_with(|| Arc::new(AtomicU8::new(0)))
+                .clone(),
+        ))
     }
 
     /// Reads the whole body into memory (bounded by `http.max_body_bytes`).
-    pub async fn bytes(self) -> Result<Bytes, BoxError> {
+    pub async fn bytes(self) -> Result<Bytes, BodyError> {
         Ok(self.collect().await?.to_bytes())
+    }
+
+    fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.inner = None;
+        if let Some(o) = &self.outcome {
+            o.store(e.code(), Ordering::Relaxed);
+        }
+        Poll::Ready(Some(Err(e)))
     }
 }
 
 impl http_body::Body for RequestBody {
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let polled = Pin::new(inner).poll_frame(cx);
-        if let Some(stall) = &this.stall {
-            if polled.is_pending() {
-                stall.waiting();
-            } else {
-                stall.progressed();
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Pending => {
+                if this.stall.poll_expired(cx).is_ready() {
+                    let limit = this.stall.limit;
+                    return this.fail(BodyError::TimedOut(limit));
+                }
+                Poll::Pending
             }
-        }
-        match polled {
             Poll::Ready(Some(Ok(frame))) => {
+                this.stall.progressed();
                 if let Some(data) = frame.data_ref() {
                     this.read += data.len() as u64;
                     if this.read > this.limit {
-                        this.inner = None;
-                        if let Some(flag) = &this.exceeded {
-                            flag.store(true, Ordering::Relaxed);
-                        }
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
-                            limit: this.limit,
-                        }))));
+                        let limit = this.limit;
+                        return this.fail(BodyError::TooLarge { limit });
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => this.fail(BodyError::Malformed(e)),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
         }
     }
 

@@ -8,8 +8,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub(crate) use body::BodyStall;
-pub use body::{Body, BodyTooLarge, BoxError, RequestBody};
+pub(crate) use body::BodyOutcome;
+pub use body::{Body, BodyError, BoxError, RequestBody};
 pub use static_files::StaticFiles;
 
 use crate::config::Config;

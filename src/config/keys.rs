@@ -163,9 +163,11 @@ pub const KEYS: &[Key] = &[
         set |c, v| c.http.keepalive_timeout = seconds(v, true)?,
         get |c| secs(c.http.keepalive_timeout)),
     key!("http"."header_read_timeout" = "10",
-        "a request head not complete within this time (slowloris), or a request body that \
-         stalls this long while the app waits for it, gets `408 Request Timeout` and the \
-         connection closes; also bounds the TLS handshake",
+        "a request head not complete within this time from its first byte (slowloris) gets \
+         `408 Request Timeout` and the connection closes; a request body that stalls this long \
+         while the app waits for it gets `408` too (HTTP/1.1 and HTTP/2 alike; the app's \
+         `RequestBody` yields `BodyError::TimedOut`); also bounds the TLS handshake and a PROXY \
+         protocol header",
         set |c, v| c.http.header_read_timeout = seconds(v, false)?,
         get |c| secs(c.http.header_read_timeout)),
     key!("http"."max_header_bytes" = "16384",
@@ -173,6 +175,10 @@ pub const KEYS: &[Key] = &[
         // hyper's read buffer cannot be smaller than 8 KiB.
         set |c, v| c.http.max_header_bytes = int_in(v, 8192, 1 << 24)? as usize,
         get |c| c.http.max_header_bytes.to_string()),
+    key!("http"."max_headers" = "100",
+        "most header fields in a request head (1–1000); more get `431`",
+        set |c, v| c.http.max_headers = int_in(v, 1, 1000)? as usize,
+        get |c| c.http.max_headers.to_string()),
     key!("http"."max_body_bytes" = "10485760",
         "a larger `Content-Length` gets `413` before the body is read; a chunked body that \
          grows past it gets `413` too (the app's `RequestBody` yields `BodyTooLarge`)",
@@ -183,6 +189,14 @@ pub const KEYS: &[Key] = &[
          once (0 = unlimited); health, readiness and metrics are exempt",
         set |c, v| c.http.limit_concurrency = int_in(v, 0, 1 << 20)? as usize,
         get |c| c.http.limit_concurrency.to_string()),
+    key!("http"."send_timeout" = "30",
+        "a response that cannot hand the client a single byte for this long ends (nginx's \
+         `send_timeout`: the time between two writes, not the whole response): an HTTP/1.1 \
+         connection is closed, an HTTP/2 stream is reset (`RST_STREAM`), and what it held \
+         (the app's body, rsvisor's buffers) is freed. Covers clients that stop reading and \
+         HTTP/2 flow-control windows that never open",
+        set |c, v| c.http.send_timeout = seconds(v, false)?,
+        get |c| secs(c.http.send_timeout)),
     key!("http"."http2" = "true",
         "HTTP/2: over TLS by ALPN (`h2`), and on plain sockets with prior knowledge (h2c)",
         set |c, v| c.http.http2 = boolean(v)?,

@@ -151,8 +151,10 @@ pub struct HttpConfig {
     pub keepalive_timeout: Duration,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    pub max_headers: usize,
     pub max_body_bytes: u64,
     pub limit_concurrency: usize,
+    pub send_timeout: Duration,
     pub http2: bool,
 }
 

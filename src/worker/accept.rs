@@ -13,6 +13,8 @@ use super::conn_state::{How, Peer};
 use super::{BootListener, Shared};
 use crate::app::Handler;
 use crate::config::BindAddr;
+use crate::outcome::AcceptError;
+use crate::throttle::Throttle;
 
 /// Pause after an accept error that retrying at once cannot fix (out of
 /// descriptors or memory), so the loop does not spin.
@@ -79,7 +81,17 @@ pub async fn run<H: Handler>(
             }
             Err(e) if is_transient(&e) => {}
             Err(e) => {
-                warn!(error = %e, "accept failed; pausing briefly");
+                let reason = accept_error(&e);
+                shared.slot.count_accept_error(reason);
+                if let Some(suppressed) = ACCEPT_ERRORS.admit() {
+                    warn!(
+                        error = %e,
+                        %reason,
+                        suppressed,
+                        "accept failed; pausing {ACCEPT_ERROR_BACKOFF:?} \
+                         (counted in rsvisor_accept_errors_total)"
+                    );
+                }
                 tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
             }
         }
@@ -95,6 +107,16 @@ async fn accept(listener: &Listener) -> io::Result<Accepted> {
     match listener {
         Listener::Tcp(l) => l.accept().await.map(|(s, a)| Accepted::Tcp(s, a)),
         Listener::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+    }
+}
+
+static ACCEPT_ERRORS: Throttle = Throttle::new();
+
+fn accept_error(e: &io::Error) -> AcceptError {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE) => AcceptError::Descriptors,
+        Some(libc::ENOMEM | libc::ENOBUFS) => AcceptError::Memory,
+        _ => AcceptError::Other,
     }
 }
 

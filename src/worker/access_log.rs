@@ -16,6 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::{HeaderValue, Method, Uri, Version};
 
 use crate::config::{AccessFormat, LogConfig};
+use crate::scoreboard::Slot;
+use crate::throttle::Throttle;
 
 /// Lines waiting for the writer before new ones are dropped.
 const QUEUE_LINES: usize = 16 * 1024;
@@ -58,7 +60,7 @@ enum Target {
 
 impl AccessLog {
     /// `None` when `log.access_log` is off.
-    pub fn start(cfg: &LogConfig) -> io::Result<Option<AccessLog>> {
+    pub fn start(cfg: &LogConfig, slot: &'static Slot) -> io::Result<Option<AccessLog>> {
         let target = match cfg.access_log.as_deref() {
             None => return Ok(None),
             Some("-") => Target::Stdout,
@@ -75,6 +77,7 @@ impl AccessLog {
             next_id: 0,
             dropped: dropped.clone(),
             reported_drops: 0,
+            slot,
         };
         std::thread::Builder::new()
             .name("access-log".into())
@@ -113,7 +116,11 @@ struct Writer {
     next_id: u64,
     dropped: Arc<AtomicU64>,
     reported_drops: u64,
+    slot: &'static Slot,
 }
+
+static WRITE_ERRORS: Throttle = Throttle::new();
+static DROPS: Throttle = Throttle::new();
 
 impl Writer {
     fn run(mut self, rx: Receiver<Msg>) {
@@ -156,19 +163,32 @@ impl Writer {
     fn write(&mut self, buf: &mut Vec<u8>) {
         let dropped = self.dropped.load(Relaxed);
         if dropped > self.reported_drops {
-            tracing::warn!(
-                lines = dropped - self.reported_drops,
-                "access log could not keep up; lines dropped"
-            );
+            let lines = dropped - self.reported_drops;
+            self.slot.count_access_log_dropped(lines);
             self.reported_drops = dropped;
+            if let Some(suppressed) = DROPS.admit() {
+                tracing::warn!(
+                    lines,
+                    suppressed,
+                    "access log could not keep up; lines dropped \
+                     (counted in rsvisor_access_log_dropped_lines_total)"
+                );
+            }
         }
         if buf.is_empty() {
             return;
         }
-        // A failing log must not take the worker down; the error is visible
-        // in the error log once.
+        // A failing log must not take the worker down; the error is said
+        // once per interval and counted.
         if let Err(e) = self.out.write_all(buf) {
-            tracing::error!(error = %e, "access log write failed");
+            self.slot.count_access_log_write_error();
+            if let Some(suppressed) = WRITE_ERRORS.admit() {
+                tracing::error!(
+                    error = %e,
+                    suppressed,
+                    "access log write failed (counted in rsvisor_access_log_write_errors_total)"
+                );
+            }
         }
         buf.clear();
     }

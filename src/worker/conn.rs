@@ -25,6 +25,8 @@ use super::proxy_protocol;
 use super::service::ConnService;
 use super::{ListenRole, Shared};
 use crate::app::Handler;
+use crate::outcome::{ConnError, TlsFailure};
+use crate::throttle::Throttle;
 
 /// How long a connection may take to read a 408 we queued before it is
 /// dropped anyway.
@@ -110,14 +112,88 @@ async fn serve_http<IO, H>(
         Some(acceptor) => {
             // The handshake counts against the header timeout.
             let limit = shared.config.http.header_read_timeout;
-            if let Ok(Ok(stream)) = tokio::time::timeout(limit, acceptor.accept(io)).await {
-                let proto = match stream.get_ref().1.alpn_protocol() {
-                    Some(b"h2") => Proto::H2,
-                    _ => Proto::H1,
-                };
-                drive(stream, proto, shared, &state, &mut stop).await;
+            match tokio::time::timeout(limit, acceptor.accept(io)).await {
+                Ok(Ok(stream)) => {
+                    let proto = match stream.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Proto::H2,
+                        _ => Proto::H1,
+                    };
+                    drive(stream, proto, shared, &state, &mut stop).await;
+                }
+                Ok(Err(e)) => tls_failed(shared, peer, tls_failure(&e), Some(&e)),
+                Err(_) => tls_failed(shared, peer, TlsFailure::Timeout, None),
             }
         }
+    }
+}
+
+/// One throttle per reason: a flood of one kind does not hide another.
+static TLS_FAILURES: [Throttle; TlsFailure::ALL.len()] =
+    [const { Throttle::new() }; TlsFailure::ALL.len()];
+static HTTP2_ERRORS: Throttle = Throttle::new();
+
+fn tls_failure(e: &io::Error) -> TlsFailure {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::NoCertificatesPresented) => TlsFailure::NoCertificate,
+        Some(rustls::Error::InvalidCertificate(_)) => TlsFailure::BadCertificate,
+        Some(_) => TlsFailure::Protocol,
+        None => TlsFailure::Io,
+    }
+}
+
+/// Counts a failed handshake; says why (once per interval and reason).
+/// Clients that just go away (scanners, health checks) are only counted.
+fn tls_failed<H>(shared: &Shared<H>, peer: Peer, reason: TlsFailure, e: Option<&io::Error>) {
+    shared.slot.count_tls_failure(reason);
+    if matches!(reason, TlsFailure::Io | TlsFailure::Timeout) {
+        tracing::debug!(?peer, %reason, "TLS handshake failed");
+        return;
+    }
+    if let Some(suppressed) = TLS_FAILURES[reason.index()].admit() {
+        let error = e.map(|e| e.to_string()).unwrap_or_default();
+        tracing::warn!(
+            ?peer,
+            %reason,
+            %error,
+            suppressed,
+            "TLS handshake failed (counted in rsvisor_tls_handshake_failures_total)"
+        );
+    }
+}
+
+/// Counts a connection that ended in a protocol error; an HTTP/2 one (our
+/// GOAWAY to a reset flood, say) is also said, once per interval.
+fn connection_failed<H>(shared: &Shared<H>, peer: Peer, e: &(dyn std::error::Error + 'static)) {
+    let mut kind = ConnError::Io;
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_parse() || h.is_parse_too_large() {
+                kind = ConnError::Http1;
+                break;
+            }
+        }
+        if err.downcast_ref::<h2::Error>().is_some() {
+            kind = ConnError::Http2;
+            break;
+        }
+        source = err.source();
+    }
+    shared.slot.count_conn_error(kind);
+    if kind != ConnError::Http2 {
+        return;
+    }
+    if let Some(suppressed) = HTTP2_ERRORS.admit() {
+        tracing::warn!(
+            ?peer,
+            error = %e,
+            suppressed,
+            "HTTP/2 connection ended with a protocol error \
+             (counted in rsvisor_connection_errors_total)"
+        );
     }
 }
 
@@ -162,14 +238,28 @@ async fn drive<IO, H>(
     if drain_seen && state.h2.load(Relaxed) {
         conn.as_mut().graceful_shutdown();
     }
+    let limits = Limits {
+        idle_ms: idle_limit.as_millis() as u64,
+        header_ms: http.header_read_timeout.as_millis() as u64,
+        send_ms: http.send_timeout.as_millis() as u64,
+    };
     loop {
         tokio::select! {
-            _ = conn.as_mut() => return,
-            expiry = watchdog(shared, state, idle_limit, http.header_read_timeout) => {
-                if expiry == Expiry::ClientTimeout {
-                    // Let hyper read once more: the IO answers 408 and ends.
-                    state.send_408.store(true, Relaxed);
-                    let _ = tokio::time::timeout(TIMEOUT_RESPONSE_GRACE, conn.as_mut()).await;
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    connection_failed(shared, state.peer, &*e);
+                }
+                return;
+            }
+            expiry = watchdog(shared, state, limits) => {
+                match expiry {
+                    Expiry::HeadTimeout => {
+                        // Let hyper read once more: the IO answers 408 and ends.
+                        state.send_408.store(true, Relaxed);
+                        let _ = tokio::time::timeout(TIMEOUT_RESPONSE_GRACE, conn.as_mut()).await;
+                    }
+                    Expiry::SendTimeout => shared.slot.count_send_timeout(),
+                    Expiry::Idle => {}
                 }
                 return;
             }
@@ -185,64 +275,64 @@ async fn drive<IO, H>(
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Expiry {
-    Idle,
-    /// A request head, or a request body the app waits for, has taken
-    /// longer than `header_read_timeout`.
-    ClientTimeout,
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    idle_ms: u64,
+    header_ms: u64,
+    send_ms: u64,
 }
 
-/// Resolves when the connection has been idle for `idle`, or the client
-/// has been sending a request head, or stalled in the middle of a body,
-/// for longer than `header`.
-async fn watchdog<H>(
-    shared: &Shared<H>,
-    state: &ConnState,
-    idle: Duration,
-    header: Duration,
-) -> Expiry {
-    let idle_ms = idle.as_millis() as u64;
-    let header_ms = header.as_millis() as u64;
-    loop {
-        if state.in_flight.load(Acquire) > 0 {
-            let stall = state.body_stall.load(Relaxed);
-            if stall == 0 {
-                // The app is working: look again later.
-                tokio::time::sleep(header.min(idle).max(super::shared::CLOCK_TICK)).await;
-                continue;
-            }
-            let deadline = stall - 1 + header_ms;
-            let now = shared.now_ms();
-            if now >= deadline {
-                if state.body_stall.load(Relaxed) == stall {
-                    return Expiry::ClientTimeout;
-                }
-                continue;
-            }
-            tokio::time::sleep(Duration::from_millis(deadline - now)).await;
-            continue;
-        }
-        let head = state.head_since_ms.load(Relaxed);
-        let (deadline_ms, expiry) = if head != 0 {
-            (head - 1 + header_ms, Expiry::ClientTimeout)
-        } else {
-            (state.idle_since_ms.load(Relaxed) + idle_ms, Expiry::Idle)
+#[derive(Debug, PartialEq, Eq)]
+enum Expiry {
+    /// No request in flight for the keep-alive timeout.
+    Idle,
+    /// A request head has taken longer than `header_read_timeout`.
+    HeadTimeout,
+    /// An HTTP/1.1 response could not hand the client anything for
+    /// `send_timeout`.
+    SendTimeout,
+}
+
+/// The deadline the connection's situation sets now, and when to look
+/// again even if nothing woke the watchdog (a head or a send wait may
+/// start meanwhile; their deadlines count from their own start).
+fn deadline(state: &ConnState, now: u64, l: Limits) -> (Option<(u64, Expiry)>, u64) {
+    let recheck = now + l.header_ms.min(l.idle_ms).min(l.send_ms).max(CLOCK_MS);
+    if state.in_flight.load(Acquire) > 0 {
+        // HTTP/2 streams time their own sends (see `stream_exec`).
+        return match state.send.since() {
+            Some(since) if !state.h2() => (Some((since + l.send_ms, Expiry::SendTimeout)), recheck),
+            _ => (None, recheck),
         };
+    }
+    match state.head_since_ms.load(Relaxed) {
+        0 => (
+            Some((state.idle_since_ms.load(Relaxed) + l.idle_ms, Expiry::Idle)),
+            recheck,
+        ),
+        head => (Some((head - 1 + l.header_ms, Expiry::HeadTimeout)), recheck),
+    }
+}
+
+const CLOCK_MS: u64 = super::clock::CLOCK_TICK.as_millis() as u64;
+
+/// Resolves when the connection has been idle for the keep-alive timeout,
+/// a request head has been arriving for longer than `header_read_timeout`,
+/// or an HTTP/1.1 response has waited for the client for `send_timeout`.
+async fn watchdog<H>(shared: &Shared<H>, state: &ConnState, limits: Limits) -> Expiry {
+    loop {
         let now = shared.now_ms();
-        if now >= deadline_ms {
-            // Still the same situation?
-            let same = state.in_flight.load(Acquire) == 0
-                && match expiry {
-                    Expiry::ClientTimeout => state.head_since_ms.load(Relaxed) == head,
-                    Expiry::Idle => state.head_since_ms.load(Relaxed) == 0,
-                };
-            if same {
-                return expiry;
-            }
-            continue;
-        }
-        tokio::time::sleep(Duration::from_millis(deadline_ms - now)).await;
+        let (due, recheck) = deadline(state, now, limits);
+        let wake = match due {
+            Some((at, expiry)) if now >= at => return expiry,
+            Some((at, _)) => at.min(recheck),
+            None => recheck,
+        };
+        // The clock moves in ticks: sleeping less than one would spin.
+        tokio::time::sleep(Duration::from_millis(
+            wake.saturating_sub(now).max(CLOCK_MS),
+        ))
+        .await;
     }
 }
 

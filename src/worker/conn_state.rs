@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
-use std::sync::Arc;
 
 use super::ListenRole;
 
@@ -36,9 +35,37 @@ pub struct ConnState {
     pub(super) h2: AtomicBool,
     /// Set when the head timed out: the IO answers 408 and ends.
     pub(super) send_408: AtomicBool,
-    /// HTTP/1.1: since when the app waits for request-body bytes (+1; 0 =
-    /// not waiting), written by the request body.
-    pub body_stall: Arc<AtomicU64>,
+    /// HTTP/1.1: since when the response waits for the client to take
+    /// what it was given (HTTP/2 streams have their own, see `stream_exec`).
+    pub send: SendWatch,
+}
+
+/// Since when a response has been waiting for the client: set when its
+/// head is ready and each time its body hands hyper a chunk; cleared when
+/// hyper comes back for more (or the body is done). A response that
+/// waits for `http.send_timeout` is ended.
+#[derive(Debug, Default)]
+pub struct SendWatch {
+    /// Worker-clock milliseconds + 1; 0 = not waiting.
+    since_ms: AtomicU64,
+}
+
+impl SendWatch {
+    pub fn waiting(&self, now_ms: u64) {
+        self.since_ms.store(now_ms + 1, Relaxed);
+    }
+
+    pub fn moving(&self) {
+        self.since_ms.store(0, Relaxed);
+    }
+
+    /// When it started waiting, if it is.
+    pub fn since(&self) -> Option<u64> {
+        match self.since_ms.load(Relaxed) {
+            0 => None,
+            n => Some(n - 1),
+        }
+    }
 }
 
 impl ConnState {
@@ -52,7 +79,7 @@ impl ConnState {
             head_since_ms: AtomicU64::new(0),
             h2: AtomicBool::new(false),
             send_408: AtomicBool::new(false),
-            body_stall: Arc::new(AtomicU64::new(0)),
+            send: SendWatch::default(),
         }
     }
 
@@ -63,7 +90,6 @@ impl ConnState {
 
     pub fn request_finished(&self, now_ms: u64) {
         self.idle_since_ms.store(now_ms, Relaxed);
-        self.body_stall.store(0, Relaxed);
         self.in_flight.fetch_sub(1, Release);
     }
 

@@ -46,6 +46,7 @@ macro_rules! forward_async_write {
 use forward_async_write;
 
 mod access_log;
+mod clock;
 mod conn;
 mod conn_state;
 mod endpoints;
@@ -54,6 +55,7 @@ mod proxy;
 mod proxy_protocol;
 mod service;
 mod shared;
+mod stream_exec;
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -166,7 +168,7 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> i32 {
         error!(error = %e, "worker cannot unblock signals");
         return exit::WORKER_SETUP_FAILED;
     }
-    let access_log = match access_log::AccessLog::start(&boot.config.log) {
+    let access_log = match access_log::AccessLog::start(&boot.config.log, slot) {
         Ok(a) => a,
         Err(e) => {
             error!(error = %e, "worker cannot open the access log");
@@ -206,7 +208,7 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> i32 {
         boot.wake,
         access_log,
     ));
-    tokio::spawn(shared::run_clock(shared.clock.clone()));
+    tokio::spawn(clock::run_clock(shared.clock.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     for (listener, how) in listeners {
         tokio::spawn(accept::run(listener, how, shared.clone(), stop_rx.clone()));

@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
@@ -16,10 +15,11 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::access_log::Entry;
-use super::conn_state::ConnState;
+use super::conn_state::{ConnState, SendWatch};
 use super::endpoints;
 use super::shared::{self, Shared};
-use crate::app::{Body, BodyStall, BoxError, Handler, RequestBody};
+use super::stream_exec;
+use crate::app::{Body, BodyOutcome, BoxError, Handler, RequestBody};
 use crate::scoreboard::method_class;
 
 pub struct ConnService<H> {
@@ -44,8 +44,10 @@ impl<H: Handler> hyper::service::Service<http::Request<Incoming>> for ConnServic
         let shared = self.shared.clone();
         let conn = self.conn.clone();
         match prepare(&shared, &conn, req) {
+            // `finish` runs in the future, not here: for HTTP/2 the future
+            // runs in the stream's task, whose send watch it picks up.
             Prepared::Answered(resp, ctx) => {
-                Box::pin(std::future::ready(Ok(finish(shared, conn, ctx, resp))))
+                Box::pin(async move { Ok(finish(shared, conn, ctx, resp)) })
             }
             Prepared::ForApp(req, ctx) => {
                 // The request travels boxed, so the future holds it once
@@ -69,7 +71,8 @@ struct Ctx<H> {
     log: Option<Box<PendingLog>>,
     /// Released when the response is done, or if the app panics.
     app_request: Option<AppRequest<H>>,
-    too_large: Option<Arc<AtomicBool>>,
+    /// Which error the request body yielded, if it has one.
+    body: BodyOutcome,
 }
 
 enum Prepared<H> {
@@ -107,22 +110,26 @@ fn prepare<H: Handler>(
         method,
         log,
         app_request: None,
-        too_large: None,
+        body: BodyOutcome::default(),
     };
-    let limit = shared.config.http.max_body_bytes;
+    if version < Version::HTTP_2 {
+        if let Err(why) = rfc9112_refusal(&req) {
+            let resp = status_response(StatusCode::BAD_REQUEST, why);
+            return Prepared::Answered(resp, ctx);
+        }
+    }
+    let http = &shared.config.http;
+    let limit = http.max_body_bytes;
     if declared_length(req.headers()).is_some_and(|n| n > limit) {
         // Refused before reading a byte of it.
         let resp = status_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
         return Prepared::Answered(resp, ctx);
     }
     let has_body = !http_body::Body::is_end_stream(req.body());
-    let stall = (has_body && !conn.h2()).then(|| BodyStall {
-        since: conn.body_stall.clone(),
-        clock: shared.clock.clone(),
-    });
+    let stall = http.header_read_timeout;
     let mut req = req.map(|body| RequestBody::new(body, limit, stall, client));
     if has_body {
-        ctx.too_large = Some(req.body_mut().limit_flag());
+        ctx.body = req.body_mut().outcome();
     }
     if let Some(resp) = endpoints::builtin(shared, conn.role, &req) {
         return Prepared::Answered(resp, ctx);
@@ -142,13 +149,18 @@ fn finish<H: Handler>(
     ctx: Ctx<H>,
     mut resp: crate::Response,
 ) -> http::Response<TrackedBody<H>> {
-    if ctx.too_large.is_some_and(|f| f.load(Relaxed)) {
-        // The app read past http.max_body_bytes: whatever it answered, the
-        // client gets 413.
-        resp = status_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+    if let Some(status) = ctx.body.status() {
+        // The body was too large, stalled or malformed: whatever the app
+        // answered, the client gets 413, 408 or 400.
+        resp = status_response(status, body_error_text(status));
     }
-    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && ctx.version < Version::HTTP_2 {
-        // The rest of the body is not read; the connection cannot be reused.
+    if matches!(
+        resp.status(),
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT | StatusCode::BAD_REQUEST
+    ) && ctx.version < Version::HTTP_2
+    {
+        // The rest of the body is not read (or cannot be): the connection
+        // cannot be reused.
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
@@ -177,9 +189,15 @@ fn finish<H: Handler>(
         shared.nudge_master();
     }
 
+    // The head is ready: from now on the response waits for the client
+    // until hyper takes its body.
+    let stream = stream_exec::current_stream();
+    let now = shared.now_ms();
+    stream.as_deref().unwrap_or(&conn.send).waiting(now);
     resp.map(|body| TrackedBody {
         inner: body,
         sent: 0,
+        stream,
         done: Some(Done {
             shared,
             conn,
@@ -189,6 +207,47 @@ fn finish<H: Handler>(
             log: ctx.log,
         }),
     })
+}
+
+fn body_error_text(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "request body too large\n",
+        StatusCode::REQUEST_TIMEOUT => "request body timed out\n",
+        _ => "malformed request body\n",
+    }
+}
+
+/// What RFC 9112 says a server must refuse (400) that hyper lets through:
+/// two `Host` fields (§3.2), the asterisk form for anything but `OPTIONS`
+/// and the authority form for anything but `CONNECT` (§3.2.3, §3.2.4), and
+/// control characters in field values (§5.5: only HTAB, SP, VCHAR and
+/// obs-text are allowed).
+fn rfc9112_refusal(req: &http::Request<Incoming>) -> Result<(), &'static str> {
+    let headers = req.headers();
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Err("more than one Host field\n");
+    }
+    let uri = req.uri();
+    let method = req.method();
+    if uri.scheme().is_none() {
+        if uri.authority().is_some() && method != http::Method::CONNECT {
+            return Err("authority-form request target is only for CONNECT\n");
+        }
+        if uri.path() == "*" && method != http::Method::OPTIONS {
+            return Err("asterisk-form request target is only for OPTIONS\n");
+        }
+    }
+    for value in headers.values() {
+        if value
+            .as_bytes()
+            .iter()
+            .any(|b| (*b < b' ' && *b != b'\t') || *b == 0x7f)
+        {
+            return Err("control character in a header field value\n");
+        }
+    }
+    Ok(())
 }
 
 fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
@@ -256,16 +315,29 @@ struct Done<H> {
     log: Option<Box<PendingLog>>,
 }
 
-/// The response body handed to hyper: counts bytes and reports the end of
-/// the request.
+/// The response body handed to hyper: counts bytes, keeps the send watch
+/// (HTTP/1.1: the connection's; HTTP/2: the stream's) and reports the end
+/// of the request.
 pub struct TrackedBody<H> {
     inner: Body,
     sent: u64,
+    /// The HTTP/2 stream's watch; `None` on HTTP/1.1.
+    stream: Option<Arc<SendWatch>>,
     done: Option<Done<H>>,
 }
 
 impl<H> TrackedBody<H> {
+    fn watch(&self) -> Option<&SendWatch> {
+        match &self.stream {
+            Some(w) => Some(w),
+            None => self.done.as_ref().map(|d| &d.conn.send),
+        }
+    }
+
     fn finish(&mut self) {
+        if let Some(w) = self.watch() {
+            w.moving();
+        }
         let Some(done) = self.done.take() else {
             return;
         };
@@ -306,11 +378,21 @@ impl<H> http_body::Body for TrackedBody<H> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        // hyper asks for more: whatever was handed over has gone out.
+        if let Some(w) = this.watch() {
+            w.moving();
+        }
         let res = Pin::new(&mut this.inner).poll_frame(cx);
         match &res {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     this.sent += d.len() as u64;
+                }
+                if let Some(done) = &this.done {
+                    let now = done.shared.now_ms();
+                    if let Some(w) = this.watch() {
+                        w.waiting(now);
+                    }
                 }
             }
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finish(),

@@ -6,22 +6,27 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 
 use super::access_log::AccessLog;
 use super::proxy::Trust;
+use super::stream_exec::StreamExec;
 use crate::config::{Config, HttpConfig};
 use crate::material::Material;
 use crate::scoreboard::{Board, Slot};
 
 /// HTTP/2 connections are pinged this often, so dead peers are noticed.
 pub const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
-
-/// Resolution of the worker clock used for connection timeouts.
-pub const CLOCK_TICK: Duration = Duration::from_millis(100);
+/// Concurrent streams an HTTP/2 client may open on one connection.
+pub const H2_MAX_STREAMS: u32 = 100;
+/// What one HTTP/2 stream may have queued for sending. With
+/// [`H2_MAX_STREAMS`], this bounds what a connection that does not read
+/// can make rsvisor hold (plus the app's own bodies), until
+/// `http.send_timeout` frees it.
+pub const H2_SEND_BUFFER: usize = 128 * 1024;
 
 /// A worker yields the CPU once every this many requests. Workers usually
 /// outnumber CPUs (2 × CPUs + 1); under saturation none of them blocks, and
@@ -39,9 +44,9 @@ pub(crate) struct Shared<H> {
     pub slot: &'static Slot,
     pub board: &'static Board,
     /// HTTP/1.1, or HTTP/2 with prior knowledge (plain connections).
-    pub auto: auto::Builder<TokioExecutor>,
-    pub h1: auto::Builder<TokioExecutor>,
-    pub h2: auto::Builder<TokioExecutor>,
+    pub auto: auto::Builder<StreamExec>,
+    pub h1: auto::Builder<StreamExec>,
+    pub h2: auto::Builder<StreamExec>,
     pub tls: Option<TlsAcceptor>,
     pub trust: Trust,
     pub access_log: Option<AccessLog>,
@@ -58,17 +63,23 @@ pub(crate) struct Shared<H> {
     wake: OwnedFd,
 }
 
-fn builder(http: &HttpConfig) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
+fn builder(http: &HttpConfig, exec: StreamExec) -> auto::Builder<StreamExec> {
+    let mut b = auto::Builder::new(exec);
     b.http1()
         // rsvisor times request heads itself (and answers 408).
         .header_read_timeout(None)
         .timer(TokioTimer::new())
         .max_buf_size(http.max_header_bytes)
+        .max_headers(http.max_headers)
+        // A client that shuts down its sending side after a complete
+        // request (`nc -N`, some health checkers) still gets its answer.
+        .half_close(true)
         .keep_alive(!http.keepalive_timeout.is_zero());
     b.http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_send_buf_size(H2_SEND_BUFFER)
         .max_header_list_size(http.max_header_bytes as u32);
     b
 }
@@ -84,10 +95,16 @@ impl<H> Shared<H> {
         access_log: Option<AccessLog>,
     ) -> Shared<H> {
         let http = &config.http;
+        let clock = Arc::new(AtomicU64::new(0));
+        let exec = StreamExec {
+            send_timeout: http.send_timeout,
+            clock: clock.clone(),
+            slot,
+        };
         let auto = if http.http2 {
-            builder(http)
+            builder(http, exec.clone())
         } else {
-            builder(http).http1_only()
+            builder(http, exec.clone()).http1_only()
         };
         let lc = &config.lifecycle;
         let max_requests = if lc.max_requests == 0 {
@@ -100,8 +117,8 @@ impl<H> Shared<H> {
             slot,
             board,
             auto,
-            h1: builder(http).http1_only(),
-            h2: builder(http).http2_only(),
+            h1: builder(http, exec.clone()).http1_only(),
+            h2: builder(http, exec).http2_only(),
             tls: material
                 .tls
                 .as_ref()
@@ -109,7 +126,7 @@ impl<H> Shared<H> {
             trust: Trust::new(&config.proxy),
             access_log,
             max_requests,
-            clock: Arc::new(AtomicU64::new(0)),
+            clock,
             draining: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -177,17 +194,6 @@ impl<H> Shared<H> {
     pub fn nudge_master(&self) {
         // A full pipe means the master is already awake; nothing to do.
         let _ = nix::unistd::write(&self.wake, b"w");
-    }
-}
-
-/// Advances the worker clock; runs for the worker's life.
-pub async fn run_clock(clock: Arc<AtomicU64>) {
-    let start = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval(CLOCK_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        clock.store(start.elapsed().as_millis() as u64, Relaxed);
     }
 }
 
