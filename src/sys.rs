@@ -447,3 +447,38 @@ pub fn yield_cpu() {
         libc::sched_yield();
     }
 }
+
+/// Largest allocation glibc's malloc serves from its heap in a worker;
+/// bigger ones get their own mapping, returned to the system when freed.
+/// (glibc would raise this threshold by itself after the first big free,
+/// after which a burst of big bodies stays resident for good.)
+pub const MALLOC_MMAP_THRESHOLD: usize = 128 * 1024;
+
+/// In a worker: fixes glibc malloc's mmap threshold (see
+/// [`MALLOC_MMAP_THRESHOLD`]). Harmless when the program uses another
+/// global allocator.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn tune_allocator() {
+    // SAFETY: mallopt only changes glibc malloc's parameters; it is called
+    // before the worker starts any thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD as libc::c_int);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn tune_allocator() {}
+
+/// Gives memory that malloc holds free back to the system (after a burst
+/// of connections closed, say), so that RSS follows what is really used.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim takes glibc's own locks and only returns free
+    // pages to the kernel; any thread may call it at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn release_free_memory() {}

@@ -227,6 +227,7 @@ fn child_main(entry: &dyn WorkerMain, boot: WorkerBoot) -> ! {
         for (k, v) in &boot.config.app.env {
             sys::set_env(k, v);
         }
+        sys::tune_allocator();
         entry.run(boot)
     }))
     .unwrap_or(exit::WORKER_PANICKED);

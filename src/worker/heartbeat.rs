@@ -11,12 +11,20 @@ use crate::scoreboard::Slot;
 
 /// How often a worker stamps its heartbeat.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+/// How often a worker gives free memory back to the system (see
+/// `sys::release_free_memory`): a fraction of a millisecond each time.
+pub const RELEASE_MEMORY_EVERY: u32 = 10;
 
 pub async fn run(slot: &'static Slot, master: Pid) {
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut beats = 0u32;
     loop {
         let scheduled = tick.tick().await;
+        beats = beats.wrapping_add(1);
+        if beats % RELEASE_MEMORY_EVERY == 0 {
+            crate::sys::release_free_memory();
+        }
         // Event-loop lag: how much later than scheduled this tick ran.
         let lag = Instant::now().saturating_duration_since(scheduled);
         slot.beat(crate::sys::monotonic_ms(), lag.as_micros() as u64);

@@ -19,7 +19,7 @@ max_body_bytes = 1000
 "#;
 
 /// Reads until EOF or `limit`; returns the bytes and whether EOF came.
-fn read_all(s: &mut Stream, limit: Duration) -> (Vec<u8>, bool) {
+pub(crate) fn read_all(s: &mut Stream, limit: Duration) -> (Vec<u8>, bool) {
     let deadline = Instant::now() + limit;
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
@@ -38,7 +38,7 @@ fn read_all(s: &mut Stream, limit: Duration) -> (Vec<u8>, bool) {
     }
 }
 
-fn status_of(bytes: &[u8]) -> Option<u16> {
+pub(crate) fn status_of(bytes: &[u8]) -> Option<u16> {
     let text = String::from_utf8_lossy(bytes);
     let line = text.lines().next()?;
     line.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
@@ -373,7 +373,7 @@ fn forwarded_headers_only_from_allowed_peers() {
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate.
-fn make_pki(dir: &Path) {
+pub(crate) fn make_pki(dir: &Path) {
     let sh = |script: &str| {
         let out = Command::new("sh")
             .arg("-c")
@@ -411,7 +411,7 @@ fn make_pki(dir: &Path) {
     }
 }
 
-fn curl(args: &[&str]) -> (bool, String) {
+pub(crate) fn curl(args: &[&str]) -> (bool, String) {
     let out = Command::new("curl")
         .args([
             "-sS",

@@ -7,6 +7,7 @@
 mod util;
 
 mod config_check;
+mod hardening;
 mod http_edge;
 mod layers;
 mod observability;
