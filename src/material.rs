@@ -4,6 +4,7 @@
 //! (it need not be able to read the private key to find the socket).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::{Config, ConfigError};
 use crate::tls::TlsMaterial;
@@ -53,6 +54,7 @@ impl Material {
     pub fn load(cfg: &Config) -> Result<Material, ConfigError> {
         let run_as = resolve_user(cfg)?;
         let tls = load_tls(cfg)?;
+        check_static_dir(cfg, run_as.as_ref())?;
         Ok(Material { tls, run_as })
     }
 }
@@ -106,6 +108,54 @@ fn resolve_user(cfg: &Config) -> Result<Option<RunAs>, ConfigError> {
         uid: user.uid.as_raw(),
         gid,
     }))
+}
+
+/// How long the permission check of `app.static_dir` may take.
+const ACCESS_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `app.static_dir` must be a directory the workers can list: otherwise
+/// every request would fail (500, or 404 everywhere) while the reload
+/// looked fine.
+fn check_static_dir(cfg: &Config, run_as: Option<&RunAs>) -> Result<(), ConfigError> {
+    let Some(dir) = &cfg.app.static_dir else {
+        return Ok(());
+    };
+    let key = "app.static_dir";
+    let shown = dir.display();
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(invalid(cfg, key, format!("{shown} does not exist")));
+        }
+        Err(e) => return Err(invalid(cfg, key, format!("{shown}: {e}"))),
+        Ok(m) if !m.is_dir() => {
+            return Err(invalid(cfg, key, format!("{shown} is not a directory")));
+        }
+        Ok(_) => {}
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    let (allowed, who) = match run_as {
+        Some(r) if r.uid != me => (
+            crate::sys::can_list_as(dir, &r.user, r.uid, r.gid, ACCESS_CHECK_TIMEOUT)
+                .map_err(|e| invalid(cfg, key, format!("cannot check {shown}: {e}")))?,
+            format!("user {:?} (server.user)", r.user),
+        ),
+        _ => (
+            nix::unistd::access(
+                dir.as_path(),
+                nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::X_OK,
+            )
+            .is_ok(),
+            "this user".to_string(),
+        ),
+    };
+    if !allowed {
+        return Err(invalid(
+            cfg,
+            key,
+            format!("{shown} cannot be read by {who}: workers could not serve from it"),
+        ));
+    }
+    Ok(())
 }
 
 /// Reads and checks the certificate, key and client CA now, so that a bad

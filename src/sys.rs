@@ -482,3 +482,56 @@ pub fn release_free_memory() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn release_free_memory() {}
+
+/// Whether `user` (`uid`, `gid`, with its supplementary groups) may list
+/// the directory `path` (read and search it, and search every directory on
+/// the way), asked in a short-lived child that drops to that user: the
+/// kernel's own answer, ACLs included. Gives up after `timeout`.
+///
+/// Called from single-threaded processes only (`rsvisor check`, the
+/// master), like [`fork`].
+pub fn can_list_as(
+    path: &std::path::Path,
+    user: &str,
+    uid: u32,
+    gid: u32,
+    timeout: std::time::Duration,
+) -> io::Result<bool> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let mask = block_all_signals()?;
+    let forked = fork();
+    if !matches!(forked, Ok(Fork::Child)) {
+        set_signal_mask(&mask)?;
+    }
+    match forked? {
+        Fork::Child => {
+            let ok = drop_privileges(user, uid, gid).is_ok()
+                && nix::unistd::access(
+                    path,
+                    nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::X_OK,
+                )
+                .is_ok();
+            exit_child(if ok { 0 } else { 1 })
+        }
+        Fork::Parent(pid) => {
+            let deadline = std::time::Instant::now() + timeout;
+            loop {
+                match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(_, code)) => return Ok(code == 0),
+                    Ok(WaitStatus::Signaled(..)) => return Ok(false),
+                    Ok(_) => {}
+                    Err(e) => return Err(io::Error::from(e)),
+                }
+                if std::time::Instant::now() >= deadline {
+                    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                    let _ = waitpid(pid, None);
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the permission check did not finish in time",
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    }
+}

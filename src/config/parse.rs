@@ -32,8 +32,74 @@ pub fn build(
     apply_env(&mut cfg, env, &mut origins)?;
     apply_overrides(&mut cfg, overrides, &mut origins)?;
     cfg.origins = origins;
+    if let Some(dir) = path.and_then(Path::parent) {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        resolve_relative_paths(&mut cfg, &dir);
+    }
     validate(&cfg)?;
     Ok(cfg)
+}
+
+/// Relative paths written in the file are relative to the file's
+/// directory, so `rsvisor serve /etc/rsvisor/app.toml` means the same from
+/// any working directory. (Values from the environment and flags are
+/// relative to the working directory, as a shell user expects.)
+fn resolve_relative_paths(cfg: &mut Config, dir: &Path) {
+    let from_file = |key: &str| matches!(cfg.origins.get(key), Origin::File { .. });
+    let fix = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = dir.join(&*p);
+        }
+    };
+    let fix_addr = |a: &mut super::BindAddr| {
+        if let super::BindAddr::Unix(p) = a {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        }
+    };
+    if from_file("server.bind") {
+        let options = std::mem::take(&mut cfg.server.bind_options);
+        for a in &mut cfg.server.bind {
+            let old = a.clone();
+            fix_addr(a);
+            if let Some(o) = options.get(&old) {
+                cfg.server.bind_options.insert(a.clone(), *o);
+            }
+        }
+    }
+    if from_file("metrics.bind") {
+        if let Some(a) = &mut cfg.metrics.bind {
+            fix_addr(a);
+        }
+    }
+    let paths: [(&str, Option<&mut PathBuf>); 6] = [
+        ("server.pidfile", cfg.server.pidfile.as_mut()),
+        ("server.control_socket", cfg.server.control_socket.as_mut()),
+        ("tls.cert", cfg.tls.cert.as_mut()),
+        ("tls.key", cfg.tls.key.as_mut()),
+        ("tls.client_ca", cfg.tls.client_ca.as_mut()),
+        ("app.static_dir", cfg.app.static_dir.as_mut()),
+    ];
+    for (key, path) in paths {
+        if let Some(p) = path {
+            if matches!(cfg.origins.get(key), Origin::File { .. }) {
+                fix(p);
+            }
+        }
+    }
+    if from_file("log.access_log") {
+        if let Some(p) = cfg.log.access_log.as_mut().filter(|p| *p != "-") {
+            if Path::new(p.as_str()).is_relative() {
+                *p = dir.join(p.as_str()).display().to_string();
+            }
+        }
+    }
 }
 
 fn apply_file(

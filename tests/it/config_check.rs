@@ -135,5 +135,62 @@ fn example_config_is_valid() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("bind = [\"127.0.0.1:8000\"]"), "{out}");
-    assert!(out.contains("static_dir = \"static\""), "{out}");
+    assert!(
+        out.contains(&format!("static_dir = \"{root}/static\"")),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_relative_static_dir_is_relative_to_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("www")).unwrap();
+    std::fs::write(dir.path().join("www/hello.txt"), "hi from www\n").unwrap();
+    let cfg = dir.path().join("app.toml");
+    std::fs::write(&cfg, "[app]\nstatic_dir = \"www\"\n").unwrap();
+    // Checked from another working directory.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(
+        &rsvisor_bin(),
+        &["check", cfg.to_str().unwrap()],
+        elsewhere.path(),
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let expected = format!("static_dir = \"{}/www\"", dir.path().display());
+    assert!(out.contains(&expected), "{out}");
+}
+
+#[test]
+fn static_dirs_that_cannot_serve_are_refused_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("file.txt"), "not a directory").unwrap();
+    let cases = [
+        ("missing", "does not exist"),
+        ("file.txt", "is not a directory"),
+    ];
+    for (value, why) in cases {
+        let text = format!("[server]\nworkers = 1\n[app]\nstatic_dir = \"{value}\"\n");
+        let (code, _, err) = check_in(dir.path(), &text, &[]);
+        assert_eq!(code, 2, "{value}: {err}");
+        assert!(err.contains("app.toml:4:1: app.static_dir:"), "{err}");
+        assert!(err.contains(why), "{err}");
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("not root: the worker-user case cannot be tested; CI runs as root");
+        return;
+    }
+    // Readable by root (who runs check) but not by the worker user.
+    let private = dir.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let text = "[server]\nworkers = 1\nuser = \"nobody\"\n[app]\nstatic_dir = \"private\"\n";
+    let (code, _, err) = check_in(dir.path(), text, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("app.static_dir:"), "{err}");
+    assert!(err.contains("cannot be read by user \"nobody\""), "{err}");
 }

@@ -137,3 +137,53 @@ fn nothing_outside_the_directory_is_served() {
         assert!(!text.contains("root:"), "{path} leaked: {text}");
     }
 }
+
+#[test]
+fn a_reload_with_a_static_dir_that_cannot_serve_changes_nothing() {
+    let config = |static_dir: &str, user: &str| {
+        format!(
+            "[server]\nbind = [\"127.0.0.1:0\"]\nworkers = 2\nuser = \"{user}\"\n\
+             [app]\nstatic_dir = \"{static_dir}\"\n"
+        )
+    };
+    let b = ServerBuilder::new(rsvisor_bin()).config(&config("www", ""));
+    let d = b.dir().to_path_buf();
+    std::fs::create_dir(d.join("www")).unwrap();
+    std::fs::write(d.join("www/index.html"), "hello\n").unwrap();
+    std::fs::write(d.join("plain.txt"), "a file").unwrap();
+    let mut s = b.start();
+    let tcp = s.ready_tcp();
+    let before = s.worker_pids();
+    let good = std::fs::read_to_string(&s.config).unwrap();
+    let mut cases = vec![
+        (config("missing", ""), "does not exist"),
+        (config("plain.txt", ""), "is not a directory"),
+    ];
+    if nix::unistd::geteuid().is_root() {
+        let private = d.join("private");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::set_permissions(
+            &private,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        cases.push((config("private", "nobody"), "cannot be read by user"));
+    }
+    let control = good
+        .lines()
+        .find(|l| l.starts_with("control_socket"))
+        .unwrap_or("");
+    for (n, (text, why)) in cases.iter().enumerate() {
+        let text = text.replace("[server]\n", &format!("[server]\n{control}\n"));
+        std::fs::write(&s.config, text).unwrap();
+        s.signal(Signal::SIGHUP);
+        let st = s.wait_reloads(n as u64 + 1, std::time::Duration::from_secs(10));
+        let last = st.last_reload.expect("a reload result");
+        assert_eq!(last.result, ReloadResult::InvalidConfig, "{why}");
+        assert!(last.message.contains("app.static_dir:"), "{}", last.message);
+        assert!(last.message.contains(why), "{}", last.message);
+        assert_eq!(s.worker_pids(), before);
+        let r = get(&tcp, "/index.html").unwrap();
+        assert_eq!(r.status, 200);
+    }
+}
