@@ -124,7 +124,10 @@ pub const KEYS: &[Key] = &[
     key!("server"."control_socket" = r#""""#,
         "a Unix socket (mode 0600, the master's user only; other users are refused by file mode \
          and by a peer-credential check) that answers `status`, `reload`, `scale N` and `stop`, \
-         one line each, with one JSON line; used by `rsvisor status` and `rsvisor reload`",
+         one line each, with one JSON line; used by `rsvisor status` and `rsvisor reload`. \
+         Served from the master's poll loop without ever blocking it: a client has 10 s to send \
+         each request line and to take each answer, at most 32 are open at once (more get an \
+         error line), and a connection may carry many requests",
         set |c, v| c.server.control_socket = opt_path(v)?,
         get |c| q_path(&c.server.control_socket)),
     key!("lifecycle"."timeout" = "30",
@@ -181,7 +184,7 @@ pub const KEYS: &[Key] = &[
         get |c| c.http.max_headers.to_string()),
     key!("http"."max_body_bytes" = "10485760",
         "a larger `Content-Length` gets `413` before the body is read; a chunked body that \
-         grows past it gets `413` too (the app's `RequestBody` yields `BodyTooLarge`)",
+         grows past it gets `413` too (the app's `RequestBody` yields `BodyError::TooLarge`)",
         set |c, v| c.http.max_body_bytes = int_in(v, 0, i64::MAX)? as u64,
         get |c| c.http.max_body_bytes.to_string()),
     key!("http"."limit_concurrency" = "0",
@@ -273,7 +276,9 @@ pub const KEYS: &[Key] = &[
     key!("app"."static_dir" = r#""""#,
         "the built-in app of the `rsvisor` binary serves files from here (content type by \
          extension, `HEAD`, ranges, `Last-Modified`/`If-Modified-Since`, `ETag`/`If-None-Match`); \
-         `..` and symlinks that leave the directory answer 404",
+         `..` and symlinks that leave the directory answer 404. `check` and a reload refuse a \
+         directory that does not exist, is not a directory, or that the worker user \
+         (`server.user`) cannot list",
         set |c, v| c.app.static_dir = opt_path(v)?,
         get |c| q_path(&c.app.static_dir)),
     key!("app"."health_path" = r#""/health""#,

@@ -529,12 +529,75 @@ fn deploy_units_and_nginx_site_verify() {
     );
 
     // The example production config is valid (user www-data exists on
-    // Debian).
+    // Debian); its static_dir is a temporary one the worker user can read.
+    let www = dir.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    for d in [dir.path(), www.as_path()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let (code, _, err) = run(
         &rsvisor_bin(),
         &["check", root.join("app.toml").to_str().unwrap()],
         dir.path(),
-        &[],
+        &[("RSVISOR_APP_STATIC_DIR", www.to_str().unwrap())],
     );
     assert_eq!(code, 0, "{err}");
+}
+
+/// The shipped files name the same sockets: the socket unit listens where
+/// app.toml binds, nginx proxies there, and the README's install steps
+/// create the static directory app.toml serves.
+#[test]
+fn deploy_files_agree_with_each_other() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let app = std::fs::read_to_string(root.join("deploy/app.toml")).unwrap();
+    let cfg = rsvisor::Config::from_parts(&app, None, &[], &Default::default()).unwrap();
+    let mut binds: Vec<String> = cfg
+        .server
+        .bind
+        .iter()
+        .map(|b| b.to_string().trim_start_matches("unix:").to_string())
+        .collect();
+    binds.sort();
+    let socket = std::fs::read_to_string(root.join("deploy/systemd/rsvisor.socket")).unwrap();
+    let mut listens: Vec<String> = socket
+        .lines()
+        .filter_map(|l| l.strip_prefix("ListenStream="))
+        .map(str::to_string)
+        .collect();
+    listens.sort();
+    assert_eq!(
+        listens, binds,
+        "rsvisor.socket vs deploy/app.toml server.bind"
+    );
+    let nginx = std::fs::read_to_string(root.join("deploy/nginx/rsvisor.conf")).unwrap();
+    let mut upstreams: Vec<String> = nginx
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("server "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|a| *a != "{")
+        .map(|a| {
+            a.trim_end_matches(';')
+                .trim_start_matches("unix:")
+                .to_string()
+        })
+        .collect();
+    upstreams.sort();
+    assert_eq!(
+        upstreams, binds,
+        "nginx upstreams vs deploy/app.toml server.bind"
+    );
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let www = cfg
+        .app
+        .static_dir
+        .expect("deploy/app.toml serves a directory");
+    let creates = readme
+        .lines()
+        .any(|l| l.starts_with("install -d") && l.contains(&www.display().to_string()));
+    assert!(
+        creates,
+        "README's install steps do not create {}",
+        www.display()
+    );
 }
