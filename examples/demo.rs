@@ -11,36 +11,75 @@
 //! | `POST /echo`       | 200, the request body                             |
 //! | `GET /grow?mb=N`   | allocates N MiB and keeps it (memory recycling)   |
 //! | `GET /panic`       | panics in the handler (the worker must survive)   |
+//! | `GET /ws`          | WebSocket echo of text frames; `pid` is answered  |
+//! |                    | with the worker's pid; on drain every open socket |
+//! |                    | gets close code 1001 (`?ignore_drain=1`: not)     |
 //!
-//! Startup switches, set with `[app] env = { … }` in the config:
+//! Switches, set with `[app] env = { … }` in the config:
 //! `DEMO_FAIL_STARTUP=1` makes every worker's startup fail;
-//! `DEMO_STARTUP_DELAY_MS=N` makes startup take N ms.
+//! `DEMO_STARTUP_DELAY_MS=N` makes startup take N ms;
+//! `DEMO_SHUTDOWN_LOG=PATH`: each worker's shutdown hook appends
+//! `shutdown PID` to PATH;
+//! `DEMO_READY_FILE=PATH`: a readiness check `ready_file`, ok while PATH
+//! exists; `DEMO_READY_HANG=1`: a readiness check `hang` that never answers.
 
+use std::io::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use http::{Method, StatusCode};
-use rsvisor::{App, Body, BoxError, ClientInfo, Handler, Request, Response, WorkerContext};
+use futures_util::{SinkExt, StreamExt};
+use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use http::{HeaderValue, Method, StatusCode};
+use hyper_util::rt::TokioIo;
+use rsvisor::{
+    App, Body, BoxError, ClientInfo, Draining, Handler, Request, Response, WorkerContext,
+};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 struct Demo;
 
 struct DemoHandler {
     /// Memory kept alive by /grow.
     hoard: Mutex<Vec<Vec<u8>>>,
+    drain: Draining,
+    shutdown_log: Option<std::path::PathBuf>,
 }
 
 impl App for Demo {
     type Handler = DemoHandler;
 
-    async fn startup(&self, _worker: &WorkerContext) -> Result<DemoHandler, BoxError> {
+    async fn startup(&self, worker: &WorkerContext) -> Result<DemoHandler, BoxError> {
         if let Some(ms) = env_u64("DEMO_STARTUP_DELAY_MS") {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         if std::env::var_os("DEMO_FAIL_STARTUP").is_some_and(|v| v != "0" && !v.is_empty()) {
             return Err("DEMO_FAIL_STARTUP is set: refusing to start".into());
         }
+        if let Some(path) = std::env::var_os("DEMO_READY_FILE") {
+            let path = std::path::PathBuf::from(path);
+            worker.readiness_check("ready_file", move || {
+                let exists = path.exists();
+                let shown = path.display().to_string();
+                async move {
+                    if exists {
+                        Ok(())
+                    } else {
+                        Err(format!("{shown} does not exist").into())
+                    }
+                }
+            });
+        }
+        if std::env::var_os("DEMO_READY_HANG").is_some() {
+            // A dependency that never answers.
+            worker.readiness_check("hang", std::future::pending);
+        }
         Ok(DemoHandler {
             hoard: Mutex::new(Vec::new()),
+            drain: worker.draining(),
+            shutdown_log: std::env::var_os("DEMO_SHUTDOWN_LOG").map(Into::into),
         })
     }
 }
@@ -53,6 +92,19 @@ impl Handler for DemoHandler {
             // The other routes await bigger futures (timers, body reads):
             // boxed, so that every request's future stays small.
             _ => Box::pin(self.other_routes(req)).await,
+        }
+    }
+
+    async fn shutdown(&self) {
+        if let Some(path) = &self.shutdown_log {
+            let line = format!("shutdown {}\n", std::process::id());
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path);
+            if let Ok(mut f) = file {
+                let _ = f.write_all(line.as_bytes());
+            }
         }
     }
 }
@@ -94,7 +146,88 @@ impl DemoHandler {
                 Response::new(Body::from(format!("holding {} MiB\n", total >> 20)))
             }
             (&Method::GET, "/panic") => panic!("demo: /panic was requested"),
+            (&Method::GET, "/ws") => {
+                let ignore_drain = query_u64(&req, "ignore_drain") == Some(1);
+                websocket(req, (!ignore_drain).then(|| self.drain.clone()))
+            }
             _ => status(StatusCode::NOT_FOUND, "not found\n".into()),
+        }
+    }
+}
+
+/// Answers a WebSocket handshake (101) and echoes text frames on the
+/// upgraded connection until the client closes it, or the worker drains
+/// (close 1001) when `drain` is given.
+fn websocket(mut req: Request, drain: Option<Draining>) -> Response {
+    let wants = req
+        .headers()
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY).filter(|_| wants) else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "a WebSocket handshake is expected\n".into(),
+        );
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        echo(ws, drain).await;
+    });
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+async fn echo<S>(mut ws: WebSocketStream<S>, drain: Option<Draining>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let draining = async {
+        match &drain {
+            Some(d) => d.wait().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(draining);
+    loop {
+        tokio::select! {
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(t))) => {
+                    let answer = if t.as_str() == "pid" {
+                        std::process::id().to_string()
+                    } else {
+                        t.to_string()
+                    };
+                    if ws.send(Message::text(answer)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+            _ = &mut draining => {
+                let frame = CloseFrame { code: CloseCode::Away, reason: "worker draining".into() };
+                let _ = ws.close(Some(frame)).await;
+                // Wait for the client's close (bounded by the drain deadline).
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_close() {
+                        break;
+                    }
+                }
+                return;
+            }
         }
     }
 }
@@ -126,5 +259,5 @@ fn status(code: StatusCode, msg: String) -> Response {
 }
 
 fn main() -> std::process::ExitCode {
-    rsvisor::main(Demo)
+    rsvisor::program!().main(Demo)
 }

@@ -117,6 +117,8 @@ pub struct WorkerStatus {
     pub age_seconds: f64,
     pub requests: u64,
     pub active_connections: u64,
+    /// Of those, connections that switched protocols (WebSockets).
+    pub upgraded_connections: u64,
     pub rss_bytes: u64,
     pub seconds_since_heartbeat: f64,
 }
@@ -126,6 +128,7 @@ pub struct Totals {
     pub requests: u64,
     pub responses_by_class: [u64; 5],
     pub active_connections: u64,
+    pub upgraded_connections: u64,
     pub worker_exits: u64,
     /// Worker exits by reason, since the master started.
     pub exits_by_reason: BTreeMap<ExitReason, u64>,

@@ -168,12 +168,13 @@ pub fn table(s: &Status) -> String {
         );
     }
     o += &format!(
-        "requests {}  (2xx {}, 4xx {}, 5xx {})  connections {}  worker exits {}\n\n",
+        "requests {}  (2xx {}, 4xx {}, 5xx {})  connections {} ({} upgraded)  worker exits {}\n\n",
         s.totals.requests,
         s.totals.responses_by_class[1],
         s.totals.responses_by_class[3],
         s.totals.responses_by_class[4],
         s.totals.active_connections,
+        s.totals.upgraded_connections,
         s.totals.worker_exits
     );
     o += &format!(

@@ -40,42 +40,162 @@ mod throttle;
 mod tls;
 mod worker;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Parser;
-
 pub use app::{
-    service_fn, App, Body, BodyError, BoxError, ClientInfo, Handler, Request, RequestBody,
-    Response, ServiceFn, StaticFiles, WorkerContext,
+    service_fn, tower, App, Body, BodyError, BoxError, ClientInfo, Draining, Handler, Request,
+    RequestBody, Response, ServiceFn, StaticFiles, TowerApp, TowerHandler, WorkerContext,
 };
 pub use config::Config;
 pub use listen::ListenError;
 
 use cli::{Cli, Command};
-use config::Overrides;
+use config::{ConfigSource, Overrides};
 
-/// Runs the rsvisor command line with `app` as the service every worker
-/// serves. Returns the process exit code (see [`exit`]).
+/// Runs the command line (`serve`, `check`, `status`, `reload`) with `app`
+/// as the service every worker serves. `--help` and `--version` name the
+/// program by the name it was started as; [`program!`] gives them its own
+/// name and version. Returns the process exit code (see [`exit`]).
 pub fn main<A: App>(app: A) -> ExitCode {
-    let cli = Cli::parse();
-    let code = match cli.command {
-        Command::Serve {
-            config,
-            bind,
-            workers,
-        } => serve(app, &config, Overrides { bind, workers }),
-        Command::Check {
-            config,
-            bind,
-            workers,
-        } => check(&config, &Overrides { bind, workers }),
-        Command::Status { config, json } => ctl::status(&config, json),
-        Command::Reload { config } => ctl::reload(&config),
-    };
-    ExitCode::from(code as u8)
+    Program::from_argv0().main(app)
 }
 
+/// The embedding program's name and version, for `--help` and
+/// `--version`: `rsvisor::program!().main(app)` takes them from the binary
+/// being built (its name, its package's version).
+#[macro_export]
+macro_rules! program {
+    () => {
+        $crate::Program::new(
+            match option_env!("CARGO_BIN_NAME") {
+                Some(name) => name,
+                None => env!("CARGO_PKG_NAME"),
+            },
+            env!("CARGO_PKG_VERSION"),
+        )
+    };
+}
+
+/// How the command line presents itself (see [`program!`]).
+#[derive(Debug, Clone)]
+pub struct Program {
+    name: String,
+    version: String,
+    about: Option<String>,
+}
+
+impl Program {
+    pub fn new(name: impl Into<String>, version: impl Into<String>) -> Program {
+        Program {
+            name: name.into(),
+            version: version.into(),
+            about: None,
+        }
+    }
+
+    /// The name the program was started as; the version says what it runs on.
+    fn from_argv0() -> Program {
+        let name = std::env::args_os()
+            .next()
+            .map(PathBuf::from)
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "rsvisor".into());
+        Program::new(name, format!("(rsvisor {})", env!("CARGO_PKG_VERSION")))
+    }
+
+    /// The one-line description `--help` shows.
+    pub fn about(mut self, about: impl Into<String>) -> Program {
+        self.about = Some(about.into());
+        self
+    }
+
+    /// Parses the command line and runs it with `app`.
+    pub fn main<A: App>(self, app: A) -> ExitCode {
+        use clap::{CommandFactory, FromArgMatches};
+        let about = match self.about {
+            Some(about) => Some(about),
+            None if self.name != "rsvisor" => Some(format!(
+                "{}: an HTTP service run by the rsvisor pre-fork supervisor (rsvisor {})",
+                self.name,
+                env!("CARGO_PKG_VERSION")
+            )),
+            None => None,
+        };
+        let mut cmd = Cli::command()
+            .name(self.name.clone())
+            .bin_name(self.name)
+            .version(self.version);
+        if let Some(about) = about {
+            cmd = cmd.about(about).long_about(None);
+        }
+        let cli = match Cli::from_arg_matches(&cmd.get_matches()) {
+            Ok(cli) => cli,
+            Err(e) => e.exit(),
+        };
+        let code = match cli.command {
+            Command::Serve {
+                config,
+                bind,
+                workers,
+            } => serve(
+                app,
+                ConfigSource::File {
+                    path: config,
+                    overrides: Overrides { bind, workers },
+                },
+            ),
+            Command::Check {
+                config,
+                bind,
+                workers,
+            } => check(&config, &Overrides { bind, workers }),
+            Command::Status { config, json } => ctl::status(&config, json),
+            Command::Reload { config } => ctl::reload(&config),
+        };
+        ExitCode::from(code as u8)
+    }
+}
+
+/// Runs the supervisor from the embedding program's own `main`, with a
+/// configuration it built or loaded: no command line is parsed.
+///
+/// ```no_run
+/// let mut config = rsvisor::Config::default();
+/// config.server.workers = rsvisor::config::WorkerCount::Fixed(4);
+/// let code = rsvisor::Supervisor::new(rsvisor::StaticFiles, config).run();
+/// ```
+pub struct Supervisor<A> {
+    app: A,
+    source: ConfigSource,
+}
+
+impl<A: App> Supervisor<A> {
+    /// With a configuration built in code; a reload (HUP) starts a new
+    /// generation with the same configuration.
+    pub fn new(app: A, config: Config) -> Supervisor<A> {
+        Supervisor {
+            app,
+            source: ConfigSource::Fixed(Box::new(config)),
+        }
+    }
+
+    /// With a configuration file, read again on every reload.
+    pub fn from_file(app: A, path: impl Into<PathBuf>) -> Supervisor<A> {
+        Supervisor {
+            app,
+            source: ConfigSource::File {
+                path: path.into(),
+                overrides: Overrides::default(),
+            },
+        }
+    }
+
+    /// Runs the master until it stops; returns its exit code.
+    pub fn run(self) -> ExitCode {
+        ExitCode::from(serve(self.app, self.source) as u8)
+    }
+}
 fn check(path: &Path, overrides: &Overrides) -> i32 {
     match material::Loaded::load(path, overrides) {
         Ok(loaded) => {

@@ -2,5 +2,5 @@
 //! files from `app.static_dir`, plus health, readiness and metrics).
 
 fn main() -> std::process::ExitCode {
-    rsvisor::main(rsvisor::StaticFiles)
+    rsvisor::program!().main(rsvisor::StaticFiles)
 }

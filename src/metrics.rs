@@ -231,12 +231,25 @@ pub fn render(board: &Board) -> String {
         o.sample("rsvisor_workers", &format!("state=\"{}\"", state.name()), n);
     }
 
+    o.family(
+        "rsvisor_upgraded_connections",
+        "gauge",
+        "Open connections that switched protocols (WebSockets), all workers.",
+    );
+    let upgraded: u64 = live.iter().map(|(_, s)| s.upgraded_connections()).sum();
+    o.sample("rsvisor_upgraded_connections", "", upgraded);
+
     let now_ms = crate::sys::monotonic_ms();
-    let per_worker: [PerWorker; 4] = [
+    let per_worker: [PerWorker; 5] = [
         (
             "rsvisor_worker_active_connections",
             "Open client connections of the worker in this slot.",
             |s, _| s.active_connections() as f64,
+        ),
+        (
+            "rsvisor_worker_upgraded_connections",
+            "Of those, connections that switched protocols (WebSockets).",
+            |s, _| s.upgraded_connections() as f64,
         ),
         (
             "rsvisor_worker_resident_memory_bytes",

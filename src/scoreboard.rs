@@ -256,6 +256,8 @@ shared_plain! {
         /// How late the last heartbeat tick fired (event-loop lag), µs.
         loop_lag_us: AtomicU64,
         active_connections: AtomicU64,
+        /// Of those, connections that switched protocols (WebSockets).
+        upgraded_connections: AtomicU64,
         /// Resident memory, written by the master (it reads /proc).
         rss_bytes: AtomicU64,
         pub counters: Counters,
@@ -333,6 +335,7 @@ impl Board {
         s.heartbeat_ms.store(now, Relaxed);
         s.loop_lag_us.store(0, Relaxed);
         s.active_connections.store(0, Relaxed);
+        s.upgraded_connections.store(0, Relaxed);
         s.rss_bytes.store(0, Relaxed);
         s.state.store(SlotState::Booting as u32, Release);
     }
@@ -436,6 +439,18 @@ impl Slot {
 
     pub fn active_connections(&self) -> u64 {
         self.active_connections.load(Relaxed)
+    }
+
+    pub fn upgraded_opened(&self) {
+        self.upgraded_connections.fetch_add(1, Relaxed);
+    }
+
+    pub fn upgraded_closed(&self) {
+        self.upgraded_connections.fetch_sub(1, Relaxed);
+    }
+
+    pub fn upgraded_connections(&self) -> u64 {
+        self.upgraded_connections.load(Relaxed)
     }
 
     /// Requests this worker answered (its slot is folded only after it

@@ -3,13 +3,13 @@
 
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
 use crate::app::App;
-use crate::config::{BindAddr, Config, Overrides};
+use crate::config::{BindAddr, Config, ConfigSource};
 use crate::listen::{Listener, ListenerSet};
 use crate::master::{self, FD_NAME_CONTROL, FD_NAME_UPGRADE};
 use crate::material::{Loaded, Material};
@@ -71,18 +71,20 @@ fn listen(
 }
 
 /// Loads the config, binds, and runs the master until it stops.
-pub fn serve<A: App>(app: A, path: &Path, overrides: Overrides) -> i32 {
+pub fn serve<A: App>(app: A, source: ConfigSource) -> i32 {
     // Recorded first: USR2 runs the file at this path again.
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
     let args: Vec<OsString> = std::env::args_os().collect();
-    let (mut config, material) =
-        match Config::load(path, &overrides).and_then(|c| Material::load(&c).map(|m| (c, m))) {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                eprintln!("rsvisor: {e}");
-                return exit::CONFIG_ERROR;
-            }
-        };
+    let (mut config, material) = match source
+        .load()
+        .and_then(|c| Material::load(&c).map(|m| (c, m)))
+    {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("rsvisor: {e}");
+            return exit::CONFIG_ERROR;
+        }
+    };
     let log = logging::init(&config.log);
     if let Some(mask) = config.server.umask {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
@@ -121,8 +123,7 @@ pub fn serve<A: App>(app: A, path: &Path, overrides: Overrides) -> i32 {
             config: Arc::new(config),
             material: Arc::new(material),
         },
-        config_path: path.to_path_buf(),
-        overrides,
+        source,
         listeners,
         log,
         pidfile,

@@ -2,17 +2,19 @@
 //! every worker after fork.
 
 mod body;
+mod context;
 mod static_files;
+mod tower;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 pub(crate) use body::BodyOutcome;
 pub use body::{Body, BodyError, BoxError, RequestBody};
+pub(crate) use context::ReadinessCheck;
+pub use context::{Draining, WorkerContext};
 pub use static_files::StaticFiles;
-
-use crate::config::Config;
+pub use tower::{tower, TowerApp, TowerHandler};
 
 /// A request as handlers receive it.
 pub type Request = http::Request<RequestBody>;
@@ -26,6 +28,9 @@ pub type Response = http::Response<Body>;
 /// A startup error makes the worker exit with
 /// [`crate::exit::WORKER_APP_STARTUP_FAILED`]; when every worker fails that
 /// way the master stops with [`crate::exit::APP_STARTUP_FAILED`].
+///
+/// Most apps need not implement this: [`service_fn`] makes one from an
+/// async function, [`tower()`] from any tower service (an axum `Router`).
 pub trait App: Send + Sync + 'static {
     type Handler: Handler;
 
@@ -36,49 +41,26 @@ pub trait App: Send + Sync + 'static {
 }
 
 /// Serves requests in one worker. `call` runs concurrently on many
-/// connections; `ready` is consulted by the readiness endpoint.
+/// connections.
 pub trait Handler: Send + Sync + 'static {
     fn call(&self, req: Request) -> impl Future<Output = Response> + Send;
 
-    /// Whether this worker can serve (database reachable, caches warm…).
-    /// `/ready` answers 503 while this is false.
-    fn ready(&self) -> bool {
-        true
-    }
-}
-
-/// What a worker knows about itself, given to [`App::startup`].
-#[derive(Clone)]
-pub struct WorkerContext {
-    pub(crate) config: Arc<Config>,
-    pub(crate) slot: usize,
-    pub(crate) generation: u32,
-}
-
-impl WorkerContext {
-    /// The configuration this worker's generation was started with.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
-    /// This worker's scoreboard slot (stable label for per-worker data).
-    pub fn slot(&self) -> usize {
-        self.slot
-    }
-
-    /// The generation (incremented by every reload) this worker belongs to.
-    pub fn generation(&self) -> u32 {
-        self.generation
-    }
-
-    pub fn pid(&self) -> u32 {
-        std::process::id()
+    /// The worker's lifespan shutdown: runs once when the worker stops
+    /// (drain after a reload, recycling, scale-down or TERM), after it
+    /// stopped accepting and its requests (upgraded connections included)
+    /// finished, or when the share of `lifecycle.graceful_timeout` left
+    /// for it began. Close pools, flush buffers. A hook that hangs is cut
+    /// off at `graceful_timeout`; one that panics is logged, and the worker
+    /// still exits normally. Not run on a quick stop (INT, QUIT).
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
+        async {}
     }
 }
 
 /// Who sent a request, after the `[proxy]` rules: `ClientInfo::of(&req)`.
-/// (It travels with the request body rather than in the extensions: that
-/// saves two allocations on every request.)
+/// Apps served through [`tower()`] also find it in the request extensions
+/// (axum: `Extension<ClientInfo>`); for the others it travels with the
+/// request body, which saves two allocations on every request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientInfo {
     /// The client address: the TCP peer, or the forwarded client when the
@@ -104,7 +86,9 @@ impl Default for ClientInfo {
 impl ClientInfo {
     /// The client of `req`.
     pub fn of(req: &Request) -> &ClientInfo {
-        req.body().client()
+        req.extensions()
+            .get::<ClientInfo>()
+            .unwrap_or_else(|| req.body().client())
     }
 }
 

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{
-    HeaderValue, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MATCH, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, IF_UNMODIFIED_SINCE, LAST_MODIFIED, RANGE,
+    HeaderValue, ACCEPT_ENCODING, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MATCH,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_UNMODIFIED_SINCE, LAST_MODIFIED, RANGE,
 };
 use http::Method;
 use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
@@ -77,7 +77,13 @@ impl App for StaticFiles {
                 let backend = CachedBackend {
                     inner: cache.clone(),
                 };
-                (ServeDir::with_backend(root, backend), cache)
+                // `file.gz`, `file.br`, `file.zst` next to a file are served
+                // as they are to clients that accept them.
+                let serve = ServeDir::with_backend(root, backend)
+                    .precompressed_gzip()
+                    .precompressed_br()
+                    .precompressed_zstd();
+                (serve, cache)
             }),
         })
     }
@@ -133,6 +139,8 @@ struct Known {
     real: PathBuf,
     meta: Meta,
     data: Option<Bytes>,
+    /// A precompressed sibling exists (`.gz`, `.br`, `.zst`).
+    precompressed: bool,
     /// Response headers for the fast path, made once per revalidation.
     headers: Option<FastHeaders>,
 }
@@ -247,6 +255,11 @@ impl Cache {
             return None;
         }
         let h = req.headers();
+        let known = self.lookup_uri(rel)?;
+        if known.precompressed && h.contains_key(ACCEPT_ENCODING) {
+            // ServeDir picks the encoding.
+            return None;
+        }
         if h.contains_key(RANGE)
             || h.contains_key(IF_NONE_MATCH)
             || h.contains_key(IF_MODIFIED_SINCE)
@@ -255,7 +268,6 @@ impl Cache {
         {
             return None;
         }
-        let known = self.lookup_uri(rel)?;
         let (data, fh) = (known.data.as_ref()?, known.headers.as_ref()?);
         let mut resp = Response::new(if head {
             Body::empty()
@@ -337,6 +349,7 @@ impl Cache {
             len: m.len(),
             modified: m.modified().ok(),
         };
+        let precompressed = !meta.is_dir && has_precompressed(&real);
         // Unchanged since last time: keep the bytes we have.
         if let Some(p) = previous {
             if p.real == real && p.meta.len == meta.len && p.meta.modified == meta.modified {
@@ -344,6 +357,7 @@ impl Cache {
                     real,
                     meta: p.meta.clone(),
                     data: p.data.clone(),
+                    precompressed,
                     headers: p.headers.clone(),
                 }));
             }
@@ -365,9 +379,20 @@ impl Cache {
             real,
             meta,
             data,
+            precompressed,
             headers,
         }))
     }
+}
+
+/// Whether `file.gz`, `file.br` or `file.zst` exists next to `file`.
+fn has_precompressed(real: &Path) -> bool {
+    ["gz", "br", "zst"].iter().any(|ext| {
+        let mut name = real.as_os_str().to_os_string();
+        name.push(".");
+        name.push(ext);
+        Path::new(&name).is_file()
+    })
 }
 
 impl Backend for CachedBackend {
@@ -483,6 +508,7 @@ mod tests {
             found: Ok(Arc::new(Known {
                 real: PathBuf::from("/x"),
                 meta,
+                precompressed: false,
                 data: bytes.map(|n| Bytes::from(vec![0u8; n])),
                 headers: None,
             })),

@@ -200,6 +200,14 @@ pub const KEYS: &[Key] = &[
          HTTP/2 flow-control windows that never open",
         set |c, v| c.http.send_timeout = seconds(v, false)?,
         get |c| secs(c.http.send_timeout)),
+    key!("http"."compression" = "false",
+        "compress responses with gzip, br or zstd, as the request's `Accept-Encoding` asks \
+         (tower-http's compression: not for bodies under 32 bytes, images, server-sent events, \
+         gRPC or responses that already have a `Content-Encoding`), for every app, the built-in \
+         static one included; the static app also serves `file.gz`, `file.br` and `file.zst` \
+         next to a file as they are, whatever this says",
+        set |c, v| c.http.compression = boolean(v)?,
+        get |c| c.http.compression.to_string()),
     key!("http"."http2" = "true",
         "HTTP/2: over TLS by ALPN (`h2`), and on plain sockets with prior knowledge (h2c)",
         set |c, v| c.http.http2 = boolean(v)?,

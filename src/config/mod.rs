@@ -155,6 +155,7 @@ pub struct HttpConfig {
     pub max_body_bytes: u64,
     pub limit_concurrency: usize,
     pub send_timeout: Duration,
+    pub compression: bool,
     pub http2: bool,
 }
 
@@ -261,6 +262,33 @@ impl Origins {
 
     pub fn set(&mut self, key: String, origin: Origin) {
         self.0.insert(key, origin);
+    }
+}
+
+/// Where the master gets its configuration, at start and on every reload.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// A TOML file (read again on reload), the environment and flags.
+    File { path: PathBuf, overrides: Overrides },
+    /// A configuration built by the embedding program; a reload starts a
+    /// new generation with it.
+    Fixed(Box<Config>),
+}
+
+impl ConfigSource {
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        match self {
+            ConfigSource::File { path, overrides } => Config::load(path, overrides),
+            ConfigSource::Fixed(c) => Ok((**c).clone()),
+        }
+    }
+
+    /// For log lines: the file, or that the config was built in code.
+    pub fn describe(&self) -> String {
+        match self {
+            ConfigSource::File { path, .. } => path.display().to_string(),
+            ConfigSource::Fixed(_) => "(configuration built by the program)".into(),
+        }
     }
 }
 

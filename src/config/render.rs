@@ -50,7 +50,7 @@ mod tests {
                     max_requests_jitter = 3\nshutdown_delay = 0.5\nmax_worker_memory = \"1MiB\"\n\
                     [http]\nkeepalive_timeout = 0\nheader_read_timeout = 3\n\
                     max_header_bytes = 9000\nmax_headers = 50\nmax_body_bytes = 5\n\
-                    limit_concurrency = 4\nsend_timeout = 12\nhttp2 = false\n\
+                    limit_concurrency = 4\nsend_timeout = 12\ncompression = true\nhttp2 = false\n\
                     [proxy]\nproxy_headers = true\nforwarded_allow_ips = [\"10.0.0.0/8\", \"unix\"]\n\
                     [tls]\ncert = \"/a.pem\"\nkey = \"/b.pem\"\nclient_ca = \"/c.pem\"\n\
                     client_auth = \"required\"\n\

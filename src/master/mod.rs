@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use crate::config::{BindAddr, Overrides};
+use crate::config::{BindAddr, ConfigSource};
 use crate::control::UpgradeReport;
 use crate::listen::{ListenError, ListenerSet};
 use crate::logging::LogHandle;
@@ -76,8 +76,7 @@ struct Wakeup {
 /// What is fixed for the master's life.
 struct Fixed {
     entry: Arc<dyn WorkerMain>,
-    config_path: PathBuf,
-    overrides: Overrides,
+    source: ConfigSource,
     /// The executable and arguments this master started with (USR2 runs
     /// the file at that path again).
     exe: PathBuf,
@@ -142,8 +141,7 @@ pub struct Master {
 pub struct MasterSetup {
     pub entry: Arc<dyn WorkerMain>,
     pub loaded: Loaded,
-    pub config_path: PathBuf,
-    pub overrides: Overrides,
+    pub source: ConfigSource,
     pub listeners: ListenerSet,
     pub log: LogHandle,
     pub pidfile: Option<Pidfile>,
@@ -188,8 +186,7 @@ impl Master {
         Ok(Master {
             fixed: Fixed {
                 entry: setup.entry,
-                config_path: setup.config_path,
-                overrides: setup.overrides,
+                source: setup.source,
                 exe: setup.exe,
                 args: setup.args,
                 extra_binds: setup.extra_binds,

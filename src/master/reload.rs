@@ -64,7 +64,7 @@ impl Master {
     /// Starts a reload, or refuses it (invalid config, address that cannot
     /// be bound) leaving everything as it was.
     fn start_reload(&mut self, waiters: Vec<ClientId>) {
-        info!(config = %self.fixed.config_path.display(), "reloading configuration");
+        info!(config = %self.fixed.source.describe(), "reloading configuration");
         self.systemd.notifier.reloading();
         let started = Instant::now();
         let new = match self.load_new_config() {
@@ -91,9 +91,7 @@ impl Master {
     /// The new configuration, with what it refers to loaded and its new
     /// addresses bound.
     fn load_new_config(&mut self) -> Result<Loaded, String> {
-        let mut config =
-            crate::config::Config::load(&self.fixed.config_path, &self.fixed.overrides)
-                .map_err(|e| e.to_string())?;
+        let mut config = self.fixed.source.load().map_err(|e| e.to_string())?;
         for extra in &self.fixed.extra_binds {
             if !config.server.bind.contains(extra) {
                 config.server.bind.push(extra.clone());

@@ -20,6 +20,7 @@ impl Master {
                     age_seconds: w.spawned_at.elapsed().as_secs_f64(),
                     requests: slot.served(),
                     active_connections: slot.active_connections(),
+                    upgraded_connections: slot.upgraded_connections(),
                     rss_bytes: slot.rss(),
                     seconds_since_heartbeat: now_ms.saturating_sub(slot.heartbeat_ms()) as f64
                         / 1000.0,
@@ -52,6 +53,7 @@ impl Master {
                 requests: totals.requests,
                 responses_by_class: totals.status,
                 active_connections: workers.iter().map(|w| w.active_connections).sum(),
+                upgraded_connections: workers.iter().map(|w| w.upgraded_connections).sum(),
                 worker_exits: ExitReason::ALL.iter().map(|r| self.board.exits(*r)).sum(),
                 exits_by_reason,
                 reloads_by_result,

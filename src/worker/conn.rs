@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 use super::conn_state::{ConnState, How, Peer};
+use super::conns::ConnGuard;
 use super::proxy_protocol;
 use super::service::ConnService;
 use super::{ListenRole, Shared};
@@ -56,9 +57,9 @@ pub async fn serve<IO, H>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Handler,
 {
-    shared.connection_opened();
-    // Counted closed even if the app panics inside this task.
-    let _open = OpenConnection(&shared);
+    // Counted until dropped: by this task, or by the app that took over an
+    // upgraded connection (the guard travels inside the IO).
+    let guard = shared.conns.open();
     if how.proxy_protocol {
         // The header counts against the header timeout; a connection
         // without a valid one is closed.
@@ -69,19 +70,10 @@ pub async fn serve<IO, H>(
                 proxy_protocol::Source::Client(addr) => Peer::Tcp(addr),
                 proxy_protocol::Source::Local => peer,
             };
-            serve_http(io, peer, how.role, &shared, stop).await;
+            serve_http(io, peer, how.role, &shared, stop, guard).await;
         }
     } else {
-        serve_http(io, peer, how.role, &shared, stop).await;
-    }
-}
-
-/// Marks the connection closed when dropped (also while unwinding).
-struct OpenConnection<'a, H>(&'a Shared<H>);
-
-impl<H> Drop for OpenConnection<'_, H> {
-    fn drop(&mut self) {
-        self.0.connection_closed();
+        serve_http(io, peer, how.role, &shared, stop, guard).await;
     }
 }
 
@@ -91,6 +83,7 @@ async fn serve_http<IO, H>(
     role: ListenRole,
     shared: &Arc<Shared<H>>,
     mut stop: watch::Receiver<bool>,
+    guard: ConnGuard,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Handler,
@@ -107,7 +100,7 @@ async fn serve_http<IO, H>(
             } else {
                 Proto::H1
             };
-            drive(io, proto, shared, &state, &mut stop).await;
+            drive(io, proto, shared, &state, &mut stop, guard).await;
         }
         Some(acceptor) => {
             // The handshake counts against the header timeout.
@@ -118,7 +111,7 @@ async fn serve_http<IO, H>(
                         Some(b"h2") => Proto::H2,
                         _ => Proto::H1,
                     };
-                    drive(stream, proto, shared, &state, &mut stop).await;
+                    drive(stream, proto, shared, &state, &mut stop, guard).await;
                 }
                 Ok(Err(e)) => tls_failed(shared, peer, tls_failure(&e), Some(&e)),
                 Err(_) => tls_failed(shared, peer, TlsFailure::Timeout, None),
@@ -205,6 +198,7 @@ async fn drive<IO, H>(
     shared: &Arc<Shared<H>>,
     state: &Arc<ConnState>,
     stop: &mut watch::Receiver<bool>,
+    guard: ConnGuard,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Handler,
@@ -218,13 +212,16 @@ async fn drive<IO, H>(
         state: state.clone(),
         clock: shared.clock.clone(),
         first_read: true,
+        guard,
     });
     let builder = match proto {
         Proto::Detect => &shared.auto,
         Proto::H1 => &shared.h1,
         Proto::H2 => &shared.h2,
     };
-    let conn = builder.serve_connection(io, service);
+    // With upgrades: after a 101, hyper hands the IO to the app
+    // (`hyper::upgrade::on`, axum's `WebSocketUpgrade`).
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
 
     let http = &shared.config.http;
@@ -343,6 +340,17 @@ struct Tracked<IO> {
     state: Arc<ConnState>,
     clock: Arc<AtomicU64>,
     first_read: bool,
+    /// The connection counts as open while this IO lives (in the app, for
+    /// an upgraded connection).
+    guard: ConnGuard,
+}
+
+impl<IO> Drop for Tracked<IO> {
+    fn drop(&mut self) {
+        if self.state.upgraded.load(Relaxed) {
+            self.guard.upgrade_ended();
+        }
+    }
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tracked<IO> {
@@ -352,6 +360,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tracked<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.state.upgraded.load(Relaxed) {
+            // The app's now: no heads to time.
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
         if this.state.send_408.load(Relaxed) {
             // Best effort: one write attempt, then end of stream.
             let _ = Pin::new(&mut this.inner).poll_write(cx, RESPONSE_408);

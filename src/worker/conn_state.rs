@@ -35,6 +35,8 @@ pub struct ConnState {
     pub(super) h2: AtomicBool,
     /// Set when the head timed out: the IO answers 408 and ends.
     pub(super) send_408: AtomicBool,
+    /// The connection switched protocols (101): the app owns it.
+    pub(super) upgraded: AtomicBool,
     /// HTTP/1.1: since when the response waits for the client to take
     /// what it was given (HTTP/2 streams have their own, see `stream_exec`).
     pub send: SendWatch,
@@ -79,6 +81,7 @@ impl ConnState {
             head_since_ms: AtomicU64::new(0),
             h2: AtomicBool::new(false),
             send_408: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
             send: SendWatch::default(),
         }
     }
@@ -91,6 +94,11 @@ impl ConnState {
     pub fn request_finished(&self, now_ms: u64) {
         self.idle_since_ms.store(now_ms, Relaxed);
         self.in_flight.fetch_sub(1, Release);
+    }
+
+    /// The response about to go out switches protocols (101).
+    pub fn upgrading(&self) {
+        self.upgraded.store(true, Relaxed);
     }
 
     pub fn h2(&self) -> bool {

@@ -4,44 +4,69 @@
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Method, StatusCode};
 
+use super::readiness;
 use super::{ListenRole, Shared};
 use crate::app::{Body, Handler, Request, Response};
 
-pub fn builtin<H: Handler>(
-    shared: &Shared<H>,
-    role: ListenRole,
-    req: &Request,
-) -> Option<Response> {
+/// What the library answers itself.
+pub enum Builtin {
+    Answer(Response),
+    /// Readiness: the app's checks run first (see [`ready`]).
+    Ready,
+}
+
+pub fn builtin<H: Handler>(shared: &Shared<H>, role: ListenRole, req: &Request) -> Option<Builtin> {
     let path = req.uri().path();
     let metrics = &shared.config.metrics;
     if role == ListenRole::Metrics {
         // The metrics listener serves nothing else.
-        return Some(if path == metrics.path && metrics.enabled {
-            metrics_response(shared)
-        } else {
-            text(StatusCode::NOT_FOUND, "not found\n")
-        });
+        return Some(Builtin::Answer(
+            if path == metrics.path && metrics.enabled {
+                metrics_response(shared)
+            } else {
+                text(StatusCode::NOT_FOUND, "not found\n")
+            },
+        ));
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return None;
     }
     let app = &shared.config.app;
     if path == app.health_path {
-        return Some(json(StatusCode::OK, r#"{"status":"ok"}"#));
+        return Some(Builtin::Answer(json(
+            StatusCode::OK,
+            r#"{"status":"ok"}"#.into(),
+        )));
     }
     if path == app.ready_path {
-        return Some(if shared.draining() || shared.board.is_stopping() {
-            json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#)
-        } else if !shared.handler.ready() {
-            json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready"}"#)
-        } else {
-            json(StatusCode::OK, r#"{"status":"ready"}"#)
-        });
+        return Some(Builtin::Ready);
     }
     if metrics.enabled && metrics.bind.is_none() && path == metrics.path {
-        return Some(metrics_response(shared));
+        return Some(Builtin::Answer(metrics_response(shared)));
     }
     None
+}
+
+/// `/ready`: 503 `draining` while the worker or the server stops;
+/// otherwise the app's checks decide (200 `ready` or 503 `not_ready`).
+pub async fn ready<H>(shared: &Shared<H>) -> Response {
+    if shared.draining() || shared.board.is_stopping() {
+        let body = readiness::json("draining", &Vec::new());
+        return json(StatusCode::SERVICE_UNAVAILABLE, body);
+    }
+    let round = if shared.readiness.is_empty() {
+        Vec::new()
+    } else {
+        shared.readiness.round().await
+    };
+    if round.iter().all(|(_, failed)| failed.is_none()) {
+        json(StatusCode::OK, readiness::json("ready", &round))
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            readiness::json("not_ready", &round),
+        )
+    }
 }
 
 fn metrics_response<H>(shared: &Shared<H>) -> Response {
@@ -59,7 +84,7 @@ fn text(status: StatusCode, body: &'static str) -> Response {
     resp
 }
 
-fn json(status: StatusCode, body: &'static str) -> Response {
+fn json(status: StatusCode, body: String) -> Response {
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();

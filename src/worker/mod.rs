@@ -49,10 +49,12 @@ mod access_log;
 mod clock;
 mod conn;
 mod conn_state;
+mod conns;
 mod endpoints;
 mod heartbeat;
 mod proxy;
 mod proxy_protocol;
+mod readiness;
 mod service;
 mod shared;
 mod stream_exec;
@@ -65,7 +67,7 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
 
-use crate::app::{App, WorkerContext};
+use crate::app::{App, Handler, WorkerContext};
 use crate::config::{BindAddr, Config};
 use crate::exit;
 use crate::material::Material;
@@ -176,11 +178,15 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> i32 {
         }
     };
 
-    let ctx = WorkerContext {
-        config: boot.config.clone(),
-        slot: boot.slot,
-        generation: boot.generation,
-    };
+    // The drain signal exists before the app starts, so that the app can
+    // keep it (`WorkerContext::draining`).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let ctx = WorkerContext::new(
+        boot.config.clone(),
+        boot.slot,
+        boot.generation,
+        stop_rx.clone(),
+    );
     let handler = tokio::select! {
         res = app.startup(&ctx) => match res {
             Ok(h) => h,
@@ -201,15 +207,17 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> i32 {
     };
     let shared = Arc::new(Shared::new(
         handler,
-        boot.config.clone(),
-        &boot.material,
-        slot,
-        boot.board,
-        boot.wake,
-        access_log,
+        shared::SharedParts {
+            config: boot.config.clone(),
+            material: &boot.material,
+            slot,
+            board: boot.board,
+            wake: boot.wake,
+            access_log,
+            readiness: readiness::Readiness::new(ctx.take_checks()),
+        },
     ));
     tokio::spawn(clock::run_clock(shared.clock.clone()));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     for (listener, how) in listeners {
         tokio::spawn(accept::run(listener, how, shared.clone(), stop_rx.clone()));
     }
@@ -230,14 +238,41 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> i32 {
     // Drain: stop accepting (each accept loop drops its descriptor; the
     // socket stays open in the master and the other workers), answer the
     // next request of each kept-alive connection with `Connection: close`,
-    // and leave when the last connection is gone.
+    // tell the app (long-lived exchanges end), and leave when the last
+    // connection is gone, upgraded ones included.
+    let graceful = boot.config.lifecycle.graceful_timeout;
+    let deadline = tokio::time::Instant::now() + graceful;
     slot.set_state(SlotState::Draining);
     shared.start_draining();
     let _ = stop_tx.send(true);
     info!(
-        active_connections = shared.active_connections(),
+        active_connections = shared.conns.active(),
+        upgraded_connections = shared.conns.upgraded(),
         "worker draining"
     );
-    shared.wait_until_idle().await;
+    // The app's shutdown hook gets what is left, at least its reserve.
+    let reserve = (graceful / 10).min(SHUTDOWN_HOOK_RESERVE);
+    let _ = tokio::time::timeout_at(deadline - reserve, shared.conns.wait_until_idle()).await;
+    run_shutdown_hook(&shared, deadline).await;
     exit::WORKER_OK
+}
+
+/// What the app's shutdown hook is sure to get of `graceful_timeout`, even
+/// when connections use all the rest (at most a tenth of it).
+pub const SHUTDOWN_HOOK_RESERVE: Duration = Duration::from_secs(1);
+
+/// Runs `Handler::shutdown` until it returns, panics or `deadline` comes.
+async fn run_shutdown_hook<H: Handler>(shared: &Arc<Shared<H>>, deadline: tokio::time::Instant) {
+    let s = shared.clone();
+    let hook = tokio::spawn(async move { s.handler.shutdown().await });
+    match tokio::time::timeout_at(deadline, hook).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.is_panic() => {
+            error!("the app's shutdown hook panicked; exiting normally");
+        }
+        Ok(Err(_)) => {}
+        Err(_) => {
+            error!("the app's shutdown hook did not finish within lifecycle.graceful_timeout");
+        }
+    }
 }

@@ -49,6 +49,14 @@ impl<H: Handler> hyper::service::Service<http::Request<Incoming>> for ConnServic
             Prepared::Answered(resp, ctx) => {
                 Box::pin(async move { Ok(finish(shared, conn, ctx, resp)) })
             }
+            Prepared::Ready(ctx) => Box::pin(async move {
+                let resp = endpoints::ready(&shared).await;
+                Ok(finish(shared, conn, ctx, resp))
+            }),
+            Prepared::ForApp(req, ctx) if shared.config.http.compression => Box::pin(async move {
+                let resp = compressed(&shared, *req).await;
+                Ok(finish(shared, conn, ctx, resp))
+            }),
             Prepared::ForApp(req, ctx) => {
                 // The request travels boxed, so the future holds it once
                 // (inside the app's future) and stays small enough for the
@@ -59,6 +67,41 @@ impl<H: Handler> hyper::service::Service<http::Request<Incoming>> for ConnServic
                 })
             }
         }
+    }
+}
+
+/// The app's handler as a tower service, for tower-http's compression.
+struct AppService<H>(Arc<Shared<H>>);
+
+impl<H> Clone for AppService<H> {
+    fn clone(&self) -> Self {
+        AppService(self.0.clone())
+    }
+}
+
+impl<H: Handler> tower_service::Service<crate::Request> for AppService<H> {
+    type Response = crate::Response;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Result<crate::Response, std::convert::Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: crate::Request) -> Self::Future {
+        let shared = self.0.clone();
+        Box::pin(async move { Ok(shared.handler.call(req).await) })
+    }
+}
+
+/// `http.compression`: the app's answer, compressed as the request's
+/// `Accept-Encoding` asks and tower-http's default predicate allows.
+async fn compressed<H: Handler>(shared: &Arc<Shared<H>>, req: crate::Request) -> crate::Response {
+    use tower::ServiceExt;
+    let svc = tower_http::compression::Compression::new(AppService(shared.clone()));
+    match svc.oneshot(req).await {
+        Ok(resp) => resp.map(Body::stream),
+        Err(never) => match never {},
     }
 }
 
@@ -78,6 +121,8 @@ struct Ctx<H> {
 enum Prepared<H> {
     /// Answered without the app (built-in endpoint, limit, overload).
     Answered(crate::Response, Ctx<H>),
+    /// `/ready`: the app's readiness checks run first.
+    Ready(Ctx<H>),
     /// For the app's handler.
     ForApp(Box<crate::Request>, Ctx<H>),
 }
@@ -131,8 +176,10 @@ fn prepare<H: Handler>(
     if has_body {
         ctx.body = req.body_mut().outcome();
     }
-    if let Some(resp) = endpoints::builtin(shared, conn.role, &req) {
-        return Prepared::Answered(resp, ctx);
+    match endpoints::builtin(shared, conn.role, &req) {
+        Some(endpoints::Builtin::Answer(resp)) => return Prepared::Answered(resp, ctx),
+        Some(endpoints::Builtin::Ready) => return Prepared::Ready(ctx),
+        None => {}
     }
     if shared.at_capacity() {
         return Prepared::Answered(overloaded(), ctx);
@@ -164,7 +211,12 @@ fn finish<H: Handler>(
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
-    if shared.draining() && ctx.version < Version::HTTP_2 {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS && ctx.version < Version::HTTP_2 {
+        // hyper hands the connection to the app after this response; it
+        // counts as upgraded until the app drops it.
+        conn.upgrading();
+        shared.conns.upgrade_started();
+    } else if shared.draining() && ctx.version < Version::HTTP_2 {
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
-use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 
 use super::access_log::AccessLog;
+use super::conns::Conns;
 use super::proxy::Trust;
+use super::readiness::Readiness;
 use super::stream_exec::StreamExec;
 use crate::config::{Config, HttpConfig};
 use crate::material::Material;
@@ -38,6 +39,18 @@ pub const H2_SEND_BUFFER: usize = 128 * 1024;
 /// wants the CPU.
 pub const YIELD_EVERY_REQUESTS: u64 = 64;
 
+/// What a worker has made ready by the time its app has started.
+pub struct SharedParts<'a> {
+    pub config: Arc<Config>,
+    pub material: &'a Material,
+    pub slot: &'static Slot,
+    pub board: &'static Board,
+    /// Write end of the master's wake-up pipe.
+    pub wake: OwnedFd,
+    pub access_log: Option<AccessLog>,
+    pub readiness: Readiness,
+}
+
 pub(crate) struct Shared<H> {
     pub handler: H,
     pub config: Arc<Config>,
@@ -56,8 +69,9 @@ pub(crate) struct Shared<H> {
     /// connection timeouts read it instead of the system clock.
     pub clock: Arc<AtomicU64>,
     draining: AtomicBool,
-    active: AtomicUsize,
-    idle: Notify,
+    /// Open connections, upgraded ones included.
+    pub conns: Arc<Conns>,
+    pub readiness: Readiness,
     /// App requests in flight (for http.limit_concurrency).
     in_flight: AtomicUsize,
     wake: OwnedFd,
@@ -85,15 +99,16 @@ fn builder(http: &HttpConfig, exec: StreamExec) -> auto::Builder<StreamExec> {
 }
 
 impl<H> Shared<H> {
-    pub fn new(
-        handler: H,
-        config: Arc<Config>,
-        material: &Material,
-        slot: &'static Slot,
-        board: &'static Board,
-        wake: OwnedFd,
-        access_log: Option<AccessLog>,
-    ) -> Shared<H> {
+    pub fn new(handler: H, parts: SharedParts<'_>) -> Shared<H> {
+        let SharedParts {
+            config,
+            material,
+            slot,
+            board,
+            wake,
+            access_log,
+            readiness,
+        } = parts;
         let http = &config.http;
         let clock = Arc::new(AtomicU64::new(0));
         let exec = StreamExec {
@@ -128,8 +143,8 @@ impl<H> Shared<H> {
             max_requests,
             clock,
             draining: AtomicBool::new(false),
-            active: AtomicUsize::new(0),
-            idle: Notify::new(),
+            conns: Arc::new(Conns::new(slot)),
+            readiness,
             in_flight: AtomicUsize::new(0),
             wake,
             config,
@@ -142,33 +157,6 @@ impl<H> Shared<H> {
 
     pub fn start_draining(&self) {
         self.draining.store(true, Relaxed);
-    }
-
-    pub fn connection_opened(&self) {
-        self.active.fetch_add(1, Relaxed);
-        self.slot.connection_opened();
-    }
-
-    pub fn connection_closed(&self) {
-        self.slot.connection_closed();
-        if self.active.fetch_sub(1, AcqRel) == 1 {
-            self.idle.notify_waiters();
-        }
-    }
-
-    pub fn active_connections(&self) -> usize {
-        self.active.load(Relaxed)
-    }
-
-    /// Resolves once no connection is open.
-    pub async fn wait_until_idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            if self.active.load(Acquire) == 0 {
-                return;
-            }
-            notified.await;
-        }
     }
 
     /// True when `http.limit_concurrency` app requests are already running.

@@ -6,6 +6,7 @@
 
 mod util;
 
+mod apps;
 mod config_check;
 mod hardening;
 mod http_edge;

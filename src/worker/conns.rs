@@ -1,0 +1,88 @@
+//! The worker's open connections, upgraded ones (WebSockets) included:
+//! counted in the worker's slot, and awaited by a draining worker. Not
+//! generic over the app, so that a connection's IO can hold its guard:
+//! an upgraded connection lives on inside the app after hyper is done
+//! with it, and counts until the app drops it.
+
+use std::sync::atomic::{AtomicUsize, Ordering::*};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::scoreboard::Slot;
+
+pub struct Conns {
+    slot: &'static Slot,
+    active: AtomicUsize,
+    upgraded: AtomicUsize,
+    idle: Notify,
+}
+
+impl Conns {
+    pub fn new(slot: &'static Slot) -> Conns {
+        Conns {
+            slot,
+            active: AtomicUsize::new(0),
+            upgraded: AtomicUsize::new(0),
+            idle: Notify::new(),
+        }
+    }
+
+    /// A new connection; it counts until the guard is dropped.
+    pub fn open(self: &Arc<Conns>) -> ConnGuard {
+        self.active.fetch_add(1, Relaxed);
+        self.slot.connection_opened();
+        ConnGuard {
+            conns: self.clone(),
+        }
+    }
+
+    /// A connection switched protocols (HTTP/1.1 101): the app owns it now;
+    /// it counts as upgraded until its IO (and guard) is dropped.
+    pub fn upgrade_started(&self) {
+        self.upgraded.fetch_add(1, Relaxed);
+        self.slot.upgraded_opened();
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Relaxed)
+    }
+
+    pub fn upgraded(&self) -> usize {
+        self.upgraded.load(Relaxed)
+    }
+
+    /// Resolves once no connection is open.
+    pub async fn wait_until_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.active.load(Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One open connection (also while unwinding from a panic in the app).
+pub struct ConnGuard {
+    conns: Arc<Conns>,
+}
+
+impl ConnGuard {
+    /// The upgraded connection this guard counts has ended.
+    pub fn upgrade_ended(&self) {
+        self.conns.upgraded.fetch_sub(1, Relaxed);
+        self.conns.slot.upgraded_closed();
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let c = &self.conns;
+        c.slot.connection_closed();
+        if c.active.fetch_sub(1, AcqRel) == 1 {
+            c.idle.notify_waiters();
+        }
+    }
+}
