@@ -18,7 +18,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from lib import OUT, ROOT, Server, children, free_port, rss_kib, wrk_with_cpu  # noqa: E402
+from lib import OUT, ROOT, Server, children, free_port, median, rss_kib, wrk_with_cpu  # noqa: E402
 import plot  # noqa: E402
 
 REL = os.path.join(ROOT, "target", "release")
@@ -130,11 +130,6 @@ def loadgen(url, conns, seconds, *flags):
         capture_output=True, text=True, timeout=seconds + 60,
     )
     return json.loads(out.stdout)
-
-
-def median(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
 
 
 # ---- scenarios -------------------------------------------------------------

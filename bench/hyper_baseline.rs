@@ -1,5 +1,7 @@
 //! The no-supervisor baseline of bench/run: one process, a multi-threaded
-//! tokio runtime, hyper's HTTP/1.1 server answering `hello world`.
+//! tokio runtime, hyper (HTTP/1.1, and HTTP/2 with prior knowledge, through
+//! hyper-util's auto builder, as axum::serve uses it) answering
+//! `hello world`.
 //!
 //!     cargo run --release --example hyper_baseline -- 127.0.0.1:8000
 
@@ -7,10 +9,10 @@ use std::convert::Infallible;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 fn main() -> std::io::Result<()> {
@@ -31,7 +33,7 @@ fn main() -> std::io::Result<()> {
                             b"hello world",
                         ))))
                     });
-                    let _ = http1::Builder::new()
+                    let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
                 });

@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import time
 import urllib.request
@@ -196,6 +197,11 @@ def wrk_with_cpu(server, url, **kw):
     used = (after - before) / TICK
     res["cpu_us_per_req"] = used / res["requests"] * 1e6 if res["requests"] else None
     return res
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
 
 
 def fmt(v, spec="{:.0f}"):

@@ -76,7 +76,9 @@ where
                 .insert(axum::extract::ConnectInfo(addr));
         }
         req.extensions_mut().insert(client);
-        match self.0.clone().oneshot(req).await {
+        // Boxed: a service's future can be big (axum's are), and moving it
+        // around inline costs more than one allocation.
+        match Box::pin(self.0.clone().oneshot(req)).await {
             Ok(resp) => resp.map(Body::stream),
             Err(e) => {
                 let e: BoxError = e.into();

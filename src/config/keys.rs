@@ -294,8 +294,8 @@ pub const KEYS: &[Key] = &[
         set |c, v| c.app.health_path = url_path(v)?,
         get |c| q(&c.app.health_path)),
     key!("app"."ready_path" = r#""/ready""#,
-        "readiness: `200 {\"status\":\"ready\"}`; `503` while the server is stopping or the \
-         worker draining, or when the app's `Handler::ready()` says no",
+        "readiness: `200 {\"status\":\"ready\",\"checks\":{…}}`; `503` while the server is \
+         stopping or the worker draining, or when one of the app's readiness checks fails",
         set |c, v| c.app.ready_path = url_path(v)?,
         get |c| q(&c.app.ready_path)),
     key!("app"."env" = "{}",

@@ -362,7 +362,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tracked<IO> {
         let this = &mut *self;
         if this.state.upgraded.load(Relaxed) {
             // The app's now: no heads to time.
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
+            let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+            if matches!(res, Poll::Ready(Ok(()))) {
+                this.guard.upgraded_read();
+            }
+            return res;
         }
         if this.state.send_408.load(Relaxed) {
             // Best effort: one write attempt, then end of stream.

@@ -16,7 +16,16 @@ pub struct Conns {
     active: AtomicUsize,
     upgraded: AtomicUsize,
     idle: Notify,
+    /// Reads on upgraded connections, to take turns with the workers
+    /// sharing this CPU (see [`YIELD_EVERY_UPGRADED_READS`]).
+    upgraded_reads: AtomicUsize,
 }
+
+/// Upgraded connections carry messages, not requests, so the per-request
+/// yield (`shared::YIELD_EVERY_REQUESTS`) never happens on them: a worker
+/// busy with WebSockets yields the CPU once per this many reads instead,
+/// which keeps the latency of the workers sharing its CPU down.
+pub const YIELD_EVERY_UPGRADED_READS: usize = 64;
 
 impl Conns {
     pub fn new(slot: &'static Slot) -> Conns {
@@ -25,6 +34,7 @@ impl Conns {
             active: AtomicUsize::new(0),
             upgraded: AtomicUsize::new(0),
             idle: Notify::new(),
+            upgraded_reads: AtomicUsize::new(0),
         }
     }
 
@@ -70,6 +80,14 @@ pub struct ConnGuard {
 }
 
 impl ConnGuard {
+    /// A read on the upgraded connection this guard counts returned data.
+    pub fn upgraded_read(&self) {
+        let n = self.conns.upgraded_reads.fetch_add(1, Relaxed) + 1;
+        if n % YIELD_EVERY_UPGRADED_READS == 0 {
+            crate::sys::yield_cpu();
+        }
+    }
+
     /// The upgraded connection this guard counts has ended.
     pub fn upgrade_ended(&self) {
         self.conns.upgraded.fetch_sub(1, Relaxed);
