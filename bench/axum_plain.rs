@@ -16,11 +16,7 @@ async fn ws(upgrade: WebSocketUpgrade) -> impl IntoResponse {
 async fn echo(mut socket: WebSocket) {
     while let Some(Ok(msg)) = socket.recv().await {
         match msg {
-            Message::Text(t) => {
-                if socket.send(Message::Text(t)).await.is_err() {
-                    return;
-                }
-            }
+            Message::Text(t) if socket.send(Message::Text(t)).await.is_err() => return,
             Message::Close(_) => return,
             _ => {}
         }
