@@ -15,10 +15,13 @@ async fn ws(upgrade: WebSocketUpgrade) -> impl IntoResponse {
 
 async fn echo(mut socket: WebSocket) {
     while let Some(Ok(msg)) = socket.recv().await {
-        match msg {
-            Message::Text(t) if socket.send(Message::Text(t)).await.is_err() => return,
+        let sent = match msg {
+            Message::Text(t) => socket.send(Message::Text(t)).await,
             Message::Close(_) => return,
-            _ => {}
+            _ => Ok(()),
+        };
+        if sent.is_err() {
+            return;
         }
     }
 }
