@@ -120,6 +120,8 @@ pub struct WorkerStatus {
     /// Of those, connections that switched protocols (WebSockets).
     pub upgraded_connections: u64,
     pub rss_bytes: u64,
+    /// CPU time (user + system); in exec mode with what it started.
+    pub cpu_seconds: f64,
     pub seconds_since_heartbeat: f64,
 }
 

@@ -178,12 +178,12 @@ pub fn table(s: &Status) -> String {
         s.totals.worker_exits
     );
     o += &format!(
-        "{:<5} {:<8} {:<4} {:<9} {:<7} {:>10} {:>6} {:>10} {:>10}\n",
-        "SLOT", "PID", "GEN", "STATE", "AGE", "REQUESTS", "CONNS", "RSS", "HEARTBEAT"
+        "{:<5} {:<8} {:<4} {:<9} {:<7} {:>10} {:>6} {:>10} {:>8} {:>10}\n",
+        "SLOT", "PID", "GEN", "STATE", "AGE", "REQUESTS", "CONNS", "RSS", "CPU", "HEARTBEAT"
     );
     for w in &s.workers {
         o += &format!(
-            "{:<5} {:<8} {:<4} {:<9} {:<7} {:>10} {:>6} {:>10} {:>9.1}s\n",
+            "{:<5} {:<8} {:<4} {:<9} {:<7} {:>10} {:>6} {:>10} {:>7.1}s {:>9.1}s\n",
             w.slot,
             w.pid,
             w.generation,
@@ -192,6 +192,7 @@ pub fn table(s: &Status) -> String {
             w.requests,
             w.active_connections,
             mib(w.rss_bytes),
+            w.cpu_seconds,
             w.seconds_since_heartbeat
         );
     }

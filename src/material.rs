@@ -55,6 +55,7 @@ impl Material {
         let run_as = resolve_user(cfg)?;
         let tls = load_tls(cfg)?;
         check_static_dir(cfg, run_as.as_ref())?;
+        check_command(cfg)?;
         Ok(Material { tls, run_as })
     }
 }
@@ -156,6 +157,60 @@ fn check_static_dir(cfg: &Config, run_as: Option<&RunAs>) -> Result<(), ConfigEr
         ));
     }
     Ok(())
+}
+
+/// `app.command` must name a program that exists and can be run, and
+/// `app.cwd` a directory: otherwise every worker would fail to start.
+fn check_command(cfg: &Config) -> Result<(), ConfigError> {
+    let Some(program) = cfg.app.command.first() else {
+        return Ok(());
+    };
+    let cwd = match &cfg.app.cwd {
+        Some(dir) => {
+            if !dir.is_dir() {
+                return Err(invalid(
+                    cfg,
+                    "app.cwd",
+                    format!("{} is not a directory", dir.display()),
+                ));
+            }
+            dir.clone()
+        }
+        None => std::env::current_dir().unwrap_or_default(),
+    };
+    let runnable = |p: &std::path::Path| {
+        p.is_file() && nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok()
+    };
+    if program.contains('/') {
+        let path = cwd.join(program);
+        if !runnable(&path) {
+            return Err(invalid(
+                cfg,
+                "app.command",
+                format!("{} is not an executable file", path.display()),
+            ));
+        }
+        return Ok(());
+    }
+    let search = cfg
+        .app
+        .env
+        .get("PATH")
+        .cloned()
+        .or_else(|| std::env::var("PATH").ok())
+        .unwrap_or_default();
+    if search
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .any(|d| runnable(&cwd.join(d).join(program)))
+    {
+        return Ok(());
+    }
+    Err(invalid(
+        cfg,
+        "app.command",
+        format!("program {program:?} is not found in PATH ({search}); give its path"),
+    ))
 }
 
 /// Reads and checks the certificate, key and client CA now, so that a bad

@@ -218,7 +218,7 @@ pub fn render(board: &Board) -> String {
         .slots
         .iter()
         .enumerate()
-        .filter(|(_, s)| s.state() != SlotState::Free)
+        .filter(|(_, s)| s.is_app_worker())
         .collect();
     o.family("rsvisor_workers", "gauge", "Worker processes, by state.");
     for state in [
@@ -240,7 +240,7 @@ pub fn render(board: &Board) -> String {
     o.sample("rsvisor_upgraded_connections", "", upgraded);
 
     let now_ms = crate::sys::monotonic_ms();
-    let per_worker: [PerWorker; 5] = [
+    let per_worker: [PerWorker; 6] = [
         (
             "rsvisor_worker_active_connections",
             "Open client connections of the worker in this slot.",
@@ -255,6 +255,11 @@ pub fn render(board: &Board) -> String {
             "rsvisor_worker_resident_memory_bytes",
             "Resident memory of the worker in this slot (read by the master each second).",
             |s, _| s.rss() as f64,
+        ),
+        (
+            "rsvisor_worker_cpu_seconds",
+            "CPU time of the worker in this slot (and, with app.command, what it started).",
+            |s, _| s.cpu_seconds(),
         ),
         (
             "rsvisor_worker_event_loop_lag_seconds",

@@ -49,6 +49,8 @@ outcome! {
         MaxRequests = "max_requests",
         /// Its RSS stayed above `lifecycle.max_worker_memory`.
         Memory = "memory",
+        /// It lived `lifecycle.max_worker_lifetime`.
+        Lifetime = "lifetime",
         /// A newer generation replaced it.
         Reload = "reload",
         /// The fleet was scaled down (TTOU, `scale`).

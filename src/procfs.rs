@@ -59,3 +59,72 @@ fn boot_time() -> Option<f64> {
         .parse()
         .ok()
 }
+
+/// Memory and CPU time of a process tree (a worker and what it started).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TreeUsage {
+    pub rss_bytes: u64,
+    pub cpu_seconds: f64,
+}
+
+/// Every process's parent, read once from /proc (for [`tree_usage`]).
+pub fn parents() -> Vec<(i32, i32)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid = stat[stat.rfind(')')? + 2..]
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect()
+}
+
+/// `pid` and its descendants (from [`parents`]).
+pub fn tree(pid: i32, parents: &[(i32, i32)]) -> Vec<i32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        out.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    out
+}
+
+/// RSS and CPU time summed over `pids`.
+pub fn tree_usage(pids: &[i32]) -> TreeUsage {
+    let ticks = clock_ticks();
+    let mut u = TreeUsage::default();
+    for pid in pids {
+        u.rss_bytes += rss_bytes(*pid).unwrap_or(0);
+        if let Some(cpu) = cpu_ticks(*pid) {
+            u.cpu_seconds += cpu / ticks;
+        }
+    }
+    u
+}
+
+fn cpu_ticks(pid: i32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The parent of a process.
+pub fn parent(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}

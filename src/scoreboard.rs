@@ -60,6 +60,16 @@ impl SlotState {
     }
 }
 
+/// What runs in a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum SlotKind {
+    /// A worker serving the app (forked, or exec'd `app.command`).
+    App = 0,
+    /// The exec-mode helper that serves `metrics.bind`: not an app worker.
+    Sidecar = 1,
+}
+
 shared_plain! {
     /// Monotonic counters that `/metrics` sums over the fleet.
     #[repr(C)]
@@ -260,6 +270,10 @@ shared_plain! {
         upgraded_connections: AtomicU64,
         /// Resident memory, written by the master (it reads /proc).
         rss_bytes: AtomicU64,
+        /// CPU time in milliseconds, written by the master.
+        cpu_ms: AtomicU64,
+        /// What runs in the slot ([`SlotKind`]).
+        kind: AtomicU32,
         pub counters: Counters,
     }
 }
@@ -337,6 +351,8 @@ impl Board {
         s.active_connections.store(0, Relaxed);
         s.upgraded_connections.store(0, Relaxed);
         s.rss_bytes.store(0, Relaxed);
+        s.cpu_ms.store(0, Relaxed);
+        s.kind.store(SlotKind::App as u32, Relaxed);
         s.state.store(SlotState::Booting as u32, Release);
     }
 
@@ -457,6 +473,30 @@ impl Slot {
     /// exited, so this is the worker's own lifetime count).
     pub fn served(&self) -> u64 {
         self.counters.requests.load(Relaxed)
+    }
+
+    pub fn kind(&self) -> SlotKind {
+        match self.kind.load(Relaxed) {
+            1 => SlotKind::Sidecar,
+            _ => SlotKind::App,
+        }
+    }
+
+    pub fn set_kind(&self, kind: SlotKind) {
+        self.kind.store(kind as u32, Relaxed);
+    }
+
+    /// Serving the app (not the sidecar) and not free.
+    pub fn is_app_worker(&self) -> bool {
+        self.state() != SlotState::Free && self.kind() == SlotKind::App
+    }
+
+    pub fn set_cpu_seconds(&self, secs: f64) {
+        self.cpu_ms.store((secs * 1000.0) as u64, Relaxed);
+    }
+
+    pub fn cpu_seconds(&self) -> f64 {
+        self.cpu_ms.load(Relaxed) as f64 / 1000.0
     }
 
     pub fn set_rss(&self, bytes: u64) {

@@ -339,6 +339,43 @@ pub fn adopt_inherited_fd(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
+/// In a forked child: copies `fds` to `first_fd`, `first_fd + 1`, …
+/// (the socket-activation layout), without close-on-exec.
+fn place_fds(fds: &[RawFd], first_fd: RawFd) -> io::Result<()> {
+    // First copy every descriptor above the target range, so that placing
+    // one cannot overwrite another that is still to be placed.
+    let mut high = Vec::with_capacity(fds.len());
+    for fd in fds {
+        // SAFETY: F_DUPFD_CLOEXEC on an open descriptor of this process
+        // creates a new descriptor; it touches no memory.
+        let new = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 1024) };
+        if new < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        high.push(new);
+    }
+    for (i, fd) in high.iter().enumerate() {
+        let target = first_fd + i as RawFd;
+        // SAFETY: dup2 onto a number in this child's own table; whatever
+        // the master had there is not needed by the program we exec. The
+        // copy is created without close-on-exec, as the protocol requires.
+        if unsafe { libc::dup2(*fd, target) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn c_strings<'a>(
+    items: impl Iterator<Item = &'a std::ffi::OsStr>,
+) -> Result<Vec<std::ffi::CString>, io::Error> {
+    use std::os::unix::ffi::OsStrExt;
+    items
+        .map(|s| std::ffi::CString::new(s.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| io::Error::other("an argument contains a NUL byte"))
+}
+
 /// In a freshly forked child of the master: places `fds` at descriptors
 /// `first_fd`, `first_fd + 1`, … (the socket-activation layout), sets
 /// `env`, and executes `exe` with `args`. Returns only if that failed.
@@ -349,42 +386,109 @@ pub fn exec_with_fds(
     first_fd: RawFd,
     env: &[(String, String)],
 ) -> io::Error {
-    use std::os::unix::ffi::OsStrExt;
-    // First copy every descriptor above the target range, so that placing
-    // one cannot overwrite another that is still to be placed.
-    let mut high = Vec::with_capacity(fds.len());
-    for fd in fds {
-        // SAFETY: F_DUPFD_CLOEXEC on an open descriptor of this process
-        // creates a new descriptor; it touches no memory.
-        let new = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 1024) };
-        if new < 0 {
-            return io::Error::last_os_error();
-        }
-        high.push(new);
-    }
-    for (i, fd) in high.iter().enumerate() {
-        let target = first_fd + i as RawFd;
-        // SAFETY: dup2 onto a number in this child's own table; whatever
-        // the master had there is not needed by the program we exec. The
-        // copy is created without close-on-exec, as the protocol requires.
-        if unsafe { libc::dup2(*fd, target) } < 0 {
-            return io::Error::last_os_error();
-        }
+    if let Err(e) = place_fds(fds, first_fd) {
+        return e;
     }
     for (k, v) in env {
         set_env(k, v);
     }
-    let cstr = |s: &std::ffi::OsStr| std::ffi::CString::new(s.as_bytes());
-    let Ok(path) = cstr(exe.as_os_str()) else {
-        return io::Error::other("executable path contains a NUL byte");
+    let path = match c_strings(std::iter::once(exe.as_os_str())) {
+        Ok(mut p) => p.remove(0),
+        Err(e) => return e,
     };
-    let Ok(argv) = args.iter().map(|a| cstr(a)).collect::<Result<Vec<_>, _>>() else {
-        return io::Error::other("an argument contains a NUL byte");
+    let argv = match c_strings(args.iter().map(|a| a.as_os_str())) {
+        Ok(a) => a,
+        Err(e) => return e,
     };
     match nix::unistd::execv(&path, &argv) {
         Err(e) => io::Error::from(e),
         Ok(never) => match never {},
     }
+}
+
+/// Like [`exec_with_fds`] for a command line: `command[0]` is looked up in
+/// `PATH` (the environment's, after `env` is applied).
+pub fn exec_program(
+    command: &[String],
+    fds: &[RawFd],
+    first_fd: RawFd,
+    env: &[(String, String)],
+) -> io::Error {
+    if let Err(e) = place_fds(fds, first_fd) {
+        return e;
+    }
+    for (k, v) in env {
+        set_env(k, v);
+    }
+    let argv = match c_strings(command.iter().map(|a| std::ffi::OsStr::new(a.as_str()))) {
+        Ok(a) => a,
+        Err(e) => return e,
+    };
+    let Some(program) = argv.first() else {
+        return io::Error::other("empty command");
+    };
+    match nix::unistd::execvp(program, &argv) {
+        Err(e) => io::Error::from(e),
+        Ok(never) => match never {},
+    }
+}
+
+/// In a forked child: makes `out` its stdout and `err` its stderr.
+pub fn redirect_stdio(out: RawFd, err: RawFd) -> io::Result<()> {
+    for (from, to) in [(out, 1), (err, 2)] {
+        // SAFETY: dup2 onto 1 and 2 of this child's own table; the copies
+        // are created without close-on-exec, as stdio must be.
+        if unsafe { libc::dup2(from, to) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Every catchable signal back to its default action (before exec, which
+/// would keep ignored signals ignored in the new program).
+pub fn default_signal_dispositions() -> io::Result<()> {
+    let action = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for sig in Signal::iterator() {
+        if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: SIG_DFL runs no Rust code in signal context.
+        unsafe { nix::sys::signal::sigaction(sig, &action) }.map_err(io::Error::from)?;
+    }
+    Ok(())
+}
+
+/// Asks the kernel to attach the sender's credentials to each datagram
+/// received on `fd` (SO_PASSCRED).
+pub fn set_passcred(fd: RawFd) -> io::Result<()> {
+    // SAFETY: the descriptor is borrowed only for this call.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    nix::sys::socket::setsockopt(&borrowed, nix::sys::socket::sockopt::PassCred, &true)
+        .map_err(io::Error::from)
+}
+
+/// Receives one datagram without blocking: its bytes and the sender's pid
+/// (with [`set_passcred`] on). `None` when nothing is pending.
+pub fn recv_with_sender(fd: RawFd) -> io::Result<Option<(Vec<u8>, Option<i32>)>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixCredentials};
+    let mut buf = vec![0u8; 4096];
+    let mut cmsg = nix::cmsg_space!(UnixCredentials);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = match recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT) {
+        Ok(m) => m,
+        Err(nix::errno::Errno::EAGAIN) => return Ok(None),
+        Err(e) => return Err(io::Error::from(e)),
+    };
+    let sender = msg.cmsgs().ok().and_then(|mut c| {
+        c.find_map(|m| match m {
+            ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid()),
+            _ => None,
+        })
+    });
+    let n = msg.bytes;
+    buf.truncate(n);
+    Ok(Some((buf, sender)))
 }
 
 /// Ends a forked child at once, without running the parent's exit code

@@ -5,7 +5,7 @@
 
 use super::convert::*;
 use super::value::Val;
-use super::{AccessFormat, ClientAuth, Config, LogFormat, WorkerCount, MAX_WORKERS};
+use super::{AccessFormat, ClientAuth, Config, LogFormat, ReadyRule, WorkerCount, MAX_WORKERS};
 
 pub type Setter = fn(&mut Config, &Val) -> Result<(), String>;
 
@@ -160,6 +160,20 @@ pub const KEYS: &[Key] = &[
          replacement first, then a graceful drain",
         set |c, v| c.lifecycle.max_worker_memory = opt_size(v)?,
         get |c| size(c.lifecycle.max_worker_memory)),
+    key!("lifecycle"."max_worker_lifetime" = "0",
+        "replace a worker after it has lived this many seconds (0 = never), like a max_requests \
+         worker: its replacement first, then a graceful drain. The only recycling by age for \
+         `app.command` apps, whose requests rsvisor does not count",
+        set |c, v| {
+            let d = seconds(v, true)?;
+            c.lifecycle.max_worker_lifetime = (!d.is_zero()).then_some(d);
+        },
+        get |c| secs(c.lifecycle.max_worker_lifetime.unwrap_or_default())),
+    key!("lifecycle"."max_worker_lifetime_jitter" = "0",
+        "each worker draws its own lifetime in `[max_worker_lifetime, max_worker_lifetime + \
+         jitter]` seconds, so that workers started together do not all leave together",
+        set |c, v| c.lifecycle.max_worker_lifetime_jitter = seconds(v, true)?,
+        get |c| secs(c.lifecycle.max_worker_lifetime_jitter)),
     key!("http"."keepalive_timeout" = "5",
         "close a connection that has had no request in flight for this long; also closes a \
          connection that never sends a byte (0 = no keep-alive)",
@@ -303,6 +317,35 @@ pub const KEYS: &[Key] = &[
          `raw_env`), e.g. `env = { DATABASE_URL = \"postgres://…\" }`",
         set |c, v| c.app.env = env_table(v)?,
         get |c| env(&c.app.env)),
+    key!("app"."command" = "[]",
+        "exec mode: every worker runs this program with its arguments (`[\"uvicorn\", \"--fd\", \
+         \"3\", \"app:app\"]`; the program is looked up in `PATH`) instead of the built-in app. The \
+         `server.bind` sockets are its descriptors 3, 4, … in bind order, with `LISTEN_FDS`, \
+         `LISTEN_PID`, `LISTEN_FDNAMES` (systemd's socket-activation protocol), \
+         `RSVISOR_WORKER_SLOT` and `RSVISOR_GENERATION`. Its stdout and stderr go to rsvisor's log \
+         with the worker's slot, pid and generation. `metrics.bind` then serves `/metrics`, \
+         `/health` and `/ready` of the fleet",
+        set |c, v| c.app.command = string_list(v)?,
+        get |c| list(&c.app.command)),
+    key!("app"."cwd" = r#""""#,
+        "exec mode: the program's working directory (default: rsvisor's)",
+        set |c, v| c.app.cwd = opt_path(v)?,
+        get |c| q_path(&c.app.cwd)),
+    key!("app"."ready" = r#""notify""#,
+        "exec mode: when a worker counts as ready (for reloads, recycling and systemd's \
+         `READY=1`): `\"notify\"` — it sends `READY=1` to its own `NOTIFY_SOCKET`, and from its \
+         first `WATCHDOG=1` on (`WATCHDOG_USEC` is `lifecycle.timeout`) those pings are its \
+         heartbeat; `\"log:REGEX\"` — a line of its output matches (uvicorn: \
+         `\"log:Application startup complete\"`); `\"delay:SECONDS\"` — it stayed alive that long \
+         (the weakest: it proves nothing about serving). Not ready within `lifecycle.timeout` is a \
+         boot failure",
+        set |c, v| c.app.ready = ready_rule(v)?,
+        get |c| q(&c.app.ready.show())),
+    key!("app"."stop_signal" = r#""TERM""#,
+        "exec mode: the signal that asks a worker to finish and exit (uvicorn and gunicorn: \
+         `TERM`); `SIGKILL` follows after `lifecycle.graceful_timeout`",
+        set |c, v| c.app.stop_signal = stop_signal(v)?,
+        get |c| q(c.app.stop_signal.0.as_str().trim_start_matches("SIG"))),
     key!("metrics"."enabled" = "true",
         "serve Prometheus metrics of the whole fleet (when `false`, workers also skip the \
          per-request metric counters)",
@@ -322,6 +365,47 @@ pub const KEYS: &[Key] = &[
         },
         get |c| q(&c.metrics.bind.as_ref().map(|b| b.to_string()).unwrap_or_default())),
 ];
+
+fn ready_rule(v: &Val) -> Result<ReadyRule, String> {
+    let s = string(v)?;
+    if s == "notify" {
+        return Ok(ReadyRule::Notify);
+    }
+    if let Some(re) = s.strip_prefix("log:") {
+        if re.is_empty() {
+            return Err("`log:` needs a regular expression, e.g. \"log:startup complete\"".into());
+        }
+        return regex::Regex::new(re)
+            .map(|r| ReadyRule::Log(super::LogPattern(r)))
+            .map_err(|e| format!("{re:?} is not a regular expression: {e}"));
+    }
+    if let Some(n) = s.strip_prefix("delay:") {
+        return Ok(ReadyRule::Delay(seconds(&Val::Str(n.into()), false)?));
+    }
+    Err(format!(
+        "{s:?} is not one of \"notify\", \"log:REGEX\", \"delay:SECONDS\""
+    ))
+}
+
+fn stop_signal(v: &Val) -> Result<super::StopSignal, String> {
+    let s = string(v)?;
+    let name = s.trim().to_ascii_uppercase();
+    let full = if name.starts_with("SIG") {
+        name
+    } else {
+        format!("SIG{name}")
+    };
+    full.parse::<nix::sys::signal::Signal>()
+        .ok()
+        .filter(|sig| {
+            !matches!(
+                sig,
+                nix::sys::signal::Signal::SIGKILL | nix::sys::signal::Signal::SIGSTOP
+            )
+        })
+        .map(super::StopSignal)
+        .ok_or_else(|| format!("{s:?} is not a signal name such as \"TERM\" or \"INT\""))
+}
 
 fn workers(v: &Val) -> Result<WorkerCount, String> {
     Ok(match v {

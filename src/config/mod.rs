@@ -144,6 +144,9 @@ pub struct LifecycleConfig {
     pub max_requests_jitter: u64,
     pub shutdown_delay: Duration,
     pub max_worker_memory: Option<u64>,
+    /// Replace a worker after it has lived this long (plus its jitter).
+    pub max_worker_lifetime: Option<Duration>,
+    pub max_worker_lifetime_jitter: Duration,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -190,6 +193,58 @@ pub struct AppConfig {
     /// Environment variables set in every worker before the app starts
     /// (gunicorn's `raw_env`): how an operator hands settings to the app.
     pub env: BTreeMap<String, String>,
+    /// Exec mode: every worker runs this program (and arguments) with the
+    /// listening sockets as descriptors 3, 4, …; empty = the built-in app.
+    pub command: Vec<String>,
+    /// Exec mode: the program's working directory.
+    pub cwd: Option<PathBuf>,
+    /// Exec mode: when a worker counts as ready.
+    pub ready: ReadyRule,
+    /// Exec mode: the signal that asks a worker to drain and exit.
+    pub stop_signal: StopSignal,
+}
+
+/// When an exec-mode worker counts as ready (`app.ready`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum ReadyRule {
+    /// It sends `READY=1` on its own `NOTIFY_SOCKET` (sd_notify).
+    #[default]
+    Notify,
+    /// A line of its stdout or stderr matches.
+    Log(LogPattern),
+    /// It has stayed alive this long (the weakest).
+    Delay(Duration),
+}
+
+/// A regular expression from `app.ready = "log:…"`.
+#[derive(Debug, Clone)]
+pub struct LogPattern(pub regex::Regex);
+
+impl PartialEq for LogPattern {
+    fn eq(&self, other: &LogPattern) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl ReadyRule {
+    /// As written in the config.
+    pub fn show(&self) -> String {
+        match self {
+            ReadyRule::Notify => "notify".into(),
+            ReadyRule::Log(p) => format!("log:{}", p.0.as_str()),
+            ReadyRule::Delay(d) => format!("delay:{}", convert::secs(*d)),
+        }
+    }
+}
+
+/// A signal named in the config (`app.stop_signal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopSignal(pub nix::sys::signal::Signal);
+
+impl Default for StopSignal {
+    fn default() -> Self {
+        StopSignal(nix::sys::signal::Signal::SIGTERM)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -334,6 +389,11 @@ impl Config {
         let mut addrs = self.server.bind.clone();
         addrs.extend(self.metrics.bind.clone());
         addrs
+    }
+
+    /// Exec mode: workers run `app.command` instead of the built-in app.
+    pub fn exec_mode(&self) -> bool {
+        !self.app.command.is_empty()
     }
 
     /// Whether connections on `addr` are TLS.

@@ -78,7 +78,8 @@ fn resolve_relative_paths(cfg: &mut Config, dir: &Path) {
             fix_addr(a);
         }
     }
-    let paths: [(&str, Option<&mut PathBuf>); 6] = [
+    let paths: [(&str, Option<&mut PathBuf>); 7] = [
+        ("app.cwd", cfg.app.cwd.as_mut()),
         ("server.pidfile", cfg.server.pidfile.as_mut()),
         ("server.control_socket", cfg.server.control_socket.as_mut()),
         ("tls.cert", cfg.tls.cert.as_mut()),
@@ -290,6 +291,36 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
         if let Some((other, _)) = paths[..i].iter().find(|(_, p)| p == path) {
             return Err(fail(key, format!("{path:?} is already used by {other}")));
         }
+    }
+    if cfg.app.command.first().is_some_and(|p| p.trim().is_empty()) {
+        return Err(fail(
+            "app.command",
+            "the program to run is empty, e.g. [\"uvicorn\", \"--fd\", \"3\", \"app:app\"] \
+             (an empty list means the built-in app)"
+                .into(),
+        ));
+    }
+    if cfg.exec_mode() {
+        if cfg.lifecycle.max_requests > 0 {
+            return Err(fail(
+                "lifecycle.max_requests",
+                "cannot work with app.command: the app serves its requests itself and \
+                 rsvisor cannot count them; recycle by lifecycle.max_worker_lifetime or \
+                 lifecycle.max_worker_memory instead"
+                    .into(),
+            ));
+        }
+        if cfg.app.static_dir.is_some() {
+            return Err(fail(
+                "app.static_dir",
+                "is the built-in app's; with app.command the app serves its own files".into(),
+            ));
+        }
+    } else if cfg.app.cwd.is_some() {
+        return Err(fail(
+            "app.cwd",
+            "is the working directory of app.command, which is not set".into(),
+        ));
     }
     if let Some(mbind) = &cfg.metrics.bind {
         if cfg.server.bind.contains(mbind) {

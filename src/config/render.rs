@@ -59,15 +59,21 @@ mod tests {
                     [app]\nstatic_dir = \"/srv\"\nhealth_path = \"/h\"\nready_path = \"/r\"\n\
                     env = { X = \"y z\" }\n\
                     [metrics]\nenabled = false\npath = \"/m\"\nbind = \"127.0.0.1:9100\"\n";
-        let cfg = parse(text);
-        let again = parse(&cfg.render());
-        assert_eq!(cfg, again);
-        // Every key of the table was set to something other than its default.
+        // Exec mode's keys exclude some of the built-in app's: a second
+        // config sets those.
+        let exec = "[lifecycle]\nmax_worker_lifetime = 60\nmax_worker_lifetime_jitter = 5\n\
+                    [app]\ncommand = [\"uvicorn\", \"--fd\", \"3\"]\ncwd = \"/srv/app\"\n\
+                    ready = \"log:startup complete\"\nstop_signal = \"INT\"\n";
+        let configs = [parse(text), parse(exec)];
+        for cfg in &configs {
+            assert_eq!(*cfg, parse(&cfg.render()));
+        }
+        // Every key of the table was set to something other than its
+        // default, in one config or the other.
         let defaults = Config::default();
         for k in super::KEYS {
-            assert_ne!(
-                (k.get)(&cfg),
-                (k.get)(&defaults),
+            assert!(
+                configs.iter().any(|c| (k.get)(c) != (k.get)(&defaults)),
                 "{}.{} is not exercised by this test",
                 k.section,
                 k.name

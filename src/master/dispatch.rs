@@ -107,7 +107,7 @@ impl Master {
         let was = self.lifecycle.stop(StopKind::Quick, false);
         self.left(was);
         self.sockets.listeners.close_all();
-        for w in &mut self.workers {
+        for w in self.workers.iter_mut().chain(&mut self.sidecar) {
             w.quick_stop();
         }
     }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use super::worker_handle::Report;
 use super::Master;
@@ -64,12 +64,15 @@ impl Master {
                 self.backoff.succeeded();
             }
         }
+        if let Some(s) = &mut self.sidecar {
+            s.observe(self.board.slot(s.slot).state(), now);
+        }
     }
 
     fn check_heartbeats(&mut self) {
         let now_ms = crate::sys::monotonic_ms();
-        for w in &mut self.workers {
-            if w.leaving() {
+        for w in self.workers.iter_mut().chain(&mut self.sidecar) {
+            if w.leaving() || !w.has_heartbeat() && !w.booting() {
                 continue;
             }
             // Each worker is judged by its own generation's timeout.
@@ -103,9 +106,36 @@ impl Master {
     }
 
     fn check_memory(&mut self) {
+        let now = Instant::now();
+        // Exec workers are measured with what they started (gunicorn's
+        // own workers, say): one look at every process's parent.
+        let parents = if self.workers.iter().any(|w| w.exec.is_some()) {
+            crate::procfs::parents()
+        } else {
+            Vec::new()
+        };
+        if let Some(s) = &self.sidecar {
+            let usage = crate::procfs::tree_usage(&[s.pid.as_raw()]);
+            self.board.slot(s.slot).set_rss(usage.rss_bytes);
+        }
         for w in &mut self.workers {
-            let rss = crate::procfs::rss_bytes(w.pid.as_raw()).unwrap_or(0);
-            self.board.slot(w.slot).set_rss(rss);
+            let pids = match w.exec {
+                Some(_) => crate::procfs::tree(w.pid.as_raw(), &parents),
+                None => vec![w.pid.as_raw()],
+            };
+            let usage = crate::procfs::tree_usage(&pids);
+            let rss = usage.rss_bytes;
+            let slot = self.board.slot(w.slot);
+            slot.set_rss(rss);
+            slot.set_cpu_seconds(usage.cpu_seconds);
+            if w.serving() && w.lifetime_over(now) {
+                info!(
+                    pid = w.pid.as_raw(),
+                    lived_s = now.duration_since(w.spawned_at).as_secs(),
+                    "worker reached max_worker_lifetime; replacing it"
+                );
+                w.retire(ExitReason::Lifetime);
+            }
             let Some(limit) = w.config.lifecycle.max_worker_memory else {
                 continue;
             };

@@ -18,10 +18,12 @@
 mod backoff;
 mod control;
 mod dispatch;
+mod exec;
 mod fleet;
 mod health;
 mod lifecycle;
 mod notify;
+mod output;
 mod progress;
 mod reap;
 mod reload;
@@ -69,6 +71,8 @@ const MASTER_TICK: Duration = Duration::from_millis(250);
 struct Wakeup {
     /// What each control-socket descriptor reported.
     control: Revents,
+    /// What each exec worker's descriptors reported.
+    exec: output::ExecRevents,
     /// The new master of a binary upgrade wrote (or closed) its pipe.
     upgrade: bool,
 }
@@ -134,6 +138,9 @@ pub struct Master {
     systemd: Systemd,
     /// Workers the last plan asked for, started by the spawn step.
     pending_spawns: usize,
+    /// Exec mode: the process that serves `metrics.bind`.
+    sidecar: Option<WorkerHandle>,
+    sidecar_not_before: Instant,
     next_memory_check: Instant,
 }
 
@@ -219,6 +226,8 @@ impl Master {
                 upgrade_pipe: setup.upgrade_pipe,
             },
             pending_spawns: 0,
+            sidecar: None,
+            sidecar_not_before: now,
             next_memory_check: now,
         })
     }
@@ -240,6 +249,7 @@ impl Master {
         let mut woke = Wakeup::default();
         loop {
             self.dispatch(&woke.control);
+            self.read_workers(&woke.exec);
             self.check_upgrade(woke.upgrade);
             self.check_health();
             self.reap_children();
@@ -264,17 +274,34 @@ impl Master {
             .map(|c| c.interest())
             .unwrap_or_default();
         let control = fds.len();
+        let mut exec_counts = Vec::new();
+        for w in &self.workers {
+            if let Some(io) = &w.exec {
+                let mine = io.interest();
+                exec_counts.push((w.pid, mine.len()));
+                fds.extend(mine);
+            }
+        }
+        let upgrade_at = fds.len();
         if let Some(up) = self.lifecycle.upgrade() {
             fds.push((up.pipe_fd(), nix::poll::PollFlags::POLLIN));
         }
-        let mut revents = self.signals.wait(timeout, &fds);
-        let upgrade = revents.len() > control
-            && revents[control].is_some_and(|r| {
-                r.intersects(nix::poll::PollFlags::POLLIN | nix::poll::PollFlags::POLLHUP)
-            });
-        revents.truncate(control);
+        let revents = self.signals.wait(timeout, &fds);
+        let upgrade = revents.get(upgrade_at).copied().flatten().is_some_and(|r| {
+            r.intersects(nix::poll::PollFlags::POLLIN | nix::poll::PollFlags::POLLHUP)
+        });
+        let mut at = control;
+        let exec = exec_counts
+            .into_iter()
+            .map(|(pid, n)| {
+                let mine = revents[at..at + n].to_vec();
+                at += n;
+                (pid, mine)
+            })
+            .collect();
         Wakeup {
-            control: revents,
+            control: revents[..control].to_vec(),
+            exec,
             upgrade,
         }
     }
@@ -282,10 +309,16 @@ impl Master {
     fn next_wakeup(&self) -> Duration {
         let now = Instant::now();
         let mut deadline = now + MASTER_TICK;
-        for w in &self.workers {
+        for w in self.workers.iter().chain(&self.sidecar) {
             if let Some(at) = w.kill_deadline() {
                 deadline = deadline.min(at);
             }
+            if let Some(at) = w.exec.as_ref().and_then(|e| e.delay_deadline(w.spawned_at)) {
+                deadline = deadline.min(at);
+            }
+        }
+        if self.sidecar.is_none() && self.sidecar_not_before > now {
+            deadline = deadline.min(self.sidecar_not_before);
         }
         if !self.backoff.may_spawn(now) {
             deadline = deadline.min(self.backoff.not_before());

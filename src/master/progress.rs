@@ -9,7 +9,7 @@ use crate::exit;
 impl Master {
     /// Returns the exit code when the master should exit.
     pub(super) fn track_progress(&mut self) -> Option<i32> {
-        if self.lifecycle.draining_to_exit() && self.workers.is_empty() {
+        if self.lifecycle.draining_to_exit() && self.workers.is_empty() && self.sidecar.is_none() {
             info!("all workers gone; master exiting");
             return Some(exit::OK);
         }

@@ -63,6 +63,9 @@ impl Master {
                     let w = self.workers.remove(idx);
                     self.worker_exited(w, how);
                 }
+                None if self.sidecar.as_ref().is_some_and(|s| s.pid == pid) => {
+                    self.sidecar_exited(how)
+                }
                 None => self.other_child_exited(pid, how),
             }
         }
@@ -77,6 +80,13 @@ impl Master {
         match (w.leave_how(), how) {
             (Some(LeaveHow::Abort), _) => {
                 warn!(pid, status = %how, "worker stopped after timeout");
+            }
+            // A program that re-raises the stop signal after a clean
+            // shutdown (uvicorn does) ended as asked, too.
+            (Some(LeaveHow::Drain), Exit::Signal(sig))
+                if sig == w.stop_signal && w.exec.is_some() =>
+            {
+                info!(pid, %reason, "worker exited after draining");
             }
             (Some(_), Exit::Code(0)) => {
                 info!(pid, %reason, "worker exited after draining");
@@ -99,7 +109,9 @@ impl Master {
         }
         let current = w.generation == self.current.generation;
         if boot_failure(was_ready, current, reason) && self.lifecycle.serving() {
-            let in_startup = how == Exit::Code(exit::WORKER_APP_STARTUP_FAILED);
+            // An exec worker that dies before it is ready failed in the
+            // app's own startup (an import error, a missing program).
+            let in_startup = how == Exit::Code(exit::WORKER_APP_STARTUP_FAILED) || w.exec.is_some();
             let delay = self.backoff.failed(Instant::now(), in_startup);
             warn!(
                 failures_in_a_row = self.backoff.failures(),
@@ -111,6 +123,29 @@ impl Master {
             }
         }
         self.close_unused_listeners();
+    }
+}
+
+impl Master {
+    /// The metrics sidecar ended: it is started again (after a pause)
+    /// unless the master is stopping.
+    fn sidecar_exited(&mut self, how: Exit) {
+        let Some(s) = self.sidecar.take() else {
+            return;
+        };
+        self.board.release(s.slot);
+        if s.leaving() || !self.lifecycle.serving() {
+            info!(pid = s.pid.as_raw(), status = %how, "metrics sidecar exited");
+        } else {
+            warn!(pid = s.pid.as_raw(), status = %how, "metrics sidecar died; starting it again");
+        }
+        // Replaced at once after a reload; after a crash, after a pause.
+        let pause = if s.leaving() {
+            std::time::Duration::ZERO
+        } else {
+            super::spawn::SIDECAR_RESTART_DELAY
+        };
+        self.sidecar_not_before = Instant::now() + pause;
     }
 }
 

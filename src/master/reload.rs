@@ -142,6 +142,11 @@ impl Master {
                 );
                 let msg = format!("generation {current} serving");
                 self.finish_reload(ReloadResult::Success, elapsed, msg, r.waiters);
+                // The sidecar serves the old config's metrics.bind: replace it.
+                if let Some(s) = &mut self.sidecar {
+                    let graceful = s.config.lifecycle.graceful_timeout;
+                    s.drain(crate::outcome::ExitReason::Reload, graceful);
+                }
             }
             ReloadOutcome::Abandon { failures } => {
                 let Some(r) = self.lifecycle.end_reload() else {

@@ -6,13 +6,15 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::fleet;
+use super::worker_handle::WorkerHandle;
 use super::Master;
 use crate::outcome::ExitReason;
+use crate::scoreboard::{Board, SlotState};
 
 impl Master {
     pub(super) fn cull_and_retire(&mut self) {
         let now = Instant::now();
-        for w in &mut self.workers {
+        for w in self.workers.iter_mut().chain(&mut self.sidecar) {
             if w.escalate(now) {
                 warn!(pid = w.pid.as_raw(), "worker did not exit in time; SIGKILL");
             }
@@ -20,9 +22,10 @@ impl Master {
         if self.lifecycle.close_listeners_due(now) {
             info!("closing listeners; draining workers");
             self.sockets.listeners.close_all();
-            for w in &mut self.workers {
+            for w in self.workers.iter_mut().chain(&mut self.sidecar) {
                 let graceful = w.config.lifecycle.graceful_timeout;
                 w.drain(ExitReason::Shutdown, graceful);
+                mark_draining(self.board, w);
             }
         }
         if !self.lifecycle.serving() {
@@ -51,7 +54,15 @@ impl Master {
             info!(pid = w.pid.as_raw(), reason = %why, "draining worker");
             let graceful = w.config.lifecycle.graceful_timeout;
             w.drain(why, graceful);
+            mark_draining(self.board, w);
         }
         self.pending_spawns = plan.spawn;
+    }
+}
+
+/// An exec worker does not write its slot: the master says it drains.
+fn mark_draining(board: &Board, w: &WorkerHandle) {
+    if w.exec.is_some() {
+        board.slot(w.slot).set_state(SlotState::Draining);
     }
 }

@@ -1,10 +1,11 @@
-//! Step 5: start the workers the plan asked for. Forking one worker: what
-//! the child keeps (an allowlist: everything else is closed), and the setup
-//! it does before the app runs.
+//! Step 5: start the workers the plan asked for (and, in exec mode, the
+//! sidecar that serves `metrics.bind`). Forking one worker: what the child
+//! keeps (an allowlist: everything else is closed), and the setup it does
+//! before the app runs. Exec workers are started by `exec`.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -14,10 +15,11 @@ use crate::config::BindAddr;
 use crate::exit;
 use crate::listen::ListenerSet;
 use crate::material::Loaded;
-use crate::scoreboard::Board;
+use crate::scoreboard::{Board, SlotKind};
 use crate::sys::{self, Fork};
 use crate::worker::{BootListener, ListenRole, WorkerBoot, WorkerMain};
 
+use super::exec;
 use super::worker_handle::WorkerHandle;
 use super::Master;
 
@@ -27,8 +29,9 @@ struct SpawnRequest<'a> {
     slot: usize,
     generation: u32,
     board: &'static Board,
-    listeners: &'a ListenerSet,
+    listeners: Vec<BootListener>,
     nudge: OwnedFd,
+    sidecar: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +55,11 @@ pub enum SpawnError {
 impl Master {
     pub(super) fn spawn_workers(&mut self) {
         let now = Instant::now();
-        if !self.lifecycle.serving() || !self.backoff.may_spawn(now) {
+        if !self.lifecycle.serving() {
+            return;
+        }
+        self.spawn_sidecar();
+        if !self.backoff.may_spawn(now) {
             return;
         }
         for _ in 0..std::mem::take(&mut self.pending_spawns) {
@@ -66,30 +73,103 @@ impl Master {
 
     fn spawn_one(&mut self) -> Result<(), SpawnError> {
         let slot = self.board.free_slot().ok_or(SpawnError::NoSlot)?;
+        let loaded = &self.current.loaded;
+        let generation = self.current.generation;
+        let listeners = worker_listeners(loaded, &self.sockets.listeners, Listeners::App)?;
+        let handle = if loaded.config.exec_mode() {
+            self.board.claim(slot, generation);
+            let req = exec::ExecRequest {
+                loaded,
+                slot,
+                generation,
+                listeners: listeners.into_iter().map(|l| l.fd).collect(),
+                master_pid: nix::unistd::getpid(),
+            };
+            let (pid, io) = exec::spawn(req).map_err(|e| {
+                self.board.release(slot);
+                SpawnError::Fork(e)
+            })?;
+            self.board.slot(slot).set_pid(pid.as_raw() as u32);
+            WorkerHandle::new(pid, slot, generation, loaded.config.clone()).with_exec(io)
+        } else {
+            let nudge = self.signals.nudge_fd().map_err(SpawnError::Nudge)?;
+            let pid = spawn(SpawnRequest {
+                entry: self.fixed.entry.as_ref(),
+                loaded,
+                slot,
+                generation,
+                board: self.board,
+                listeners,
+                nudge,
+                sidecar: false,
+            })?;
+            WorkerHandle::new(pid, slot, generation, loaded.config.clone())
+        };
+        debug!(
+            pid = handle.pid.as_raw(),
+            slot, generation, "worker started"
+        );
+        self.workers.push(handle);
+        Ok(())
+    }
+
+    /// Exec mode with `metrics.bind`: keeps the sidecar that serves it
+    /// running (the app's own program owns the main port).
+    pub(super) fn spawn_sidecar(&mut self) {
+        let config = &self.current.loaded.config;
+        if self.sidecar.is_some()
+            || !self.lifecycle.serving()
+            || !config.exec_mode()
+            || config.metrics.bind.is_none()
+            || Instant::now() < self.sidecar_not_before
+        {
+            return;
+        }
+        match self.start_sidecar() {
+            Ok(h) => self.sidecar = Some(h),
+            Err(e) => {
+                error!("cannot start the metrics sidecar: {e}");
+                self.sidecar_not_before = Instant::now() + SIDECAR_RESTART_DELAY;
+            }
+        }
+    }
+
+    fn start_sidecar(&mut self) -> Result<WorkerHandle, SpawnError> {
+        let slot = self.board.free_slot().ok_or(SpawnError::NoSlot)?;
+        let loaded = &self.current.loaded;
+        let listeners = worker_listeners(loaded, &self.sockets.listeners, Listeners::Sidecar)?;
         let nudge = self.signals.nudge_fd().map_err(SpawnError::Nudge)?;
         let pid = spawn(SpawnRequest {
             entry: self.fixed.entry.as_ref(),
-            loaded: &self.current.loaded,
+            loaded,
             slot,
             generation: self.current.generation,
             board: self.board,
-            listeners: &self.sockets.listeners,
+            listeners,
             nudge,
+            sidecar: true,
         })?;
-        debug!(
-            pid = pid.as_raw(),
-            slot,
-            generation = self.current.generation,
-            "worker started"
-        );
-        self.workers.push(WorkerHandle::new(
+        self.board.slot(slot).set_kind(SlotKind::Sidecar);
+        debug!(pid = pid.as_raw(), slot, "metrics sidecar started");
+        Ok(WorkerHandle::new(
             pid,
             slot,
             self.current.generation,
-            self.current.loaded.config.clone(),
-        ));
-        Ok(())
+            loaded.config.clone(),
+        ))
     }
+}
+
+/// How long a sidecar that could not start (or died) waits to be started
+/// again.
+pub const SIDECAR_RESTART_DELAY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listeners {
+    /// `server.bind` (and `metrics.bind` for forked workers).
+    App,
+    /// Exec mode's sidecar: `metrics.bind` only.
+    Sidecar,
 }
 
 /// The worker's own descriptors for the listening sockets of its config,
@@ -97,17 +177,34 @@ impl Master {
 fn worker_listeners(
     loaded: &Loaded,
     listeners: &ListenerSet,
+    which: Listeners,
 ) -> Result<Vec<BootListener>, SpawnError> {
     let config = &loaded.config;
-    let metrics = config.metrics.bind.iter().map(|a| (a, ListenRole::Metrics));
-    let app = config.server.bind.iter().map(|a| {
-        let role = if config.bind_uses_tls(a) {
-            ListenRole::Tls
-        } else {
-            ListenRole::App
-        };
-        (a, role)
-    });
+    let exec = config.exec_mode();
+    let metrics_role = if exec {
+        ListenRole::Sidecar
+    } else {
+        ListenRole::Metrics
+    };
+    let metrics = config
+        .metrics
+        .bind
+        .iter()
+        .filter(|_| which == Listeners::Sidecar || !exec)
+        .map(|a| (a, metrics_role));
+    let app = config
+        .server
+        .bind
+        .iter()
+        .filter(|_| which == Listeners::App)
+        .map(|a| {
+            let role = if config.bind_uses_tls(a) {
+                ListenRole::Tls
+            } else {
+                ListenRole::App
+            };
+            (a, role)
+        });
     let mut out = Vec::new();
     for (addr, role) in app.chain(metrics) {
         let l = listeners
@@ -129,7 +226,7 @@ fn worker_listeners(
 
 /// Forks a worker; returns its pid in the master. Never returns in the child.
 fn spawn(req: SpawnRequest<'_>) -> Result<Pid, SpawnError> {
-    let listeners = worker_listeners(req.loaded, req.listeners)?;
+    let listeners = req.listeners;
     let master_pid = nix::unistd::getpid();
     req.board.claim(req.slot, req.generation);
     // Blocked until the worker has its own handlers (see
@@ -160,6 +257,7 @@ fn spawn(req: SpawnRequest<'_>) -> Result<Pid, SpawnError> {
                 listeners,
                 wake: req.nudge,
                 master_pid,
+                sidecar: req.sidecar,
             };
             child_main(req.entry, boot)
         }

@@ -22,6 +22,7 @@ impl Master {
                     active_connections: slot.active_connections(),
                     upgraded_connections: slot.upgraded_connections(),
                     rss_bytes: slot.rss(),
+                    cpu_seconds: slot.cpu_seconds(),
                     seconds_since_heartbeat: now_ms.saturating_sub(slot.heartbeat_ms()) as f64
                         / 1000.0,
                 }

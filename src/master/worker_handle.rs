@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use super::exec::ExecIo;
 use crate::config::Config;
 use crate::outcome::{ExitReason, WorkerState};
 use crate::scoreboard::SlotState;
@@ -70,20 +71,54 @@ pub struct WorkerHandle {
     pub stage: Stage,
     /// Memory checks in a row above `max_worker_memory`.
     pub memory_strikes: u32,
+    /// Retire it once it has lived this long (`max_worker_lifetime` plus
+    /// its own share of the jitter).
+    pub lifetime: Option<Duration>,
+    /// Exec mode: the master's end of the program's output and notify
+    /// socket.
+    pub exec: Option<ExecIo>,
+    /// What asks it to drain: TERM, or `app.stop_signal` in exec mode.
+    pub stop_signal: Signal,
 }
 
 impl WorkerHandle {
     pub fn new(pid: Pid, slot: usize, generation: u32, config: Arc<Config>) -> WorkerHandle {
+        let lc = &config.lifecycle;
+        let lifetime = lc
+            .max_worker_lifetime
+            .map(|base| base + lc.max_worker_lifetime_jitter.mul_f64(jitter_fraction(pid)));
         WorkerHandle {
             pid,
             slot,
             generation,
-            config,
             spawned_at: Instant::now(),
             ready_at: None,
             stage: Stage::Booting,
             memory_strikes: 0,
+            lifetime,
+            exec: None,
+            stop_signal: Signal::SIGTERM,
+            config,
         }
+    }
+
+    /// An exec-mode worker: `app.command` with its output and notify socket.
+    pub fn with_exec(mut self, io: ExecIo) -> WorkerHandle {
+        self.stop_signal = self.config.app.stop_signal.0;
+        self.exec = Some(io);
+        self
+    }
+
+    /// Whether its heartbeat is watched: always for forked workers; for an
+    /// exec worker once it has sent `WATCHDOG=1`.
+    pub fn has_heartbeat(&self) -> bool {
+        self.exec.as_ref().is_none_or(|e| e.watchdog)
+    }
+
+    /// Lived past its `max_worker_lifetime`.
+    pub fn lifetime_over(&self, now: Instant) -> bool {
+        self.lifetime
+            .is_some_and(|l| now.saturating_duration_since(self.spawned_at) >= l)
     }
 
     /// Takes in what the worker wrote in its slot (ready, asking to retire).
@@ -167,7 +202,7 @@ impl WorkerHandle {
         if self.leaving() {
             return;
         }
-        self.leave(reason, LeaveHow::Drain, graceful_timeout, Signal::SIGTERM);
+        self.leave(reason, LeaveHow::Drain, graceful_timeout, self.stop_signal);
     }
 
     /// Missed heartbeats or boot deadline: SIGABRT (a core dump shows where
@@ -235,6 +270,15 @@ impl WorkerHandle {
         // ESRCH: it is already gone and will be reaped; nothing to do.
         let _ = kill(self.pid, sig);
     }
+}
+
+/// A number in [0, 1) that differs from worker to worker, so that workers
+/// started together do not all reach their lifetime together.
+fn jitter_fraction(pid: Pid) -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_i32(pid.as_raw());
+    (h.finish() % 10_000) as f64 / 10_000.0
 }
 
 #[cfg(test)]

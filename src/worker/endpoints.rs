@@ -18,6 +18,20 @@ pub enum Builtin {
 pub fn builtin<H: Handler>(shared: &Shared<H>, role: ListenRole, req: &Request) -> Option<Builtin> {
     let path = req.uri().path();
     let metrics = &shared.config.metrics;
+    if role == ListenRole::Sidecar {
+        let app = &shared.config.app;
+        return Some(Builtin::Answer(
+            if path == metrics.path && metrics.enabled {
+                metrics_response(shared)
+            } else if path == app.health_path {
+                json(StatusCode::OK, r#"{"status":"ok"}"#.into())
+            } else if path == app.ready_path {
+                fleet_ready(shared)
+            } else {
+                text(StatusCode::NOT_FOUND, "not found\n")
+            },
+        ));
+    }
     if role == ListenRole::Metrics {
         // The metrics listener serves nothing else.
         return Some(Builtin::Answer(
@@ -45,6 +59,28 @@ pub fn builtin<H: Handler>(shared: &Shared<H>, role: ListenRole, req: &Request) 
         return Some(Builtin::Answer(metrics_response(shared)));
     }
     None
+}
+
+/// The sidecar's `/ready`: the fleet serves (at least one app worker is
+/// ready) and is not stopping.
+fn fleet_ready<H>(shared: &Shared<H>) -> Response {
+    use crate::scoreboard::SlotState;
+    if shared.board.is_stopping() {
+        let body = readiness::json("draining", &Vec::new());
+        return json(StatusCode::SERVICE_UNAVAILABLE, body);
+    }
+    let serving =
+        shared.board.slots.iter().any(|s| {
+            s.is_app_worker() && matches!(s.state(), SlotState::Ready | SlotState::Retiring)
+        });
+    if serving {
+        json(StatusCode::OK, readiness::json("ready", &Vec::new()))
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            readiness::json("not_ready", &Vec::new()),
+        )
+    }
 }
 
 /// `/ready`: 503 `draining` while the worker or the server stops;

@@ -57,6 +57,7 @@ mod proxy_protocol;
 mod readiness;
 mod service;
 mod shared;
+mod sidecar;
 mod stream_exec;
 
 use std::os::fd::OwnedFd;
@@ -88,6 +89,9 @@ pub(crate) enum ListenRole {
     Tls,
     /// `metrics.bind`: only the metrics endpoint.
     Metrics,
+    /// `metrics.bind` in exec mode, served by the sidecar: metrics, and
+    /// the fleet's health and readiness.
+    Sidecar,
 }
 
 /// One listening socket as a worker receives it.
@@ -111,6 +115,8 @@ pub(crate) struct WorkerBoot {
     /// Write end of the master's wake-up pipe.
     pub wake: OwnedFd,
     pub master_pid: Pid,
+    /// Exec mode's helper that serves `metrics.bind`, not an app worker.
+    pub sidecar: bool,
 }
 
 /// Type-erased entry point, so the master need not be generic over the app.
@@ -122,7 +128,12 @@ pub(crate) struct AppWorker<A>(pub A);
 
 impl<A: App> WorkerMain for AppWorker<A> {
     fn run(&self, boot: WorkerBoot) -> i32 {
-        run(&self.0, boot)
+        if boot.sidecar {
+            // Exec mode's helper: no app code runs in it.
+            run(&sidecar::SidecarApp, boot)
+        } else {
+            run(&self.0, boot)
+        }
     }
 }
 
@@ -215,6 +226,7 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> i32 {
             wake: boot.wake,
             access_log,
             readiness: readiness::Readiness::new(ctx.take_checks()),
+            sidecar: boot.sidecar,
         },
     ));
     tokio::spawn(clock::run_clock(shared.clock.clone()));

@@ -225,12 +225,14 @@ fn finish<H: Handler>(
     let status = resp.status().as_u16();
     let end = std::time::Instant::now();
     let latency_us = end.saturating_duration_since(ctx.start).as_micros() as u64;
-    let served = if shared.config.metrics.enabled {
+    let served = if shared.sidecar {
+        0
+    } else if shared.config.metrics.enabled {
         slot.record(status, ctx.method, latency_us)
     } else {
         slot.count_request()
     };
-    if served % shared::YIELD_EVERY_REQUESTS == 0 {
+    if served != 0 && served % shared::YIELD_EVERY_REQUESTS == 0 {
         crate::sys::yield_cpu();
     }
     if shared.max_requests != 0 && served == shared.max_requests && slot.mark_retiring() {

@@ -49,6 +49,7 @@ pub struct SharedParts<'a> {
     pub wake: OwnedFd,
     pub access_log: Option<AccessLog>,
     pub readiness: Readiness,
+    pub sidecar: bool,
 }
 
 pub(crate) struct Shared<H> {
@@ -69,6 +70,9 @@ pub(crate) struct Shared<H> {
     /// connection timeouts read it instead of the system clock.
     pub clock: Arc<AtomicU64>,
     draining: AtomicBool,
+    /// Exec mode's sidecar: its own requests (scrapes, probes) are not
+    /// the app's and are not counted.
+    pub sidecar: bool,
     /// Open connections, upgraded ones included.
     pub conns: Arc<Conns>,
     pub readiness: Readiness,
@@ -108,6 +112,7 @@ impl<H> Shared<H> {
             wake,
             access_log,
             readiness,
+            sidecar,
         } = parts;
         let http = &config.http;
         let clock = Arc::new(AtomicU64::new(0));
@@ -143,6 +148,7 @@ impl<H> Shared<H> {
             max_requests,
             clock,
             draining: AtomicBool::new(false),
+            sidecar,
             conns: Arc::new(Conns::new(slot)),
             readiness,
             in_flight: AtomicUsize::new(0),

@@ -8,6 +8,7 @@ mod util;
 
 mod apps;
 mod config_check;
+mod exec;
 mod hardening;
 mod http_edge;
 mod layers;

@@ -457,6 +457,7 @@ fn deploy_units_and_nginx_site_verify() {
         "rsvisor.service",
         "rsvisor-notify-reload.service",
         "rsvisor.socket",
+        "rsvisor-uvicorn.service",
     ] {
         let text = std::fs::read_to_string(root.join("systemd").join(unit))
             .unwrap()
@@ -469,6 +470,7 @@ fn deploy_units_and_nginx_site_verify() {
             "rsvisor.service",
             "rsvisor-notify-reload.service",
             "rsvisor.socket",
+            "rsvisor-uvicorn.service",
         ])
         .current_dir(dir.path())
         .env("SYSTEMD_LOG_LEVEL", "warning")

@@ -1,0 +1,198 @@
+"""bench/run exec: a Python ASGI app (bench/apps/asgi_hello.py), 2 workers,
+run three ways in the same run (loopback; servers pinned to CPU 1, load to
+CPU 0):
+
+- rsvisor exec mode: `uvicorn --fd 3` as `app.command`;
+- gunicorn -k uvicorn.workers.UvicornWorker;
+- uvicorn --workers 2.
+
+Measures hello-world req/s and p99 (target: rsvisor >= 1.0x gunicorn),
+failed requests over 5 HUPs under load (a load generator that never
+retries, 32 connections), a HUP to code that cannot import (failed
+requests, time until the server serves normally), the master's RSS and
+the time from start to the first 200. Writes bench/results-exec.md.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lib import ROOT, Server, children, free_port, median, rss_kib, wrk_with_cpu  # noqa: E402
+
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+VENV = os.path.join(ROOT, "bench", ".venv", "bin")
+RSVISOR = os.path.join(ROOT, "target", "release", "rsvisor")
+LOADGEN = os.path.join(ROOT, "target", "release", "examples", "loadgen")
+SERVER_CPU, LOAD_CPU = "1", "0"
+ROUNDS = 1 if QUICK else 3
+SECS = 4 if QUICK else 8
+
+
+def app_dir():
+    """A private copy of the app, so that a test can break it."""
+    d = tempfile.mkdtemp(prefix="rsv-exec-")
+    for f in ("asgi_hello.py", "serve_fd.py"):
+        shutil.copy(os.path.join(ROOT, "bench", "apps", f), d)
+    return d
+
+
+UVICORN_FD = '["{v}/uvicorn", "--fd", "3", "--no-access-log", "--log-level", "warning", "asgi_hello:app"]'
+SERVE_FD = '["{v}/python", "serve_fd.py", "asgi_hello:app"]'
+
+
+def rsvisor(port, d, command=UVICORN_FD):
+    cfg = os.path.join(d, "app.toml")
+    with open(cfg, "w") as f:
+        f.write(f"""[server]
+bind = ["127.0.0.1:{port}"]
+workers = 2
+control_socket = "{d}/ctl.sock"
+[lifecycle]
+graceful_timeout = 10
+[log]
+access_log = ""
+[app]
+command = {command.format(v=VENV)}
+cwd = "{d}"
+ready = "delay:0.5"
+""")
+    return Server("rsvisor-exec", [RSVISOR, "serve", cfg], port, cpus=SERVER_CPU)
+
+
+def gunicorn(port, d):
+    return Server("gunicorn", [os.path.join(VENV, "gunicorn"), "-w", "2", "-k",
+                               "uvicorn.workers.UvicornWorker", "-b", f"127.0.0.1:{port}",
+                               "--log-level", "warning", "asgi_hello:app"],
+                  port, cpus=SERVER_CPU, cwd=d)
+
+
+def uvicorn(port, d):
+    return Server("uvicorn", [os.path.join(VENV, "uvicorn"), "--workers", "2", "--no-access-log",
+                              "--log-level", "warning", "--host", "127.0.0.1", "--port", str(port),
+                              "asgi_hello:app"],
+                  port, cpus=SERVER_CPU, cwd=d)
+
+
+SERVERS = (("rsvisor + uvicorn --fd 3", rsvisor),
+           ("rsvisor + uvicorn (serve_fd.py)", lambda p, d: rsvisor(p, d, SERVE_FD)),
+           ("gunicorn + UvicornWorker", gunicorn),
+           ("uvicorn --workers 2", uvicorn))
+
+
+def hello():
+    rows = {name: [] for name, _ in SERVERS}
+    starts = {name: [] for name, _ in SERVERS}
+    rss = {}
+    for _ in range(ROUNDS):
+        for name, make in SERVERS:
+            port = free_port()
+            with make(port, app_dir()) as s:
+                starts[name].append(s.wait_ready("/") * 1000)
+                time.sleep(0.5)
+                rows[name].append(wrk_with_cpu(s, s.url("/"), conns=64, duration=SECS,
+                                               cpus=LOAD_CPU))
+                rss[name] = rss_kib(s.pid) / 1024
+    return {name: {"rps": median([r["rps"] for r in rs]),
+                   "p99_ms": median([r["p99_ms"] for r in rs]),
+                   "errors": sum(r["errors"] for r in rs),
+                   "start_ms": median(starts[name]),
+                   "master_rss_mib": rss[name]}
+            for name, rs in rows.items()}
+
+
+def loadgen(url, conns, secs):
+    return subprocess.Popen(["taskset", "-c", LOAD_CPU, LOADGEN, url, str(conns), str(secs)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def hups_under_load():
+    out = {}
+    secs = 12
+    for name, make in SERVERS:
+        port = free_port()
+        with make(port, app_dir()) as s:
+            s.wait_ready("/")
+            time.sleep(1)
+            proc = loadgen(s.url("/"), 32, secs)
+            for i in range(5):
+                time.sleep(2)
+                s.signal(signal.SIGHUP)
+            res = json.loads(proc.communicate(timeout=secs + 60)[0])
+            out[name] = {"ok": res["total_ok"], "failed": res["total_errors"]}
+    return out
+
+
+def broken_reload():
+    """HUP after the app's module was replaced by one that cannot import."""
+    out = {}
+    secs = 10
+    for name, make in SERVERS:
+        port = free_port()
+        d = app_dir()
+        with make(port, d) as s:
+            s.wait_ready("/")
+            time.sleep(1)
+            with open(os.path.join(d, "asgi_hello.py"), "w") as f:
+                f.write("raise ImportError('broken on purpose')\n")
+            proc = loadgen(s.url("/"), 32, secs)
+            time.sleep(1)
+            s.signal(signal.SIGHUP)
+            res = json.loads(proc.communicate(timeout=secs + 60)[0])
+            # Seconds (of the run) in which no request succeeded.
+            dead = sum(1 for i, ok in enumerate(res["ok"]) if ok == 0 and i >= 1)
+            out[name] = {"ok": res["total_ok"], "failed": res["total_errors"],
+                         "dead_seconds": dead, "alive_after": alive(s.url("/"))}
+    return out
+
+
+def alive(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except Exception:
+        return False
+
+
+def main():
+    h = hello()
+    r = hups_under_load()
+    b = broken_reload()
+    g = h["gunicorn + UvicornWorker"]["rps"]
+    lines = [f"Servers pinned to CPU {SERVER_CPU}, load to CPU {LOAD_CPU}; the same ASGI app; "
+             f"median of {ROUNDS} rounds of {SECS} s (wrk -c64).", "",
+             "| 2 workers | req/s | × gunicorn | p99 ms | errors | start → first 200 ms | master RSS MiB |",
+             "|---|---|---|---|---|---|---|"]
+    for name, _ in SERVERS:
+        x = h[name]
+        lines.append(f"| {name} | {x['rps']:,.0f} | {x['rps'] / g:.2f} | {x['p99_ms']:.2f} | "
+                     f"{x['errors']} | {x['start_ms']:.0f} | {x['master_rss_mib']:.1f} |")
+    lines += ["", "| 5 HUPs under load (32 connections, no retries) | requests | failed |",
+              "|---|---|---|"]
+    for name, _ in SERVERS:
+        lines.append(f"| {name} | {r[name]['ok']:,} | {r[name]['failed']} |")
+    lines += ["", "| HUP to code that cannot import, under load | requests | failed | "
+              "seconds with no answer | serving afterwards |", "|---|---|---|---|---|"]
+    for name, _ in SERVERS:
+        x = b[name]
+        lines.append(f"| {name} | {x['ok']:,} | {x['failed']} | {x['dead_seconds']} | "
+                     f"{'yes' if x['alive_after'] else '**no**'} |")
+    fd = h["rsvisor + uvicorn --fd 3"]["rps"] / g
+    best = h["rsvisor + uvicorn (serve_fd.py)"]["rps"] / g
+    lines += ["", "| target | measured | |", "|---|---|---|",
+              f"| req/s ≥ 1.0 × gunicorn (serve_fd.py) | {best:.2f} | {'met' if best >= 1.0 else '**missed**'} |",
+              f"| req/s ≥ 1.0 × gunicorn (uvicorn --fd 3) | {fd:.2f} | {'met' if fd >= 1.0 else '**missed**'} |"]
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(ROOT, "bench", "results-exec.md"), "w") as f:
+        f.write("# bench/run exec\n\n" + text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,423 @@
+//! Exec mode (`app.command`): a worker is a fork + exec of the app's own
+//! server (uvicorn, gunicorn, Node, Go…), given the listening sockets as
+//! descriptors 3, 4, … in the socket-activation layout. The master reads
+//! its stdout and stderr (non-blocking, bounded) into its own log, and
+//! learns that it is ready by the rule of `app.ready`: `READY=1` on the
+//! worker's own `NOTIFY_SOCKET` (whose `WATCHDOG=1` pings are then its
+//! heartbeat), a log line that matches, or a delay.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+use std::time::Instant;
+
+use nix::fcntl::OFlag;
+use nix::poll::PollFlags;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, ReadyRule};
+use crate::material::Loaded;
+use crate::sys;
+use crate::systemd::LISTEN_FDS_START;
+
+/// Longest line of a worker's output kept whole; longer ones are cut.
+pub const OUTPUT_LINE_MAX: usize = 16 * 1024;
+/// Most bytes read from one stream in one turn of the master's loop: a
+/// chatty worker cannot keep the master from its other work.
+pub const OUTPUT_READ_PER_TURN: usize = 64 * 1024;
+/// Most notify messages taken from one worker in one turn.
+const NOTIFY_PER_TURN: usize = 64;
+
+/// What the master learnt from a worker's output or notify socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecEvent {
+    Ready,
+    /// `WATCHDOG=1`: a heartbeat.
+    Beat,
+}
+
+/// The master's end of one exec worker: its output pipes, its notify
+/// socket, and how far its readiness got.
+pub struct ExecIo {
+    streams: [Option<Stream>; 2],
+    notify: Option<UnixDatagram>,
+    rule: ReadyRule,
+    ready: bool,
+    /// It has sent `WATCHDOG=1`: its heartbeat is watched from now on.
+    pub watchdog: bool,
+}
+
+struct Stream {
+    name: &'static str,
+    fd: OwnedFd,
+    buf: Vec<u8>,
+    /// The current line was cut at OUTPUT_LINE_MAX; skip to its end.
+    cut: bool,
+}
+
+/// Who a line came from, for the log.
+#[derive(Debug, Clone, Copy)]
+pub struct Label {
+    pub slot: usize,
+    pub pid: i32,
+    pub generation: u32,
+}
+
+impl ExecIo {
+    /// The descriptors to poll: stdout, stderr (until they close), notify.
+    pub fn interest(&self) -> Vec<(BorrowedFd<'_>, PollFlags)> {
+        let mut v: Vec<(BorrowedFd<'_>, PollFlags)> = self
+            .streams
+            .iter()
+            .flatten()
+            .map(|s| (s.fd.as_fd(), PollFlags::POLLIN))
+            .collect();
+        if let Some(n) = &self.notify {
+            v.push((n.as_fd(), PollFlags::POLLIN));
+        }
+        v
+    }
+
+    /// Reads what `revents` (in [`ExecIo::interest`]'s order) says is
+    /// there; logs output lines; returns what happened.
+    pub fn handle(&mut self, revents: &[Option<PollFlags>], who: Label) -> Vec<ExecEvent> {
+        let mut events = Vec::new();
+        let mut i = 0;
+        let ready_rule = self.rule.clone();
+        for slot in self.streams.iter_mut() {
+            let Some(stream) = slot else {
+                continue;
+            };
+            let hit = revents
+                .get(i)
+                .copied()
+                .flatten()
+                .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP));
+            i += 1;
+            if !hit {
+                continue;
+            }
+            let (lines, closed) = stream.read();
+            for line in lines {
+                if !self.ready {
+                    if let ReadyRule::Log(p) = &ready_rule {
+                        if p.0.is_match(&line) {
+                            self.ready = true;
+                            events.push(ExecEvent::Ready);
+                        }
+                    }
+                }
+                info!(
+                    target: "app",
+                    slot = who.slot,
+                    pid = who.pid,
+                    generation = who.generation,
+                    stream = stream.name,
+                    "{line}"
+                );
+            }
+            if closed {
+                *slot = None;
+            }
+        }
+        let notify_hit = revents
+            .get(i)
+            .copied()
+            .flatten()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN));
+        if notify_hit {
+            if let Some(sock) = &self.notify {
+                for msg in receive_notifications(sock, who) {
+                    for line in msg.lines() {
+                        match line {
+                            "READY=1" if !self.ready => {
+                                self.ready = matches!(self.rule, ReadyRule::Notify);
+                                if self.ready {
+                                    events.push(ExecEvent::Ready);
+                                }
+                            }
+                            "WATCHDOG=1" => {
+                                self.watchdog = true;
+                                events.push(ExecEvent::Beat);
+                            }
+                            other => {
+                                debug!(slot = who.slot, pid = who.pid, "sd_notify: {other}")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        events
+    }
+
+    /// `delay:SECONDS`: ready once it has been alive that long.
+    pub fn delay_elapsed(&mut self, spawned_at: Instant) -> bool {
+        if let ReadyRule::Delay(d) = self.rule {
+            if !self.ready && spawned_at.elapsed() >= d {
+                self.ready = true;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// When a `delay:` rule will be met (for the master's wake-up).
+    pub fn delay_deadline(&self, spawned_at: Instant) -> Option<Instant> {
+        match self.rule {
+            ReadyRule::Delay(d) if !self.ready => Some(spawned_at + d),
+            _ => None,
+        }
+    }
+}
+
+impl Stream {
+    /// Reads at most OUTPUT_READ_PER_TURN; returns the complete lines and
+    /// whether the stream closed.
+    fn read(&mut self) -> (Vec<String>, bool) {
+        let mut lines = Vec::new();
+        let mut buf = [0u8; 8192];
+        let mut taken = 0;
+        let mut closed = false;
+        while taken < OUTPUT_READ_PER_TURN {
+            match nix::unistd::read(&self.fd, &mut buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => {
+                    taken += n;
+                    self.take(&buf[..n], &mut lines);
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => break,
+            }
+        }
+        if closed && !self.buf.is_empty() {
+            let rest = std::mem::take(&mut self.buf);
+            lines.push(String::from_utf8_lossy(&rest).into_owned());
+        }
+        (lines, closed)
+    }
+
+    fn take(&mut self, mut data: &[u8], lines: &mut Vec<String>) {
+        while let Some(end) = data.iter().position(|b| *b == b'\n') {
+            if self.cut {
+                self.cut = false;
+            } else {
+                self.buf.extend_from_slice(&data[..end]);
+                let line = std::mem::take(&mut self.buf);
+                let text = String::from_utf8_lossy(&line);
+                lines.push(text.trim_end_matches('\r').to_string());
+            }
+            data = &data[end + 1..];
+        }
+        if self.cut {
+            return;
+        }
+        self.buf.extend_from_slice(data);
+        if self.buf.len() > OUTPUT_LINE_MAX {
+            self.buf.truncate(OUTPUT_LINE_MAX);
+            let line = std::mem::take(&mut self.buf);
+            lines.push(format!(
+                "{} [line cut at {OUTPUT_LINE_MAX} bytes]",
+                String::from_utf8_lossy(&line)
+            ));
+            self.cut = true;
+        }
+    }
+}
+
+/// Takes the pending datagrams of a worker's notify socket, keeping only
+/// those sent by the worker or a process it started (anything else could
+/// pretend a worker is ready).
+fn receive_notifications(sock: &UnixDatagram, who: Label) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..NOTIFY_PER_TURN {
+        match sys::recv_with_sender(sock.as_raw_fd()) {
+            Ok(Some((data, sender))) => {
+                if sender.is_some_and(|p| descends_from(p, who.pid)) {
+                    out.push(String::from_utf8_lossy(&data).into_owned());
+                } else {
+                    warn!(
+                        slot = who.slot,
+                        sender, "sd_notify message from outside the worker's processes ignored"
+                    );
+                }
+            }
+            Ok(None) => break,
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Whether `pid` is `ancestor` or one of its descendants.
+fn descends_from(pid: i32, ancestor: i32) -> bool {
+    let mut p = pid;
+    for _ in 0..16 {
+        if p == ancestor {
+            return true;
+        }
+        let Some(parent) = crate::procfs::parent(p) else {
+            return false;
+        };
+        if parent <= 1 {
+            return false;
+        }
+        p = parent;
+    }
+    false
+}
+
+/// What `spawn` needs to start one exec worker.
+pub struct ExecRequest<'a> {
+    pub loaded: &'a Loaded,
+    pub slot: usize,
+    pub generation: u32,
+    /// This worker's own copies of the listening sockets, in bind order.
+    pub listeners: Vec<OwnedFd>,
+    pub master_pid: Pid,
+}
+
+/// Forks and executes `app.command`; returns the pid and the master's end.
+pub fn spawn(req: ExecRequest<'_>) -> io::Result<(Pid, ExecIo)> {
+    let cfg: &Config = &req.loaded.config;
+    let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+    // The child's ends must block (programs expect blocking stdio).
+    for fd in [&out_w, &err_w] {
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()))?;
+    }
+    let notify = match cfg.app.ready {
+        ReadyRule::Notify => Some(notify_socket(req.master_pid, req.slot)?),
+        _ => None,
+    };
+    let notify_name = notify.as_ref().map(|(_, name)| name.clone());
+    let mask = sys::block_all_signals()?;
+    let forked = sys::fork();
+    if !matches!(forked, Ok(sys::Fork::Child)) {
+        sys::set_signal_mask(&mask)?;
+    }
+    match forked? {
+        sys::Fork::Child => {
+            let err = exec_child(&req, out_w, err_w, notify_name.as_deref());
+            // stderr is the pipe to the master by now (or still ours).
+            eprintln!(
+                "rsvisor: cannot start {:?}: {err}",
+                cfg.app.command.first().map(String::as_str).unwrap_or("")
+            );
+            sys::exit_child(127)
+        }
+        sys::Fork::Parent(pid) => {
+            drop(out_w);
+            drop(err_w);
+            let stream = |name, fd| Stream {
+                name,
+                fd,
+                buf: Vec::new(),
+                cut: false,
+            };
+            Ok((
+                pid,
+                ExecIo {
+                    streams: [Some(stream("stdout", out_r)), Some(stream("stderr", err_r))],
+                    notify: notify.map(|(s, _)| s),
+                    rule: cfg.app.ready.clone(),
+                    ready: false,
+                    watchdog: false,
+                },
+            ))
+        }
+    }
+}
+
+/// A datagram socket in the abstract namespace, named after the master and
+/// the slot, with sender credentials on (see `receive_notifications`).
+fn notify_socket(master: Pid, slot: usize) -> io::Result<(UnixDatagram, String)> {
+    use std::os::linux::net::SocketAddrExt;
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let name = format!("rsvisor/{master}/{slot}/{nonce:x}");
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    let sock = UnixDatagram::bind_addr(&addr)?;
+    sock.set_nonblocking(true)?;
+    sys::set_passcred(sock.as_raw_fd())?;
+    Ok((sock, format!("@{name}")))
+}
+
+/// In the child: everything up to exec. Returns only on failure.
+fn exec_child(
+    req: &ExecRequest<'_>,
+    out_w: OwnedFd,
+    err_w: OwnedFd,
+    notify: Option<&str>,
+) -> io::Error {
+    let cfg = &req.loaded.config;
+    // Default actions for every signal (exec keeps ignored ones ignored).
+    if let Err(e) = sys::default_signal_dispositions() {
+        return e;
+    }
+    if let Some(r) = &req.loaded.material.run_as {
+        if let Err(e) = sys::drop_privileges(&r.user, r.uid, r.gid) {
+            return e;
+        }
+    }
+    // Set after the privilege drop, which clears it; the check covers a
+    // master that died before this line.
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        return io::Error::from(e);
+    }
+    if nix::unistd::getppid() != req.master_pid {
+        sys::exit_child(crate::exit::WORKER_ORPHANED);
+    }
+    if let Err(e) = sys::redirect_stdio(out_w.as_raw_fd(), err_w.as_raw_fd()) {
+        return e;
+    }
+    let keep: Vec<RawFd> = req.listeners.iter().map(|l| l.as_raw_fd()).collect();
+    if let Err(e) = sys::close_fds_except(&keep) {
+        return e;
+    }
+    if let Some(dir) = &cfg.app.cwd {
+        if let Err(e) = std::env::set_current_dir(dir) {
+            return e;
+        }
+    }
+    let me = std::process::id().to_string();
+    for var in [
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "LISTEN_FDNAMES",
+    ] {
+        sys::unset_env(var);
+    }
+    let names: Vec<String> = (0..req.listeners.len())
+        .map(|i| format!("bind{i}"))
+        .collect();
+    let mut env = vec![
+        ("LISTEN_PID".to_string(), me.clone()),
+        ("LISTEN_FDS".to_string(), req.listeners.len().to_string()),
+        ("LISTEN_FDNAMES".to_string(), names.join(":")),
+        ("RSVISOR_WORKER_SLOT".to_string(), req.slot.to_string()),
+        ("RSVISOR_GENERATION".to_string(), req.generation.to_string()),
+    ];
+    if let Some(name) = notify {
+        env.push(("NOTIFY_SOCKET".into(), name.into()));
+        let usec = cfg.lifecycle.timeout.as_micros().to_string();
+        env.push(("WATCHDOG_USEC".into(), usec));
+        env.push(("WATCHDOG_PID".into(), me));
+    }
+    for (k, v) in &cfg.app.env {
+        env.push((k.clone(), v.clone()));
+    }
+    let fds: Vec<RawFd> = req.listeners.iter().map(|l| l.as_raw_fd()).collect();
+    if let Err(e) = sys::unblock_all_signals() {
+        return e;
+    }
+    sys::exec_program(&cfg.app.command, &fds, LISTEN_FDS_START, &env)
+}

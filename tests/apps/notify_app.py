@@ -1,0 +1,84 @@
+"""An exec-mode worker that speaks the systemd notify protocol with the
+standard library only: it serves HTTP on the inherited socket (fd 3),
+sends READY=1 once it listens, then WATCHDOG=1 every second, until a
+request for /hang makes it stop pinging (its event loop still runs).
+
+    GET /      -> its pid
+    GET /hang  -> 200, and no more WATCHDOG=1
+"""
+
+import http.server
+import os
+import socket
+import socketserver
+import threading
+import time
+
+pinging = threading.Event()
+pinging.set()
+
+
+def notify(message):
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(path)
+        s.sendall(message.encode())
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        if self.path == "/hang":
+            pinging.clear()
+        body = str(os.getpid()).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, fmt, *args):
+        pass
+
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+
+    def __init__(self):
+        socketserver.BaseServer.__init__(self, None, Handler)
+        self.socket = socket.socket(fileno=3)
+
+    def server_bind(self):
+        pass
+
+    def server_activate(self):
+        pass
+
+
+def watchdog():
+    interval = int(os.environ.get("WATCHDOG_USEC", "2000000")) / 2e6
+    while True:
+        if pinging.is_set():
+            notify("WATCHDOG=1")
+        time.sleep(min(interval, 1.0))
+
+
+def main():
+    assert os.environ["LISTEN_FDS"] == "1"
+    assert os.environ["LISTEN_PID"] == str(os.getpid())
+    server = Server()
+    print(f"notify_app {os.getpid()} serving slot {os.environ['RSVISOR_WORKER_SLOT']}", flush=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=watchdog, daemon=True).start()
+    # NOTIFY_APP_READY_DELAY_MS: serve, but say READY=1 only later.
+    time.sleep(int(os.environ.get("NOTIFY_APP_READY_DELAY_MS", "0")) / 1000)
+    notify("READY=1")
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,347 @@
+//! Exec mode: `app.command` supervises a real uvicorn (from PyPI, in
+//! tests/.venv, installed by scripts/deps) and a small notify-protocol
+//! program, with the same health-gated reloads, recycling and crash
+//! handling as forked workers.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn uvicorn() -> PathBuf {
+    let p = repo().join("tests/.venv/bin/uvicorn");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/deps (it installs uvicorn from PyPI)",
+        p.display()
+    );
+    p
+}
+
+fn python() -> PathBuf {
+    repo().join("tests/.venv/bin/python")
+}
+
+/// An rsvisor running uvicorn on the ASGI app copied into its directory;
+/// `lifecycle` goes into `[lifecycle]`, `extra` after `[app]`.
+fn uvicorn_server(workers: usize, lifecycle: &str, extra: &str) -> ServerBuilder {
+    let b = ServerBuilder::new(rsvisor_bin()).config(&format!(
+        r#"
+[server]
+bind = ["127.0.0.1:0"]
+workers = {workers}
+[lifecycle]
+timeout = 20
+graceful_timeout = 10
+{lifecycle}
+[app]
+command = ["{uvicorn}", "--fd", "3", "--no-access-log", "asgi_app:app"]
+cwd = "{{dir}}"
+ready = "log:Application startup complete"
+{extra}
+"#,
+        uvicorn = uvicorn().display()
+    ));
+    std::fs::copy(
+        repo().join("tests/apps/asgi_app.py"),
+        b.dir().join("asgi_app.py"),
+    )
+    .unwrap();
+    b
+}
+
+/// Polls the status until stopped; remembers the fewest ready workers seen.
+struct ReadyWatch {
+    stop: Arc<AtomicBool>,
+    fewest: Arc<AtomicUsize>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ReadyWatch {
+    fn start(control: &Path) -> ReadyWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let fewest = Arc::new(AtomicUsize::new(usize::MAX));
+        let control = control.to_path_buf();
+        let handle = {
+            let (stop, fewest) = (stop.clone(), fewest.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    if let Some(st) = status_at(&control) {
+                        let ready = st
+                            .workers
+                            .iter()
+                            .filter(|w| {
+                                matches!(w.state, WorkerState::Ready | WorkerState::Retiring)
+                            })
+                            .count();
+                        fewest.fetch_min(ready, Ordering::SeqCst);
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        ReadyWatch {
+            stop,
+            fewest,
+            handle: Some(handle),
+        }
+    }
+
+    fn finish(mut self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        self.fewest.load(Ordering::SeqCst)
+    }
+}
+
+fn status_at(control: &Path) -> Option<Status> {
+    use std::io::{BufRead, Write};
+    let s = std::os::unix::net::UnixStream::connect(control).ok()?;
+    s.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+    (&s).write_all(b"status\n").ok()?;
+    let mut line = String::new();
+    std::io::BufReader::new(&s).read_line(&mut line).ok()?;
+    let resp: rsvisor::control::Response = serde_json::from_str(&line).ok()?;
+    resp.status
+}
+
+#[test]
+fn uvicorn_serves_and_five_reloads_replace_every_worker() {
+    let mut s = uvicorn_server(2, "", "").start();
+    let tcp = s.ready_tcp();
+    assert_eq!(get(&tcp, "/").unwrap().text(), "hello world");
+    let first = s.worker_pids();
+    let load = Load::start(&tcp, 4, Duration::from_secs(120));
+    let watch = ReadyWatch::start(&s.control);
+    let mut seen: Vec<i32> = first.clone();
+    for round in 1..=5u32 {
+        std::thread::sleep(Duration::from_millis(700));
+        s.signal(Signal::SIGHUP);
+        let st = s.wait_status(&format!("reload {round}"), Duration::from_secs(60), |st| {
+            st.generation == round + 1 && settled(st)
+        });
+        for w in &st.workers {
+            assert!(!seen.contains(&(w.pid as i32)), "pid {} reused", w.pid);
+        }
+        seen.extend(st.workers.iter().map(|w| w.pid as i32));
+    }
+    let fewest = watch.finish();
+    let stats = load.finish();
+    eprintln!(
+        "uvicorn, 5 reloads under load: {} ok, {} failed {:?}",
+        stats.ok,
+        stats.failed,
+        &stats.errors[..stats.errors.len().min(5)]
+    );
+    assert!(fewest >= 2, "the fleet fell to {fewest} ready workers");
+    assert!(stats.ok > 200, "{} requests", stats.ok);
+    // A client that does not retry can meet a keep-alive connection that
+    // uvicorn closes as it drains; that is all that may fail.
+    assert!(
+        stats.failed * 100 <= stats.ok,
+        "{} of {} requests failed: {:?}",
+        stats.failed,
+        stats.ok,
+        &stats.errors[..stats.errors.len().min(10)]
+    );
+    let st = s.status().unwrap();
+    assert_eq!(st.totals.reloads_by_result[&ReloadResult::Success], 5);
+    assert_eq!(st.totals.exits_by_reason[&ExitReason::Crash], 0);
+}
+
+#[test]
+fn a_reload_to_code_that_cannot_import_keeps_the_old_generation() {
+    let mut s = uvicorn_server(2, "", "").start();
+    let tcp = s.ready_tcp();
+    let before = s.worker_pids();
+    std::fs::write(
+        s.dir.path().join("asgi_app.py"),
+        "raise ImportError('broken on purpose')\n",
+    )
+    .unwrap();
+    let load = Load::start(&tcp, 4, Duration::from_secs(60));
+    let cfg = s.config.display().to_string();
+    let (code, _, err) = run(&rsvisor_bin(), &["reload", &cfg], s.dir.path(), &[]);
+    let stats = load.finish();
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("abandoned"), "{err}");
+    stats.assert_all_ok(20);
+    assert_eq!(s.worker_pids(), before, "the old workers serve on");
+    assert!(s.log_text().contains("broken on purpose"));
+    assert_eq!(get(&tcp, "/").unwrap().status, 200);
+}
+
+#[test]
+fn a_notify_worker_is_ready_at_ready_1_and_replaced_when_its_watchdog_stops() {
+    let b = ServerBuilder::new(rsvisor_bin()).config(&format!(
+        r#"
+[server]
+bind = ["127.0.0.1:0"]
+workers = 1
+[lifecycle]
+timeout = 3
+[app]
+command = ["{python}", "{app}"]
+ready = "notify"
+env = {{ NOTIFY_APP_READY_DELAY_MS = "1500" }}
+"#,
+        python = python().display(),
+        app = repo().join("tests/apps/notify_app.py").display()
+    ));
+    let mut s = b.start();
+    let tcp = s.tcp_addr();
+    // It serves at once, but is not ready before READY=1.
+    let t0 = Instant::now();
+    s.wait_status("the worker", START_TIMEOUT, |st| !st.workers.is_empty());
+    std::thread::sleep(Duration::from_millis(700));
+    let st = s.status().unwrap();
+    assert_eq!(st.workers[0].state, WorkerState::Booting, "{st:#?}");
+    let st = s.wait_settled(Duration::from_secs(10));
+    assert!(t0.elapsed() >= Duration::from_millis(1400));
+    let pid = st.workers[0].pid as i32;
+    assert_eq!(get(&tcp, "/").unwrap().text(), pid.to_string());
+    // Its heartbeat: WATCHDOG=1 every second. It stops on /hang.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(s.worker_pids(), vec![pid], "replaced while pinging");
+    assert_eq!(get(&tcp, "/hang").unwrap().status, 200);
+    let hung = Instant::now();
+    let st = s.wait_status(
+        "the hung worker's replacement",
+        Duration::from_secs(15),
+        |st| settled(st) && st.workers.iter().all(|w| w.pid as i32 != pid),
+    );
+    let took = hung.elapsed();
+    assert!(
+        took < Duration::from_secs(3 + 1) + Duration::from_millis(1500 + 1000),
+        "replaced {took:?} after the pings stopped (timeout 3 s; READY=1 comes 1.5 s after start)"
+    );
+    assert_eq!(st.totals.exits_by_reason[&ExitReason::Timeout], 1);
+}
+
+#[test]
+fn workers_are_recycled_by_age_without_losing_capacity() {
+    let mut s = uvicorn_server(
+        2,
+        "max_worker_lifetime = 3\nmax_worker_lifetime_jitter = 1\n",
+        "",
+    )
+    .start();
+    let tcp = s.ready_tcp();
+    let first = s.worker_pids();
+    let load = Load::start(&tcp, 2, Duration::from_secs(60));
+    let watch = ReadyWatch::start(&s.control);
+    let st = s.wait_status("two rounds of recycling", Duration::from_secs(40), |st| {
+        st.totals.exits_by_reason[&ExitReason::Lifetime] >= 4 && settled(st)
+    });
+    let fewest = watch.finish();
+    let stats = load.finish();
+    assert!(fewest >= 2, "the fleet fell to {fewest} ready workers");
+    assert!(st.workers.iter().all(|w| !first.contains(&(w.pid as i32))));
+    assert!(stats.ok > 50);
+    assert!(
+        stats.failed * 100 <= stats.ok,
+        "{} failed: {:?}",
+        stats.failed,
+        &stats.errors[..stats.errors.len().min(10)]
+    );
+}
+
+#[test]
+fn a_killed_child_is_replaced_and_none_outlives_the_master() {
+    let mut s = uvicorn_server(2, "", "").start();
+    s.ready_tcp();
+    let before = s.worker_pids();
+    kill(before[0], Signal::SIGKILL);
+    s.wait_status("a replacement", Duration::from_secs(20), |st| {
+        settled(st) && st.workers.iter().all(|w| w.pid as i32 != before[0])
+    });
+    let children = s.workers();
+    kill(s.pid(), Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let alive: Vec<&i32> = children.iter().filter(|p| alive(**p)).collect();
+        if alive.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "children {alive:?} outlived the master"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_fleets_metrics_health_and_readiness_are_on_metrics_bind() {
+    let b = uvicorn_server(2, "", "[metrics]\nbind = \"unix:{dir}/metrics.sock\"\n");
+    let sock = b.dir().join("metrics.sock");
+    let mut s = b.start();
+    s.ready_tcp();
+    let m = Target::Unix(sock);
+    let mut r = get(&m, "/ready").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while r.status != 200 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        r = get(&m, "/ready").unwrap();
+    }
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(&m, "/health").unwrap().status, 200);
+    let metrics = get(&m, "/metrics").unwrap().text();
+    assert!(
+        metrics.contains("rsvisor_workers{state=\"ready\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rsvisor_worker_cpu_seconds{worker="),
+        "{metrics}"
+    );
+    assert_eq!(get(&m, "/").unwrap().status, 404);
+    // The status lists the two uvicorn workers, not the sidecar.
+    let st = s.status().unwrap();
+    assert_eq!(st.workers.len(), 2);
+    assert!(st
+        .workers
+        .iter()
+        .all(|w| w.rss_bytes > 0 || w.age_seconds < 1.5));
+}
+
+#[test]
+fn exec_configs_that_would_fail_are_refused_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &str); 5] = [
+        (
+            "[app]\ncommand = [\"no-such-program-anywhere\", \"--fd\", \"3\"]\n",
+            "app.toml:2:1: app.command: program \"no-such-program-anywhere\" is not found",
+        ),
+        (
+            "[app]\ncommand = [\"\", \"--fd\", \"3\"]\n",
+            "app.toml:2:1: app.command: the program to run is empty",
+        ),
+        (
+            "[lifecycle]\nmax_requests = 100\n[app]\ncommand = [\"sh\"]\n",
+            "app.toml:2:1: lifecycle.max_requests: cannot work with app.command",
+        ),
+        (
+            "[app]\ncommand = [\"sh\"]\nready = \"log:(\"\n",
+            "app.toml:3:9: app.ready: \"(\" is not a regular expression",
+        ),
+        (
+            "[app]\ncommand = [\"sh\"]\nstop_signal = \"KILL\"\n",
+            "app.toml:3:15: app.stop_signal:",
+        ),
+    ];
+    for (text, want) in cases {
+        std::fs::write(dir.path().join("app.toml"), text).unwrap();
+        let (code, _, err) = run(&rsvisor_bin(), &["check", "app.toml"], dir.path(), &[]);
+        assert_eq!(code, 2, "{text}: {err}");
+        assert!(err.contains(want), "{text}:\n{err}\nwanted {want}");
+    }
+}
