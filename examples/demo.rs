@@ -21,9 +21,12 @@
 //! `DEMO_SHUTDOWN_LOG=PATH`: each worker's shutdown hook appends
 //! `shutdown PID` to PATH;
 //! `DEMO_READY_FILE=PATH`: a readiness check `ready_file`, ok while PATH
-//! exists; `DEMO_READY_HANG=1`: a readiness check `hang` that never answers.
+//! exists; `DEMO_READY_HANG=1`: a readiness check `hang` that never answers;
+//! `DEMO_FAIL_RATE=R` (0–1): that share of `GET /` answers 500 (evenly
+//! spread: with 0.25, every fourth request).
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -46,6 +49,10 @@ struct DemoHandler {
     hoard: Mutex<Vec<Vec<u8>>>,
     drain: Draining,
     shutdown_log: Option<std::path::PathBuf>,
+    /// `DEMO_FAIL_RATE`: share of `GET /` that fails.
+    fail_rate: f64,
+    /// `GET /` requests so far (to spread the failures evenly).
+    roots: AtomicU64,
 }
 
 impl App for Demo {
@@ -80,6 +87,11 @@ impl App for Demo {
             hoard: Mutex::new(Vec::new()),
             drain: worker.draining(),
             shutdown_log: std::env::var_os("DEMO_SHUTDOWN_LOG").map(Into::into),
+            fail_rate: std::env::var("DEMO_FAIL_RATE")
+                .ok()
+                .and_then(|v| v.parse::<f64>().ok())
+                .map_or(0.0, |r| r.clamp(0.0, 1.0)),
+            roots: AtomicU64::new(0),
         })
     }
 }
@@ -87,6 +99,10 @@ impl App for Demo {
 impl Handler for DemoHandler {
     async fn call(&self, req: Request) -> Response {
         match (req.method(), req.uri().path()) {
+            (&Method::GET, "/") if self.fail_rate > 0.0 && self.root_fails() => status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "DEMO_FAIL_RATE: failing on purpose\n".into(),
+            ),
             (&Method::GET, "/") => Response::new(Body::from("hello world")),
             (&Method::GET, "/pid") => Response::new(Body::from(std::process::id().to_string())),
             // The other routes await bigger futures (timers, body reads):
@@ -110,6 +126,13 @@ impl Handler for DemoHandler {
 }
 
 impl DemoHandler {
+    /// Whether this `GET /` is one of the `fail_rate` share that fails:
+    /// the n-th fails when ⌊n·rate⌋ steps up.
+    fn root_fails(&self) -> bool {
+        let n = self.roots.fetch_add(1, Ordering::Relaxed) as f64;
+        ((n + 1.0) * self.fail_rate).floor() > (n * self.fail_rate).floor()
+    }
+
     async fn other_routes(&self, req: Request) -> Response {
         let ms = query_u64(&req, "ms").unwrap_or(0);
         match (req.method(), req.uri().path()) {

@@ -106,6 +106,24 @@ pub struct Status {
     pub last_reload: Option<ReloadReport>,
     /// The last binary upgrade this master started (USR2), if any.
     pub last_upgrade: Option<UpgradeReport>,
+    /// A reload's canary under watch (`lifecycle.canary`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryReport>,
+}
+
+/// The canary of the reload in progress, against the previous generation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CanaryReport {
+    pub pid: u32,
+    /// Until the window ends (0 once it has passed).
+    pub seconds_left: f64,
+    pub passed: bool,
+    pub requests: u64,
+    pub ratio_5xx: f64,
+    pub p99_ms: Option<f64>,
+    pub previous_requests: u64,
+    pub previous_ratio_5xx: f64,
+    pub previous_p99_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -9,8 +9,8 @@ use crate::config::{Config, Overrides};
 use crate::control::{Request, Response, Status};
 use crate::exit;
 
-/// A reload waits for the new generation; bounded so a wedged master does
-/// not hang a deploy script forever.
+/// A reload waits for the new generation (and its canary window, added to
+/// this); bounded so a wedged master does not hang a deploy script forever.
 const RELOAD_WAIT_TIMEOUT: Duration = Duration::from_secs(600);
 const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -50,6 +50,10 @@ fn ask(config: &Path, req: Request, timeout: Duration) -> Result<Response, CtlEr
         path: path.clone(),
         source,
     })?;
+    let timeout = match req {
+        Request::Reload => timeout + cfg.lifecycle.canary,
+        _ => timeout,
+    };
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     // The master may answer (and close) before reading, e.g. to refuse a
     // client: a failed write is reported only if no answer came.
@@ -165,6 +169,25 @@ pub fn table(s: &Status) -> String {
             r.duration_ms,
             human_secs(r.seconds_ago),
             r.message
+        );
+    }
+    if let Some(c) = &s.canary {
+        let p99 = |v: Option<f64>| v.map_or("-".into(), |ms| format!("{ms:.1} ms"));
+        o += &format!(
+            "canary: pid {} {}, {} requests, 5xx {:.1}%, p99 {} (previous generation: {} \
+             requests, 5xx {:.1}%, p99 {})\n",
+            c.pid,
+            if c.passed {
+                "passed".to_string()
+            } else {
+                format!("{} left", human_secs(c.seconds_left))
+            },
+            c.requests,
+            c.ratio_5xx * 100.0,
+            p99(c.p99_ms),
+            c.previous_requests,
+            c.previous_ratio_5xx * 100.0,
+            p99(c.previous_p99_ms)
         );
     }
     o += &format!(

@@ -53,6 +53,8 @@ outcome! {
         Lifetime = "lifetime",
         /// A newer generation replaced it.
         Reload = "reload",
+        /// It was the canary of a reload that was rolled back.
+        Rollback = "rollback",
         /// The fleet was scaled down (TTOU, `scale`).
         ScaleDown = "scale_down",
         /// The master stopped.
@@ -69,6 +71,9 @@ outcome! {
         InvalidConfig = "invalid_config",
         /// New workers could not boot; the previous generation serves on.
         Abandoned = "abandoned",
+        /// The canary failed (it exited, answered too many 5xx or was too
+        /// slow); the previous generation serves on.
+        RolledBack = "rolled_back",
     }
 }
 

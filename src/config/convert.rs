@@ -32,6 +32,25 @@ pub fn int_in(v: &Val, min: i64, max: i64) -> Result<i64, String> {
     Ok(n)
 }
 
+/// A number (integer or float) between `min` and `max`.
+pub fn float_in(v: &Val, min: f64, max: f64) -> Result<f64, String> {
+    let x = match v {
+        Val::Int(n) => *n as f64,
+        Val::Float(f) => *f,
+        Val::Str(s) => s
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| format!("expected a number, found {s:?}"))?,
+        other => return Err(expected("a number", other)),
+    };
+    if !x.is_finite() || x < min || x > max {
+        return Err(format!(
+            "{x} is out of range: must be between {min} and {max}"
+        ));
+    }
+    Ok(x)
+}
+
 /// Seconds as an integer or a float; `allow_zero` says whether 0 is meaningful.
 pub fn seconds(v: &Val, allow_zero: bool) -> Result<Duration, String> {
     let secs = match v {
@@ -274,6 +293,11 @@ pub fn secs(d: Duration) -> String {
     } else {
         format!("{s}")
     }
+}
+
+/// A float as TOML writes it (always with a decimal point).
+pub fn float(x: f64) -> String {
+    toml::Value::Float(x).to_string()
 }
 
 pub fn mode(m: Option<u32>) -> String {

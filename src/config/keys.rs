@@ -174,6 +174,28 @@ pub const KEYS: &[Key] = &[
          jitter]` seconds, so that workers started together do not all leave together",
         set |c, v| c.lifecycle.max_worker_lifetime_jitter = seconds(v, true)?,
         get |c| secs(c.lifecycle.max_worker_lifetime_jitter)),
+    key!("lifecycle"."canary" = "0",
+        "a reload first replaces one worker (the canary) and watches it for this many seconds \
+         against the previous generation before replacing the others (0 = off). It is rolled \
+         back (the canary drained and replaced by a worker of the previous generation; the \
+         reload ends `rolled_back`) if it exits, if its share of 5xx answers exceeds the \
+         previous generation's by more than `canary_max_5xx_ratio`, or if its p99 latency is \
+         above `canary_max_latency_ratio` times theirs. Both are judged once the canary has \
+         answered 50 requests (a 5xx share at once, the latency at the end of the window); \
+         a p99 under 5 ms is never too slow. With `app.command`, whose \
+         requests rsvisor does not see, only exits and heartbeats are judged",
+        set |c, v| c.lifecycle.canary = seconds(v, true)?,
+        get |c| secs(c.lifecycle.canary)),
+    key!("lifecycle"."canary_max_5xx_ratio" = "0.01",
+        "how much larger (as a share of all its answers, 0–1) the canary's share of 5xx \
+         answers may be than the previous generation's over the same window",
+        set |c, v| c.lifecycle.canary_max_5xx_ratio = float_in(v, 0.0, 1.0)?,
+        get |c| float(c.lifecycle.canary_max_5xx_ratio)),
+    key!("lifecycle"."canary_max_latency_ratio" = "2.0",
+        "the canary's p99 latency (from the latency histograms, over the window) may be at \
+         most this many times the previous generation's",
+        set |c, v| c.lifecycle.canary_max_latency_ratio = float_in(v, 1.0, 1000.0)?,
+        get |c| float(c.lifecycle.canary_max_latency_ratio)),
     key!("http"."keepalive_timeout" = "5",
         "close a connection that has had no request in flight for this long; also closes a \
          connection that never sends a byte (0 = no keep-alive)",

@@ -4,7 +4,7 @@
 mod convert;
 mod docs;
 mod error;
-mod keys;
+pub(crate) mod keys;
 mod parse;
 mod render;
 mod value;
@@ -147,6 +147,10 @@ pub struct LifecycleConfig {
     /// Replace a worker after it has lived this long (plus its jitter).
     pub max_worker_lifetime: Option<Duration>,
     pub max_worker_lifetime_jitter: Duration,
+    /// Reloads first replace one worker and watch it this long (zero: off).
+    pub canary: Duration,
+    pub canary_max_5xx_ratio: f64,
+    pub canary_max_latency_ratio: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -48,6 +48,7 @@ mod tests {
                     socket_mode = \"0660\"\ncontrol_socket = \"/tmp/c.sock\"\n\
                     [lifecycle]\ntimeout = 7\ngraceful_timeout = 2.5\nmax_requests = 9\n\
                     max_requests_jitter = 3\nshutdown_delay = 0.5\nmax_worker_memory = \"1MiB\"\n\
+                    canary = 30\ncanary_max_5xx_ratio = 0.05\ncanary_max_latency_ratio = 1.5\n\
                     [http]\nkeepalive_timeout = 0\nheader_read_timeout = 3\n\
                     max_header_bytes = 9000\nmax_headers = 50\nmax_body_bytes = 5\n\
                     limit_concurrency = 4\nsend_timeout = 12\ncompression = true\nhttp2 = false\n\

@@ -8,6 +8,7 @@
 //!   `desired` because of a replacement.
 //! - Replacements are started one at a time; positions nobody fills (a
 //!   crashed worker, the first start) are filled at once.
+//! - `limit` caps the good workers (a reload's canary window runs one).
 
 /// What the plan needs to know about one live worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +38,9 @@ pub struct Plan {
     pub spawn: usize,
 }
 
-/// `workers` must be ordered oldest first.
-pub fn plan(desired: usize, workers: &[Seen]) -> Plan {
+/// `workers` must be ordered oldest first; `limit` caps the good workers
+/// (ready or booting) below `desired`.
+pub fn plan(desired: usize, workers: &[Seen], limit: Option<usize>) -> Plan {
     let mut out = Plan::default();
     let mut drained = vec![false; workers.len()];
 
@@ -96,9 +98,12 @@ pub fn plan(desired: usize, workers: &[Seen]) -> Plan {
     // Start what is missing: uncovered positions at once, covered ones (an
     // obsolete worker still serves there) one at a time.
     let uncovered = desired.saturating_sub(ready_good + obsolete);
-    let want_booting = desired
+    let mut want_booting = desired
         .saturating_sub(ready_good)
         .min(uncovered + obsolete.min(1));
+    if let Some(limit) = limit {
+        want_booting = want_booting.min(limit.saturating_sub(ready_good));
+    }
     out.spawn = want_booting.saturating_sub(booting_good);
     out
 }
@@ -131,7 +136,7 @@ mod tests {
     #[test]
     fn first_start_spawns_all_at_once() {
         assert_eq!(
-            plan(3, &[]),
+            plan(3, &[], None),
             Plan {
                 drain: vec![],
                 spawn: 3
@@ -141,14 +146,14 @@ mod tests {
 
     #[test]
     fn crashed_worker_is_replaced_at_once() {
-        assert_eq!(plan(2, &[ready(true)]).spawn, 1);
+        assert_eq!(plan(2, &[ready(true)], None).spawn, 1);
     }
 
     #[test]
     fn rolling_reload_one_at_a_time() {
         // HUP: two old workers serve; start one new.
         assert_eq!(
-            plan(2, &[ready(false), ready(false)]),
+            plan(2, &[ready(false), ready(false)], None),
             Plan {
                 drain: vec![],
                 spawn: 1
@@ -156,12 +161,12 @@ mod tests {
         );
         // While it boots, nothing more.
         assert_eq!(
-            plan(2, &[ready(false), ready(false), booting()]),
+            plan(2, &[ready(false), ready(false), booting()], None),
             Plan::default()
         );
         // It is ready: drain one old, start the next.
         assert_eq!(
-            plan(2, &[ready(false), ready(false), ready(true)]),
+            plan(2, &[ready(false), ready(false), ready(true)], None),
             Plan {
                 drain: vec![0],
                 spawn: 1
@@ -169,7 +174,7 @@ mod tests {
         );
         // Last step.
         assert_eq!(
-            plan(2, &[ready(false), ready(true), ready(true)]),
+            plan(2, &[ready(false), ready(true), ready(true)], None),
             Plan {
                 drain: vec![0],
                 spawn: 0
@@ -180,14 +185,14 @@ mod tests {
     #[test]
     fn retiring_workers_replaced_one_after_another() {
         assert_eq!(
-            plan(2, &[retiring(), retiring()]),
+            plan(2, &[retiring(), retiring()], None),
             Plan {
                 drain: vec![],
                 spawn: 1
             }
         );
         assert_eq!(
-            plan(2, &[retiring(), retiring(), ready(true)]),
+            plan(2, &[retiring(), retiring(), ready(true)], None),
             Plan {
                 drain: vec![0],
                 spawn: 1
@@ -198,14 +203,14 @@ mod tests {
     #[test]
     fn scale_down_drains_oldest() {
         assert_eq!(
-            plan(1, &[ready(true), ready(true)]),
+            plan(1, &[ready(true), ready(true)], None),
             Plan {
                 drain: vec![0],
                 spawn: 0
             }
         );
         assert_eq!(
-            plan(1, &[ready(true), booting()]),
+            plan(1, &[ready(true), booting()], None),
             Plan {
                 drain: vec![1],
                 spawn: 0
@@ -220,7 +225,7 @@ mod tests {
             ..booting()
         };
         assert_eq!(
-            plan(1, &[old_booting, ready(false)]),
+            plan(1, &[old_booting, ready(false)], None),
             Plan {
                 drain: vec![0],
                 spawn: 1
@@ -234,14 +239,42 @@ mod tests {
             leaving: true,
             ..ready(true)
         };
-        assert_eq!(plan(2, &[leaving, ready(true)]).spawn, 1);
+        assert_eq!(plan(2, &[leaving, ready(true)], None).spawn, 1);
+    }
+
+    #[test]
+    fn a_canary_replaces_one_worker_and_holds_the_rest() {
+        let one = Some(1);
+        assert_eq!(plan(2, &[ready(false), ready(false)], one).spawn, 1);
+        assert_eq!(
+            plan(2, &[ready(false), ready(false), booting()], one),
+            Plan::default()
+        );
+        // Ready: it takes the oldest worker's place, and nothing more starts.
+        assert_eq!(
+            plan(2, &[ready(false), ready(false), ready(true)], one),
+            Plan {
+                drain: vec![0],
+                spawn: 0
+            }
+        );
+        let leaving = Seen {
+            leaving: true,
+            ..ready(false)
+        };
+        assert_eq!(
+            plan(2, &[leaving, ready(false), ready(true)], one),
+            Plan::default()
+        );
+        // Growing during a canary reload waits for the canary too.
+        assert_eq!(plan(4, &[ready(false), ready(false)], one).spawn, 1);
     }
 
     #[test]
     fn grow_during_reload() {
         // Reload from 1 to 3 workers: two positions are uncovered.
         assert_eq!(
-            plan(3, &[ready(false)]),
+            plan(3, &[ready(false)], None),
             Plan {
                 drain: vec![],
                 spawn: 3

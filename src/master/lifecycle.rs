@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use super::canary::{Canary, Limits};
 use super::control::ClientId;
 use super::Current;
 use crate::outcome::Phase;
@@ -223,6 +224,8 @@ pub struct Reload {
     failures: u32,
     /// Control-socket clients waiting for the result.
     pub waiters: Vec<ClientId>,
+    /// `lifecycle.canary`: one worker first, watched before the others.
+    pub canary: Option<Box<Canary>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -233,12 +236,18 @@ pub enum ReloadOutcome {
 }
 
 impl Reload {
-    pub fn new(previous: Current, started: Instant, waiters: Vec<ClientId>) -> Reload {
+    pub fn new(
+        previous: Current,
+        started: Instant,
+        waiters: Vec<ClientId>,
+        canary: Option<Limits>,
+    ) -> Reload {
         Reload {
             previous,
             started,
             failures: 0,
             waiters,
+            canary: canary.map(|l| Box::new(Canary::new(l))),
         }
     }
 

@@ -16,6 +16,7 @@
 //! wait for a signal, a worker's nudge, a control client or the next tick.
 
 mod backoff;
+mod canary;
 mod control;
 mod dispatch;
 mod exec;
@@ -134,6 +135,8 @@ pub struct Master {
     /// clients wait for it.
     queued_reload: Option<Vec<ClientId>>,
     last_reload: Option<LastReload>,
+    /// The highest generation number given out.
+    last_generation: u32,
     last_upgrade: Option<(Instant, UpgradeReport)>,
     systemd: Systemd,
     /// Workers the last plan asked for, started by the spawn step.
@@ -217,6 +220,7 @@ impl Master {
             backoff: BootBackoff::new(now),
             queued_reload: None,
             last_reload: None,
+            last_generation: 1,
             last_upgrade: None,
             systemd: Systemd {
                 notifier: Notifier::from_env(),
@@ -322,6 +326,11 @@ impl Master {
         }
         if !self.backoff.may_spawn(now) {
             deadline = deadline.min(self.backoff.not_before());
+        }
+        if let Some(c) = self.lifecycle.reload().and_then(|r| r.canary.as_ref()) {
+            if c.watching() {
+                deadline = deadline.min(now + canary::CANARY_TICK);
+            }
         }
         if let Some(at) = self.lifecycle.close_deadline() {
             deadline = deadline.min(at);

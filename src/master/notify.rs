@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::Master;
+use crate::outcome::ReloadResult;
 
 /// A worker whose heartbeat is older than this does not count as healthy
 /// for the watchdog (its event loop is stuck).
@@ -55,7 +56,9 @@ impl Master {
     pub(super) fn status_line(&self) -> String {
         let ready = self.ready_count();
         let reload = match &self.last_reload {
-            Some(r) => format!("; last reload: {}", r.result),
+            Some(r) if r.result == ReloadResult::Success => format!("; last reload: {}", r.result),
+            // Why it failed, where an operator looks first.
+            Some(r) => format!("; last reload: {} ({})", r.result, r.message),
             None => String::new(),
         };
         format!(

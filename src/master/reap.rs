@@ -107,6 +107,20 @@ impl Master {
                 );
             }
         }
+        if let Some(canary) = self
+            .lifecycle
+            .reload_mut()
+            .and_then(|r| r.canary.as_mut())
+            .filter(|c| c.is_canary(w.pid))
+        {
+            if matches!(reason, ExitReason::Crash | ExitReason::Timeout) {
+                let why = match reason {
+                    ExitReason::Timeout => "missed its heartbeat and was killed",
+                    _ => "exited unexpectedly",
+                };
+                canary.lost(format!("the canary (pid {pid}) {why}: {how}"));
+            }
+        }
         let current = w.generation == self.current.generation;
         if boot_failure(was_ready, current, reason) && self.lifecycle.serving() {
             // An exec worker that dies before it is ready failed in the

@@ -6,12 +6,15 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info};
 
+use nix::unistd::Pid;
+
+use super::canary::{Limits, Verdict};
 use super::control::ClientId;
 use super::lifecycle::{Lifecycle, Reload, ReloadAdmission, ReloadOutcome};
 use super::{Current, Master};
 use crate::control::{ReloadReport, Response};
 use crate::material::Loaded;
-use crate::outcome::ReloadResult;
+use crate::outcome::{ExitReason, ReloadResult};
 
 /// The result of the last reload, for `rsvisor status`.
 pub struct LastReload {
@@ -73,19 +76,32 @@ impl Master {
         };
         self.log.apply(&new.config.log);
         let previous = self.current.clone();
+        // Numbers are never reused: a rolled-back generation's workers may
+        // still be draining when the next one starts.
+        self.last_generation += 1;
+        let canary = Limits::of(&new.config.lifecycle);
         self.current = Current {
-            generation: previous.generation + 1,
+            generation: self.last_generation,
             desired: new.config.worker_count(),
             loaded: new,
         };
         self.board.set_generation(self.current.generation);
-        self.lifecycle = Lifecycle::Reloading(Reload::new(previous, started, waiters));
+        self.lifecycle = Lifecycle::Reloading(Reload::new(previous, started, waiters, canary));
         self.backoff.reset(Instant::now());
-        info!(
-            generation = self.current.generation,
-            workers = self.current.desired,
-            "new generation starting; old workers retire as replacements become ready"
-        );
+        match canary {
+            Some(c) => info!(
+                generation = self.current.generation,
+                workers = self.current.desired,
+                canary_s = c.window.as_secs_f64(),
+                "new generation starting with one canary worker, watched before the others \
+                 are replaced"
+            ),
+            None => info!(
+                generation = self.current.generation,
+                workers = self.current.desired,
+                "new generation starting; old workers retire as replacements become ready"
+            ),
+        }
     }
 
     /// The new configuration, with what it refers to loaded and its new
@@ -118,8 +134,14 @@ impl Master {
         self.start_queued_reload();
     }
 
-    /// Ends a reload that is done or must be abandoned.
+    /// Ends a reload that is done, must be abandoned, or whose canary
+    /// failed.
     pub(super) fn progress_reload(&mut self) {
+        if let Some(why) = self.watch_canary() {
+            self.roll_back(why);
+            self.start_queued_reload();
+            return;
+        }
         let Some(r) = self.lifecycle.reload() else {
             return;
         };
@@ -145,7 +167,7 @@ impl Master {
                 // The sidecar serves the old config's metrics.bind: replace it.
                 if let Some(s) = &mut self.sidecar {
                     let graceful = s.config.lifecycle.graceful_timeout;
-                    s.drain(crate::outcome::ExitReason::Reload, graceful);
+                    s.drain(ExitReason::Reload, graceful);
                 }
             }
             ReloadOutcome::Abandon { failures } => {
@@ -157,12 +179,7 @@ impl Master {
                     "RELOAD ABANDONED: new workers could not start; \
                      the previous generation keeps serving"
                 );
-                self.log.apply(&r.previous.loaded.config.log);
-                self.current = r.previous;
-                self.board.set_generation(self.current.generation);
-                // The new generation's addresses stay while its workers do.
-                self.close_unused_listeners();
-                self.backoff.reset(Instant::now());
+                self.restore(r.previous);
                 let msg = format!(
                     "{failures} new workers failed to boot; generation {} keeps serving",
                     self.current.generation
@@ -171,6 +188,99 @@ impl Master {
             }
         }
         self.start_queued_reload();
+    }
+
+    /// Starts the canary's window once it is ready, samples it, and says
+    /// why it failed, if it did.
+    fn watch_canary(&mut self) -> Option<String> {
+        let current = self.current.generation;
+        let now = Instant::now();
+        let board = self.board;
+        let live: Vec<(Pid, usize)> = self.workers.iter().map(|w| (w.pid, w.slot)).collect();
+        let ready = self
+            .workers
+            .iter()
+            .find(|w| w.generation == current && w.serving())
+            .map(|w| (w.pid, w.slot));
+        let previous: Vec<(Pid, usize)> = self
+            .workers
+            .iter()
+            .filter(|w| w.generation != current && !w.leaving() && !w.booting())
+            .map(|w| (w.pid, w.slot))
+            .collect();
+        let canary = self.lifecycle.reload_mut()?.canary.as_mut()?;
+        if !canary.holds_back() {
+            return None;
+        }
+        if !canary.started() {
+            let (pid, slot) = ready?;
+            canary.start(board, (pid, slot), &previous, now);
+            info!(
+                pid = pid.as_raw(),
+                window_s = canary.limits.window.as_secs_f64(),
+                "canary ready: watching it against the previous generation"
+            );
+        }
+        match canary.check(board, &live, now) {
+            Verdict::Watching => None,
+            Verdict::Fail(why) => Some(why),
+            Verdict::Pass => {
+                if let Some(p) = canary.progress(now) {
+                    info!(
+                        pid = p.pid.as_raw(),
+                        requests = p.canary.requests,
+                        ratio_5xx = p.canary.ratio_5xx(),
+                        p99_ms = p.canary.p99_us().map(|us| us / 1000.0),
+                        previous_p99_ms = p.previous.p99_us().map(|us| us / 1000.0),
+                        "canary passed: replacing the other workers"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// The canary failed: the previous generation is current again, and
+    /// the new generation's workers are drained (the fleet plan starts
+    /// their replacements of the previous generation).
+    fn roll_back(&mut self, why: String) {
+        let Some(r) = self.lifecycle.end_reload() else {
+            return;
+        };
+        let rejected = self.current.generation;
+        error!(
+            generation = rejected,
+            "RELOAD ROLLED BACK: {why}; generation {} keeps serving", r.previous.generation
+        );
+        self.restore(r.previous);
+        for w in &mut self.workers {
+            if w.generation == rejected && !w.leaving() {
+                info!(pid = w.pid.as_raw(), "draining the canary");
+                let graceful = w.config.lifecycle.graceful_timeout;
+                w.drain(ExitReason::Rollback, graceful);
+                super::retire::mark_draining(self.board, w);
+            }
+        }
+        let msg = format!(
+            "{why}; generation {} keeps serving",
+            self.current.generation
+        );
+        self.finish_reload(
+            ReloadResult::RolledBack,
+            r.started.elapsed(),
+            msg,
+            r.waiters,
+        );
+    }
+
+    /// Makes a reload's previous generation current again.
+    fn restore(&mut self, previous: Current) {
+        self.log.apply(&previous.loaded.config.log);
+        self.current = previous;
+        self.board.set_generation(self.current.generation);
+        // The new generation's addresses stay while its workers do.
+        self.close_unused_listeners();
+        self.backoff.reset(Instant::now());
     }
 
     fn finish_reload(

@@ -43,7 +43,13 @@ impl Master {
                 leaving: w.leaving(),
             })
             .collect();
-        let plan = fleet::plan(self.current.desired, &seen);
+        let limit = self
+            .lifecycle
+            .reload()
+            .and_then(|r| r.canary.as_ref())
+            .filter(|c| c.holds_back())
+            .map(|_| 1);
+        let plan = fleet::plan(self.current.desired, &seen, limit);
         for i in plan.drain {
             let w = &mut self.workers[i];
             let why = match w.retiring() {
@@ -61,7 +67,7 @@ impl Master {
 }
 
 /// An exec worker does not write its slot: the master says it drains.
-fn mark_draining(board: &Board, w: &WorkerHandle) {
+pub(super) fn mark_draining(board: &Board, w: &WorkerHandle) {
     if w.exec.is_some() {
         board.slot(w.slot).set_state(SlotState::Draining);
     }

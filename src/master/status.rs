@@ -1,7 +1,7 @@
 //! `rsvisor status`: the fleet as the master sees it.
 
 use super::Master;
-use crate::control::{Status, Totals, UpgradeReport, WorkerStatus};
+use crate::control::{CanaryReport, Status, Totals, UpgradeReport, WorkerStatus};
 use crate::outcome::{ExitReason, ReloadResult};
 
 impl Master {
@@ -65,6 +65,28 @@ impl Master {
                 seconds_ago: at.elapsed().as_secs_f64(),
                 ..r.clone()
             }),
+            canary: self.canary_report(),
         }
+    }
+
+    fn canary_report(&self) -> Option<CanaryReport> {
+        let c = self.lifecycle.reload()?.canary.as_ref()?;
+        let p = c.progress(std::time::Instant::now())?;
+        let ms = |us: f64| us / 1000.0;
+        Some(CanaryReport {
+            pid: p.pid.as_raw() as u32,
+            seconds_left: if c.holds_back() {
+                p.remaining.as_secs_f64()
+            } else {
+                0.0
+            },
+            passed: !c.holds_back(),
+            requests: p.canary.requests,
+            ratio_5xx: p.canary.ratio_5xx(),
+            p99_ms: p.canary.p99_us().map(ms),
+            previous_requests: p.previous.requests,
+            previous_ratio_5xx: p.previous.ratio_5xx(),
+            previous_p99_ms: p.previous.p99_us().map(ms),
+        })
     }
 }

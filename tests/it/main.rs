@@ -7,6 +7,7 @@
 mod util;
 
 mod apps;
+mod canary;
 mod config_check;
 mod exec;
 mod hardening;
