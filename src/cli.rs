@@ -40,9 +40,18 @@ pub enum Command {
         json: bool,
     },
     /// Reload through server.control_socket and wait until it finished;
-    /// exit 0 if the new generation serves, 5 if the reload was refused or
-    /// abandoned.
+    /// exit 0 if the new generation serves, 5 if the reload was refused,
+    /// abandoned or rolled back.
     Reload { config: PathBuf },
+    /// Print the stacks of every thread of the worker in SLOT (see
+    /// `status`) and its requests in flight; the worker keeps serving.
+    Dump {
+        config: PathBuf,
+        slot: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the configuration and print the effective settings
     /// (exit 0), or print the error with file:line:col (exit 2).
     Check {

@@ -1,6 +1,6 @@
 //! The control-socket protocol, shared by the master and `rsvisor status` /
 //! `rsvisor reload`: one request line (`status`, `reload`, `scale N`,
-//! `stop`), one JSON response line. Public, so that scripts and tools
+//! `dump SLOT`, `stop`), one JSON response line. Public, so that scripts and tools
 //! written in Rust can read the master's answers with these types.
 
 use std::collections::BTreeMap;
@@ -14,6 +14,8 @@ pub enum Request {
     Status,
     Reload,
     Scale(usize),
+    /// Stack dump of the worker in a slot (it is not stopped).
+    Dump(usize),
     Stop,
 }
 
@@ -24,6 +26,10 @@ impl Request {
             (Some("status"), None) => Request::Status,
             (Some("reload"), None) => Request::Reload,
             (Some("stop"), None) => Request::Stop,
+            (Some("dump"), Some(n)) => match n.parse::<usize>() {
+                Ok(n) => Request::Dump(n),
+                Err(_) => return Err("dump needs a slot number (see rsvisor status)".into()),
+            },
             (Some("scale"), Some(n)) => match n.parse::<usize>() {
                 Ok(n) if (1..=crate::config::MAX_WORKERS).contains(&n) => Request::Scale(n),
                 _ => {
@@ -35,7 +41,7 @@ impl Request {
             },
             _ => {
                 return Err(format!(
-                    "unknown command {:?}; commands are status, reload, scale N, stop",
+                    "unknown command {:?}; commands are status, reload, scale N, dump SLOT, stop",
                     line.trim()
                 ))
             }
@@ -51,6 +57,7 @@ impl Request {
             Request::Status => "status\n".into(),
             Request::Reload => "reload\n".into(),
             Request::Scale(n) => format!("scale {n}\n"),
+            Request::Dump(n) => format!("dump {n}\n"),
             Request::Stop => "stop\n".into(),
         }
     }
@@ -67,6 +74,8 @@ pub struct Response {
     pub reload: Option<ReloadReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forensics: Option<Forensics>,
 }
 
 impl Response {
@@ -77,6 +86,7 @@ impl Response {
             status: None,
             reload: None,
             message: None,
+            forensics: None,
         }
     }
 
@@ -87,6 +97,7 @@ impl Response {
             status: None,
             reload: None,
             message: Some(msg.into()),
+            forensics: None,
         }
     }
 }
@@ -106,9 +117,73 @@ pub struct Status {
     pub last_reload: Option<ReloadReport>,
     /// The last binary upgrade this master started (USR2), if any.
     pub last_upgrade: Option<UpgradeReport>,
+    /// The last workers that exited, newest first, with what was learnt
+    /// about the ones stopped for missing their heartbeat.
+    #[serde(default)]
+    pub recent_exits: Vec<ExitReport>,
     /// A reload's canary under watch (`lifecycle.canary`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryReport>,
+}
+
+/// A worker that exited.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExitReport {
+    pub pid: u32,
+    pub slot: usize,
+    pub generation: u32,
+    pub reason: ExitReason,
+    /// How it ended (`exit code 0`, `killed by signal 6 (SIGABRT)`).
+    pub status: String,
+    pub seconds_ago: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forensics: Option<Forensics>,
+}
+
+/// What a worker was doing: taken before a worker that stopped answering
+/// is aborted, or on request (`rsvisor dump`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Forensics {
+    pub pid: u32,
+    pub slot: usize,
+    /// `heartbeat` (missed it), `boot` (not ready in time) or `request`.
+    pub trigger: String,
+    pub silent_ms: u64,
+    pub rss_bytes: u64,
+    pub open_fds: u64,
+    pub active_connections: u64,
+    /// Oldest first.
+    pub in_flight: Vec<InFlightRequest>,
+    /// Requests in flight the worker's table had no room for.
+    pub in_flight_not_shown: u64,
+    /// The heartbeat's thread first.
+    pub threads: Vec<ThreadDump>,
+    /// Why the stacks are missing or incomplete, if they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump_error: Option<String>,
+    /// From the dump signal to the last stack captured.
+    pub capture_ms: u64,
+    /// From the dump signal to this report.
+    pub total_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InFlightRequest {
+    pub method: String,
+    /// Without the query string.
+    pub path: String,
+    pub running_ms: u64,
+    pub peer: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ThreadDump {
+    pub tid: u32,
+    pub name: String,
+    /// It stamped the last heartbeat.
+    pub heartbeat: bool,
+    /// Innermost first: `function (file:line)`, or an address.
+    pub frames: Vec<String>,
 }
 
 /// The canary of the reload in progress, against the previous generation.

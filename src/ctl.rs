@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::{Config, Overrides};
-use crate::control::{Request, Response, Status};
+use crate::control::{Forensics, Request, Response, Status};
 use crate::exit;
 
 /// A reload waits for the new generation (and its canary window, added to
@@ -102,6 +102,79 @@ pub fn status(config: &Path, json: bool) -> i32 {
             exit::FAILURE
         }
     }
+}
+
+/// `rsvisor dump CONFIG SLOT`: the worker's stacks and requests in flight.
+pub fn dump(config: &Path, slot: usize, json: bool) -> i32 {
+    match ask(config, Request::Dump(slot), STATUS_TIMEOUT) {
+        Ok(Response {
+            forensics: Some(f), ..
+        }) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&f).unwrap_or_else(|e| e.to_string())
+                );
+            } else {
+                print!("{}", forensics_text(&f));
+            }
+            exit::OK
+        }
+        Ok(other) => {
+            eprintln!("rsvisor dump: {}", other.error.unwrap_or_default());
+            exit::FAILURE
+        }
+        Err(e @ CtlError::Config(_)) => {
+            eprintln!("rsvisor dump: {e}");
+            exit::CONFIG_ERROR
+        }
+        Err(e) => {
+            eprintln!("rsvisor dump: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+/// A dump as a person reads it.
+pub fn forensics_text(f: &Forensics) -> String {
+    let mut o = format!(
+        "worker {} (slot {}): last heartbeat {} ms ago, RSS {}, {} open descriptors, {} \
+         connections\n",
+        f.pid,
+        f.slot,
+        f.silent_ms,
+        mib(f.rss_bytes),
+        f.open_fds,
+        f.active_connections
+    );
+    if let Some(e) = &f.dump_error {
+        o += &format!("{e}\n");
+    }
+    o += &format!(
+        "requests in flight: {}\n",
+        f.in_flight.len() as u64 + f.in_flight_not_shown
+    );
+    for r in &f.in_flight {
+        o += &format!(
+            "  {} {}  {} ms  from {}\n",
+            r.method, r.path, r.running_ms, r.peer
+        );
+    }
+    if f.in_flight_not_shown > 0 {
+        o += &format!("  … and {} more\n", f.in_flight_not_shown);
+    }
+    for t in &f.threads {
+        let mark = if t.heartbeat {
+            " (ran the heartbeat last)"
+        } else {
+            ""
+        };
+        o += &format!("\nthread {} {:?}{mark}\n", t.tid, t.name);
+        for (i, fr) in t.frames.iter().enumerate() {
+            o += &format!("  {i:>2}: {fr}\n");
+        }
+    }
+    o
 }
 
 pub fn reload(config: &Path) -> i32 {
@@ -218,6 +291,33 @@ pub fn table(s: &Status) -> String {
             w.cpu_seconds,
             w.seconds_since_heartbeat
         );
+    }
+    if !s.recent_exits.is_empty() {
+        o += "\nrecent exits:\n";
+    }
+    for e in &s.recent_exits {
+        o += &format!(
+            "  pid {} slot {} gen {}: {} ({}), {} ago\n",
+            e.pid,
+            e.slot,
+            e.generation,
+            e.reason,
+            e.status,
+            human_secs(e.seconds_ago)
+        );
+        if let Some(f) = &e.forensics {
+            let oldest = f
+                .in_flight
+                .first()
+                .map_or("no request in flight".into(), |r| {
+                    format!("{} {} running {} ms", r.method, r.path, r.running_ms)
+                });
+            let stacks = f.dump_error.as_deref().unwrap_or("stacks obtained");
+            o += &format!(
+                "    silent {} ms; {oldest}; {stacks} (rsvisor status --json shows them)\n",
+                f.silent_ms
+            );
+        }
     }
     o
 }

@@ -22,6 +22,7 @@ pub mod config;
 pub mod control;
 mod ctl;
 pub mod exit;
+mod forensics;
 mod listen;
 mod logging;
 mod master;
@@ -152,6 +153,7 @@ impl Program {
             } => check(&config, &Overrides { bind, workers }),
             Command::Status { config, json } => ctl::status(&config, json),
             Command::Reload { config } => ctl::reload(&config),
+            Command::Dump { config, slot, json } => ctl::dump(&config, slot, json),
         };
         ExitCode::from(code as u8)
     }

@@ -128,3 +128,73 @@ pub fn parent(pid: i32) -> Option<i32> {
         .parse()
         .ok()
 }
+
+/// A process's state letter from /proc/PID/stat (`R`, `S`, `D`, `T` for
+/// stopped, `Z`…).
+pub fn state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].chars().next()
+}
+
+/// One thread of a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadInfo {
+    pub tid: i32,
+    pub name: String,
+    /// It blocks the signal asked about (it cannot answer it).
+    pub blocks: bool,
+}
+
+/// The threads of a process (tid order), and whether each blocks `sig`.
+pub fn threads(pid: i32, sig: i32) -> Vec<ThreadInfo> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<ThreadInfo> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .map(|tid| {
+            let base = format!("/proc/{pid}/task/{tid}");
+            let name = std::fs::read_to_string(format!("{base}/comm"))
+                .map(|s| s.trim_end().to_string())
+                .unwrap_or_default();
+            let status = std::fs::read_to_string(format!("{base}/status")).unwrap_or_default();
+            ThreadInfo {
+                tid,
+                name,
+                blocks: blocked_in(&status, sig),
+            }
+        })
+        .collect();
+    out.sort_by_key(|t| t.tid);
+    out
+}
+
+/// Whether the `SigBlk:` mask of a /proc status text has `sig`.
+fn blocked_in(status: &str, sig: i32) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|mask| (1..=64).contains(&sig) && mask & (1u64 << (sig - 1)) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocked_signals_are_read_from_the_mask() {
+        let status = "Name:\tx\nSigBlk:\t0000000000000001\nSigIgn:\t0\n";
+        assert!(blocked_in(status, 1));
+        assert!(!blocked_in(status, 2));
+        assert!(!blocked_in("", 1));
+    }
+
+    #[test]
+    fn this_process_lists_its_threads() {
+        let me = std::process::id() as i32;
+        let threads = threads(me, 37);
+        assert!(threads.iter().any(|t| t.tid == me), "{threads:?}");
+        assert!(matches!(state(me), Some('R' | 'S')));
+    }
+}

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 
+use crate::forensics::{DumpArea, InFlightTable};
 use crate::outcome::{AcceptError, ConnError, ExitReason, ReloadResult, TlsFailure};
 use crate::sys::shared_plain;
 
@@ -274,6 +275,8 @@ shared_plain! {
         cpu_ms: AtomicU64,
         /// What runs in the slot ([`SlotKind`]).
         kind: AtomicU32,
+        /// The thread that stamped the last heartbeat (a dump names it).
+        heartbeat_tid: AtomicU32,
         pub counters: Counters,
     }
 }
@@ -306,6 +309,10 @@ shared_plain! {
     pub struct Board {
         pub header: Header,
         pub slots: [Slot; SLOT_CAPACITY],
+        /// Each slot's requests in flight (read when a worker hangs).
+        pub in_flight: [InFlightTable; SLOT_CAPACITY],
+        /// Each slot's stack dumps.
+        pub dumps: [DumpArea; SLOT_CAPACITY],
     }
 }
 
@@ -353,6 +360,9 @@ impl Board {
         s.rss_bytes.store(0, Relaxed);
         s.cpu_ms.store(0, Relaxed);
         s.kind.store(SlotKind::App as u32, Relaxed);
+        s.heartbeat_tid.store(0, Relaxed);
+        // A killed worker leaves its last requests behind.
+        self.in_flight[index].clear();
         s.state.store(SlotState::Booting as u32, Release);
     }
 
@@ -435,6 +445,14 @@ impl Slot {
     pub fn beat(&self, now_ms: u64, lag_us: u64) {
         self.heartbeat_ms.store(now_ms, Release);
         self.loop_lag_us.store(lag_us, Relaxed);
+    }
+
+    pub fn set_heartbeat_tid(&self, tid: u32) {
+        self.heartbeat_tid.store(tid, Relaxed);
+    }
+
+    pub fn heartbeat_tid(&self) -> u32 {
+        self.heartbeat_tid.load(Relaxed)
     }
 
     pub fn heartbeat_ms(&self) -> u64 {

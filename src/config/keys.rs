@@ -132,8 +132,9 @@ pub const KEYS: &[Key] = &[
         get |c| q_path(&c.server.control_socket)),
     key!("lifecycle"."timeout" = "30",
         "a worker must be ready within this many seconds of its fork, and once serving must not \
-         miss its heartbeat for longer; otherwise it gets `SIGABRT`, then `SIGKILL` 1 s later, \
-         and is replaced",
+         miss its heartbeat for longer; otherwise its stacks and requests in flight are logged \
+         (within 1 s; see Hang forensics), it gets `SIGABRT`, then `SIGKILL` 1 s later, and is \
+         replaced",
         set |c, v| c.lifecycle.timeout = seconds(v, false)?,
         get |c| secs(c.lifecycle.timeout)),
     key!("lifecycle"."graceful_timeout" = "30",

@@ -7,6 +7,7 @@ use nix::sys::signal::Signal;
 use tracing::info;
 
 use super::control::{ClientId, Revents};
+use super::forensics::Trigger;
 use super::lifecycle::{Lifecycle, StopKind};
 use super::Master;
 use crate::control::{Request, Response};
@@ -57,6 +58,21 @@ impl Master {
                         client,
                         &Response::message(format!("scaling to {n} workers")),
                     );
+                }
+                Ok(Request::Dump(slot)) => {
+                    let worker = self
+                        .workers
+                        .iter()
+                        .position(|w| w.slot == slot && !w.leaving());
+                    match worker {
+                        Some(i) => self.inspect(i, Trigger::Request, Some(client)),
+                        None => self.reply(
+                            client,
+                            &Response::error(format!(
+                                "no worker in slot {slot} (rsvisor status lists them)"
+                            )),
+                        ),
+                    }
                 }
                 Ok(Request::Stop) => {
                     self.graceful_stop("stop request", false);

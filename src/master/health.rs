@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use super::worker_handle::Report;
+use super::forensics::Trigger;
+use super::worker_handle::{Report, WorkerHandle};
 use super::Master;
 use crate::outcome::ExitReason;
 
@@ -71,37 +72,70 @@ impl Master {
 
     fn check_heartbeats(&mut self) {
         let now_ms = crate::sys::monotonic_ms();
-        for w in self.workers.iter_mut().chain(&mut self.sidecar) {
-            if w.leaving() || !w.has_heartbeat() && !w.booting() {
-                continue;
+        let mut hung = Vec::new();
+        for (i, w) in self.workers.iter().enumerate() {
+            if let Some(verdict) = self.judge_heartbeat(w, now_ms) {
+                hung.push((i, verdict));
             }
-            // Each worker is judged by its own generation's timeout.
-            let limit = w.config.lifecycle.timeout;
+        }
+        for (i, verdict) in hung {
+            let w = &self.workers[i];
             let slot = self.board.slot(w.slot);
-            let silent = Duration::from_millis(now_ms.saturating_sub(slot.heartbeat_ms()));
-            let since_spawn = w.spawned_at.elapsed();
-            match verdict(w.booting(), since_spawn, silent, limit) {
-                Verdict::Healthy => {}
+            let silent = now_ms.saturating_sub(slot.heartbeat_ms());
+            let trigger = match verdict {
                 Verdict::BootTimedOut => {
                     error!(
                         pid = w.pid.as_raw(),
-                        waited_ms = since_spawn.as_millis() as u64,
-                        "worker did not become ready within lifecycle.timeout; aborting it"
+                        waited_ms = w.spawned_at.elapsed().as_millis() as u64,
+                        "worker did not become ready within lifecycle.timeout; dumping its \
+                         stacks, then SIGABRT"
                     );
-                    w.abort();
+                    Trigger::Boot
                 }
-                Verdict::Silent => {
+                _ => {
                     error!(
                         pid = w.pid.as_raw(),
-                        silent_ms = silent.as_millis() as u64,
+                        silent_ms = silent,
                         active_connections = slot.active_connections(),
                         served = slot.served(),
                         "worker missed its heartbeat for longer than lifecycle.timeout \
-                         (its event loop is blocked); SIGABRT now, SIGKILL in 1 s"
+                         (its event loop is blocked); dumping its stacks, then SIGABRT, \
+                         SIGKILL 1 s later"
                     );
-                    w.abort();
+                    Trigger::Heartbeat
+                }
+            };
+            self.inspect(i, trigger, None);
+        }
+        if let Some(s) = &mut self.sidecar {
+            if !s.leaving() && (s.has_heartbeat() || s.booting()) {
+                let slot = self.board.slot(s.slot);
+                let silent = Duration::from_millis(now_ms.saturating_sub(slot.heartbeat_ms()));
+                let limit = s.config.lifecycle.timeout;
+                if verdict(s.booting(), s.spawned_at.elapsed(), silent, limit) != Verdict::Healthy {
+                    error!(
+                        pid = s.pid.as_raw(),
+                        "metrics sidecar stopped answering; aborting it"
+                    );
+                    s.abort();
                 }
             }
+        }
+    }
+
+    /// The heartbeat rule applied to one worker, unless it is leaving
+    /// already (or being dumped).
+    fn judge_heartbeat(&self, w: &WorkerHandle, now_ms: u64) -> Option<Verdict> {
+        if w.leaving() || !w.has_heartbeat() && !w.booting() {
+            return None;
+        }
+        // Each worker is judged by its own generation's timeout.
+        let limit = w.config.lifecycle.timeout;
+        let slot = self.board.slot(w.slot);
+        let silent = Duration::from_millis(now_ms.saturating_sub(slot.heartbeat_ms()));
+        match verdict(w.booting(), w.spawned_at.elapsed(), silent, limit) {
+            Verdict::Healthy => None,
+            v => Some(v),
         }
     }
 

@@ -11,7 +11,8 @@
 //! each: dispatch queued signals and control requests (`dispatch`), and
 //! what a new master of a binary upgrade said (`upgrade`) → read the
 //! workers' reports and check heartbeats, boot deadlines and memory
-//! (`health`) → reap children (`reap`) → cull/retire (`retire`) → spawn
+//! (`health`) → reap children (`reap`) → collect stack dumps of hung
+//! workers (`forensics`) → cull/retire (`retire`) → spawn
 //! (`spawn`) → track progress (`progress`) → tell systemd (`notify`) →
 //! wait for a signal, a worker's nudge, a control client or the next tick.
 
@@ -21,6 +22,7 @@ mod control;
 mod dispatch;
 mod exec;
 mod fleet;
+mod forensics;
 mod health;
 mod lifecycle;
 mod notify;
@@ -145,6 +147,8 @@ pub struct Master {
     sidecar: Option<WorkerHandle>,
     sidecar_not_before: Instant,
     next_memory_check: Instant,
+    /// Stack dumps in progress, and the last workers that exited.
+    inspections: forensics::Inspections,
 }
 
 /// Everything `Master::new` needs.
@@ -233,6 +237,7 @@ impl Master {
             sidecar: None,
             sidecar_not_before: now,
             next_memory_check: now,
+            inspections: forensics::Inspections::default(),
         })
     }
 
@@ -257,6 +262,7 @@ impl Master {
             self.check_upgrade(woke.upgrade);
             self.check_health();
             self.reap_children();
+            self.progress_inspections();
             self.cull_and_retire();
             self.spawn_workers();
             if let Some(code) = self.track_progress() {
@@ -320,6 +326,9 @@ impl Master {
             if let Some(at) = w.exec.as_ref().and_then(|e| e.delay_deadline(w.spawned_at)) {
                 deadline = deadline.min(at);
             }
+        }
+        if let Some(at) = self.inspections.next_deadline(now) {
+            deadline = deadline.min(at);
         }
         if self.sidecar.is_none() && self.sidecar_not_before > now {
             deadline = deadline.min(self.sidecar_not_before);

@@ -10,6 +10,7 @@ use tracing::{error, info, warn};
 
 use super::worker_handle::{LeaveHow, WorkerHandle};
 use super::Master;
+use crate::control::ExitReport;
 use crate::exit;
 use crate::outcome::ExitReason;
 
@@ -66,6 +67,7 @@ impl Master {
                 None if self.sidecar.as_ref().is_some_and(|s| s.pid == pid) => {
                     self.sidecar_exited(how)
                 }
+                None if self.inspections.helper_exited(pid) => {}
                 None => self.other_child_exited(pid, how),
             }
         }
@@ -76,6 +78,15 @@ impl Master {
         let reason = w.exit_reason();
         self.board.release(w.slot);
         self.board.count_exit(reason);
+        self.inspections.worker_exited(ExitReport {
+            pid: w.pid.as_raw() as u32,
+            slot: w.slot,
+            generation: w.generation,
+            reason,
+            status: how.to_string(),
+            seconds_ago: 0.0,
+            forensics: None,
+        });
         let pid = w.pid.as_raw();
         match (w.leave_how(), how) {
             (Some(LeaveHow::Abort), _) => {

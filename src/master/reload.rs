@@ -305,6 +305,7 @@ impl Master {
             status: None,
             reload: Some(last.report()),
             message: None,
+            forensics: None,
         };
         for w in waiters {
             self.reply(w, &resp);

@@ -296,6 +296,11 @@ fn child_main(entry: &dyn WorkerMain, boot: WorkerBoot) -> ! {
             error!(error = %e, "worker cannot reset signal handlers");
             return exit::WORKER_SETUP_FAILED;
         }
+        // Before any thread exists, so that every thread can answer.
+        if let Err(e) = crate::forensics::install(&boot.board.dumps[boot.slot]) {
+            error!(error = %e, "worker cannot install its stack-dump handler");
+            return exit::WORKER_SETUP_FAILED;
+        }
         if let Some(r) = &boot.material.run_as {
             // Refuse to serve at all rather than serve as root by mistake.
             if let Err(e) = sys::drop_privileges(&r.user, r.uid, r.gid) {

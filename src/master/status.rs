@@ -65,6 +65,7 @@ impl Master {
                 seconds_ago: at.elapsed().as_secs_f64(),
                 ..r.clone()
             }),
+            recent_exits: self.inspections.recent_exits(),
             canary: self.canary_report(),
         }
     }

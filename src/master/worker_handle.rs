@@ -39,6 +39,8 @@ pub struct Leaving {
     /// SIGKILL then, if it is still there.
     kill_at: Instant,
     killed: bool,
+    /// SIGABRT is held back until then while its stacks are dumped.
+    abort_at: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,19 +232,54 @@ impl WorkerHandle {
         }
     }
 
+    /// Missed heartbeats, but its stacks are being dumped first: SIGABRT
+    /// when the dump is done ([`Self::abort_now`]) or at `at` at the latest,
+    /// SIGKILL [`ABORT_GRACE`] after that.
+    pub fn abort_after(&mut self, at: Instant) {
+        if self.leaving() {
+            return;
+        }
+        self.stage = Stage::Leaving(Leaving {
+            reason: ExitReason::Timeout,
+            how: LeaveHow::Abort,
+            kill_at: at + ABORT_GRACE,
+            killed: false,
+            abort_at: Some(at),
+        });
+    }
+
+    /// Sends the SIGABRT that [`Self::abort_after`] held back.
+    pub fn abort_now(&mut self) {
+        let pid = self.pid;
+        if let Stage::Leaving(l) = &mut self.stage {
+            if l.abort_at.take().is_some() && !l.killed {
+                l.kill_at = Instant::now() + ABORT_GRACE;
+                let _ = kill(pid, Signal::SIGABRT);
+            }
+        }
+    }
+
     fn leave(&mut self, reason: ExitReason, how: LeaveHow, grace: Duration, sig: Signal) {
         self.stage = Stage::Leaving(Leaving {
             reason,
             how,
             kill_at: Instant::now() + grace,
             killed: false,
+            abort_at: None,
         });
         self.send(sig);
     }
 
-    /// Sends SIGKILL once the deadline passed; returns true if it did.
+    /// Sends a held-back SIGABRT, or SIGKILL, once its deadline passed;
+    /// returns true if it sent SIGKILL.
     pub fn escalate(&mut self, now: Instant) -> bool {
         let pid = self.pid;
+        if let Stage::Leaving(l) = &self.stage {
+            if l.abort_at.is_some_and(|at| now >= at) {
+                self.abort_now();
+                return false;
+            }
+        }
         match &mut self.stage {
             Stage::Leaving(l) if now >= l.kill_at && !l.killed => {
                 l.killed = true;
@@ -254,9 +291,10 @@ impl WorkerHandle {
         }
     }
 
+    /// When it is next signalled (held-back SIGABRT, then SIGKILL).
     pub fn kill_deadline(&self) -> Option<Instant> {
         match self.stage {
-            Stage::Leaving(l) if !l.killed => Some(l.kill_at),
+            Stage::Leaving(l) if !l.killed => Some(l.abort_at.unwrap_or(l.kill_at)),
             _ => None,
         }
     }
@@ -336,6 +374,20 @@ mod tests {
         assert!(w.escalate(at));
         assert!(!w.escalate(at + Duration::from_secs(1)));
         assert_eq!(w.kill_deadline(), None);
+    }
+
+    #[test]
+    fn a_held_back_abort_goes_out_at_its_deadline_then_kill_follows() {
+        let mut w = handle();
+        let now = Instant::now();
+        w.abort_after(now + Duration::from_secs(1));
+        assert_eq!(w.kill_deadline(), Some(now + Duration::from_secs(1)));
+        assert_eq!(w.exit_reason(), ExitReason::Timeout);
+        // At the deadline: SIGABRT, not SIGKILL.
+        assert!(!w.escalate(now + Duration::from_secs(1)));
+        let kill_at = w.kill_deadline().expect("a kill deadline");
+        assert!(kill_at >= now + ABORT_GRACE);
+        assert!(w.escalate(kill_at));
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub async fn run(slot: &'static Slot, master: Pid) {
         // Event-loop lag: how much later than scheduled this tick ran.
         let lag = Instant::now().saturating_duration_since(scheduled);
         slot.beat(crate::sys::monotonic_ms(), lag.as_micros() as u64);
+        // With several runtime threads the heartbeat moves between them;
+        // the one that ran it last is the first suspect of a hang.
+        slot.set_heartbeat_tid(nix::unistd::gettid().as_raw() as u32);
         // PR_SET_PDEATHSIG already kills us with the master; this catches
         // the window before it was set and any re-parenting surprise.
         if nix::unistd::getppid() != master {

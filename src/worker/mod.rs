@@ -222,6 +222,7 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> i32 {
             config: boot.config.clone(),
             material: &boot.material,
             slot,
+            requests: &boot.board.in_flight[boot.slot],
             board: boot.board,
             wake: boot.wake,
             access_log,

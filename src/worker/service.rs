@@ -15,11 +15,12 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::access_log::Entry;
-use super::conn_state::{ConnState, SendWatch};
+use super::conn_state::{ConnState, Peer, SendWatch};
 use super::endpoints;
 use super::shared::{self, Shared};
 use super::stream_exec;
 use crate::app::{Body, BodyOutcome, BoxError, Handler, RequestBody};
+use crate::forensics::PeerAddr;
 use crate::scoreboard::method_class;
 
 pub struct ConnService<H> {
@@ -184,7 +185,11 @@ fn prepare<H: Handler>(
     if shared.at_capacity() {
         return Prepared::Answered(overloaded(), ctx);
     }
-    ctx.app_request = Some(AppRequest::begin(shared.clone()));
+    let peer = match conn.peer {
+        Peer::Tcp(a) => PeerAddr::Ip(a),
+        Peer::Unix => PeerAddr::Unix,
+    };
+    ctx.app_request = Some(AppRequest::begin(shared.clone(), &req, peer));
     Prepared::ForApp(Box::new(req), ctx)
 }
 
@@ -343,18 +348,29 @@ struct PendingLog {
 }
 
 /// An app request in flight (for `http.limit_concurrency`).
-struct AppRequest<H>(Arc<Shared<H>>);
+/// A request the app works on: counted against `http.limit_concurrency`
+/// and shown in the slot's in-flight table (for hang forensics) while it
+/// lives.
+struct AppRequest<H> {
+    shared: Arc<Shared<H>>,
+    entry: Option<usize>,
+}
 
 impl<H> AppRequest<H> {
-    fn begin(shared: Arc<Shared<H>>) -> AppRequest<H> {
+    fn begin<B>(shared: Arc<Shared<H>>, req: &http::Request<B>, peer: PeerAddr) -> AppRequest<H> {
         shared.begin_app_request();
-        AppRequest(shared)
+        let now = shared.now_ms();
+        let entry = shared
+            .requests
+            .begin(req.method().as_str(), req.uri().path(), peer, now);
+        AppRequest { shared, entry }
     }
 }
 
 impl<H> Drop for AppRequest<H> {
     fn drop(&mut self) {
-        self.0.end_app_request();
+        self.shared.requests.end(self.entry);
+        self.shared.end_app_request();
     }
 }
 

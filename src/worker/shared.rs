@@ -16,6 +16,7 @@ use super::proxy::Trust;
 use super::readiness::Readiness;
 use super::stream_exec::StreamExec;
 use crate::config::{Config, HttpConfig};
+use crate::forensics::InFlightTable;
 use crate::material::Material;
 use crate::scoreboard::{Board, Slot};
 
@@ -44,6 +45,7 @@ pub struct SharedParts<'a> {
     pub config: Arc<Config>,
     pub material: &'a Material,
     pub slot: &'static Slot,
+    pub requests: &'static InFlightTable,
     pub board: &'static Board,
     /// Write end of the master's wake-up pipe.
     pub wake: OwnedFd,
@@ -56,6 +58,8 @@ pub(crate) struct Shared<H> {
     pub handler: H,
     pub config: Arc<Config>,
     pub slot: &'static Slot,
+    /// The slot's requests in flight.
+    pub requests: &'static InFlightTable,
     pub board: &'static Board,
     /// HTTP/1.1, or HTTP/2 with prior knowledge (plain connections).
     pub auto: auto::Builder<StreamExec>,
@@ -108,6 +112,7 @@ impl<H> Shared<H> {
             config,
             material,
             slot,
+            requests,
             board,
             wake,
             access_log,
@@ -115,7 +120,7 @@ impl<H> Shared<H> {
             sidecar,
         } = parts;
         let http = &config.http;
-        let clock = Arc::new(AtomicU64::new(0));
+        let clock = Arc::new(AtomicU64::new(crate::sys::monotonic_ms()));
         let exec = StreamExec {
             send_timeout: http.send_timeout,
             clock: clock.clone(),
@@ -135,6 +140,7 @@ impl<H> Shared<H> {
         Shared {
             handler,
             slot,
+            requests,
             board,
             auto,
             h1: builder(http, exec.clone()).http1_only(),

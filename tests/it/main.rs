@@ -10,6 +10,7 @@ mod apps;
 mod canary;
 mod config_check;
 mod exec;
+mod forensics;
 mod hardening;
 mod http_edge;
 mod layers;
