@@ -277,6 +277,9 @@ shared_plain! {
         kind: AtomicU32,
         /// The thread that stamped the last heartbeat (a dump names it).
         heartbeat_tid: AtomicU32,
+        /// Wake the master when this many requests are answered (0: never):
+        /// set for a reload's canary, so it is judged without delay.
+        nudge_at: AtomicU64,
         pub counters: Counters,
     }
 }
@@ -361,6 +364,7 @@ impl Board {
         s.cpu_ms.store(0, Relaxed);
         s.kind.store(SlotKind::App as u32, Relaxed);
         s.heartbeat_tid.store(0, Relaxed);
+        s.nudge_at.store(0, Relaxed);
         // A killed worker leaves its last requests behind.
         self.in_flight[index].clear();
         s.state.store(SlotState::Booting as u32, Release);
@@ -449,6 +453,16 @@ impl Slot {
 
     pub fn set_heartbeat_tid(&self, tid: u32) {
         self.heartbeat_tid.store(tid, Relaxed);
+    }
+
+    /// Master: ask to be woken when the worker has answered `requests`.
+    pub fn nudge_at(&self, requests: u64) {
+        self.nudge_at.store(requests, Relaxed);
+    }
+
+    /// Worker: whether `served` is the count the master asked to hear of.
+    pub fn wants_nudge(&self, served: u64) -> bool {
+        served == self.nudge_at.load(Relaxed)
     }
 
     pub fn heartbeat_tid(&self) -> u32 {

@@ -183,7 +183,9 @@ pub const KEYS: &[Key] = &[
          previous generation's by more than `canary_max_5xx_ratio`, or if its p99 latency is \
          above `canary_max_latency_ratio` times theirs. Both are judged once the canary has \
          answered 50 requests (a 5xx share at once, the latency at the end of the window); \
-         a p99 under 5 ms is never too slow. With `app.command`, whose \
+         a p99 under 5 ms is never too slow. A canary with fewer requests when the window ends \
+         is watched up to 3 windows, then let through (the reload's result says it was not \
+         judged). With `app.command`, whose \
          requests rsvisor does not see, only exits and heartbeats are judged",
         set |c, v| c.lifecycle.canary = seconds(v, true)?,
         get |c| secs(c.lifecycle.canary)),

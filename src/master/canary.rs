@@ -26,9 +26,14 @@ pub const CANARY_MIN_REQUESTS: u64 = 50;
 /// A canary whose p99 is under this is never judged too slow: below it,
 /// a ratio measures scheduling noise, not the code.
 pub const CANARY_LATENCY_FLOOR: Duration = Duration::from_millis(5);
-/// How often the master samples the counters during the window: a broken
-/// release answers thousands of requests per second.
+/// How often the master samples the counters during the window. The
+/// canary also wakes the master when it reaches [`CANARY_MIN_REQUESTS`]
+/// (and each doubling after), so a broken release is judged at once.
 pub const CANARY_TICK: Duration = Duration::from_millis(20);
+/// A canary that answered fewer than [`CANARY_MIN_REQUESTS`] when its
+/// window ends is watched longer, up to this many windows in all; then
+/// the reload goes on, logged as not judged.
+pub const CANARY_WINDOW_STRETCH: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
@@ -124,12 +129,16 @@ pub fn quantile_us(hist: &[u64; LATENCY_BUCKETS], q: f64) -> Option<f64> {
 pub enum Verdict {
     Watching,
     Pass,
+    /// Too little traffic to judge, even over the stretched window: the
+    /// reload goes on (why is said).
+    Unjudged(String),
     Fail(String),
 }
 
-/// The canary rule. `previous` is the previous generation over the same
-/// window (or its lifetime counters when that is too little to go by).
-pub fn judge(canary: &Sample, previous: &Sample, limits: &Limits, window_over: bool) -> Verdict {
+/// The canary rule, `elapsed` into its window. `previous` is the previous
+/// generation over the same window (or its lifetime counters when that is
+/// too little to go by).
+pub fn judge(canary: &Sample, previous: &Sample, limits: &Limits, elapsed: Duration) -> Verdict {
     let enough = canary.requests >= CANARY_MIN_REQUESTS;
     if enough {
         let (mine, theirs) = (canary.ratio_5xx(), previous.ratio_5xx());
@@ -141,8 +150,19 @@ pub fn judge(canary: &Sample, previous: &Sample, limits: &Limits, window_over: b
             ));
         }
     }
-    if !window_over {
+    if elapsed < limits.window {
         return Verdict::Watching;
+    }
+    if !enough {
+        if elapsed < limits.window * CANARY_WINDOW_STRETCH {
+            return Verdict::Watching;
+        }
+        return Verdict::Unjudged(format!(
+            "the canary answered only {} requests in {:.0} s (fewer than {CANARY_MIN_REQUESTS}): \
+             not judged",
+            canary.requests,
+            elapsed.as_secs_f64()
+        ));
     }
     let floor = CANARY_LATENCY_FLOOR.as_micros() as f64;
     if enough && previous.requests >= CANARY_MIN_REQUESTS {
@@ -201,6 +221,8 @@ impl Followed {
 struct Watch {
     canary: Followed,
     since: Instant,
+    /// The canary's answered count at which it wakes the master next.
+    next_nudge: u64,
     previous: Vec<Followed>,
     /// The previous generation's lifetime counters when the window began.
     history: Sample,
@@ -214,6 +236,9 @@ pub struct Canary {
     passed: bool,
     /// The canary exited without being asked: why.
     lost: Option<String>,
+    /// Said in the reload's result: why the canary was let through
+    /// unjudged.
+    pub note: Option<String>,
 }
 
 /// Where the canary stands, for `rsvisor status` and the log.
@@ -232,6 +257,7 @@ impl Canary {
             watch: None,
             passed: false,
             lost: None,
+            note: None,
         }
     }
 
@@ -274,9 +300,11 @@ impl Canary {
         for p in &previous {
             history.add(&p.base);
         }
+        board.slot(canary.1).nudge_at(CANARY_MIN_REQUESTS);
         self.watch = Some(Watch {
             canary: Followed::new(board, canary.0, canary.1, true),
             since: now,
+            next_nudge: CANARY_MIN_REQUESTS,
             previous,
             history,
         });
@@ -302,10 +330,21 @@ impl Canary {
         for p in &mut w.previous {
             p.update(board, live);
         }
-        let over = now >= w.since + self.limits.window;
-        let verdict = judge(&w.canary.seen, &previous_sample(w), &self.limits, over);
-        if verdict == Verdict::Pass {
-            self.passed = true;
+        let elapsed = now.saturating_duration_since(w.since);
+        let verdict = judge(&w.canary.seen, &previous_sample(w), &self.limits, elapsed);
+        let slot = board.slot(w.canary.slot);
+        match &verdict {
+            Verdict::Watching => {
+                if w.canary.seen.requests >= w.next_nudge {
+                    w.next_nudge = w.canary.seen.requests.saturating_mul(2);
+                    slot.nudge_at(w.next_nudge);
+                }
+            }
+            Verdict::Pass | Verdict::Unjudged(_) => {
+                self.passed = true;
+                slot.nudge_at(0);
+            }
+            Verdict::Fail(_) => slot.nudge_at(0),
         }
         verdict
     }
@@ -363,9 +402,10 @@ mod tests {
     fn a_failing_canary_is_rolled_back_as_soon_as_it_has_answered_enough() {
         let old = sample(1000, 0, 1_000);
         let early = sample(CANARY_MIN_REQUESTS - 1, CANARY_MIN_REQUESTS - 1, 1_000);
-        assert_eq!(judge(&early, &old, &limits(), false), Verdict::Watching);
+        let d = Duration::from_millis;
+        assert_eq!(judge(&early, &old, &limits(), d(10)), Verdict::Watching);
         let enough = sample(CANARY_MIN_REQUESTS, CANARY_MIN_REQUESTS, 1_000);
-        match judge(&enough, &old, &limits(), false) {
+        match judge(&enough, &old, &limits(), d(10)) {
             Verdict::Fail(why) => assert!(why.contains("5xx"), "{why}"),
             v => panic!("{v:?}"),
         }
@@ -376,30 +416,42 @@ mod tests {
         // The old generation fails 10% too: 10.5% is within 0.01 of it.
         let old = sample(1000, 100, 1_000);
         let canary = sample(200, 21, 1_000);
-        assert_eq!(judge(&canary, &old, &limits(), true), Verdict::Pass);
+        let over = limits().window;
+        assert_eq!(judge(&canary, &old, &limits(), over), Verdict::Pass);
         let worse = sample(200, 23, 1_000);
         assert!(matches!(
-            judge(&worse, &old, &limits(), true),
+            judge(&worse, &old, &limits(), over),
             Verdict::Fail(_)
         ));
     }
 
     #[test]
     fn latency_is_judged_at_the_end_of_the_window_above_the_floor() {
+        let (during, over) = (Duration::from_secs(1), limits().window);
         let old = sample(1000, 0, 10_000);
         let slow = sample(1000, 0, 50_000);
-        assert_eq!(judge(&slow, &old, &limits(), false), Verdict::Watching);
-        match judge(&slow, &old, &limits(), true) {
+        assert_eq!(judge(&slow, &old, &limits(), during), Verdict::Watching);
+        match judge(&slow, &old, &limits(), over) {
             Verdict::Fail(why) => assert!(why.contains("p99"), "{why}"),
             v => panic!("{v:?}"),
         }
         // Four times slower, but under the floor: noise.
         let fast_old = sample(1000, 0, 500);
         let fast = sample(1000, 0, 2_500);
-        assert_eq!(judge(&fast, &fast_old, &limits(), true), Verdict::Pass);
-        // Too few requests from the canary: nothing to judge.
-        let few = sample(10, 0, 50_000);
-        assert_eq!(judge(&few, &old, &limits(), true), Verdict::Pass);
+        assert_eq!(judge(&fast, &fast_old, &limits(), over), Verdict::Pass);
+    }
+
+    #[test]
+    fn a_canary_without_traffic_is_watched_longer_then_let_through_unjudged() {
+        let old = sample(1000, 0, 10_000);
+        let few = sample(10, 10, 50_000);
+        let window = limits().window;
+        assert_eq!(judge(&few, &old, &limits(), window), Verdict::Watching);
+        let stretched = window * CANARY_WINDOW_STRETCH;
+        match judge(&few, &old, &limits(), stretched) {
+            Verdict::Unjudged(why) => assert!(why.contains("only 10 requests"), "{why}"),
+            v => panic!("{v:?}"),
+        }
     }
 
     #[test]
@@ -413,6 +465,8 @@ mod tests {
             .contains(&format!("answered {CANARY_MIN_REQUESTS} requests")));
         let floor = CANARY_LATENCY_FLOOR.as_millis();
         assert!(key.doc.contains(&format!("p99 under {floor} ms")));
+        assert_eq!(CANARY_WINDOW_STRETCH, 3);
+        assert!(key.doc.contains("watched up to 3 windows"));
     }
 
     #[test]
@@ -443,16 +497,26 @@ mod tests {
     }
 
     #[test]
-    fn a_quiet_window_passes_and_lifts_the_hold() {
+    fn a_healthy_canary_passes_lifts_the_hold_and_stops_the_nudges() {
         let board = Board::create().unwrap();
         board.claim(0, 2);
         let pid = Pid::from_raw(4242);
         let mut c = Canary::new(limits());
         let now = Instant::now();
         c.start(board, (pid, 0), &[], now);
+        let slot = board.slot(0);
+        for _ in 0..CANARY_MIN_REQUESTS - 1 {
+            slot.record(200, 0, 100);
+        }
+        assert!(!slot.wants_nudge(CANARY_MIN_REQUESTS - 1));
+        assert!(slot.wants_nudge(slot.record(200, 0, 100)));
+        assert_eq!(c.check(board, &[(pid, 0)], now), Verdict::Watching);
+        // The next wake-up is at twice as many.
+        assert!(slot.wants_nudge(2 * CANARY_MIN_REQUESTS));
         let later = now + Duration::from_secs(4);
         assert_eq!(c.check(board, &[(pid, 0)], later), Verdict::Pass);
         assert!(!c.holds_back());
         assert!(!c.watching());
+        assert!(!slot.wants_nudge(2 * CANARY_MIN_REQUESTS));
     }
 }

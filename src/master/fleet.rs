@@ -8,7 +8,11 @@
 //!   `desired` because of a replacement.
 //! - Replacements are started one at a time; positions nobody fills (a
 //!   crashed worker, the first start) are filled at once.
-//! - `limit` caps the good workers (a reload's canary window runs one).
+//! - `limit` caps the good workers (a reload's canary window runs one);
+//!   the worker the canary replaces is the busiest old one, so that the
+//!   connections it drops reconnect to the (idle) canary: with long-lived
+//!   keep-alive connections, replacing an idle worker would leave the
+//!   canary without traffic.
 
 /// What the plan needs to know about one live worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +23,8 @@ pub struct Seen {
     pub retiring: bool,
     /// Already told to leave by the master.
     pub leaving: bool,
+    /// Open connections (what a drain moves elsewhere).
+    pub connections: u64,
 }
 
 impl Seen {
@@ -68,7 +74,13 @@ pub fn plan(desired: usize, workers: &[Seen], limit: Option<usize>) -> Plan {
     let mut order: Vec<usize> = (0..workers.len())
         .filter(|i| !drained[*i] && workers[*i].obsolete())
         .collect();
-    order.sort_by_key(|i| (workers[*i].current_generation, *i));
+    match limit {
+        Some(_) => order.sort_by_key(|i| {
+            let w = &workers[*i];
+            (w.current_generation, std::cmp::Reverse(w.connections), *i)
+        }),
+        None => order.sort_by_key(|i| (workers[*i].current_generation, *i)),
+    }
     for i in order {
         if ready_good + obsolete > desired {
             drained[i] = true;
@@ -118,6 +130,7 @@ mod tests {
             booting: false,
             retiring: false,
             leaving: false,
+            connections: 0,
         }
     }
     fn booting() -> Seen {
@@ -265,6 +278,18 @@ mod tests {
         assert_eq!(
             plan(2, &[leaving, ready(false), ready(true)], one),
             Plan::default()
+        );
+        // The busiest old worker makes way, so its clients reach the canary.
+        let busy = Seen {
+            connections: 32,
+            ..ready(false)
+        };
+        assert_eq!(
+            plan(2, &[ready(false), busy, ready(true)], one),
+            Plan {
+                drain: vec![1],
+                spawn: 0
+            }
         );
         // Growing during a canary reload waits for the canary too.
         assert_eq!(plan(4, &[ready(false), ready(false)], one).spawn, 1);

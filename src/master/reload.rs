@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use nix::unistd::Pid;
 
@@ -162,7 +162,11 @@ impl Master {
                     elapsed_ms = elapsed.as_millis() as u64,
                     "reload complete: every worker is of the new generation"
                 );
-                let msg = format!("generation {current} serving");
+                let note = r.canary.as_ref().and_then(|c| c.note.as_deref());
+                let msg = match note {
+                    Some(n) => format!("generation {current} serving; {n}"),
+                    None => format!("generation {current} serving"),
+                };
                 self.finish_reload(ReloadResult::Success, elapsed, msg, r.waiters);
                 // The sidecar serves the old config's metrics.bind: replace it.
                 if let Some(s) = &mut self.sidecar {
@@ -224,6 +228,11 @@ impl Master {
         match canary.check(board, &live, now) {
             Verdict::Watching => None,
             Verdict::Fail(why) => Some(why),
+            Verdict::Unjudged(why) => {
+                warn!("{why}; replacing the other workers");
+                canary.note = Some(why);
+                None
+            }
             Verdict::Pass => {
                 if let Some(p) = canary.progress(now) {
                     info!(

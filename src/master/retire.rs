@@ -41,6 +41,7 @@ impl Master {
                 booting: w.booting(),
                 retiring: w.retiring().is_some(),
                 leaving: w.leaving(),
+                connections: self.board.slot(w.slot).active_connections(),
             })
             .collect();
         let limit = self

@@ -240,6 +240,9 @@ fn finish<H: Handler>(
     if served != 0 && served % shared::YIELD_EVERY_REQUESTS == 0 {
         crate::sys::yield_cpu();
     }
+    if served != 0 && slot.wants_nudge(served) {
+        shared.nudge_master();
+    }
     if shared.max_requests != 0 && served == shared.max_requests && slot.mark_retiring() {
         tracing::info!(
             served,

@@ -120,7 +120,12 @@ fn a_good_canary_costs_the_window_and_nothing_else() {
 
 #[test]
 fn a_canary_that_dies_is_rolled_back() {
-    let mut s = demo(&BASE.replace("canary = 3", "canary = 30")).start();
+    let b = demo(&BASE.replace("canary = 3", "canary = 30"));
+    let notify = crate::systemd::NotifySocket::new(b.dir());
+    let mut s = b
+        .env("NOTIFY_SOCKET", notify.path.to_str().unwrap())
+        .start();
+    notify.until("READY=1", Duration::from_secs(20));
     let tcp = s.ready_tcp();
     s.signal(Signal::SIGHUP);
     let st = s.wait_status("the canary under watch", Duration::from_secs(20), |st| {
@@ -135,6 +140,14 @@ fn a_canary_that_dies_is_rolled_back() {
         report.message.contains("exited unexpectedly"),
         "{}",
         report.message
+    );
+    // systemd hears that the service serves on (READY=1) and why the
+    // reload did not take (STATUS=).
+    let msgs = notify.until("READY=1", Duration::from_secs(10));
+    let ready = msgs.last().unwrap();
+    assert!(
+        ready.contains("last reload: rolled_back (the canary"),
+        "{msgs:?}"
     );
     let st = s.wait_settled(Duration::from_secs(20));
     assert_eq!(st.generation, 1);

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use crate::util::*;
 
 /// A test-owned NOTIFY_SOCKET.
-struct NotifySocket {
+pub(crate) struct NotifySocket {
     sock: UnixDatagram,
-    path: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
 impl NotifySocket {
-    fn new(dir: &Path) -> NotifySocket {
+    pub(crate) fn new(dir: &Path) -> NotifySocket {
         let path = dir.join("notify.sock");
         let sock = UnixDatagram::bind(&path).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(100)))
@@ -26,7 +26,7 @@ impl NotifySocket {
 
     /// Next message that contains `needle`; messages before it are
     /// returned too (for order checks).
-    fn until(&self, needle: &str, timeout: Duration) -> Vec<String> {
+    pub(crate) fn until(&self, needle: &str, timeout: Duration) -> Vec<String> {
         let deadline = Instant::now() + timeout;
         let mut seen = Vec::new();
         let mut buf = [0u8; 4096];
