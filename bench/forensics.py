@@ -159,6 +159,7 @@ def reload_under_load(cfg_text_after, canary):
                              timeout=120)
         load.join()
         st = status(cfg)
+
         return st["last_reload"], st["totals"]["responses_by_class"][4], res, out.returncode
     finally:
         s.stop()
@@ -169,7 +170,7 @@ def main():
         bad = [reload_under_load('\n[app]\nenv = { DEMO_FAIL_RATE = "1" }\n', 10)
                for _ in range(ROUNDS)]
         for b in bad:
-            print(b[0]["result"], b[1], b[0]["duration_ms"], b[0]["message"][:120])
+            print(b[0]["result"], b[1], b[0]["duration_ms"], b[2].get("requests"), b[0]["message"][:100])
         return
     hangs = [one_hang() for _ in range(ROUNDS)]
     stops = [one_stop() for _ in range(ROUNDS)]
@@ -178,6 +179,13 @@ def main():
     good_plain = [reload_under_load("\n", 0) for _ in range(ROUNDS)]
     good_canary = [reload_under_load("\n", 3) for _ in range(ROUNDS)]
 
+    lines = []
+
+    def print(line):  # noqa: A001 - the table also goes to a file
+        lines.append(line)
+        sys.stdout.write(line + "\n")
+
+    print(f"Release build, {ROUNDS} rounds each, loopback, 2 workers for the canary rows.\n")
     print("| measure | median | max |")
     print("|---|---|---|")
 
@@ -197,6 +205,9 @@ def main():
     row("good reload with canary = 3 (ms)", [g[0]["duration_ms"] for g in good_canary])
     errs = sum(g[2].get("errors", 0) for g in good_plain + good_canary)
     print(f"| failed requests in good reloads | {errs} | |")
+    with open(os.path.join(ROOT, "bench", "results-forensics.md"), "w") as f:
+        f.write("# Hang forensics and canary reloads (bench/run forensics)\n\n")
+        f.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

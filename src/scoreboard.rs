@@ -280,6 +280,10 @@ shared_plain! {
         /// Wake the master when this many requests are answered (0: never):
         /// set for a reload's canary, so it is judged without delay.
         nudge_at: AtomicU64,
+        /// Bumped by the master to have the worker close each kept-alive
+        /// HTTP/1.1 connection after its next response (clients reconnect,
+        /// and may reach another worker).
+        shed_epoch: AtomicU32,
         pub counters: Counters,
     }
 }
@@ -365,6 +369,7 @@ impl Board {
         s.kind.store(SlotKind::App as u32, Relaxed);
         s.heartbeat_tid.store(0, Relaxed);
         s.nudge_at.store(0, Relaxed);
+        s.shed_epoch.store(0, Relaxed);
         // A killed worker leaves its last requests behind.
         self.in_flight[index].clear();
         s.state.store(SlotState::Booting as u32, Release);
@@ -463,6 +468,16 @@ impl Slot {
     /// Worker: whether `served` is the count the master asked to hear of.
     pub fn wants_nudge(&self, served: u64) -> bool {
         served == self.nudge_at.load(Relaxed)
+    }
+
+    /// Master: every open keep-alive connection closes after its next
+    /// response.
+    pub fn shed_connections(&self) {
+        self.shed_epoch.fetch_add(1, Relaxed);
+    }
+
+    pub fn shed_epoch(&self) -> u32 {
+        self.shed_epoch.load(Relaxed)
     }
 
     pub fn heartbeat_tid(&self) -> u32 {

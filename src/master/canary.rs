@@ -223,6 +223,9 @@ struct Watch {
     since: Instant,
     /// The canary's answered count at which it wakes the master next.
     next_nudge: u64,
+    /// When the previous generation's keep-alive connections were last
+    /// closed (so that their clients reconnect, some to the canary).
+    shed_at: Instant,
     previous: Vec<Followed>,
     /// The previous generation's lifetime counters when the window began.
     history: Sample,
@@ -301,10 +304,16 @@ impl Canary {
             history.add(&p.base);
         }
         board.slot(canary.1).nudge_at(CANARY_MIN_REQUESTS);
+        // Long-lived keep-alive connections stay where they are: closed
+        // once now, their clients reconnect and the canary gets its share.
+        for p in &previous {
+            board.slot(p.slot).shed_connections();
+        }
         self.watch = Some(Watch {
             canary: Followed::new(board, canary.0, canary.1, true),
             since: now,
             next_nudge: CANARY_MIN_REQUESTS,
+            shed_at: now,
             previous,
             history,
         });
@@ -338,6 +347,18 @@ impl Canary {
                 if w.canary.seen.requests >= w.next_nudge {
                     w.next_nudge = w.canary.seen.requests.saturating_mul(2);
                     slot.nudge_at(w.next_nudge);
+                }
+                // Starved in a stretched window: the clients reconnected
+                // to the old workers; once more each window.
+                let starved =
+                    elapsed >= self.limits.window && w.canary.seen.requests < CANARY_MIN_REQUESTS;
+                if starved && now.saturating_duration_since(w.shed_at) >= self.limits.window {
+                    w.shed_at = now;
+                    for p in &w.previous {
+                        if live.contains(&(p.pid, p.slot)) {
+                            board.slot(p.slot).shed_connections();
+                        }
+                    }
                 }
             }
             Verdict::Pass | Verdict::Unjudged(_) => {

@@ -92,7 +92,13 @@ async fn serve_http<IO, H>(
         ListenRole::Tls => shared.tls.clone(),
         _ => None,
     };
-    let state = Arc::new(ConnState::new(peer, role, tls.is_some(), shared.now_ms()));
+    let state = Arc::new(ConnState::new(
+        peer,
+        role,
+        tls.is_some(),
+        shared.now_ms(),
+        shared.slot.shed_epoch(),
+    ));
     match tls {
         None => {
             let proto = if shared.config.http.http2 {

@@ -40,6 +40,9 @@ pub struct ConnState {
     /// HTTP/1.1: since when the response waits for the client to take
     /// what it was given (HTTP/2 streams have their own, see `stream_exec`).
     pub send: SendWatch,
+    /// The slot's shed epoch this connection has answered to (see
+    /// `Slot::shed_connections`).
+    shed_seen: AtomicU32,
 }
 
 /// Since when a response has been waiting for the client: set when its
@@ -71,7 +74,7 @@ impl SendWatch {
 }
 
 impl ConnState {
-    pub fn new(peer: Peer, role: ListenRole, tls: bool, now_ms: u64) -> ConnState {
+    pub fn new(peer: Peer, role: ListenRole, tls: bool, now_ms: u64, shed: u32) -> ConnState {
         ConnState {
             peer,
             role,
@@ -83,7 +86,14 @@ impl ConnState {
             send_408: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
             send: SendWatch::default(),
+            shed_seen: AtomicU32::new(shed),
         }
+    }
+
+    /// Whether the master asked (since this connection last answered it)
+    /// for kept-alive connections to be closed.
+    pub fn must_shed(&self, epoch: u32) -> bool {
+        self.shed_seen.swap(epoch, Relaxed) != epoch
     }
 
     pub fn request_started(&self) {
@@ -103,5 +113,19 @@ impl ConnState {
 
     pub fn h2(&self) -> bool {
         self.h2.load(Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_shed_once_per_request_of_the_master() {
+        let c = ConnState::new(Peer::Unix, ListenRole::App, false, 0, 3);
+        // Opened after the master's third request: not shed for it.
+        assert!(!c.must_shed(3));
+        assert!(c.must_shed(4));
+        assert!(!c.must_shed(4));
     }
 }

@@ -221,7 +221,9 @@ fn finish<H: Handler>(
         // counts as upgraded until the app drops it.
         conn.upgrading();
         shared.conns.upgrade_started();
-    } else if shared.draining() && ctx.version < Version::HTTP_2 {
+    } else if ctx.version < Version::HTTP_2
+        && (shared.draining() || conn.must_shed(shared.slot.shed_epoch()))
+    {
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
