@@ -160,6 +160,7 @@ def reload_under_load(cfg_text_after, canary):
         load.join()
         st = status(cfg)
 
+
         return st["last_reload"], st["totals"]["responses_by_class"][4], res, out.returncode
     finally:
         s.stop()
@@ -181,30 +182,30 @@ def main():
 
     lines = []
 
-    def print(line):  # noqa: A001 - the table also goes to a file
+    def out(line):
         lines.append(line)
         sys.stdout.write(line + "\n")
 
-    print(f"Release build, {ROUNDS} rounds each, loopback, 2 workers for the canary rows.\n")
-    print("| measure | median | max |")
-    print("|---|---|---|")
+    out(f"Release build, {ROUNDS} rounds each, loopback, 2 workers for the canary rows.\n")
+    out("| measure | median | max |")
+    out("|---|---|---|")
 
     def row(name, xs, unit=""):
-        print(f"| {name} | {median(xs):.0f}{unit} | {max(xs):.0f}{unit} |")
+        out(f"| {name} | {median(xs):.0f}{unit} | {max(xs):.0f}{unit} |")
     row("missed heartbeat noticed after the timeout (ms)", [h["detect_late_ms"] for h in hangs])
     row("stacks captured (ms)", [h["capture_ms"] for h in hangs])
     row("noticed → event in the log (ms, incl. symbolizing)", [h["to_log_ms"] for h in hangs])
     row("event size (bytes of stacks)", [h["bytes"] for h in hangs])
-    print(f"| dumps obtained | {sum(h['obtained'] for h in hangs)}/{len(hangs)} | |")
+    out(f"| dumps obtained | {sum(h['obtained'] for h in hangs)}/{len(hangs)} | |")
     row("SIGSTOPped worker: SIGSTOP → reaped (ms; timeout 2 s)", stops)
     row("bad canary: 5xx answered before rollback (wrk -c32)", [b[1] for b in bad])
     row("bad canary: reload start → rolled back (ms)", [b[0]["duration_ms"] for b in bad])
     results = {b[0]["result"] for b in bad} | {f"exit {b[3]}" for b in bad}
-    print(f"| bad canary: results | {', '.join(sorted(results))} | |")
+    out(f"| bad canary: results | {', '.join(sorted(results))} | |")
     row("good reload without canary (ms)", [g[0]["duration_ms"] for g in good_plain])
     row("good reload with canary = 3 (ms)", [g[0]["duration_ms"] for g in good_canary])
     errs = sum(g[2].get("errors", 0) for g in good_plain + good_canary)
-    print(f"| failed requests in good reloads | {errs} | |")
+    out(f"| failed requests in good reloads | {errs} | |")
     with open(os.path.join(ROOT, "bench", "results-forensics.md"), "w") as f:
         f.write("# Hang forensics and canary reloads (bench/run forensics)\n\n")
         f.write("\n".join(lines) + "\n")
