@@ -43,6 +43,17 @@ pub enum Command {
     /// exit 0 if the new generation serves, 5 if the reload was refused,
     /// abandoned or rolled back.
     Reload { config: PathBuf },
+    /// A live view of the fleet through server.control_socket (q, Esc or
+    /// Ctrl-C quits).
+    Top {
+        config: PathBuf,
+        /// Print one frame as plain text and exit (rates over one interval).
+        #[arg(long)]
+        once: bool,
+        /// Seconds between refreshes.
+        #[arg(long, value_name = "SECONDS", default_value = "1")]
+        interval: f64,
+    },
     /// Print the stacks of every thread of the worker in SLOT (see
     /// `status`) and its requests in flight; the worker keeps serving.
     Dump {

@@ -216,6 +216,12 @@ pub struct WorkerStatus {
     /// CPU time (user + system); in exec mode with what it started.
     pub cpu_seconds: f64,
     pub seconds_since_heartbeat: f64,
+    /// How late its last heartbeat tick ran (event-loop lag).
+    #[serde(default)]
+    pub loop_lag_ms: f64,
+    /// `lifecycle.max_worker_memory` of its generation, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -229,6 +235,13 @@ pub struct Totals {
     pub exits_by_reason: BTreeMap<ExitReason, u64>,
     /// Reloads by result, since the master started.
     pub reloads_by_result: BTreeMap<ReloadResult, u64>,
+    /// Request durations since the master started: how many fell in each
+    /// bucket (not cumulative), the last one open-ended.
+    #[serde(default)]
+    pub latency_histogram: Vec<u64>,
+    /// The buckets' upper bounds in microseconds.
+    #[serde(default)]
+    pub latency_bounds_us: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -12,7 +12,7 @@ use crate::exit;
 /// A reload waits for the new generation (and its canary window, added to
 /// this); bounded so a wedged master does not hang a deploy script forever.
 const RELOAD_WAIT_TIMEOUT: Duration = Duration::from_secs(600);
-const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
@@ -36,42 +36,71 @@ pub enum CtlError {
     Protocol(String),
 }
 
-fn ask(config: &Path, req: Request, timeout: Duration) -> Result<Response, CtlError> {
+/// The control socket a config names.
+pub fn socket_of(config: &Path) -> Result<(std::path::PathBuf, Config), CtlError> {
     let cfg = Config::load(config, &Overrides::default())?;
     let path = cfg
         .server
         .control_socket
+        .clone()
         .ok_or_else(|| CtlError::NoSocket(config.to_path_buf()))?;
-    let io = |source| CtlError::Io {
-        path: path.clone(),
-        source,
-    };
-    let mut stream = UnixStream::connect(&path).map_err(|source| CtlError::Connect {
-        path: path.clone(),
-        source,
-    })?;
+    Ok((path, cfg))
+}
+
+/// A connection to the master's control socket that may carry many
+/// requests (`rsvisor top` keeps one open).
+pub struct ControlClient {
+    path: std::path::PathBuf,
+    stream: BufReader<UnixStream>,
+}
+
+impl ControlClient {
+    pub fn connect(path: &Path) -> Result<ControlClient, CtlError> {
+        let stream = UnixStream::connect(path).map_err(|source| CtlError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(ControlClient {
+            path: path.to_path_buf(),
+            stream: BufReader::new(stream),
+        })
+    }
+
+    /// Sends one request and waits up to `timeout` for its answer.
+    pub fn ask(&mut self, req: &Request, timeout: Duration) -> Result<Response, CtlError> {
+        let io = |source| CtlError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let stream = self.stream.get_mut();
+        stream.set_read_timeout(Some(timeout)).map_err(io)?;
+        // The master may answer (and close) before reading, e.g. to refuse
+        // a client: a failed write is reported only if no answer came.
+        let written = stream.write_all(req.line().as_bytes());
+        let mut line = String::new();
+        match self.stream.read_line(&mut line) {
+            Ok(n) if n > 0 => {}
+            Ok(_) => {
+                return Err(io(written.err().unwrap_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "closed without an answer",
+                    )
+                })))
+            }
+            Err(e) => return Err(io(written.err().unwrap_or(e))),
+        }
+        serde_json::from_str(&line).map_err(|e| CtlError::Protocol(format!("{e}: {line:?}")))
+    }
+}
+
+fn ask(config: &Path, req: Request, timeout: Duration) -> Result<Response, CtlError> {
+    let (path, cfg) = socket_of(config)?;
     let timeout = match req {
         Request::Reload => timeout + cfg.lifecycle.canary,
         _ => timeout,
     };
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    // The master may answer (and close) before reading, e.g. to refuse a
-    // client: a failed write is reported only if no answer came.
-    let written = stream.write_all(req.line().as_bytes());
-    let mut line = String::new();
-    match BufReader::new(stream).read_line(&mut line) {
-        Ok(n) if n > 0 => {}
-        Ok(_) => {
-            return Err(io(written.err().unwrap_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "closed without an answer",
-                )
-            })))
-        }
-        Err(e) => return Err(io(written.err().unwrap_or(e))),
-    }
-    serde_json::from_str(&line).map_err(|e| CtlError::Protocol(format!("{e}: {line:?}")))
+    ControlClient::connect(&path)?.ask(&req, timeout)
 }
 
 pub fn status(config: &Path, json: bool) -> i32 {

@@ -39,6 +39,7 @@ mod sys;
 mod systemd;
 mod throttle;
 mod tls;
+mod top;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -154,6 +155,11 @@ impl Program {
             Command::Status { config, json } => ctl::status(&config, json),
             Command::Reload { config } => ctl::reload(&config),
             Command::Dump { config, slot, json } => ctl::dump(&config, slot, json),
+            Command::Top {
+                config,
+                once,
+                interval,
+            } => top::run(&config, top::Options { once, interval }),
         };
         ExitCode::from(code as u8)
     }

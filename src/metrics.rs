@@ -278,6 +278,21 @@ pub fn render(board: &Board) -> String {
             o.sample(name, &format!("worker=\"{i}\""), value(s, now_ms));
         }
     }
+    // Only for workers that have a limit: a ratio to 0 would be +Inf.
+    o.family(
+        "rsvisor_worker_memory_limit_bytes",
+        "gauge",
+        "lifecycle.max_worker_memory of the worker in this slot (absent when unset).",
+    );
+    for (i, s) in &live {
+        if let Some(limit) = s.memory_limit() {
+            o.sample(
+                "rsvisor_worker_memory_limit_bytes",
+                &format!("worker=\"{i}\""),
+                limit,
+            );
+        }
+    }
 
     if let Some(p) = crate::procfs::stats(nix::unistd::getppid().as_raw()) {
         o.family(

@@ -271,6 +271,8 @@ shared_plain! {
         upgraded_connections: AtomicU64,
         /// Resident memory, written by the master (it reads /proc).
         rss_bytes: AtomicU64,
+        /// `lifecycle.max_worker_memory` of the worker's generation (0: none).
+        memory_limit: AtomicU64,
         /// CPU time in milliseconds, written by the master.
         cpu_ms: AtomicU64,
         /// What runs in the slot ([`SlotKind`]).
@@ -365,6 +367,7 @@ impl Board {
         s.active_connections.store(0, Relaxed);
         s.upgraded_connections.store(0, Relaxed);
         s.rss_bytes.store(0, Relaxed);
+        s.memory_limit.store(0, Relaxed);
         s.cpu_ms.store(0, Relaxed);
         s.kind.store(SlotKind::App as u32, Relaxed);
         s.heartbeat_tid.store(0, Relaxed);
@@ -554,6 +557,15 @@ impl Slot {
         self.rss_bytes.load(Relaxed)
     }
 
+    pub fn set_memory_limit(&self, bytes: u64) {
+        self.memory_limit.store(bytes, Relaxed);
+    }
+
+    /// `lifecycle.max_worker_memory` of this worker, if it has one.
+    pub fn memory_limit(&self) -> Option<u64> {
+        Some(self.memory_limit.load(Relaxed)).filter(|b| *b != 0)
+    }
+
     /// Counts a request without the metrics detail (metrics disabled);
     /// returns how many this worker has answered.
     pub fn count_request(&self) -> u64 {
@@ -610,6 +622,31 @@ impl Slot {
     pub fn count_conn_error(&self, e: ConnError) {
         self.counters.errors.conn[e.index()].fetch_add(1, Relaxed);
     }
+}
+
+/// Quantile `q` (0–1) of a latency histogram with [`LATENCY_BOUNDS_US`]
+/// buckets, in microseconds, interpolated within its bucket as Prometheus'
+/// `histogram_quantile` does; `None` without samples.
+pub fn quantile_us(hist: &[u64], q: f64) -> Option<f64> {
+    let total: u64 = hist.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut below = 0u64;
+    for (i, &n) in hist.iter().enumerate() {
+        if n > 0 && (below + n) as f64 >= rank {
+            let Some(&upper) = LATENCY_BOUNDS_US.get(i) else {
+                // The open-ended bucket: its lower bound is all we know.
+                return LATENCY_BOUNDS_US.last().map(|b| *b as f64);
+            };
+            let lower = if i == 0 { 0 } else { LATENCY_BOUNDS_US[i - 1] };
+            let within = (rank - below as f64).max(0.0) / n as f64;
+            return Some(lower as f64 + (upper - lower) as f64 * within);
+        }
+        below += n;
+    }
+    LATENCY_BOUNDS_US.last().map(|b| *b as f64)
 }
 
 pub fn method_class(m: &http::Method) -> usize {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use nix::unistd::Pid;
 
 use crate::config::LifecycleConfig;
-use crate::scoreboard::{Board, CountersSnapshot, LATENCY_BOUNDS_US, LATENCY_BUCKETS};
+use crate::scoreboard::{quantile_us, Board, CountersSnapshot, LATENCY_BUCKETS};
 
 /// Requests the canary must have answered before its 5xx share or its
 /// latency is judged: fewer say nothing either way.
@@ -100,29 +100,6 @@ impl Sample {
     pub fn p99_us(&self) -> Option<f64> {
         quantile_us(&self.latency, 0.99)
     }
-}
-
-/// `q` (0–1) of a latency histogram with [`LATENCY_BOUNDS_US`] buckets.
-pub fn quantile_us(hist: &[u64; LATENCY_BUCKETS], q: f64) -> Option<f64> {
-    let total: u64 = hist.iter().sum();
-    if total == 0 {
-        return None;
-    }
-    let rank = q * total as f64;
-    let mut below = 0u64;
-    for (i, &n) in hist.iter().enumerate() {
-        if n > 0 && (below + n) as f64 >= rank {
-            let Some(&upper) = LATENCY_BOUNDS_US.get(i) else {
-                // The open-ended bucket: its lower bound is all we know.
-                return LATENCY_BOUNDS_US.last().map(|b| *b as f64);
-            };
-            let lower = if i == 0 { 0 } else { LATENCY_BOUNDS_US[i - 1] };
-            let within = (rank - below as f64).max(0.0) / n as f64;
-            return Some(lower as f64 + (upper - lower) as f64 * within);
-        }
-        below += n;
-    }
-    LATENCY_BOUNDS_US.last().map(|b| *b as f64)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -398,6 +375,7 @@ fn previous_sample(w: &Watch) -> Sample {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scoreboard::LATENCY_BOUNDS_US;
 
     fn limits() -> Limits {
         Limits {

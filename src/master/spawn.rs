@@ -76,8 +76,10 @@ impl Master {
         let loaded = &self.current.loaded;
         let generation = self.current.generation;
         let listeners = worker_listeners(loaded, &self.sockets.listeners, Listeners::App)?;
+        let memory_limit = loaded.config.lifecycle.max_worker_memory.unwrap_or(0);
         let handle = if loaded.config.exec_mode() {
             self.board.claim(slot, generation);
+            self.board.slot(slot).set_memory_limit(memory_limit);
             let req = exec::ExecRequest {
                 loaded,
                 slot,
@@ -229,6 +231,8 @@ fn spawn(req: SpawnRequest<'_>) -> Result<Pid, SpawnError> {
     let listeners = req.listeners;
     let master_pid = nix::unistd::getpid();
     req.board.claim(req.slot, req.generation);
+    let memory_limit = req.loaded.config.lifecycle.max_worker_memory.unwrap_or(0);
+    req.board.slot(req.slot).set_memory_limit(memory_limit);
     // Blocked until the worker has its own handlers (see
     // `sys::block_all_signals`); the master's signals wait meanwhile.
     let mask = sys::block_all_signals().map_err(SpawnError::Fork)?;

@@ -25,6 +25,8 @@ impl Master {
                     cpu_seconds: slot.cpu_seconds(),
                     seconds_since_heartbeat: now_ms.saturating_sub(slot.heartbeat_ms()) as f64
                         / 1000.0,
+                    loop_lag_ms: slot.loop_lag_us() as f64 / 1000.0,
+                    memory_limit_bytes: slot.memory_limit(),
                 }
             })
             .collect();
@@ -58,6 +60,8 @@ impl Master {
                 worker_exits: ExitReason::ALL.iter().map(|r| self.board.exits(*r)).sum(),
                 exits_by_reason,
                 reloads_by_result,
+                latency_histogram: totals.latency.to_vec(),
+                latency_bounds_us: crate::scoreboard::LATENCY_BOUNDS_US.to_vec(),
             },
             workers,
             last_reload: self.last_reload.as_ref().map(|r| r.report()),

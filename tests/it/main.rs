@@ -14,6 +14,7 @@ mod forensics;
 mod hardening;
 mod http_edge;
 mod layers;
+mod monitoring;
 mod observability;
 mod static_files;
 mod supervisor;
