@@ -730,3 +730,25 @@ pub fn memfd(name: &str) -> io::Result<std::fs::File> {
         .map_err(io::Error::from)?;
     Ok(std::fs::File::from(fd))
 }
+
+/// Keeps the pages of `value` (shared memory from [`shared_zeroed`]) out of
+/// core dumps and out of swap, for secrets that must never reach a disk.
+/// Failing to lock (a small `RLIMIT_MEMLOCK`) is reported, and the pages
+/// still stay out of core dumps.
+pub fn keep_off_disk<T: SharedPlain>(value: &'static T) -> io::Result<()> {
+    let ptr = std::ptr::from_ref(value).cast::<libc::c_void>().cast_mut();
+    let len = std::mem::size_of::<T>();
+    // SAFETY: `value` is a live 'static mapping from `shared_zeroed`, which
+    // is page-aligned and at least `len` bytes long; MADV_DONTDUMP only
+    // changes how a core dump treats the pages, not their contents.
+    let rc = unsafe { libc::madvise(ptr, len, libc::MADV_DONTDUMP) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above; mlock only pins the pages in memory.
+    let rc = unsafe { libc::mlock(ptr, len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -291,6 +291,35 @@ pub const KEYS: &[Key] = &[
             _ => ClientAuth::Required,
         },
         get |c| q(c.tls.client_auth.as_str())),
+    key!("tls"."session_tickets" = "true",
+        "resume TLS sessions (1.3 and 1.2) with stateless tickets whose keys the master creates \
+         in shared memory (never on disk), so a client resumes on any worker and across `HUP`; \
+         `false` turns resumption off (every handshake is a full one). There is no per-worker \
+         session-ID cache, and no 0-RTT early data",
+        set |c, v| c.tls.session_tickets = boolean(v)?,
+        get |c| c.tls.session_tickets.to_string()),
+    key!("tls"."session_ticket_lifetime" = "86400",
+        "seconds a ticket is valid for (at most 604800, TLS 1.3's limit): the master makes a new \
+         ticket key this often and keeps the previous one for decryption only, so a ticket is \
+         honoured for between one and two lifetimes",
+        set |c, v| {
+            let d = seconds(v, false)?;
+            if d > crate::tls::MAX_TICKET_LIFETIME {
+                return Err(format!(
+                    "{} s is more than TLS 1.3 allows ({} s, 7 days)",
+                    d.as_secs(),
+                    crate::tls::MAX_TICKET_LIFETIME.as_secs()
+                ));
+            }
+            if d < crate::tls::MIN_TICKET_LIFETIME {
+                return Err(format!(
+                    "must be at least {} s",
+                    crate::tls::MIN_TICKET_LIFETIME.as_secs()
+                ));
+            }
+            c.tls.session_ticket_lifetime = d;
+        },
+        get |c| secs(c.tls.session_ticket_lifetime)),
     key!("log"."level" = r#""info""#,
         "a level or a `RUST_LOG`-style filter (`\"info,rsvisor=debug\"`)",
         set |c, v| {

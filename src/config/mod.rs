@@ -172,12 +172,27 @@ pub struct ProxyConfig {
     pub forwarded_allow_ips: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub client_ca: Option<PathBuf>,
     pub client_auth: ClientAuth,
+    pub session_tickets: bool,
+    pub session_ticket_lifetime: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: None,
+            key: None,
+            client_ca: None,
+            client_auth: ClientAuth::None,
+            session_tickets: true,
+            session_ticket_lifetime: crate::tls::DEFAULT_TICKET_LIFETIME,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

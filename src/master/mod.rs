@@ -34,6 +34,7 @@ mod retire;
 mod signals;
 mod spawn;
 mod status;
+mod tickets;
 mod upgrade;
 mod worker_handle;
 
@@ -147,6 +148,8 @@ pub struct Master {
     sidecar: Option<WorkerHandle>,
     sidecar_not_before: Instant,
     next_memory_check: Instant,
+    /// When the master makes the next TLS session-ticket key.
+    next_ticket_rotation: Instant,
     /// Stack dumps in progress, and the last workers that exited.
     inspections: forensics::Inspections,
 }
@@ -182,6 +185,7 @@ impl Master {
         let board = Board::create().map_err(MasterError::Scoreboard)?;
         let signals = SignalQueue::install().map_err(MasterError::Signals)?;
         let config = &setup.loaded.config;
+        let first_rotation = Instant::now() + config.tls.session_ticket_lifetime;
         let control = match (setup.inherited_control, &config.server.control_socket) {
             (Some(fd), _) => Some(
                 ControlServer::inherited(fd)
@@ -237,6 +241,7 @@ impl Master {
             sidecar: None,
             sidecar_not_before: now,
             next_memory_check: now,
+            next_ticket_rotation: first_rotation,
             inspections: forensics::Inspections::default(),
         })
     }
@@ -261,6 +266,7 @@ impl Master {
             self.read_workers(&woke.exec);
             self.check_upgrade(woke.upgrade);
             self.check_health();
+            self.rotate_ticket_keys();
             self.reap_children();
             self.progress_inspections();
             self.cull_and_retire();

@@ -19,4 +19,5 @@ mod observability;
 mod static_files;
 mod supervisor;
 mod systemd;
+mod tls_resume;
 mod zero_downtime;

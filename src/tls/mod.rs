@@ -1,6 +1,13 @@
 //! TLS with rustls: certificate chain and key (PEM: RSA, ECDSA, Ed25519),
 //! optional client certificates verified against `tls.client_ca`, TLS 1.2
-//! and 1.3, ALPN `h2` and `http/1.1`.
+//! and 1.3, ALPN `h2` and `http/1.1`, session resumption with tickets
+//! shared by every worker ([`tickets`]).
+
+mod tickets;
+
+pub use tickets::{
+    rotate as rotate_ticket_keys, DEFAULT_TICKET_LIFETIME, MAX_TICKET_LIFETIME, MIN_TICKET_LIFETIME,
+};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,6 +64,8 @@ pub enum TlsError {
     BadCa { path: PathBuf, detail: String },
     #[error("TLS set-up failed: {0}")]
     Setup(rustls::Error),
+    #[error("cannot set up the shared session-ticket keys: {0}")]
+    Tickets(std::io::Error),
 }
 
 impl TlsError {
@@ -66,6 +75,7 @@ impl TlsError {
             TlsError::Cert { .. } | TlsError::NoCert { .. } | TlsError::Setup(_) => "tls.cert",
             TlsError::Key { .. } | TlsError::KeyMismatch { .. } => "tls.key",
             TlsError::Ca { .. } | TlsError::BadCa { .. } => "tls.client_ca",
+            TlsError::Tickets(_) => "tls.session_tickets",
         }
     }
 }
@@ -116,6 +126,19 @@ impl TlsMaterial {
                     path: key.clone(),
                     source,
                 })?;
+        // Resumption is by tickets only: a per-worker session-ID cache
+        // would resume only on the worker that happened to issue the ID.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        if cfg.session_tickets {
+            config.ticketer = Arc::new(
+                tickets::SharedTicketer::new(cfg.session_ticket_lifetime)
+                    .map_err(TlsError::Tickets)?,
+            );
+        } else {
+            config.send_tls13_tickets = 0;
+        }
+        // No 0-RTT: early data can be replayed.
+        config.max_early_data_size = 0;
         config.alpn_protocols = if http2 {
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
         } else {
