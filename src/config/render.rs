@@ -54,7 +54,8 @@ mod tests {
                     limit_concurrency = 4\nsend_timeout = 12\ncompression = true\nhttp2 = false\n\
                     [proxy]\nproxy_headers = true\nforwarded_allow_ips = [\"10.0.0.0/8\", \"unix\"]\n\
                     [tls]\ncert = \"/a.pem\"\nkey = \"/b.pem\"\nclient_ca = \"/c.pem\"\n\
-                    client_auth = \"required\"\n\
+                    client_auth = \"required\"\nsession_tickets = false\n\
+                    session_ticket_lifetime = 3600\n\
                     [log]\nlevel = \"debug\"\nformat = \"json\"\naccess_log = \"\"\n\
                     access_format = \"json\"\n\
                     [app]\nstatic_dir = \"/srv\"\nhealth_path = \"/h\"\nready_path = \"/r\"\n\
