@@ -49,7 +49,7 @@ fn main() {
     } else {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .expect("versions")

@@ -12,6 +12,14 @@ use clap::{Parser, Subcommand};
                   serve HTTP with hyper; it keeps them healthy and reloads them without \
                   dropping a request (kill -HUP)."
 )]
+#[cfg_attr(
+    feature = "tls-ring",
+    command(long_version = concat!(env!("CARGO_PKG_VERSION"), " (TLS: rustls with ring)"))
+)]
+#[cfg_attr(
+    not(feature = "tls-ring"),
+    command(long_version = concat!(env!("CARGO_PKG_VERSION"), " (TLS: rustls with aws-lc-rs)"))
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

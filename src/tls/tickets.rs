@@ -24,8 +24,14 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
-use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
-use ring::rand::{SecureRandom, SystemRandom};
+// aws-lc-rs and ring have the same AEAD and random API; use the one rustls
+// is built with.
+#[cfg(not(feature = "tls-ring"))]
+use aws_lc_rs as crypto;
+use crypto::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use crypto::rand::{SecureRandom, SystemRandom};
+#[cfg(feature = "tls-ring")]
+use ring as crypto;
 
 use crate::sys::{self, shared_plain};
 

@@ -116,7 +116,7 @@ key = "{dir}/server.key"
             roots.add(c.unwrap()).unwrap();
         }
         let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
