@@ -304,17 +304,17 @@ pub const KEYS: &[Key] = &[
          honoured for between one and two lifetimes",
         set |c, v| {
             let d = seconds(v, false)?;
-            if d > crate::tls::MAX_TICKET_LIFETIME {
+            if d > super::MAX_TICKET_LIFETIME {
                 return Err(format!(
                     "{} s is more than TLS 1.3 allows ({} s, 7 days)",
                     d.as_secs(),
-                    crate::tls::MAX_TICKET_LIFETIME.as_secs()
+                    super::MAX_TICKET_LIFETIME.as_secs()
                 ));
             }
-            if d < crate::tls::MIN_TICKET_LIFETIME {
+            if d < super::MIN_TICKET_LIFETIME {
                 return Err(format!(
                     "must be at least {} s",
-                    crate::tls::MIN_TICKET_LIFETIME.as_secs()
+                    super::MIN_TICKET_LIFETIME.as_secs()
                 ));
             }
             c.tls.session_ticket_lifetime = d;

@@ -172,6 +172,14 @@ pub struct ProxyConfig {
     pub forwarded_allow_ips: Vec<String>,
 }
 
+/// `tls.session_ticket_lifetime` by default: one day, as the deployment
+/// guide's nginx `ssl_session_timeout 1d`.
+pub const DEFAULT_TICKET_LIFETIME: Duration = Duration::from_secs(86_400);
+/// TLS 1.3 forbids advertising more than seven days (RFC 8446 §4.6.1).
+pub const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(604_800);
+/// Shorter lifetimes rotate keys faster than tickets are useful.
+pub const MIN_TICKET_LIFETIME: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TlsConfig {
     pub cert: Option<PathBuf>,
@@ -190,7 +198,7 @@ impl Default for TlsConfig {
             client_ca: None,
             client_auth: ClientAuth::None,
             session_tickets: true,
-            session_ticket_lifetime: crate::tls::DEFAULT_TICKET_LIFETIME,
+            session_ticket_lifetime: DEFAULT_TICKET_LIFETIME,
         }
     }
 }

@@ -5,9 +5,7 @@
 
 mod tickets;
 
-pub use tickets::{
-    rotate as rotate_ticket_keys, DEFAULT_TICKET_LIFETIME, MAX_TICKET_LIFETIME, MIN_TICKET_LIFETIME,
-};
+pub use tickets::rotate as rotate_ticket_keys;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

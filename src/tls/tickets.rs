@@ -33,15 +33,9 @@ use crypto::rand::{SecureRandom, SystemRandom};
 #[cfg(feature = "tls-ring")]
 use ring as crypto;
 
+#[cfg(test)]
+use crate::config::DEFAULT_TICKET_LIFETIME;
 use crate::sys::{self, shared_plain};
-
-/// `tls.session_ticket_lifetime` by default: one day, as the deployment
-/// guide's nginx `ssl_session_timeout 1d`.
-pub const DEFAULT_TICKET_LIFETIME: Duration = Duration::from_secs(86_400);
-/// TLS 1.3 forbids advertising more than seven days (RFC 8446 §4.6.1).
-pub const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(604_800);
-/// Shorter lifetimes rotate keys faster than tickets are useful.
-pub const MIN_TICKET_LIFETIME: Duration = Duration::from_secs(60);
 
 /// What the shared region starts with. Tests (as root) look for it in the
 /// master's shared mappings to learn the live key, then check that no

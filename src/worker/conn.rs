@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use super::conn_state::{ConnState, How, Peer};
 use super::conns::ConnGuard;
+use super::park::{self, Handoff, Parkable, Tail};
 use super::proxy_protocol;
 use super::service::ConnService;
 use super::{ListenRole, Shared};
@@ -54,7 +55,7 @@ pub async fn serve<IO, H>(
     shared: Arc<Shared<H>>,
     stop: watch::Receiver<bool>,
 ) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Parkable + Unpin + Send + 'static,
     H: Handler,
 {
     // Counted until dropped: by this task, or by the app that took over an
@@ -64,14 +65,21 @@ pub async fn serve<IO, H>(
         // The header counts against the header timeout; a connection
         // without a valid one is closed.
         let limit = shared.config.http.header_read_timeout;
-        if let Ok(Ok((source, io))) = tokio::time::timeout(limit, proxy_protocol::accept(io)).await
-        {
-            let peer = match source {
-                proxy_protocol::Source::Client(addr) => Peer::Tcp(addr),
-                proxy_protocol::Source::Local => peer,
-            };
-            serve_http(io, peer, how.role, &shared, stop, guard).await;
-        }
+        // Boxed, as every path but the plain one: the task's future is as
+        // large as its largest path, and an idle plain connection should
+        // cost a few hundred bytes (see `park`).
+        Box::pin(async move {
+            if let Ok(Ok((source, io))) =
+                tokio::time::timeout(limit, proxy_protocol::accept(io)).await
+            {
+                let peer = match source {
+                    proxy_protocol::Source::Client(addr) => Peer::Tcp(addr),
+                    proxy_protocol::Source::Local => peer,
+                };
+                serve_http(io, peer, how.role, &shared, stop, guard).await;
+            }
+        })
+        .await;
     } else {
         serve_http(io, peer, how.role, &shared, stop, guard).await;
     }
@@ -85,7 +93,7 @@ async fn serve_http<IO, H>(
     mut stop: watch::Receiver<bool>,
     guard: ConnGuard,
 ) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Parkable + Unpin + Send + 'static,
     H: Handler,
 {
     let tls = match role {
@@ -109,19 +117,23 @@ async fn serve_http<IO, H>(
             drive(io, proto, shared, &state, &mut stop, guard).await;
         }
         Some(acceptor) => {
-            // The handshake counts against the header timeout.
-            let limit = shared.config.http.header_read_timeout;
-            match tokio::time::timeout(limit, acceptor.accept(io)).await {
-                Ok(Ok(stream)) => {
-                    let proto = match stream.get_ref().1.alpn_protocol() {
-                        Some(b"h2") => Proto::H2,
-                        _ => Proto::H1,
-                    };
-                    drive(stream, proto, shared, &state, &mut stop, guard).await;
+            // Boxed: see `serve`.
+            Box::pin(async move {
+                // The handshake counts against the header timeout.
+                let limit = shared.config.http.header_read_timeout;
+                match tokio::time::timeout(limit, acceptor.accept(io)).await {
+                    Ok(Ok(stream)) => {
+                        let proto = match stream.get_ref().1.alpn_protocol() {
+                            Some(b"h2") => Proto::H2,
+                            _ => Proto::H1,
+                        };
+                        drive(stream, proto, shared, &state, &mut stop, guard).await;
+                    }
+                    Ok(Err(e)) => tls_failed(shared, peer, tls_failure(&e), Some(&e)),
+                    Err(_) => tls_failed(shared, peer, TlsFailure::Timeout, None),
                 }
-                Ok(Err(e)) => tls_failed(shared, peer, tls_failure(&e), Some(&e)),
-                Err(_) => tls_failed(shared, peer, TlsFailure::Timeout, None),
-            }
+            })
+            .await;
         }
     }
 }
@@ -197,28 +209,89 @@ fn connection_failed<H>(shared: &Shared<H>, peer: Peer, e: &(dyn std::error::Err
 }
 
 /// Serves the connection until it ends, times out, or drain ends it; the
-/// socket is closed when this returns.
+/// socket is closed when this returns. A plain HTTP/1.1 connection that
+/// goes idle waits for its next request parked, without hyper's buffers
+/// (see `park`), then gets a fresh hyper connection.
 async fn drive<IO, H>(
+    mut io: IO,
+    proto: Proto,
+    shared: &Arc<Shared<H>>,
+    state: &Arc<ConnState>,
+    stop: &mut watch::Receiver<bool>,
+    mut guard: ConnGuard,
+) where
+    IO: AsyncRead + AsyncWrite + Parkable + Unpin + Send + 'static,
+    H: Handler,
+{
+    if proto == Proto::H2 {
+        state.h2.store(true, Relaxed);
+    }
+    let http = &shared.config.http;
+    let idle_limit = if http.keepalive_timeout.is_zero() {
+        // No keep-alive: this only bounds a client that never sends.
+        http.header_read_timeout
+    } else {
+        http.keepalive_timeout
+    };
+    let limits = Limits {
+        idle_ms: idle_limit.as_millis() as u64,
+        header_ms: http.header_read_timeout.as_millis() as u64,
+        send_ms: http.send_timeout.as_millis() as u64,
+    };
+    let parking = proto != Proto::H2 && io.can_park() && !http.keepalive_timeout.is_zero();
+    loop {
+        let handoff = parking.then(Handoff::new);
+        // Boxed: while the connection is parked, hyper's state is freed,
+        // not kept in this task's future.
+        Box::pin(serve_until_idle(
+            io,
+            proto,
+            shared,
+            state,
+            stop,
+            guard,
+            handoff.clone(),
+            limits,
+        ))
+        .await;
+        let Some((parked, parked_guard)) = handoff.and_then(|h| h.take()) else {
+            return;
+        };
+        let idle_ms = state.idle_since_ms.load(Relaxed) + limits.idle_ms;
+        let left = Duration::from_millis(idle_ms.saturating_sub(shared.now_ms()));
+        if !park::wait(&parked, left).await {
+            return;
+        }
+        io = parked;
+        guard = parked_guard;
+    }
+}
+
+/// One hyper connection over `io`, until the connection ends, times out,
+/// drain ends it, or (with a `handoff`) it goes idle and is parked.
+#[allow(clippy::too_many_arguments)]
+async fn serve_until_idle<IO, H>(
     io: IO,
     proto: Proto,
     shared: &Arc<Shared<H>>,
     state: &Arc<ConnState>,
     stop: &mut watch::Receiver<bool>,
     guard: ConnGuard,
+    handoff: Option<Arc<Handoff<IO>>>,
+    limits: Limits,
 ) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Parkable + Unpin + Send + 'static,
     H: Handler,
 {
-    if proto == Proto::H2 {
-        state.h2.store(true, Relaxed);
-    }
     let service = ConnService::new(shared.clone(), state.clone());
     let io = TokioIo::new(Tracked {
-        inner: io,
+        inner: Some(io),
         state: state.clone(),
         clock: shared.clock.clone(),
         first_read: true,
-        guard,
+        guard: Some(guard),
+        handoff,
+        tail: Tail::default(),
     });
     let builder = match proto {
         Proto::Detect => &shared.auto,
@@ -230,22 +303,10 @@ async fn drive<IO, H>(
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
 
-    let http = &shared.config.http;
-    let idle_limit = if http.keepalive_timeout.is_zero() {
-        // No keep-alive: this only bounds a client that never sends.
-        http.header_read_timeout
-    } else {
-        http.keepalive_timeout
-    };
     let mut drain_seen = *stop.borrow();
     if drain_seen && state.h2.load(Relaxed) {
         conn.as_mut().graceful_shutdown();
     }
-    let limits = Limits {
-        idle_ms: idle_limit.as_millis() as u64,
-        header_ms: http.header_read_timeout.as_millis() as u64,
-        send_ms: http.send_timeout.as_millis() as u64,
-    };
     loop {
         tokio::select! {
             res = conn.as_mut() => {
@@ -340,23 +401,34 @@ async fn watchdog<H>(shared: &Shared<H>, state: &ConnState, limits: Limits) -> E
 }
 
 /// The connection's IO as hyper sees it: notes when a request head starts
-/// arriving, and answers 408 when told to.
+/// arriving, answers 408 when told to, and hands the socket over to be
+/// parked when the connection goes idle (then hyper sees an end of stream).
 struct Tracked<IO> {
-    inner: IO,
+    /// `None` once handed over for parking.
+    inner: Option<IO>,
     state: Arc<ConnState>,
     clock: Arc<AtomicU64>,
     first_read: bool,
     /// The connection counts as open while this IO lives (in the app, for
-    /// an upgraded connection).
-    guard: ConnGuard,
+    /// an upgraded connection), or while it is parked.
+    guard: Option<ConnGuard>,
+    handoff: Option<Arc<Handoff<IO>>>,
+    tail: Tail,
 }
 
 impl<IO> Drop for Tracked<IO> {
     fn drop(&mut self) {
         if self.state.upgraded.load(Relaxed) {
-            self.guard.upgrade_ended();
+            if let Some(g) = &self.guard {
+                g.upgrade_ended();
+            }
         }
     }
+}
+
+/// What hyper gets from a parked connection's IO if it writes anyway.
+fn parked_error() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "connection parked")
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tracked<IO> {
@@ -366,24 +438,41 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tracked<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
         if this.state.upgraded.load(Relaxed) {
             // The app's now: no heads to time.
-            let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+            let res = Pin::new(inner).poll_read(cx, buf);
             if matches!(res, Poll::Ready(Ok(()))) {
-                this.guard.upgraded_read();
+                if let Some(g) = &this.guard {
+                    g.upgraded_read();
+                }
             }
             return res;
         }
         if this.state.send_408.load(Relaxed) {
             // Best effort: one write attempt, then end of stream.
-            let _ = Pin::new(&mut this.inner).poll_write(cx, RESPONSE_408);
-            let _ = Pin::new(&mut this.inner).poll_flush(cx);
+            let _ = Pin::new(&mut *inner).poll_write(cx, RESPONSE_408);
+            let _ = Pin::new(inner).poll_flush(cx);
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let res = Pin::new(&mut *inner).poll_read(cx, buf);
+        if res.is_pending() {
+            if let Some(handoff) = &this.handoff {
+                if park::hyper_is_empty(&this.state, &this.tail) {
+                    if let (Some(io), Some(guard)) = (this.inner.take(), this.guard.take()) {
+                        handoff.put(io, guard);
+                        // End of stream: hyper ends without touching the socket.
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            }
+        }
         if let Poll::Ready(Ok(())) = res {
             let new = &buf.filled()[before..];
+            this.tail.push(new);
             if !new.is_empty() {
                 if this.first_read {
                     this.first_read = false;
@@ -404,4 +493,45 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tracked<IO> {
     }
 }
 
-super::forward_async_write!(Tracked);
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.inner.as_mut() {
+            Some(io) => Pin::new(io).poll_write(cx, buf),
+            None => Poll::Ready(Err(parked_error())),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.inner.as_mut() {
+            Some(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            None => Poll::Ready(Err(parked_error())),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.as_ref().is_some_and(|io| io.is_write_vectored())
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.inner.as_mut() {
+            Some(io) => Pin::new(io).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// A parked connection's socket is not shut down: it lives on.
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.inner.as_mut() {
+            Some(io) => Pin::new(io).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}

@@ -37,6 +37,9 @@ pub struct ConnState {
     pub(super) send_408: AtomicBool,
     /// The connection switched protocols (101): the app owns it.
     pub(super) upgraded: AtomicBool,
+    /// The last request came without a body (so hyper has nothing of it
+    /// left to read once it is answered): see `park`.
+    pub(super) last_bodiless: AtomicBool,
     /// HTTP/1.1: since when the response waits for the client to take
     /// what it was given (HTTP/2 streams have their own, see `stream_exec`).
     pub send: SendWatch,
@@ -85,6 +88,7 @@ impl ConnState {
             h2: AtomicBool::new(false),
             send_408: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
+            last_bodiless: AtomicBool::new(false),
             send: SendWatch::default(),
             shed_seen: AtomicU32::new(shed),
         }
@@ -96,8 +100,9 @@ impl ConnState {
         self.shed_seen.swap(epoch, Relaxed) != epoch
     }
 
-    pub fn request_started(&self) {
+    pub fn request_started(&self, bodiless: bool) {
         self.in_flight.fetch_add(1, Relaxed);
+        self.last_bodiless.store(bodiless, Relaxed);
         self.head_since_ms.store(0, Relaxed);
     }
 

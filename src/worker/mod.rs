@@ -52,6 +52,7 @@ mod conn_state;
 mod conns;
 mod endpoints;
 mod heartbeat;
+mod park;
 mod proxy;
 mod proxy_protocol;
 mod readiness;

@@ -134,7 +134,7 @@ fn prepare<H: Handler>(
     req: http::Request<Incoming>,
 ) -> Prepared<H> {
     let start = std::time::Instant::now();
-    conn.request_started();
+    conn.request_started(hyper::body::Body::is_end_stream(req.body()));
     let version = req.version();
     let method = method_class(req.method());
     let client = shared.trust.client(conn.peer, conn.tls, req.headers());

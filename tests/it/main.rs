@@ -13,6 +13,7 @@ mod exec;
 mod forensics;
 mod hardening;
 mod http_edge;
+mod idle_conns;
 mod layers;
 mod monitoring;
 mod observability;

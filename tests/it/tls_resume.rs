@@ -267,3 +267,39 @@ fn the_ticket_key_stays_in_memory_and_out_of_every_file() {
     s.signal(Signal::SIGTERM);
     assert!(s.expect_exit(START_TIMEOUT).success());
 }
+
+/// TLS connections are not parked (see src/worker/park.rs): an idle one
+/// stays with hyper and answers its next request.
+#[test]
+fn an_idle_tls_keep_alive_connection_answers_its_next_request() {
+    let mut s = tls_server("");
+    let Target::Tcp(addr) = s.ready_tcp() else {
+        unreachable!("a TCP listener")
+    };
+    let (_, port) = addr.rsplit_once(':').expect("HOST:PORT");
+    let ca = s.dir.path().join("ca.pem");
+    let script = format!(
+        "import http.client, ssl, time\n\
+         ctx = ssl.create_default_context(cafile={ca:?})\n\
+         c = http.client.HTTPSConnection('127.0.0.1', {port}, context=ctx, timeout=20)\n\
+         out = []\n\
+         for _ in range(3):\n\
+         \x20   c.request('GET', '/pid')\n\
+         \x20   r = c.getresponse()\n\
+         \x20   out.append('%d %s' % (r.status, r.read().decode()))\n\
+         \x20   time.sleep(0.3)\n\
+         print(len(set(out)), out[0].split()[0])\n",
+        ca = ca.display().to_string()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same answer three times (one connection, so one worker), 200.
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1 200");
+}

@@ -1,0 +1,160 @@
+//! Idle keep-alive connections are parked without hyper's buffers
+//! (src/worker/park.rs): they cost little memory, and a request that
+//! arrives after any idle moment, whole, split or pipelined, with or
+//! without a body before it, is answered as if nothing happened.
+
+use std::io::{BufReader, Read, Write};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+const IDLE: usize = 1500;
+/// Parked, a connection costs about 1.4 KiB of the worker's memory; held
+/// by hyper, about 20 KiB.
+const MAX_KIB_PER_IDLE_CONN: f64 = 6.0;
+/// Long enough for the worker to have answered and parked.
+const IDLE_MOMENT: Duration = Duration::from_millis(300);
+
+fn one_worker(extra: &str) -> (Server, Target) {
+    let mut s = demo(&format!(
+        "[server]\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n[http]\nkeepalive_timeout = 60\n{extra}"
+    ))
+    .start();
+    let t = s.ready_tcp();
+    (s, t)
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+fn open_answered(t: &Target, n: usize) -> Vec<KeepAlive> {
+    (0..n)
+        .map(|_| {
+            let mut c = KeepAlive::open(t).expect("connect");
+            assert_eq!(c.get("/pid").expect("answer").status, 200);
+            c
+        })
+        .collect()
+}
+
+#[test]
+fn idle_keep_alive_connections_cost_little_memory_and_still_serve() {
+    let (s, t) = one_worker("");
+    let worker = s.workers()[0];
+    drop(open_answered(&t, 100));
+    std::thread::sleep(IDLE_MOMENT);
+    let before = rss_kib(worker);
+    let mut conns = open_answered(&t, IDLE);
+    std::thread::sleep(IDLE_MOMENT);
+    let after = rss_kib(worker);
+    let per_conn = after.saturating_sub(before) as f64 / IDLE as f64;
+    assert!(
+        per_conn < MAX_KIB_PER_IDLE_CONN,
+        "{per_conn:.2} KiB per idle connection ({before} KiB → {after} KiB)"
+    );
+    for c in &mut conns {
+        let r = c.get("/pid").expect("answer after idling");
+        assert_eq!((r.status, r.text()), (200, worker.to_string()));
+    }
+}
+
+fn read_responses(r: &mut BufReader<Stream>, n: usize) -> Vec<Resp> {
+    (0..n)
+        .map(|_| read_response(r, false).expect("a response"))
+        .collect()
+}
+
+#[test]
+fn requests_after_idle_moments_are_answered_whole_split_pipelined_and_after_bodies() {
+    let (_s, t) = one_worker("");
+    // A pipelined second request cut in the middle of its head.
+    let mut r = BufReader::new(t.connect().unwrap());
+    r.get_mut()
+        .write_all(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\nGET / HT")
+        .unwrap();
+    assert_eq!(read_responses(&mut r, 1)[0].status, 200);
+    std::thread::sleep(IDLE_MOMENT);
+    r.get_mut().write_all(b"TP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let second = &read_responses(&mut r, 1)[0];
+    assert_eq!(
+        (second.status, second.text().as_str()),
+        (200, "hello world")
+    );
+
+    // A body with a length, then an idle moment.
+    let mut r = BufReader::new(t.connect().unwrap());
+    r.get_mut()
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        .unwrap();
+    assert_eq!(read_responses(&mut r, 1)[0].text(), "hello");
+    std::thread::sleep(IDLE_MOMENT);
+    r.get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_responses(&mut r, 1)[0].text(), "hello world");
+
+    // A chunked body (it ends with a blank line too), then an idle moment.
+    let mut r = BufReader::new(t.connect().unwrap());
+    r.get_mut()
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+              3\r\nabc\r\n0\r\n\r\n",
+        )
+        .unwrap();
+    assert_eq!(read_responses(&mut r, 1)[0].text(), "abc");
+    std::thread::sleep(IDLE_MOMENT);
+    r.get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_responses(&mut r, 1)[0].text(), "hello world");
+
+    // A head sent a byte at a time after the connection idled.
+    let mut r = BufReader::new(t.connect().unwrap());
+    r.get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    read_responses(&mut r, 1);
+    std::thread::sleep(IDLE_MOMENT);
+    for b in b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n" {
+        r.get_mut().write_all(&[*b]).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(read_responses(&mut r, 1)[0].status, 200);
+
+    // Two whole requests in one write after an idle moment.
+    std::thread::sleep(IDLE_MOMENT);
+    r.get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let both = read_responses(&mut r, 2);
+    assert!(both.iter().all(|r| r.text() == "hello world"));
+}
+
+#[test]
+fn a_parked_connection_is_closed_at_its_keep_alive_timeout() {
+    let mut s =
+        demo("[server]\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n[http]\nkeepalive_timeout = 1\n")
+            .start();
+    let t = s.ready_tcp();
+    let mut r = BufReader::new(t.connect().unwrap());
+    r.get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    read_responses(&mut r, 1);
+    let idle_from = Instant::now();
+    let mut rest = Vec::new();
+    // The client's read timeout (util::IO_TIMEOUT) bounds this.
+    r.read_to_end(&mut rest).expect("an orderly close");
+    let waited = idle_from.elapsed();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
+}
