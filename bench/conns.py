@@ -24,7 +24,9 @@ from lib import OUT, ROOT, Server, free_port, rss_kib, wrk  # noqa: E402
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 IDLE = 2000 if QUICK else 10_000
 WARM = 200
-HOLD_S = 2.0
+# Idle connections park after 1 s and workers give freed memory back every
+# 5 s: hold long enough for both.
+HOLD_S = 7.0
 CONNECTING = 200
 WRK_CONNS = 1000
 WRK_SECONDS = 3 if QUICK else 8

@@ -237,8 +237,13 @@ async fn drive<IO, H>(
         idle_ms: idle_limit.as_millis() as u64,
         header_ms: http.header_read_timeout.as_millis() as u64,
         send_ms: http.send_timeout.as_millis() as u64,
+        park_ms: None,
     };
     let parking = proto != Proto::H2 && io.can_park() && !http.keepalive_timeout.is_zero();
+    let limits = Limits {
+        park_ms: parking.then_some(park::PARK_AFTER.as_millis() as u64),
+        ..limits
+    };
     loop {
         let handoff = parking.then(Handoff::new);
         // Boxed: while the connection is parked, hyper's state is freed,
@@ -342,6 +347,8 @@ async fn serve_until_idle<IO, H>(
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     idle_ms: u64,
+    /// When the connection can be parked: how long after it went idle.
+    park_ms: Option<u64>,
     header_ms: u64,
     send_ms: u64,
 }
@@ -370,10 +377,16 @@ fn deadline(state: &ConnState, now: u64, l: Limits) -> (Option<(u64, Expiry)>, u
         };
     }
     match state.head_since_ms.load(Relaxed) {
-        0 => (
-            Some((state.idle_since_ms.load(Relaxed) + l.idle_ms, Expiry::Idle)),
-            recheck,
-        ),
+        0 => {
+            let idle_since = state.idle_since_ms.load(Relaxed);
+            // Wake when the connection may be parked, so that hyper asks
+            // for bytes again and finds it may (see `park`).
+            let recheck = match l.park_ms.map(|p| idle_since + p) {
+                Some(park_at) if park_at > now => recheck.min(park_at),
+                _ => recheck,
+            };
+            (Some((idle_since + l.idle_ms, Expiry::Idle)), recheck)
+        }
         head => (Some((head - 1 + l.header_ms, Expiry::HeadTimeout)), recheck),
     }
 }
@@ -461,7 +474,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tracked<IO> {
         let res = Pin::new(&mut *inner).poll_read(cx, buf);
         if res.is_pending() {
             if let Some(handoff) = &this.handoff {
-                if park::hyper_is_empty(&this.state, &this.tail) {
+                if park::should_park(&this.state, &this.tail, this.clock.load(Relaxed)) {
                     if let (Some(io), Some(guard)) = (this.inner.take(), this.guard.take()) {
                         handoff.put(io, guard);
                         // End of stream: hyper ends without touching the socket.

@@ -11,6 +11,10 @@
 //! waits here for its next bytes (or the keep-alive timeout); then a fresh
 //! hyper connection serves it.
 //!
+//! A connection parks after `PARK_AFTER` of idleness, not at once: a client
+//! that sends its next request as soon as it has the answer (most do) keeps
+//! its hyper connection, and pays nothing for parking.
+//!
 //! hyper's buffer is empty when it asks for more bytes if: no request is in
 //! flight, the last request had no body, and the last bytes it was given
 //! end with the blank line that ends a head (so that head was complete and
@@ -26,6 +30,10 @@ use tokio::net::{TcpStream, UnixStream};
 
 use super::conn_state::ConnState;
 use super::conns::ConnGuard;
+
+/// How long a connection must have been idle before it is parked. The
+/// connection's watchdog wakes it then, so that hyper asks for bytes again.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// What ends a request head.
 const HEAD_END: [u8; 4] = *b"\r\n\r\n";
@@ -106,11 +114,14 @@ impl Tail {
     }
 }
 
-/// Whether hyper, asking for bytes the socket does not have, holds nothing
-/// of a request (see the module comment).
-pub fn hyper_is_empty(state: &ConnState, tail: &Tail) -> bool {
+/// Whether a connection whose hyper asks for bytes the socket does not have
+/// should be parked: it has been idle for `PARK_AFTER` and hyper holds
+/// nothing of a request (see the module comment).
+pub fn should_park(state: &ConnState, tail: &Tail, now_ms: u64) -> bool {
     use std::sync::atomic::Ordering::Relaxed;
-    state.in_flight.load(Relaxed) == 0
+    let idle_ms = now_ms.saturating_sub(state.idle_since_ms.load(Relaxed));
+    idle_ms >= PARK_AFTER.as_millis() as u64
+        && state.in_flight.load(Relaxed) == 0
         && state.head_since_ms.load(Relaxed) == 0
         && state.last_bodiless.load(Relaxed)
         && !state.h2.load(Relaxed)

@@ -12,8 +12,12 @@ const IDLE: usize = 1500;
 /// Parked, a connection costs about 1.4 KiB of the worker's memory; held
 /// by hyper, about 20 KiB.
 const MAX_KIB_PER_IDLE_CONN: f64 = 6.0;
-/// Long enough for the worker to have answered and parked.
-const IDLE_MOMENT: Duration = Duration::from_millis(300);
+/// Parking (1 s) plus two of the worker's memory releases (every 5 s),
+/// with room for a loaded machine.
+const SETTLE: Duration = Duration::from_secs(20);
+/// Long enough for the worker to have parked the connection: it does
+/// after 1 s of idleness (park::PARK_AFTER), checked on a 100 ms clock.
+const IDLE_MOMENT: Duration = Duration::from_millis(1600);
 
 fn one_worker(extra: &str) -> (Server, Target) {
     let mut s = demo(&format!(
@@ -51,13 +55,22 @@ fn idle_keep_alive_connections_cost_little_memory_and_still_serve() {
     std::thread::sleep(IDLE_MOMENT);
     let before = rss_kib(worker);
     let mut conns = open_answered(&t, IDLE);
-    std::thread::sleep(IDLE_MOMENT);
-    let after = rss_kib(worker);
-    let per_conn = after.saturating_sub(before) as f64 / IDLE as f64;
-    assert!(
-        per_conn < MAX_KIB_PER_IDLE_CONN,
-        "{per_conn:.2} KiB per idle connection ({before} KiB → {after} KiB)"
-    );
+    // They park after a second of idleness; the worker gives the memory
+    // hyper held back to the system every few seconds (heartbeat.rs).
+    let deadline = Instant::now() + SETTLE;
+    let per_conn = loop {
+        let after = rss_kib(worker);
+        let per_conn = after.saturating_sub(before) as f64 / IDLE as f64;
+        if per_conn < MAX_KIB_PER_IDLE_CONN {
+            break per_conn;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{per_conn:.2} KiB per idle connection ({before} KiB → {after} KiB)"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("{per_conn:.2} KiB per idle connection");
     for c in &mut conns {
         let r = c.get("/pid").expect("answer after idling");
         assert_eq!((r.status, r.text()), (200, worker.to_string()));
