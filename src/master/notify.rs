@@ -36,12 +36,19 @@ impl Master {
     /// binary upgrade, it also takes over as the service's main process.
     pub(super) fn initial_ready(&mut self) {
         self.systemd.initial_ready = true;
+        drop_startup_code();
         if self.systemd.upgrade_pipe.is_some() {
             self.systemd
                 .notifier
                 .send(&format!("MAINPID={}", std::process::id()));
             self.report_ready_to_old_master();
         }
+        self.systemd_ready();
+    }
+
+    /// After a reload: the code that loaded the new config ran once.
+    pub(super) fn reload_settled(&mut self) {
+        drop_startup_code();
         self.systemd_ready();
     }
 
@@ -79,5 +86,13 @@ impl Master {
                     && now.saturating_sub(slot.heartbeat_ms()) < stale
             })
             .count()
+    }
+}
+
+/// See `sys::drop_code_mappings`: the master's RSS then counts the code of
+/// its loop, not of its start-up or of a reload's config loading.
+fn drop_startup_code() {
+    if let Err(e) = crate::sys::drop_code_mappings() {
+        tracing::debug!(error = %e, "cannot drop start-up code mappings");
     }
 }

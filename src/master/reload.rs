@@ -320,6 +320,6 @@ impl Master {
             self.reply(w, &resp);
         }
         self.last_reload = Some(last);
-        self.systemd_ready();
+        self.reload_settled();
     }
 }
