@@ -314,6 +314,9 @@ async fn serve_until_idle<IO, H>(
     }
     loop {
         tokio::select! {
+            // In this order, without drawing a random one each poll: hyper
+            // is what usually woke the task.
+            biased;
             res = conn.as_mut() => {
                 if let Err(e) = res {
                     connection_failed(shared, state.peer, &*e);
@@ -332,7 +335,7 @@ async fn serve_until_idle<IO, H>(
                 }
                 return;
             }
-            _ = stop.changed(), if !drain_seen => {
+            _ = drain_signal(stop, state), if !drain_seen => {
                 drain_seen = true;
                 // HTTP/1.1 connections are left alone here: see the module
                 // comment.
@@ -396,21 +399,70 @@ const CLOCK_MS: u64 = super::clock::CLOCK_TICK.as_millis() as u64;
 /// Resolves when the connection has been idle for the keep-alive timeout,
 /// a request head has been arriving for longer than `header_read_timeout`,
 /// or an HTTP/1.1 response has waited for the client for `send_timeout`.
-async fn watchdog<H>(shared: &Shared<H>, state: &ConnState, limits: Limits) -> Expiry {
-    loop {
-        let now = shared.now_ms();
-        let (due, recheck) = deadline(state, now, limits);
-        let wake = match due {
-            Some((at, expiry)) if now >= at => return expiry,
-            Some((at, _)) => at.min(recheck),
-            None => recheck,
-        };
-        // The clock moves in ticks: sleeping less than one would spin.
-        tokio::time::sleep(Duration::from_millis(
-            wake.saturating_sub(now).max(CLOCK_MS),
-        ))
-        .await;
+///
+/// It shares the connection's task with hyper and is polled each time the
+/// task wakes, several times per request: while its timer has not fired,
+/// a poll only asks the timer whether it has (the timer keeps the task's
+/// waker from its first poll), which is cheaper than polling it.
+struct Watchdog<'a, H> {
+    shared: &'a Shared<H>,
+    state: &'a ConnState,
+    limits: Limits,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
+}
+
+fn watchdog<'a, H>(shared: &'a Shared<H>, state: &'a ConnState, limits: Limits) -> Watchdog<'a, H> {
+    Watchdog {
+        shared,
+        state,
+        limits,
+        sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        armed: false,
     }
+}
+
+impl<H> std::future::Future for Watchdog<'_, H> {
+    type Output = Expiry;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Expiry> {
+        loop {
+            if self.armed {
+                if !self.sleep.is_elapsed() {
+                    return Poll::Pending;
+                }
+                self.armed = false;
+            }
+            let now = self.shared.now_ms();
+            let (due, recheck) = deadline(self.state, now, self.limits);
+            let wake = match due {
+                Some((at, expiry)) if now >= at => return Poll::Ready(expiry),
+                Some((at, _)) => at.min(recheck),
+                None => recheck,
+            };
+            // The clock moves in ticks: sleeping less than one would spin.
+            let nap = Duration::from_millis(wake.saturating_sub(now).max(CLOCK_MS));
+            self.sleep.as_mut().reset(tokio::time::Instant::now() + nap);
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                self.armed = true;
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+/// `stop.changed()` for a connection that may speak HTTP/2, the only one
+/// drain has something to do for here (GOAWAY): once a connection is known
+/// to speak HTTP/1.1, it is not polled (one wake on drain at most).
+async fn drain_signal(stop: &mut watch::Receiver<bool>, state: &ConnState) {
+    let mut changed = std::pin::pin!(stop.changed());
+    std::future::poll_fn(|cx| {
+        if state.speaks_h1() {
+            return Poll::Pending;
+        }
+        std::future::Future::poll(changed.as_mut(), cx).map(|_| ())
+    })
+    .await
 }
 
 /// The connection's IO as hyper sees it: notes when a request head starts

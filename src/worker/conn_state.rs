@@ -33,6 +33,8 @@ pub struct ConnState {
     pub(super) head_since_ms: AtomicU64,
     /// HTTP/2: no request heads to time, GOAWAY on drain.
     pub(super) h2: AtomicBool,
+    /// Set by the first HTTP/1.x request.
+    h1: AtomicBool,
     /// Set when the head timed out: the IO answers 408 and ends.
     pub(super) send_408: AtomicBool,
     /// The connection switched protocols (101): the app owns it.
@@ -86,6 +88,7 @@ impl ConnState {
             idle_since_ms: AtomicU64::new(now_ms),
             head_since_ms: AtomicU64::new(0),
             h2: AtomicBool::new(false),
+            h1: AtomicBool::new(false),
             send_408: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
             last_bodiless: AtomicBool::new(false),
@@ -100,7 +103,10 @@ impl ConnState {
         self.shed_seen.swap(epoch, Relaxed) != epoch
     }
 
-    pub fn request_started(&self, bodiless: bool) {
+    pub fn request_started(&self, bodiless: bool, version: http::Version) {
+        if version < http::Version::HTTP_2 {
+            self.h1.store(true, Relaxed);
+        }
         self.in_flight.fetch_add(1, Relaxed);
         self.last_bodiless.store(bodiless, Relaxed);
         self.head_since_ms.store(0, Relaxed);
@@ -118,6 +124,12 @@ impl ConnState {
 
     pub fn h2(&self) -> bool {
         self.h2.load(Relaxed)
+    }
+
+    /// The connection has carried an HTTP/1.x request (so it is not, and
+    /// will not become, an HTTP/2 one).
+    pub fn speaks_h1(&self) -> bool {
+        self.h1.load(Relaxed)
     }
 }
 
