@@ -209,16 +209,16 @@ fn connection_failed<H>(shared: &Shared<H>, peer: Peer, e: &(dyn std::error::Err
 }
 
 /// Serves the connection until it ends, times out, or drain ends it; the
-/// socket is closed when this returns. A plain HTTP/1.1 connection that
-/// goes idle waits for its next request parked, without hyper's buffers
-/// (see `park`), then gets a fresh hyper connection.
+/// socket is closed when this returns, unless the connection went idle and
+/// was parked: then a small task of its own waits for its next request
+/// (see `park`).
 async fn drive<IO, H>(
-    mut io: IO,
+    io: IO,
     proto: Proto,
     shared: &Arc<Shared<H>>,
     state: &Arc<ConnState>,
     stop: &mut watch::Receiver<bool>,
-    mut guard: ConnGuard,
+    guard: ConnGuard,
 ) where
     IO: AsyncRead + AsyncWrite + Parkable + Unpin + Send + 'static,
     H: Handler,
@@ -244,32 +244,108 @@ async fn drive<IO, H>(
         park_ms: parking.then_some(park::PARK_AFTER.as_millis() as u64),
         ..limits
     };
-    loop {
-        let handoff = parking.then(Handoff::new);
-        // Boxed: while the connection is parked, hyper's state is freed,
-        // not kept in this task's future.
-        Box::pin(serve_until_idle(
-            io,
-            proto,
-            shared,
-            state,
-            stop,
-            guard,
-            handoff.clone(),
-            limits,
-        ))
-        .await;
-        let Some((parked, parked_guard)) = handoff.and_then(|h| h.take()) else {
-            return;
-        };
-        let idle_ms = state.idle_since_ms.load(Relaxed) + limits.idle_ms;
-        let left = Duration::from_millis(idle_ms.saturating_sub(shared.now_ms()));
-        if !park::wait(&parked, left).await {
-            return;
-        }
-        io = parked;
-        guard = parked_guard;
+    let handoff = parking.then(Handoff::new);
+    serve_until_idle(
+        io,
+        proto,
+        shared,
+        state,
+        stop,
+        guard,
+        handoff.clone(),
+        limits,
+    )
+    .await;
+    let Some((parked, parked_guard)) = handoff.and_then(|h| h.take()) else {
+        return;
+    };
+    let idle_ms = state.idle_since_ms.load(Relaxed) + limits.idle_ms;
+    let left = Duration::from_millis(idle_ms.saturating_sub(shared.now_ms()));
+    // This task, hyper's connection and the connection's state end here; a
+    // small task waits for the next bytes (see `park`).
+    let resume = Resume {
+        io: parked,
+        guard: parked_guard,
+        peer: state.peer,
+        role: state.role,
+        shed: state.shed_seen(),
+        shared: shared.clone(),
+        stop: stop.clone(),
+    };
+    tokio::spawn(wait_parked(resume, left));
+}
+
+/// What a parked connection keeps: enough to serve it again.
+struct Resume<IO, H> {
+    io: IO,
+    guard: ConnGuard,
+    peer: Peer,
+    role: ListenRole,
+    shed: u32,
+    shared: Arc<Shared<H>>,
+    stop: watch::Receiver<bool>,
+}
+
+/// A parked connection's own task, a few hundred bytes: it waits for the
+/// next bytes or the keep-alive timeout, then hands the connection to a
+/// new task of its own (the serving future is large).
+async fn wait_parked<IO, H>(r: Resume<IO, H>, left: Duration)
+where
+    IO: AsyncRead + AsyncWrite + Parkable + Unpin + Send + 'static,
+    H: Handler,
+{
+    let waiting = WaitParked {
+        r: Some(r),
+        timeout: Box::pin(tokio::time::sleep(left)),
+    };
+    if let Some(r) = waiting.await {
+        tokio::spawn(resume(r));
     }
+}
+
+/// Ready with the connection when its socket has bytes (or an end) to
+/// read; with nothing when the keep-alive timeout comes first.
+struct WaitParked<IO, H> {
+    r: Option<Resume<IO, H>>,
+    timeout: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<IO: Parkable + Unpin, H> std::future::Future for WaitParked<IO, H> {
+    type Output = Option<Resume<IO, H>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Some(conn) = &this.r {
+            match conn.io.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(this.r.take()),
+                Poll::Ready(Err(_)) => return Poll::Ready(None),
+                Poll::Pending => {}
+            }
+        }
+        this.timeout.as_mut().poll(cx).map(|()| None)
+    }
+}
+
+/// Serves a parked connection again. Boxed as `dyn`: the task it runs in
+/// is spawned from the future that it contains.
+fn resume<IO, H>(r: Resume<IO, H>) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+where
+    IO: AsyncRead + AsyncWrite + Parkable + Unpin + Send + 'static,
+    H: Handler,
+{
+    Box::pin(async move {
+        let Resume {
+            io,
+            guard,
+            peer,
+            role,
+            shed,
+            shared,
+            mut stop,
+        } = r;
+        let state = Arc::new(ConnState::new(peer, role, false, shared.now_ms(), shed));
+        drive(io, Proto::H1, &shared, &state, &mut stop, guard).await;
+    })
 }
 
 /// One hyper connection over `io`, until the connection ends, times out,
@@ -288,6 +364,7 @@ async fn serve_until_idle<IO, H>(
     IO: AsyncRead + AsyncWrite + Parkable + Unpin + Send + 'static,
     H: Handler,
 {
+    let _held = shared.conns.hold();
     let service = ConnService::new(shared.clone(), state.clone());
     let io = TokioIo::new(Tracked {
         inner: Some(io),
@@ -526,7 +603,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tracked<IO> {
         let res = Pin::new(&mut *inner).poll_read(cx, buf);
         if res.is_pending() {
             if let Some(handoff) = &this.handoff {
-                if park::should_park(&this.state, &this.tail, this.clock.load(Relaxed)) {
+                let held = this.guard.as_ref().map_or(0, |g| g.conns().held());
+                if park::should_park(&this.state, &this.tail, this.clock.load(Relaxed), held) {
                     if let (Some(io), Some(guard)) = (this.inner.take(), this.guard.take()) {
                         handoff.put(io, guard);
                         // End of stream: hyper ends without touching the socket.

@@ -97,6 +97,12 @@ impl ConnState {
         }
     }
 
+    /// The shed epoch this connection has answered to, for the connection
+    /// that continues it after parking.
+    pub fn shed_seen(&self) -> u32 {
+        self.shed_seen.load(Relaxed)
+    }
+
     /// Whether the master asked (since this connection last answered it)
     /// for kept-alive connections to be closed.
     pub fn must_shed(&self, epoch: u32) -> bool {

@@ -19,6 +19,8 @@ pub struct Conns {
     /// Reads on upgraded connections, to take turns with the workers
     /// sharing this CPU (see [`YIELD_EVERY_UPGRADED_READS`]).
     upgraded_reads: AtomicUsize,
+    /// Connections held by a hyper connection (not parked).
+    held: AtomicUsize,
 }
 
 /// Upgraded connections carry messages, not requests, so the per-request
@@ -35,7 +37,19 @@ impl Conns {
             upgraded: AtomicUsize::new(0),
             idle: Notify::new(),
             upgraded_reads: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
         }
+    }
+
+    /// Counts a connection as held by hyper until the guard drops.
+    pub fn hold(self: &Arc<Conns>) -> HeldGuard {
+        self.held.fetch_add(1, Relaxed);
+        HeldGuard(self.clone())
+    }
+
+    /// How many connections hyper holds (see `park::PARK_AT_ONCE_ABOVE`).
+    pub fn held(&self) -> usize {
+        self.held.load(Relaxed)
     }
 
     /// A new connection; it counts until the guard is dropped.
@@ -75,11 +89,25 @@ impl Conns {
 }
 
 /// One open connection (also while unwinding from a panic in the app).
+/// See `Conns::hold`.
+pub struct HeldGuard(Arc<Conns>);
+
+impl Drop for HeldGuard {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Relaxed);
+    }
+}
+
 pub struct ConnGuard {
     conns: Arc<Conns>,
 }
 
 impl ConnGuard {
+    /// The worker's connections, for whoever holds one of them.
+    pub fn conns(&self) -> &Conns {
+        &self.conns
+    }
+
     /// A read on the upgraded connection this guard counts returned data.
     pub fn upgraded_read(&self) {
         let n = self.conns.upgraded_reads.fetch_add(1, Relaxed) + 1;

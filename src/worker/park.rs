@@ -7,13 +7,17 @@
 //! a plain HTTP/1.1 connection has answered everything it was sent and the
 //! socket has nothing more to read, the connection's IO tells hyper "end of
 //! stream" at a point where hyper's buffer is known to be empty, hyper ends
-//! that connection cleanly without touching the socket, and the socket
-//! waits here for its next bytes (or the keep-alive timeout); then a fresh
-//! hyper connection serves it.
+//! that connection cleanly without touching the socket, the connection's
+//! task ends, and a small task (`conn::wait_parked`: the socket, the
+//! connection's counter guard, a timer) waits for its next bytes or the
+//! keep-alive timeout; then a fresh task and hyper connection serve it.
 //!
 //! A connection parks after `PARK_AFTER` of idleness, not at once: a client
 //! that sends its next request as soon as it has the answer (most do) keeps
-//! its hyper connection, and pays nothing for parking.
+//! its hyper connection, and pays nothing for parking. Once hyper holds more
+//! than `PARK_AT_ONCE_ABOVE` connections in the worker, an idle one parks
+//! at once: then memory matters more than the ~15,000 instructions a
+//! parked connection's next request costs for its new hyper connection.
 //!
 //! hyper's buffer is empty when it asks for more bytes if: no request is in
 //! flight, the last request had no body, and the last bytes it was given
@@ -34,6 +38,10 @@ use super::conns::ConnGuard;
 /// How long a connection must have been idle before it is parked. The
 /// connection's watchdog wakes it then, so that hyper asks for bytes again.
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// Connections held by hyper in one worker above which an idle one is
+/// parked at once (see the module comment).
+pub const PARK_AT_ONCE_ABOVE: usize = 1024;
 
 /// What ends a request head.
 const HEAD_END: [u8; 4] = *b"\r\n\r\n";
@@ -115,12 +123,13 @@ impl Tail {
 }
 
 /// Whether a connection whose hyper asks for bytes the socket does not have
-/// should be parked: it has been idle for `PARK_AFTER` and hyper holds
-/// nothing of a request (see the module comment).
-pub fn should_park(state: &ConnState, tail: &Tail, now_ms: u64) -> bool {
+/// should be parked: it has been idle for `PARK_AFTER` (or hyper holds
+/// `held` connections, too many) and hyper holds nothing of a request (see
+/// the module comment).
+pub fn should_park(state: &ConnState, tail: &Tail, now_ms: u64, held: usize) -> bool {
     use std::sync::atomic::Ordering::Relaxed;
     let idle_ms = now_ms.saturating_sub(state.idle_since_ms.load(Relaxed));
-    idle_ms >= PARK_AFTER.as_millis() as u64
+    (idle_ms >= PARK_AFTER.as_millis() as u64 || held > PARK_AT_ONCE_ABOVE)
         && state.in_flight.load(Relaxed) == 0
         && state.head_since_ms.load(Relaxed) == 0
         && state.last_bodiless.load(Relaxed)
@@ -128,16 +137,6 @@ pub fn should_park(state: &ConnState, tail: &Tail, now_ms: u64) -> bool {
         && !state.upgraded.load(Relaxed)
         && !state.send_408.load(Relaxed)
         && tail.ends_head()
-}
-
-/// Waits for the parked socket's next bytes; false when the keep-alive
-/// timeout (counted from when the connection became idle) ends it first.
-pub async fn wait<IO: Parkable>(io: &IO, idle_deadline_in: Duration) -> bool {
-    let ready = std::future::poll_fn(|cx| io.poll_read_ready(cx));
-    matches!(
-        tokio::time::timeout(idle_deadline_in, ready).await,
-        Ok(Ok(()))
-    )
 }
 
 #[cfg(test)]
