@@ -233,16 +233,12 @@ async fn drive<IO, H>(
     } else {
         http.keepalive_timeout
     };
+    let parking = proto != Proto::H2 && io.can_park() && !http.keepalive_timeout.is_zero();
     let limits = Limits {
         idle_ms: idle_limit.as_millis() as u64,
         header_ms: http.header_read_timeout.as_millis() as u64,
         send_ms: http.send_timeout.as_millis() as u64,
-        park_ms: None,
-    };
-    let parking = proto != Proto::H2 && io.can_park() && !http.keepalive_timeout.is_zero();
-    let limits = Limits {
         park_ms: parking.then_some(park::PARK_AFTER.as_millis() as u64),
-        ..limits
     };
     let handoff = parking.then(Handoff::new);
     serve_until_idle(
