@@ -370,6 +370,7 @@ async fn serve_until_idle<IO, H>(
         guard: Some(guard),
         handoff,
         tail: Tail::default(),
+        unflushed: false,
     });
     let builder = match proto {
         Proto::Detect => &shared.auto,
@@ -552,6 +553,11 @@ struct Tracked<IO> {
     guard: Option<ConnGuard>,
     handoff: Option<Arc<Handoff<IO>>>,
     tail: Tail,
+    /// hyper has written since it last flushed: bytes of a response may
+    /// still be in its buffer (it flushes the IO only once its buffer is
+    /// empty), so the connection must not be parked. (hyper itself does not
+    /// read the next head before that flush; this does not rely on it.)
+    unflushed: bool,
 }
 
 impl<IO> Drop for Tracked<IO> {
@@ -598,13 +604,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tracked<IO> {
         let before = buf.filled().len();
         let res = Pin::new(&mut *inner).poll_read(cx, buf);
         if res.is_pending() {
-            if let Some(handoff) = &this.handoff {
+            if let (Some(handoff), false) = (&this.handoff, this.unflushed) {
                 let held = this.guard.as_ref().map_or(0, |g| g.conns().held());
                 if park::should_park(&this.state, &this.tail, this.clock.load(Relaxed), held) {
-                    if let (Some(io), Some(guard)) = (this.inner.take(), this.guard.take()) {
-                        handoff.put(io, guard);
-                        // End of stream: hyper ends without touching the socket.
-                        return Poll::Ready(Ok(()));
+                    match (this.inner.take(), this.guard.take()) {
+                        (Some(io), Some(guard)) => {
+                            handoff.put(io, guard);
+                            // End of stream: hyper ends without touching the socket.
+                            return Poll::Ready(Ok(()));
+                        }
+                        (io, guard) => {
+                            this.inner = io;
+                            this.guard = guard;
+                        }
                     }
                 }
             }
@@ -638,6 +650,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.unflushed = true;
         match self.inner.as_mut() {
             Some(io) => Pin::new(io).poll_write(cx, buf),
             None => Poll::Ready(Err(parked_error())),
@@ -649,6 +662,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.unflushed = true;
         match self.inner.as_mut() {
             Some(io) => Pin::new(io).poll_write_vectored(cx, bufs),
             None => Poll::Ready(Err(parked_error())),
@@ -660,10 +674,14 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.inner.as_mut() {
+        let res = match self.inner.as_mut() {
             Some(io) => Pin::new(io).poll_flush(cx),
             None => Poll::Ready(Ok(())),
+        };
+        if matches!(res, Poll::Ready(Ok(()))) {
+            self.unflushed = false;
         }
+        res
     }
 
     /// A parked connection's socket is not shut down: it lives on.

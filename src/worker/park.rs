@@ -19,11 +19,14 @@
 //! at once: then memory matters more than the ~15,000 instructions a
 //! parked connection's next request costs for its new hyper connection.
 //!
-//! hyper's buffer is empty when it asks for more bytes if: no request is in
-//! flight, the last request had no body, and the last bytes it was given
-//! end with the blank line that ends a head (so that head was complete and
-//! has been answered, and nothing of a next request arrived). In any other
-//! case the connection stays with hyper, as before.
+//! hyper's read buffer is empty when it asks for more bytes if: no request
+//! is in flight, the last request had no body, and the last bytes it was
+//! given end with the blank line that ends a head (so that head was complete
+//! and has been answered, and nothing of a next request arrived). Its write
+//! buffer is empty once it has flushed the IO since its last write (it
+//! flushes only after writing out its whole buffer): a slow reader's
+//! response is never cut. In any other case the connection stays with
+//! hyper, as before.
 
 use std::io;
 use std::sync::{Arc, Mutex};

@@ -172,3 +172,42 @@ fn a_parked_connection_is_closed_at_its_keep_alive_timeout() {
         "closed after {waited:?}"
     );
 }
+
+/// A slow reader across the time a connection parks: the app's response is
+/// over (its last chunk is with hyper) but hyper cannot write it all yet
+/// (a 4 KiB receive buffer: a 300 KiB file fills the socket and the rest
+/// waits in hyper's buffer). Every byte arrives and the connection serves
+/// on: parked then, the rest would never be sent.
+#[test]
+fn a_slow_reader_gets_its_whole_response_across_the_park_time() {
+    const SIZE: usize = 300 << 10;
+    let b = ServerBuilder::new(rsvisor_bin()).config(
+        "[server]\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n[http]\nkeepalive_timeout = 60\n\
+         send_timeout = 60\n[app]\nstatic_dir = \"{dir}/public\"\n",
+    );
+    std::fs::create_dir_all(b.dir().join("public")).unwrap();
+    std::fs::write(b.dir().join("public/file.bin"), vec![7u8; SIZE]).unwrap();
+    let mut s = b.start();
+    let Target::Tcp(addr) = s.ready_tcp() else {
+        unreachable!("a TCP listener")
+    };
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let stream: std::net::TcpStream = sock.into();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut r = BufReader::new(Stream::Tcp(stream));
+    r.get_mut()
+        .write_all(b"GET /file.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    // Longer than park::PARK_AFTER.
+    std::thread::sleep(Duration::from_millis(2500));
+    let resp = read_response(&mut r, false).expect("the whole response");
+    assert_eq!((resp.status, resp.body.len()), (200, SIZE));
+    r.get_mut()
+        .write_all(b"GET /file.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let again = read_response(&mut r, false).expect("a second answer");
+    assert_eq!((again.status, again.body.len()), (200, SIZE));
+}
