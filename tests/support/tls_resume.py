@@ -4,10 +4,12 @@
 
 VERSION is 1.2 or 1.3. Connects once, then COUNT more times, each time
 offering the session from the previous connection, and asks each time for
-/pid over HTTP/1.1 with Connection: close. With --pause, after the first
-connection it prints "have-session" and waits for a line on stdin before
-reconnecting (so the caller can reload the server in between). Prints one
-JSON object: how many reconnects resumed, and which worker pids answered.
+/pid over HTTP/1.1 with Connection: close (reconnecting up to 100 more
+times until one reaches another worker than the one before). With --pause,
+after the first connection it prints "have-session" and waits for a line on
+stdin before reconnecting (so the caller can reload the server in between).
+Prints one JSON object: how many of the COUNT reconnects resumed, which
+worker pids answered, and how many reconnects switched worker and resumed.
 """
 import json
 import socket
@@ -45,12 +47,26 @@ def main():
     resumed = 0
     pids = {first_pid}
     versions = set()
-    for _ in range(int(count)):
+    # Reconnects that reached another worker than the previous one, and
+    # how many of those resumed: the point of shared ticket keys.
+    switches = switches_resumed = 0
+    last = first_pid
+    n = 0
+    # COUNT reconnects, and more (up to 100) until one reached another
+    # worker: which worker accepts is the kernel's choice.
+    while n < int(count) or (switches == 0 and n < int(count) + 100):
         session, reused, ver, pid = fetch(session)
-        resumed += bool(reused)
+        if n < int(count):
+            resumed += bool(reused)
+        if pid != last:
+            switches += 1
+            switches_resumed += bool(reused)
+        last = pid
         pids.add(pid)
         versions.add(ver)
-    print(json.dumps({"resumed": resumed, "pids": sorted(pids), "versions": sorted(versions)}), flush=True)
+        n += 1
+    print(json.dumps({"resumed": resumed, "pids": sorted(pids), "versions": sorted(versions),
+                      "switches": switches, "switches_resumed": switches_resumed}), flush=True)
 
 
 main()
