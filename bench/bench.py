@@ -18,7 +18,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from lib import OUT, ROOT, Server, children, free_port, median, rss_kib, wrk_with_cpu  # noqa: E402
+from lib import (OUT, ROOT, Server, children, free_port, median, nginx_server, rss_kib,  # noqa: E402
+                 wrk_with_cpu)
 import plot  # noqa: E402
 
 REL = os.path.join(ROOT, "target", "release")
@@ -87,33 +88,18 @@ def uvicorn(port):
 
 
 def nginx(port):
-    prefix = os.path.join(OUT, f"nginx-{port}")
-    os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
-    conf = os.path.join(prefix, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(f"""
-worker_processes 2;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
+    return nginx_server("nginx", port, os.path.join(OUT, f"nginx-{port}"), f"""
     sendfile on;
     tcp_nopush on;
     tcp_nodelay on;
     keepalive_requests 100000;
     open_file_cache max=1000 inactive=60s;
     default_type application/octet-stream;
-    client_body_temp_path {prefix}; proxy_temp_path {prefix};
-    fastcgi_temp_path {prefix}; uwsgi_temp_path {prefix}; scgi_temp_path {prefix};
     server {{
         listen 127.0.0.1:{port};
         location = / {{ default_type text/plain; return 200 "hello world"; }}
         location / {{ root {STATIC}; }}
-    }}
-}}
-""")
-    return Server("nginx", ["nginx", "-c", conf, "-p", prefix, "-g", "daemon off;"], port, cpus=SERVER_CPU)
+    }}""", SERVER_CPU)
 
 
 def footprint(server):

@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
-from lib import OUT, ROOT, Server, free_port, rss_kib, wrk  # noqa: E402
+from lib import OUT, ROOT, Server, free_port, nginx_server, rss_kib, wrk  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 IDLE = 2000 if QUICK else 10_000
@@ -42,30 +42,13 @@ def rsvisor(port):
 
 
 def nginx(port):
-    prefix = os.path.join(OUT, f"conns-nginx-{port}")
-    os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
-    conf = os.path.join(prefix, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(f"""
-worker_processes 2;
-worker_rlimit_nofile 20000;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log warn;
-events {{ worker_connections 16384; }}
-http {{
-    access_log off;
+    return nginx_server("conns-nginx", port, os.path.join(OUT, f"conns-nginx-{port}"), f"""
     keepalive_timeout 120;
     keepalive_requests 100000;
-    client_body_temp_path {prefix}; proxy_temp_path {prefix};
-    fastcgi_temp_path {prefix}; uwsgi_temp_path {prefix}; scgi_temp_path {prefix};
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         location = / {{ default_type text/plain; return 200 "hello world"; }}
-    }}
-}}
-""")
-    return Server("conns-nginx", ["nginx", "-c", conf, "-p", prefix, "-g", "daemon off;"], port,
-                  cpus=bench.SERVER_CPU)
+    }}""", bench.SERVER_CPU, main="worker_rlimit_nofile 20000;", connections=16384)
 
 
 def gunicorn(port):

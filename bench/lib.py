@@ -96,6 +96,29 @@ class Server:
         self.stop()
 
 
+def nginx_server(name, port, prefix, http, cpus, main="", connections=4096):
+    """nginx with 2 workers, its pid, logs and temp files under `prefix`,
+    started in the foreground: `http` is the inside of its http block (the
+    server blocks included), `main` extra top-level directives."""
+    os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
+    conf = os.path.join(prefix, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""
+worker_processes 2;
+{main}
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections {connections}; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}; proxy_temp_path {prefix};
+    fastcgi_temp_path {prefix}; uwsgi_temp_path {prefix}; scgi_temp_path {prefix};
+{http}
+}}
+""")
+    return Server(name, ["nginx", "-c", conf, "-p", prefix, "-g", "daemon off;"], port, cpus=cpus)
+
+
 def children(pid):
     out = []
     for name in os.listdir("/proc"):

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 
-from lib import OUT, ROOT, Server, TICK, cpu_ticks, free_port, median
+from lib import OUT, ROOT, Server, TICK, cpu_ticks, free_port, median, nginx_server
 
 SERVER_CPU = "1"
 LOAD_CPU = "0"
@@ -75,18 +75,7 @@ def nginx(d, cert, aes128_first=False):
     ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305;
     ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;
 """ if aes128_first else ""
-    os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
-    conf = os.path.join(prefix, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(f"""
-worker_processes 2;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}; proxy_temp_path {prefix};
-    fastcgi_temp_path {prefix}; uwsgi_temp_path {prefix}; scgi_temp_path {prefix};
+    return nginx_server("nginx-tls", port, prefix, f"""
     ssl_session_cache shared:SSL:10m;
     ssl_session_timeout 1d;
     # nginx before 1.23.4 (Debian 12 has 1.22) leaves TLS 1.3 off by default.
@@ -97,11 +86,7 @@ http {{
         ssl_certificate {d}/{cert}.pem;
         ssl_certificate_key {d}/{cert}.key;
         location = / {{ default_type text/plain; return 200 "hello world"; }}
-    }}
-}}
-""")
-    return Server("nginx-tls", ["nginx", "-c", conf, "-p", prefix, "-g", "daemon off;"], port,
-                  cpus=SERVER_CPU)
+    }}""", SERVER_CPU)
 
 
 def wait_tls(server, ca):
