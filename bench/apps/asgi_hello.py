@@ -1,5 +1,7 @@
-"""Hello-world ASGI app: the peer (gunicorn + UvicornWorker, uvicorn) that
-bench/run compares rsvisor's demo `/` route against."""
+"""Hello-world ASGI app, no framework: `/` answers hello world, `/pid` the
+worker's pid. The peer (gunicorn + UvicornWorker, uvicorn) that bench/run
+compares rsvisor's demo `/` route against, and the app the exec-mode tests
+(tests/it/exec.rs) run under uvicorn."""
 
 
 async def app(scope, receive, send):

@@ -48,8 +48,10 @@ ready = "log:Application startup complete"
 "#,
         uvicorn = uvicorn().display()
     ));
+    // The same pure-ASGI app the benchmarks run under uvicorn: `/` answers
+    // hello world, `/pid` the worker's pid.
     std::fs::copy(
-        repo().join("tests/apps/asgi_app.py"),
+        repo().join("bench/apps/asgi_hello.py"),
         b.dir().join("asgi_app.py"),
     )
     .unwrap();
