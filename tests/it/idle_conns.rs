@@ -84,6 +84,19 @@ fn read_responses(r: &mut BufReader<Stream>, n: usize) -> Vec<Resp> {
         .collect()
 }
 
+/// On a new connection: `first` is answered with `body`; after an idle
+/// moment, `GET /` is answered with hello world.
+fn answered_then_idle_then_hello(t: &Target, first: &[u8], body: &str) {
+    let mut r = BufReader::new(t.connect().unwrap());
+    r.get_mut().write_all(first).unwrap();
+    assert_eq!(read_responses(&mut r, 1)[0].text(), body);
+    std::thread::sleep(IDLE_MOMENT);
+    r.get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_responses(&mut r, 1)[0].text(), "hello world");
+}
+
 #[test]
 fn requests_after_idle_moments_are_answered_whole_split_pipelined_and_after_bodies() {
     let (_s, t) = one_worker("");
@@ -102,31 +115,18 @@ fn requests_after_idle_moments_are_answered_whole_split_pipelined_and_after_bodi
     );
 
     // A body with a length, then an idle moment.
-    let mut r = BufReader::new(t.connect().unwrap());
-    r.get_mut()
-        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
-        .unwrap();
-    assert_eq!(read_responses(&mut r, 1)[0].text(), "hello");
-    std::thread::sleep(IDLE_MOMENT);
-    r.get_mut()
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    assert_eq!(read_responses(&mut r, 1)[0].text(), "hello world");
-
+    answered_then_idle_then_hello(
+        &t,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+        "hello",
+    );
     // A chunked body (it ends with a blank line too), then an idle moment.
-    let mut r = BufReader::new(t.connect().unwrap());
-    r.get_mut()
-        .write_all(
-            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
-              3\r\nabc\r\n0\r\n\r\n",
-        )
-        .unwrap();
-    assert_eq!(read_responses(&mut r, 1)[0].text(), "abc");
-    std::thread::sleep(IDLE_MOMENT);
-    r.get_mut()
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    assert_eq!(read_responses(&mut r, 1)[0].text(), "hello world");
+    answered_then_idle_then_hello(
+        &t,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+          3\r\nabc\r\n0\r\n\r\n",
+        "abc",
+    );
 
     // A head sent a byte at a time after the connection idled.
     let mut r = BufReader::new(t.connect().unwrap());
