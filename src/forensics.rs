@@ -16,7 +16,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 
-use crate::sys::{shared_plain, StackWalk};
+use crate::sys::{self, shared_plain, StackWalk};
 
 /// Requests in flight a worker's table holds; more are counted, not shown.
 pub const IN_FLIGHT_ENTRIES: usize = 32;
@@ -87,17 +87,8 @@ pub struct InFlight {
     pub peer: PeerAddr,
 }
 
-fn pack(bytes: &[u8]) -> u64 {
-    let mut word = [0u8; 8];
-    let n = bytes.len().min(8);
-    word[..n].copy_from_slice(&bytes[..n]);
-    u64::from_le_bytes(word)
-}
-
 fn unpack(words: &[u64], len: usize) -> String {
-    let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    bytes.truncate(len);
-    String::from_utf8_lossy(&bytes).into_owned()
+    String::from_utf8_lossy(&sys::unpack_words(words, len)).into_owned()
 }
 
 impl InFlightEntry {
@@ -107,11 +98,12 @@ impl InFlightEntry {
         self.seq.store(s.wrapping_add(1), Relaxed);
         std::sync::atomic::fence(Release);
         self.start_ms.store(now_ms, Relaxed);
-        self.method.store(pack(method.as_bytes()), Relaxed);
+        self.method
+            .store(sys::pack_word(method.as_bytes()), Relaxed);
         // Only the words the path fills: the reader stops at `path_len`.
         let p = path.as_bytes();
         for (w, chunk) in self.path.iter().zip(p.chunks(8)) {
-            w.store(pack(chunk), Relaxed);
+            w.store(sys::pack_word(chunk), Relaxed);
         }
         self.path_len.store(p.len() as u64, Relaxed);
         match peer {

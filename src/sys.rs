@@ -168,6 +168,23 @@ unsafe impl SharedPlain for AtomicBool {}
 // SAFETY: an array of such values is such a value.
 unsafe impl<T: SharedPlain, const N: usize> SharedPlain for [T; N] {}
 
+/// Up to 8 bytes as one word (little-endian, zero-padded): how byte strings
+/// are kept in [`SharedPlain`] atomics, so that memory holds the bytes in
+/// order.
+pub fn pack_word(bytes: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    let n = bytes.len().min(8);
+    word[..n].copy_from_slice(&bytes[..n]);
+    u64::from_le_bytes(word)
+}
+
+/// The first `len` bytes of words made by [`pack_word`].
+pub fn unpack_words(words: &[u64], len: usize) -> Vec<u8> {
+    let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    bytes.truncate(len);
+    bytes
+}
+
 /// Declares a struct whose fields are all [`SharedPlain`] and makes it
 /// `SharedPlain` too, so it can live in [`shared_zeroed`] memory. The
 /// field check happens at compile time: a field of any other type (a

@@ -81,18 +81,15 @@ struct Snapshot {
 }
 
 fn store(words: &[AtomicU64], bytes: &[u8]) {
-    for (w, chunk) in words.iter().zip(bytes.chunks_exact(8)) {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(chunk);
-        w.store(u64::from_ne_bytes(b), Ordering::Relaxed);
+    for (w, chunk) in words.iter().zip(bytes.chunks(8)) {
+        w.store(sys::pack_word(chunk), Ordering::Relaxed);
     }
 }
 
 fn load<const N: usize>(words: &[AtomicU64]) -> [u8; N] {
+    let words: Vec<u64> = words.iter().map(|w| w.load(Ordering::Relaxed)).collect();
     let mut out = [0u8; N];
-    for (w, chunk) in words.iter().zip(out.chunks_exact_mut(8)) {
-        chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
-    }
+    out.copy_from_slice(&sys::unpack_words(&words, N));
     out
 }
 
