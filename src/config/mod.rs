@@ -4,6 +4,7 @@
 mod convert;
 mod docs;
 mod error;
+pub(crate) mod file;
 pub(crate) mod keys;
 mod parse;
 mod render;
@@ -384,9 +385,16 @@ pub struct Overrides {
 impl Config {
     /// Reads `path`, applies the process environment and `overrides`, validates.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let read_err = |source| ConfigError::Read {
             file: path.to_path_buf(),
             source,
+        };
+        let bytes = file::read_capped(path, file::MAX_CONFIG_BYTES).map_err(read_err)?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            read_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "is not UTF-8 text",
+            ))
         })?;
         let env: Vec<(String, String)> = std::env::vars().collect();
         Self::from_parts(&text, Some(path), &env, overrides)

@@ -85,10 +85,12 @@ impl TlsMaterial {
             return Ok(None);
         };
         let certs = read_certs(cert)?;
-        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Key {
-            path: key.clone(),
-            source,
-        })?;
+        let key_der = read_pem(key)
+            .and_then(|pem| PrivateKeyDer::from_pem_slice(&pem))
+            .map_err(|source| TlsError::Key {
+                path: key.clone(),
+                source,
+            })?;
         let provider = Arc::new(crypto_provider());
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -176,11 +178,18 @@ compile_error!(
     "rsvisor needs a TLS crypto provider: enable `tls-aws-lc-rs` (default) or `tls-ring`"
 );
 
+/// A PEM file, read as `config::file` allows (regular, size-capped).
+fn read_pem(path: &Path) -> Result<Vec<u8>, rustls_pki_types::pem::Error> {
+    crate::config::file::read_capped(path, crate::config::file::MAX_PEM_BYTES)
+        .map_err(rustls_pki_types::pem::Error::Io)
+}
+
 /// All PEM certificates in `path`, at least one.
 fn read_pem_certs(
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, rustls_pki_types::pem::Error> {
-    let certs = CertificateDer::pem_file_iter(path)?.collect::<Result<Vec<_>, _>>()?;
+    let pem = read_pem(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>()?;
     if certs.is_empty() {
         return Err(rustls_pki_types::pem::Error::NoItemsFound);
     }

@@ -36,17 +36,23 @@ pub struct Entry {
     pub version: Version,
     pub status: u16,
     pub bytes: u64,
-    pub duration_us: u64,
+    /// `sys::monotonic_us` when the request arrived; the line's duration
+    /// runs to when it is logged (HTTP/1.1: when its last byte left hyper).
+    pub started_us: u64,
     pub user_agent: Option<HeaderValue>,
     pub referer: Option<HeaderValue>,
     pub request_id: Option<HeaderValue>,
+    /// Why the response did not reach the client whole, if it did not.
+    pub incomplete: Option<&'static str>,
 }
 
 enum Msg {
-    Entry(Box<Entry>),
+    /// With its duration in microseconds.
+    Entry(Box<Entry>, u64),
     Reopen,
 }
 
+#[derive(Clone)]
 pub struct AccessLog {
     tx: SyncSender<Msg>,
     dropped: Arc<AtomicU64>,
@@ -85,8 +91,9 @@ impl AccessLog {
         Ok(Some(AccessLog { tx, dropped }))
     }
 
-    pub fn log(&self, entry: Entry) {
-        match self.tx.try_send(Msg::Entry(Box::new(entry))) {
+    pub fn log(&self, entry: Box<Entry>) {
+        let duration_us = crate::sys::monotonic_us().saturating_sub(entry.started_us);
+        match self.tx.try_send(Msg::Entry(entry, duration_us)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.dropped.fetch_add(1, Relaxed);
@@ -140,9 +147,9 @@ impl Writer {
                 Err(TryRecvError::Disconnected) => break,
             };
             match msg {
-                Msg::Entry(e) => {
+                Msg::Entry(e, duration_us) => {
                     line.clear();
-                    self.format(&e, &mut line);
+                    self.format(&e, duration_us, &mut line);
                     if buf.len() + line.len() > WRITE_CHUNK {
                         self.write(&mut buf);
                     }
@@ -193,7 +200,7 @@ impl Writer {
         buf.clear();
     }
 
-    fn format(&mut self, e: &Entry, out: &mut String) {
+    fn format(&mut self, e: &Entry, duration_us: u64, out: &mut String) {
         use std::fmt::Write as _;
         self.next_id += 1;
         let generated;
@@ -228,9 +235,15 @@ impl Writer {
                     e.bytes,
                     escape(if referer.is_empty() { "-" } else { &referer }),
                     escape(if ua.is_empty() { "-" } else { &ua }),
-                    e.duration_us,
+                    duration_us,
                     escape(request_id),
                 );
+                if let Some(why) = e.incomplete {
+                    // Only on a cut response, so lines of whole ones keep
+                    // the usual columns.
+                    out.pop();
+                    let _ = writeln!(out, " incomplete={why}");
+                }
             }
             AccessFormat::Json => {
                 let v = serde_json::json!({
@@ -241,11 +254,15 @@ impl Writer {
                     "protocol": format!("{:?}", e.version),
                     "status": e.status,
                     "bytes": e.bytes,
-                    "duration_us": e.duration_us,
+                    "duration_us": duration_us,
                     "user_agent": ua,
                     "referer": referer,
                     "request_id": request_id,
                 });
+                let mut v = v;
+                if let Some(why) = e.incomplete {
+                    v["incomplete"] = why.into();
+                }
                 let _ = writeln!(out, "{v}");
             }
         }

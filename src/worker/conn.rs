@@ -20,8 +20,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
-use super::conn_state::{ConnState, How, Peer};
+use super::access_log::AccessLog;
+use super::conn_state::{ConnState, EndedBy, How, Peer};
 use super::conns::ConnGuard;
+use super::h2_frames::{H2Frames, Sniff, PREFACE};
 use super::park::{self, Handoff, Parkable, Tail};
 use super::proxy_protocol;
 use super::service::ConnService;
@@ -36,8 +38,6 @@ const TIMEOUT_RESPONSE_GRACE: Duration = Duration::from_secs(1);
 
 const RESPONSE_408: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
-
-const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 
 /// Which HTTP the connection speaks, when known before the first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -362,11 +362,18 @@ async fn serve_until_idle<IO, H>(
 {
     let _held = shared.conns.hold();
     let service = ConnService::new(shared.clone(), state.clone());
+    let (sniff, frames) = match proto {
+        Proto::Detect => (Sniff::Undecided(0), None),
+        Proto::H1 => (Sniff::H1, None),
+        Proto::H2 => (Sniff::H2, Some(Box::new(H2Frames::new(PREFACE.len())))),
+    };
     let io = TokioIo::new(Tracked {
         inner: Some(io),
         state: state.clone(),
         clock: shared.clock.clone(),
-        first_read: true,
+        sniff,
+        frames,
+        access_log: shared.access_log.clone(),
         guard: Some(guard),
         handoff,
         tail: Tail::default(),
@@ -400,11 +407,16 @@ async fn serve_until_idle<IO, H>(
             expiry = watchdog(shared, state, limits) => {
                 match expiry {
                     Expiry::HeadTimeout => {
+                        state.end_by(EndedBy::HeadTimeout);
                         // Let hyper read once more: the IO answers 408 and ends.
                         state.send_408.store(true, Relaxed);
                         let _ = tokio::time::timeout(TIMEOUT_RESPONSE_GRACE, conn.as_mut()).await;
                     }
-                    Expiry::SendTimeout => shared.slot.count_send_timeout(),
+                    Expiry::SendTimeout => {
+                        // Set before hyper's connection (and the IO) drops.
+                        state.end_by(EndedBy::SendTimeout);
+                        shared.slot.count_send_timeout();
+                    }
                     Expiry::Idle => {}
                 }
                 return;
@@ -436,8 +448,9 @@ enum Expiry {
     Idle,
     /// A request head has taken longer than `header_read_timeout`.
     HeadTimeout,
-    /// An HTTP/1.1 response could not hand the client anything for
-    /// `send_timeout`.
+    /// A response could not hand the client anything for `send_timeout`
+    /// (HTTP/1.1 while its body is produced; any connection while rsvisor
+    /// still holds bytes the client has not taken).
     SendTimeout,
 }
 
@@ -446,7 +459,14 @@ enum Expiry {
 /// start meanwhile; their deadlines count from their own start).
 fn deadline(state: &ConnState, now: u64, l: Limits) -> (Option<(u64, Expiry)>, u64) {
     let recheck = now + l.header_ms.min(l.idle_ms).min(l.send_ms).max(CLOCK_MS);
-    if state.in_flight.load(Acquire) > 0 {
+    let idle_since = state.idle_since_ms.load(Relaxed);
+    let in_flight = state.in_flight.load(Acquire);
+    if let Some(since) = state.out.stalled_since(idle_since, in_flight == 0) {
+        // Bytes wait for the client, whatever its requests' state: only
+        // the send deadline ends it, never the keep-alive one.
+        return (Some((since + l.send_ms, Expiry::SendTimeout)), recheck);
+    }
+    if in_flight > 0 {
         // HTTP/2 streams time their own sends (see `stream_exec`).
         return match state.send.since() {
             Some(since) if !state.h2() => (Some((since + l.send_ms, Expiry::SendTimeout)), recheck),
@@ -455,7 +475,9 @@ fn deadline(state: &ConnState, now: u64, l: Limits) -> (Option<(u64, Expiry)>, u
     }
     match state.head_since_ms.load(Relaxed) {
         0 => {
-            let idle_since = state.idle_since_ms.load(Relaxed);
+            // Idle since the last request ended or, if later, its last
+            // bytes went out (a slow reader's response ends after both).
+            let idle_since = idle_since.max(state.out.progress_ms());
             // Wake when the connection may be parked, so that hyper asks
             // for bytes again and finds it may (see `park`).
             let recheck = match l.park_ms.map(|p| idle_since + p) {
@@ -542,12 +564,17 @@ async fn drain_signal(stop: &mut watch::Receiver<bool>, state: &ConnState) {
 /// The connection's IO as hyper sees it: notes when a request head starts
 /// arriving, answers 408 when told to, and hands the socket over to be
 /// parked when the connection goes idle (then hyper sees an end of stream).
-struct Tracked<IO> {
+struct Tracked<IO: Parkable> {
     /// `None` once handed over for parking.
     inner: Option<IO>,
     state: Arc<ConnState>,
     clock: Arc<AtomicU64>,
-    first_read: bool,
+    /// Whether the connection speaks HTTP/2, as far as its first bytes say.
+    sniff: Sniff,
+    /// HTTP/2: which responses h2 still holds the end of.
+    frames: Option<Box<H2Frames>>,
+    /// To write an HTTP/1.1 response's line once its last byte is out.
+    access_log: Option<AccessLog>,
     /// The connection counts as open while this IO lives (in the app, for
     /// an upgraded connection), or while it is parked.
     guard: Option<ConnGuard>,
@@ -560,12 +587,52 @@ struct Tracked<IO> {
     unflushed: bool,
 }
 
-impl<IO> Drop for Tracked<IO> {
+impl<IO: Parkable> Drop for Tracked<IO> {
     fn drop(&mut self) {
         if self.state.upgraded.load(Relaxed) {
             if let Some(g) = &self.guard {
                 g.upgrade_ended();
             }
+        }
+        let ended_by = self.state.ended_by();
+        if let Some(mut e) = self.state.take_unsent_log() {
+            // Its last bytes never left hyper.
+            e.incomplete = Some(ended_by.as_str());
+            if let Some(log) = &self.access_log {
+                log.log(e);
+            }
+        }
+        if ended_by == EndedBy::SendTimeout {
+            if let Some(io) = &self.inner {
+                io.reset_on_close();
+            }
+        }
+    }
+}
+
+impl<IO: Parkable> Tracked<IO> {
+    /// Notes what a write did for the output's deadlines; `wrote(frames, n)`
+    /// passes the `n` written bytes to the HTTP/2 frame scan.
+    fn note_write(
+        &mut self,
+        res: &Poll<io::Result<usize>>,
+        wrote: impl FnOnce(&mut H2Frames, usize) -> u64,
+    ) {
+        let now = self.clock.load(Relaxed);
+        let out = &self.state.out;
+        match res {
+            Poll::Pending => out.blocked(now),
+            Poll::Ready(Ok(n)) if *n > 0 => match &mut self.frames {
+                None => out.progressed(now),
+                Some(f) => {
+                    out.unblocked();
+                    if wrote(f, *n) > 0 {
+                        out.progressed(now);
+                    }
+                    out.set_h2_open(f.open());
+                }
+            },
+            _ => {}
         }
     }
 }
@@ -575,7 +642,7 @@ fn parked_error() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "connection parked")
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tracked<IO> {
+impl<IO: AsyncRead + AsyncWrite + Parkable + Unpin> AsyncRead for Tracked<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -625,11 +692,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tracked<IO> {
             let new = &buf.filled()[before..];
             this.tail.push(new);
             if !new.is_empty() {
-                if this.first_read {
-                    this.first_read = false;
-                    if new.starts_with(&H2_PREFACE_START[..new.len().min(H2_PREFACE_START.len())]) {
+                if let Sniff::Undecided(seen) = this.sniff {
+                    this.sniff = this.sniff.feed(new);
+                    if this.sniff == Sniff::H2 {
+                        // Its preface is no request head.
                         this.state.h2.store(true, Relaxed);
+                        this.state.head_since_ms.store(0, Relaxed);
+                        this.frames = Some(Box::new(H2Frames::new(PREFACE.len() - seen)));
                     }
+                }
+                if let Some(f) = &mut this.frames {
+                    f.read(new);
+                    this.state.out.set_h2_open(f.open());
                 }
                 let s = &this.state;
                 if s.in_flight.load(Relaxed) == 0
@@ -644,17 +718,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tracked<IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
+impl<IO: AsyncWrite + Parkable + Unpin> AsyncWrite for Tracked<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.unflushed = true;
-        match self.inner.as_mut() {
+        let res = match self.inner.as_mut() {
             Some(io) => Pin::new(io).poll_write(cx, buf),
-            None => Poll::Ready(Err(parked_error())),
-        }
+            None => return Poll::Ready(Err(parked_error())),
+        };
+        self.note_write(&res, |f, n| f.wrote(&buf[..n]));
+        res
     }
 
     fn poll_write_vectored(
@@ -663,10 +739,23 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         self.unflushed = true;
-        match self.inner.as_mut() {
+        let res = match self.inner.as_mut() {
             Some(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-            None => Poll::Ready(Err(parked_error())),
-        }
+            None => return Poll::Ready(Err(parked_error())),
+        };
+        self.note_write(&res, |f, mut n| {
+            let mut data = 0;
+            for b in bufs {
+                if n == 0 {
+                    break;
+                }
+                let take = n.min(b.len());
+                data += f.wrote(&b[..take]);
+                n -= take;
+            }
+            data
+        });
+        res
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -678,8 +767,19 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
             Some(io) => Pin::new(io).poll_flush(cx),
             None => Poll::Ready(Ok(())),
         };
-        if matches!(res, Poll::Ready(Ok(()))) {
-            self.unflushed = false;
+        match res {
+            Poll::Ready(Ok(())) => {
+                self.unflushed = false;
+                self.state.out.unblocked();
+                if let Some(log) = &self.access_log {
+                    // Everything hyper had is out: the response is complete.
+                    if let Some(e) = self.state.take_unsent_log() {
+                        log.log(e);
+                    }
+                }
+            }
+            Poll::Pending => self.state.out.blocked(self.clock.load(Relaxed)),
+            Poll::Ready(Err(_)) => {}
         }
         res
     }

@@ -3,8 +3,10 @@
 //! per-connection bookkeeping the timeouts read.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::*};
+use std::sync::Mutex;
 
+use super::access_log::Entry;
 use super::ListenRole;
 
 #[derive(Debug, Clone, Copy)]
@@ -45,9 +47,99 @@ pub struct ConnState {
     /// HTTP/1.1: since when the response waits for the client to take
     /// what it was given (HTTP/2 streams have their own, see `stream_exec`).
     pub send: SendWatch,
+    /// What the connection has handed to the socket and the client has not
+    /// taken yet (see `OutWatch`).
+    pub out: OutWatch,
     /// The slot's shed epoch this connection has answered to (see
     /// `Slot::shed_connections`).
     shed_seen: AtomicU32,
+    /// HTTP/1.1: the access-log line of the last response, written once its
+    /// last byte has left hyper's buffers (or the connection ended).
+    unsent_log: Mutex<Option<Box<Entry>>>,
+    /// Which deadline ended the connection, if one did.
+    ended_by: AtomicU8,
+}
+
+/// Why a connection was ended by rsvisor rather than by its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum EndedBy {
+    /// It was not (it ended, or the client went away).
+    Nothing = 0,
+    /// `http.send_timeout`: the client took nothing for that long.
+    SendTimeout = 1,
+    /// `http.header_read_timeout`.
+    HeadTimeout = 2,
+}
+
+impl EndedBy {
+    /// As the access log says it of a response that did not go out whole.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndedBy::Nothing => "connection_closed",
+            EndedBy::SendTimeout => "send_timeout",
+            EndedBy::HeadTimeout => "header_read_timeout",
+        }
+    }
+}
+
+/// The connection's output as the socket sees it, apart from any request:
+/// a response whose body the app has finished is still going out while
+/// hyper (HTTP/1.1), h2's stream buffers or TLS hold bytes of it. While
+/// they do, the connection is not idle: only `http.send_timeout` (no
+/// progress for that long) may end it, never `http.keepalive_timeout`.
+#[derive(Debug, Default)]
+pub struct OutWatch {
+    /// Worker-clock milliseconds + 1 since a write or flush has waited for
+    /// the socket; 0 = the last one went through.
+    blocked_since_ms: AtomicU64,
+    /// When output last made progress (HTTP/1.1: any byte; HTTP/2: DATA).
+    progress_ms: AtomicU64,
+    /// HTTP/2: responses whose HEADERS went out and whose END_STREAM (or
+    /// RST_STREAM) has not: h2 still holds the end of their bodies.
+    h2_open: AtomicU32,
+}
+
+impl OutWatch {
+    pub fn blocked(&self, now_ms: u64) {
+        if self.blocked_since_ms.load(Relaxed) == 0 {
+            self.blocked_since_ms.store(now_ms + 1, Relaxed);
+        }
+    }
+
+    pub fn progressed(&self, now_ms: u64) {
+        self.blocked_since_ms.store(0, Relaxed);
+        self.progress_ms.store(now_ms, Relaxed);
+    }
+
+    /// A flush went through: nothing waits for the socket.
+    pub fn unblocked(&self) {
+        self.blocked_since_ms.store(0, Relaxed);
+    }
+
+    pub fn set_h2_open(&self, n: usize) {
+        self.h2_open.store(n as u32, Relaxed);
+    }
+
+    /// When output started waiting on the client, if it does: a write the
+    /// socket refused, or (HTTP/2, once no request is in flight) bodies h2
+    /// holds that have not moved since `idle_since_ms`. Streams whose
+    /// bodies are still being produced time their own sends
+    /// (`stream_exec`), and are reset one by one.
+    pub fn stalled_since(&self, idle_since_ms: u64, requests_done: bool) -> Option<u64> {
+        match self.blocked_since_ms.load(Relaxed) {
+            0 if requests_done && self.h2_open.load(Relaxed) > 0 => {
+                Some(self.progress_ms.load(Relaxed).max(idle_since_ms))
+            }
+            0 => None,
+            n => Some(n - 1),
+        }
+    }
+
+    /// When bytes last went out.
+    pub fn progress_ms(&self) -> u64 {
+        self.progress_ms.load(Relaxed)
+    }
 }
 
 /// Since when a response has been waiting for the client: set when its
@@ -58,6 +150,8 @@ pub struct ConnState {
 pub struct SendWatch {
     /// Worker-clock milliseconds + 1; 0 = not waiting.
     since_ms: AtomicU64,
+    /// The stream was reset because of it.
+    timed_out: AtomicBool,
 }
 
 impl SendWatch {
@@ -67,6 +161,14 @@ impl SendWatch {
 
     pub fn moving(&self) {
         self.since_ms.store(0, Relaxed);
+    }
+
+    pub fn time_out(&self) {
+        self.timed_out.store(true, Relaxed);
+    }
+
+    pub fn timed_out(&self) -> bool {
+        self.timed_out.load(Relaxed)
     }
 
     /// When it started waiting, if it is.
@@ -93,7 +195,33 @@ impl ConnState {
             upgraded: AtomicBool::new(false),
             last_bodiless: AtomicBool::new(false),
             send: SendWatch::default(),
+            out: OutWatch::default(),
             shed_seen: AtomicU32::new(shed),
+            unsent_log: Mutex::new(None),
+            ended_by: AtomicU8::new(EndedBy::Nothing as u8),
+        }
+    }
+
+    /// HTTP/1.1: keeps the response's access-log line until its last byte
+    /// has left hyper (`take_unsent_log`); returns a previous one that is
+    /// still kept (pipelined requests), to be written now.
+    pub fn defer_log(&self, e: Box<Entry>) -> Option<Box<Entry>> {
+        self.unsent_log.lock().ok()?.replace(e)
+    }
+
+    pub fn take_unsent_log(&self) -> Option<Box<Entry>> {
+        self.unsent_log.lock().ok()?.take()
+    }
+
+    pub fn end_by(&self, why: EndedBy) {
+        self.ended_by.store(why as u8, Relaxed);
+    }
+
+    pub fn ended_by(&self) -> EndedBy {
+        match self.ended_by.load(Relaxed) {
+            1 => EndedBy::SendTimeout,
+            2 => EndedBy::HeadTimeout,
+            _ => EndedBy::Nothing,
         }
     }
 

@@ -51,6 +51,7 @@ mod conn;
 mod conn_state;
 mod conns;
 mod endpoints;
+mod h2_frames;
 mod heartbeat;
 mod park;
 mod proxy;

@@ -61,11 +61,21 @@ pub trait Parkable {
     fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
+
+    /// Makes closing the socket drop what the kernel still holds for the
+    /// client and send a reset (`SO_LINGER` 0), as nginx's
+    /// `reset_timedout_connection` does: a client that stopped reading
+    /// would otherwise keep that memory in FIN-WAIT-1 for minutes.
+    fn reset_on_close(&self) {}
 }
 
 impl Parkable for TcpStream {
     fn can_park(&self) -> bool {
         true
+    }
+
+    fn reset_on_close(&self) {
+        let _ = self.set_zero_linger();
     }
 
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -83,8 +93,17 @@ impl Parkable for UnixStream {
     }
 }
 
-impl<IO> Parkable for super::proxy_protocol::Prefixed<IO> {}
-impl<IO> Parkable for tokio_rustls::server::TlsStream<IO> {}
+impl<IO: Parkable> Parkable for super::proxy_protocol::Prefixed<IO> {
+    fn reset_on_close(&self) {
+        self.get_ref().reset_on_close();
+    }
+}
+
+impl<IO: Parkable> Parkable for tokio_rustls::server::TlsStream<IO> {
+    fn reset_on_close(&self) {
+        self.get_ref().0.reset_on_close();
+    }
+}
 
 /// Where the IO goes when hyper is told the stream ended.
 pub struct Handoff<IO>(Mutex<Option<(IO, ConnGuard)>>);

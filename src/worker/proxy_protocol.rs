@@ -148,6 +148,12 @@ pub struct Prefixed<IO> {
     inner: IO,
 }
 
+impl<IO> Prefixed<IO> {
+    pub fn get_ref(&self) -> &IO {
+        &self.inner
+    }
+}
+
 impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -15,7 +15,7 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::access_log::Entry;
-use super::conn_state::{ConnState, Peer, SendWatch};
+use super::conn_state::{ConnState, EndedBy, Peer, SendWatch};
 use super::endpoints;
 use super::shared::{self, Shared};
 use super::stream_exec;
@@ -294,8 +294,12 @@ fn body_error_text(status: StatusCode) -> &'static str {
 fn rfc9112_refusal(req: &http::Request<Incoming>) -> Result<(), &'static str> {
     let headers = req.headers();
     let mut hosts = headers.get_all(http::header::HOST).iter();
-    if hosts.next().is_some() && hosts.next().is_some() {
-        return Err("more than one Host field\n");
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err("more than one Host field\n"),
+        // HTTP/1.0 had no Host field; HTTP/1.1 must send one (§3.2).
+        (None, _) if req.version() == Version::HTTP_11 => return Err("no Host field\n"),
+        (Some(h), None) if !valid_host(h.as_bytes()) => return Err("invalid Host field\n"),
+        _ => {}
     }
     let uri = req.uri();
     let method = req.method();
@@ -308,6 +312,68 @@ fn rfc9112_refusal(req: &http::Request<Incoming>) -> Result<(), &'static str> {
         }
     }
     Ok(())
+}
+
+/// RFC 9110 §7.2: `Host = uri-host [ ":" port ]`, where `uri-host` is an
+/// `IP-literal` in brackets or a `reg-name` (RFC 3986 §3.2.2; an IPv4
+/// address is a `reg-name` as far as its characters go). Empty is allowed
+/// (a request target without an authority).
+pub(crate) fn valid_host(v: &[u8]) -> bool {
+    let (host, port) = match v.first() {
+        Some(b'[') => match v.iter().position(|&c| c == b']') {
+            Some(end) => {
+                let inside = &v[1..end];
+                let literal = !inside.is_empty()
+                    && inside
+                        .iter()
+                        .all(|&c| c == b':' || unreserved(c) || sub_delim(c));
+                if !literal {
+                    return false;
+                }
+                match &v[end + 1..] {
+                    [] => return true,
+                    [b':', port @ ..] => (&[][..], port),
+                    _ => return false,
+                }
+            }
+            None => return false,
+        },
+        _ => match v.iter().position(|&c| c == b':') {
+            Some(colon) => (&v[..colon], &v[colon + 1..]),
+            None => (v, &[][..]),
+        },
+    };
+    port.iter().all(u8::is_ascii_digit) && reg_name(host)
+}
+
+/// `reg-name = *( unreserved / pct-encoded / sub-delims )`
+fn reg_name(s: &[u8]) -> bool {
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3);
+                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+            }
+            c if unreserved(c) || sub_delim(c) => i += 1,
+            _ => return false,
+        }
+    }
+    true
+}
+
+fn unreserved(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
+}
+
+fn sub_delim(c: u8) -> bool {
+    matches!(
+        c,
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+    )
 }
 
 fn status_response(status: StatusCode, body: &'static str) -> crate::Response {
@@ -398,7 +464,8 @@ impl<H> TrackedBody<H> {
         }
     }
 
-    fn finish(&mut self) {
+    /// The body ended (`complete`) or was dropped before its end.
+    fn finish(&mut self, complete: bool) {
         if let Some(w) = self.watch() {
             w.moving();
         }
@@ -408,9 +475,16 @@ impl<H> TrackedBody<H> {
         let shared = &done.shared;
         shared.slot.add_bytes_sent(self.sent);
         drop(done.app_request);
-        done.conn.request_finished(shared.now_ms());
+        let conn = &done.conn;
+        conn.request_finished(shared.now_ms());
         if let (Some(log), Some(access)) = (done.log, &shared.access_log) {
-            access.log(Entry {
+            let incomplete = match &self.stream {
+                _ if complete => None,
+                Some(w) if w.timed_out() => Some(EndedBy::SendTimeout.as_str()),
+                Some(_) => Some("stream_reset"),
+                None => Some(conn.ended_by().as_str()),
+            };
+            let entry = Box::new(Entry {
                 time: log.time,
                 client: log.client,
                 method: log.method,
@@ -418,18 +492,31 @@ impl<H> TrackedBody<H> {
                 version: log.version,
                 status: done.status,
                 bytes: self.sent,
-                duration_us: crate::sys::monotonic_us().saturating_sub(done.start_us),
+                started_us: done.start_us,
                 user_agent: log.user_agent,
                 referer: log.referer,
                 request_id: log.request_id,
+                incomplete,
             });
+            if complete && self.stream.is_none() && done.status != 101 {
+                // HTTP/1.1: written once its last byte leaves hyper (see
+                // `conn::Tracked`), or marked incomplete if it never does.
+                if let Some(earlier) = conn.defer_log(entry) {
+                    access.log(earlier);
+                }
+            } else {
+                access.log(entry);
+            }
         }
     }
 }
 
 impl<H> Drop for TrackedBody<H> {
     fn drop(&mut self) {
-        self.finish();
+        // hyper drops a body of known length once it has its last byte,
+        // without asking for the end.
+        let complete = http_body::Body::is_end_stream(&self.inner);
+        self.finish(complete);
     }
 }
 
@@ -459,7 +546,8 @@ impl<H> http_body::Body for TrackedBody<H> {
                     }
                 }
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finish(),
+            Poll::Ready(None) => this.finish(true),
+            Poll::Ready(Some(Err(_))) => this.finish(false),
             Poll::Pending => {}
         }
         res
@@ -471,5 +559,32 @@ impl<H> http_body::Body for TrackedBody<H> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_host;
+
+    #[test]
+    fn host_fields_as_rfc_9110_allows_them() {
+        for ok in [
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8000",
+            "a-b_c~d.e",
+            "%41bc",
+            "",
+            "x:",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok:?}");
+        }
+        for bad in [
+            "a b", "u@evil", "a/b", "[::1", "[]", "[::1]x", "x:8a", "%4", "a:1:2", "a\tb",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+        }
     }
 }

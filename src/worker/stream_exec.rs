@@ -82,6 +82,7 @@ impl<F: Future> Future for Watched<F> {
             if now >= deadline {
                 // Dropping the stream's future resets the stream.
                 this.exec.slot.count_send_timeout();
+                this.watch.time_out();
                 return Poll::Ready(());
             }
             // The clock advances in ticks: never sleep less than one.

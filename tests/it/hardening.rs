@@ -109,8 +109,12 @@ fn every_slowloris_gets_408_at_the_header_deadline() {
 fn requests_rfc_9112_forbids_get_400_before_the_app() {
     let mut s = demo("[server]\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n").start();
     let tcp = s.ready_tcp();
-    let refused: [&[u8]; 6] = [
+    let refused: [&[u8]; 9] = [
         b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        // Exactly one valid Host (RFC 9112 §3.2, RFC 9110 §7.2).
+        b"GET / HTTP/1.1\r\nUser-Agent: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: u@evil\r\n\r\n",
         b"GET * HTTP/1.1\r\nHost: x\r\n\r\n",
         b"GET example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\nX-Bell: a\x07b\r\n\r\n",
@@ -126,7 +130,15 @@ fn requests_rfc_9112_forbids_get_400_before_the_app() {
             String::from_utf8_lossy(&out)
         );
     }
-    // What is allowed stays allowed: OPTIONS *, tabs and obs-text.
+    // What is allowed stays allowed: HTTP/1.0 without Host, OPTIONS *,
+    // tabs and obs-text.
+    let out = raw(&tcp, b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    assert_eq!(
+        status_of(&out),
+        Some(200),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
     let out = raw(
         &tcp,
         b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",

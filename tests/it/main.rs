@@ -7,6 +7,7 @@
 mod util;
 
 mod apps;
+mod bad_files;
 mod canary;
 mod config_check;
 mod exec;
@@ -17,6 +18,7 @@ mod idle_conns;
 mod layers;
 mod monitoring;
 mod observability;
+mod slow_readers;
 mod static_files;
 mod supervisor;
 mod systemd;
