@@ -1,13 +1,94 @@
 //! Error and event logs through tracing, to stderr, as text or JSON; the
 //! level and the format can change on reload.
 
+use std::hash::{Hash, Hasher};
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 
-use tracing_subscriber::layer::{Layered, SubscriberExt};
+use tracing::subscriber::Interest;
+use tracing::Metadata;
+use tracing_subscriber::layer::{Context, Filter, Layered, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 use crate::config::{LogConfig, LogFormat};
+use crate::scoreboard::Slot;
+use crate::throttle::Throttle;
+
+/// The libraries a client's bytes reach before rsvisor's code sees them:
+/// their lines (rustls warns once per bad handshake, h2 once per bad
+/// connection) are written once per `throttle::REPEAT_LOG_INTERVAL` each
+/// and otherwise counted, so that no client can fill the disk with them.
+const CLIENT_REACHABLE: &[&str] = &[
+    "rustls",
+    "tokio_rustls",
+    "h2",
+    "hyper",
+    "hyper_util",
+    "tungstenite",
+    "tokio_tungstenite",
+    "tower_http",
+];
+
+/// Throttles per kind of line (target, level and place, hashed): a flood of
+/// one kind does not hide another, unless two share a bucket.
+const LINE_KINDS: usize = 64;
+static LINE_THROTTLES: [Throttle; LINE_KINDS] = [const { Throttle::new() }; LINE_KINDS];
+
+/// Where a worker counts the lines left out.
+static SUPPRESSED_INTO: OnceLock<&'static Slot> = OnceLock::new();
+
+/// Counts the library lines this process leaves out in `slot` (a worker,
+/// after fork).
+pub fn count_suppressed_into(slot: &'static Slot) {
+    let _ = SUPPRESSED_INTO.set(slot);
+}
+
+fn client_reachable(target: &str) -> bool {
+    CLIENT_REACHABLE.iter().any(|lib| {
+        target
+            .strip_prefix(lib)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    })
+}
+
+/// Lets one line of each kind through per interval (see `CLIENT_REACHABLE`).
+struct LibraryThrottle;
+
+impl<S> Filter<S> for LibraryThrottle {
+    fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
+        if !meta.is_event() || !client_reachable(meta.target()) {
+            return true;
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            meta.target(),
+            meta.level().as_str(),
+            meta.file(),
+            meta.line(),
+        )
+            .hash(&mut h);
+        if LINE_THROTTLES[h.finish() as usize % LINE_KINDS]
+            .admit()
+            .is_some()
+        {
+            return true;
+        }
+        if let Some(slot) = SUPPRESSED_INTO.get() {
+            slot.count_log_line_suppressed();
+        }
+        false
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        // Asked again for each event of these (the answer changes).
+        if client_reachable(meta.target()) {
+            Interest::sometimes()
+        } else {
+            Interest::always()
+        }
+    }
+}
 
 type FilterLayer = reload::Layer<EnvFilter, Registry>;
 type Filtered = Layered<FilterLayer, Registry>;
@@ -65,7 +146,8 @@ pub fn init(cfg: &LogConfig) -> LogHandle {
     let (format, format_handle) = reload::Layer::new(format_of(cfg));
     match tracing_subscriber::registry()
         .with(filter)
-        .with(format)
+        // Outside the reloadable part: a filter must be registered once.
+        .with(format.with_filter(LibraryThrottle))
         .try_init()
     {
         Ok(()) => LogHandle {
@@ -73,5 +155,25 @@ pub fn init(cfg: &LogConfig) -> LogHandle {
         },
         // Already initialised (an embedding program set its own): keep it.
         Err(_) => LogHandle { handles: None },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_reachable;
+
+    #[test]
+    fn the_libraries_a_client_reaches_are_throttled_and_nothing_else() {
+        for t in [
+            "rustls",
+            "rustls::server::hs",
+            "h2::proto",
+            "hyper_util::server",
+        ] {
+            assert!(client_reachable(t), "{t}");
+        }
+        for t in ["rsvisor::worker", "rustlsx", "h2o", "myapp"] {
+            assert!(!client_reachable(t), "{t}");
+        }
     }
 }

@@ -158,6 +158,17 @@ pub fn render(board: &Board) -> String {
         );
     }
     o.family(
+        "rsvisor_log_lines_suppressed_total",
+        "counter",
+        "Log lines of the HTTP and TLS libraries (rustls, h2, hyper) a client can cause, \
+         left out because the same line was written less than 10 s before.",
+    );
+    o.sample(
+        "rsvisor_log_lines_suppressed_total",
+        "",
+        e.log_lines_suppressed,
+    );
+    o.family(
         "rsvisor_access_log_write_errors_total",
         "counter",
         "Failed writes of access-log lines.",

@@ -97,6 +97,9 @@ shared_plain! {
         pub send_timeouts: AtomicU64,
         pub access_log_write_errors: AtomicU64,
         pub access_log_dropped: AtomicU64,
+        /// Lines of the HTTP and TLS libraries left out by
+        /// `logging::LibraryThrottle`.
+        pub log_lines_suppressed: AtomicU64,
         /// Indexed by [`AcceptError::index`].
         pub accept: [AtomicU64; ACCEPT_ERRORS],
         /// Indexed by [`TlsFailure::index`].
@@ -112,6 +115,7 @@ pub struct ErrorsSnapshot {
     pub send_timeouts: u64,
     pub access_log_write_errors: u64,
     pub access_log_dropped: u64,
+    pub log_lines_suppressed: u64,
     pub accept: [u64; ACCEPT_ERRORS],
     pub tls: [u64; TLS_FAILURES],
     pub conn: [u64; CONN_ERRORS],
@@ -139,6 +143,7 @@ impl Errors {
             send_timeouts: self.send_timeouts.load(Relaxed),
             access_log_write_errors: self.access_log_write_errors.load(Relaxed),
             access_log_dropped: self.access_log_dropped.load(Relaxed),
+            log_lines_suppressed: self.log_lines_suppressed.load(Relaxed),
             accept: load_all(&self.accept),
             tls: load_all(&self.tls),
             conn: load_all(&self.conn),
@@ -151,6 +156,8 @@ impl Errors {
             .fetch_add(s.access_log_write_errors, Relaxed);
         self.access_log_dropped
             .fetch_add(s.access_log_dropped, Relaxed);
+        self.log_lines_suppressed
+            .fetch_add(s.log_lines_suppressed, Relaxed);
         add_all(&self.accept, &s.accept);
         add_all(&self.tls, &s.tls);
         add_all(&self.conn, &s.conn);
@@ -160,6 +167,7 @@ impl Errors {
         self.send_timeouts.store(0, Relaxed);
         self.access_log_write_errors.store(0, Relaxed);
         self.access_log_dropped.store(0, Relaxed);
+        self.log_lines_suppressed.store(0, Relaxed);
         for a in self.accept.iter().chain(&self.tls).chain(&self.conn) {
             a.store(0, Relaxed);
         }
@@ -171,6 +179,7 @@ impl ErrorsSnapshot {
         self.send_timeouts += o.send_timeouts;
         self.access_log_write_errors += o.access_log_write_errors;
         self.access_log_dropped += o.access_log_dropped;
+        self.log_lines_suppressed += o.log_lines_suppressed;
         sum_all(&mut self.accept, &o.accept);
         sum_all(&mut self.tls, &o.tls);
         sum_all(&mut self.conn, &o.conn);
@@ -595,6 +604,13 @@ impl Slot {
 
     pub fn count_send_timeout(&self) {
         self.counters.errors.send_timeouts.fetch_add(1, Relaxed);
+    }
+
+    pub fn count_log_line_suppressed(&self) {
+        self.counters
+            .errors
+            .log_lines_suppressed
+            .fetch_add(1, Relaxed);
     }
 
     pub fn count_access_log_write_error(&self) {

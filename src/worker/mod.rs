@@ -183,6 +183,7 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> i32 {
         error!(error = %e, "worker cannot unblock signals");
         return exit::WORKER_SETUP_FAILED;
     }
+    crate::logging::count_suppressed_into(slot);
     let access_log = match access_log::AccessLog::start(&boot.config.log, slot) {
         Ok(a) => a,
         Err(e) => {

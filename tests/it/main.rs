@@ -22,5 +22,6 @@ mod slow_readers;
 mod static_files;
 mod supervisor;
 mod systemd;
+mod tls_flood;
 mod tls_resume;
 mod zero_downtime;
