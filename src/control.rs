@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::outcome::{ExitReason, Phase, ReloadResult, WorkerState};
 
+/// The error a client gets when every control connection is taken by a
+/// client waiting for an answer; the CLI retries on it.
+pub const CONTROL_FULL: &str = "too many control connections; try again later";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Status,

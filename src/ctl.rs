@@ -94,13 +94,33 @@ impl ControlClient {
     }
 }
 
+/// How long the CLI keeps trying to reach a master whose control socket
+/// is momentarily full (or whose backlog is), before it gives up.
+const CONNECT_RETRY: Duration = Duration::from_secs(5);
+const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 fn ask(config: &Path, req: Request, timeout: Duration) -> Result<Response, CtlError> {
     let (path, cfg) = socket_of(config)?;
     let timeout = match req {
         Request::Reload => timeout + cfg.lifecycle.canary,
         _ => timeout,
     };
-    ControlClient::connect(&path)?.ask(&req, timeout)
+    let give_up = std::time::Instant::now() + CONNECT_RETRY;
+    loop {
+        let answer = ControlClient::connect(&path).and_then(|mut c| c.ask(&req, timeout));
+        let busy = match &answer {
+            Ok(r) => r.error.as_deref() == Some(crate::control::CONTROL_FULL),
+            Err(CtlError::Connect { source, .. }) => matches!(
+                source.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::WouldBlock
+            ),
+            Err(_) => false,
+        };
+        if !busy || std::time::Instant::now() >= give_up {
+            return answer;
+        }
+        std::thread::sleep(CONNECT_RETRY_PAUSE);
+    }
 }
 
 pub fn status(config: &Path, json: bool) -> i32 {
@@ -303,16 +323,17 @@ pub fn table(s: &Status) -> String {
         s.totals.worker_exits
     );
     o += &format!(
-        "{:<5} {:<8} {:<4} {:<9} {:<7} {:>10} {:>6} {:>10} {:>8} {:>10}\n",
+        "{:<4} {:<7} {:<3} {:<8} {:<6} {:>9} {:>5} {:>10} {:>7} {:>9}\n",
         "SLOT", "PID", "GEN", "STATE", "AGE", "REQUESTS", "CONNS", "RSS", "CPU", "HEARTBEAT"
     );
     for w in &s.workers {
         o += &format!(
-            "{:<5} {:<8} {:<4} {:<9} {:<7} {:>10} {:>6} {:>10} {:>7.1}s {:>9.1}s\n",
+            "{:<4} {:<7} {:<3} {:<8} {:<6} {:>9} {:>5} {:>10} {:>6.1}s {:>8.1}s\n",
             w.slot,
             w.pid,
             w.generation,
-            w.state,
+            // As a string: the enum's Display does not pad.
+            w.state.to_string(),
             human_secs(w.age_seconds),
             w.requests,
             w.active_connections,

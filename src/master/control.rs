@@ -20,7 +20,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use tracing::warn;
 
 use crate::config::BindAddr;
-use crate::control::{Request, Response};
+use crate::control::{Request, Response, CONTROL_FULL};
 use crate::listen::{self, ListenError, Listener};
 
 /// How long a client may take to send a request line (after connecting or
@@ -28,7 +28,9 @@ use crate::listen::{self, ListenError, Listener};
 pub const CONTROL_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an answer may wait for the client to read it.
 pub const CONTROL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Open control connections at most; more are refused with an error line.
+/// Open control connections at most; past it the longest-silent idle one
+/// is closed for a newcomer, or (none idle) the newcomer is refused with
+/// [`CONTROL_FULL`] and its CLI retries.
 pub const CONTROL_MAX_CLIENTS: usize = 32;
 /// Longest request line; anything longer is not a request of ours.
 const CONTROL_LINE_MAX: usize = 256;
@@ -190,8 +192,10 @@ impl ControlServer {
                 refuse(&stream, why);
                 continue;
             }
-            if self.clients.len() >= CONTROL_MAX_CLIENTS {
-                refuse(&stream, "too many control connections; try again later");
+            if self.clients.len() >= CONTROL_MAX_CLIENTS && !self.evict_longest_silent() {
+                // Every open client waits for an answer (a reload's
+                // waiters): the newcomer's CLI retries.
+                refuse(&stream, CONTROL_FULL);
                 self.note_refusal(now);
                 continue;
             }
@@ -205,6 +209,27 @@ impl ControlServer {
                 eof: false,
                 deadline: Some(now + CONTROL_IDLE_TIMEOUT),
             });
+        }
+    }
+
+    /// Makes room for an operator: closes the client that has been silent
+    /// longest among those the master owes nothing (no request pending, no
+    /// answer unsent). Clients that connect and send nothing can then never
+    /// lock `rsvisor status` out.
+    fn evict_longest_silent(&mut self) -> bool {
+        let idle = self
+            .clients
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.awaiting_reply && c.outbuf.is_empty())
+            .min_by_key(|(_, c)| c.deadline)
+            .map(|(i, _)| i);
+        match idle {
+            Some(i) => {
+                self.clients.swap_remove(i);
+                true
+            }
+            None => false,
         }
     }
 

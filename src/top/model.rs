@@ -9,7 +9,7 @@ use crate::control::{ExitReport, Status, WorkerStatus};
 use crate::outcome::{Phase, WorkerState};
 
 /// RSS samples kept per worker for its trend.
-pub const RSS_TREND: usize = 8;
+pub const RSS_TREND: usize = 3;
 /// Recent events shown at most.
 pub const EVENTS: usize = 8;
 
@@ -136,7 +136,8 @@ impl Model {
             _ => None,
         };
         let rss = match w.memory_limit_bytes {
-            Some(limit) => format!("{} / {}", mib(w.rss_bytes), mib(limit)),
+            // Short enough for the column at 80 terminal columns.
+            Some(limit) => format!("{}/{}", mib(w.rss_bytes), mib(limit)),
             None => mib(w.rss_bytes),
         };
         Row {

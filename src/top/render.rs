@@ -12,19 +12,21 @@ use ratatui::Frame;
 use super::model::{Row, View};
 use crate::outcome::WorkerState;
 
+/// Widths that fit 80 columns with the spacing (69 + 11): a PID takes up
+/// to 7 digits (Linux's largest `pid_max` is 4194304), a state 8 letters.
 const COLUMNS: [(&str, u16); 12] = [
     ("SLOT", 4),
-    ("PID", 8),
-    ("GEN", 4),
-    ("STATE", 9),
-    ("AGE", 7),
-    ("REQ/S", 8),
-    ("CONNS", 6),
-    ("WS", 4),
-    ("RSS", 16),
-    ("TREND", 8),
-    ("BEAT", 6),
-    ("LAG", 8),
+    ("PID", 7),
+    ("GEN", 3),
+    ("STATE", 8),
+    ("AGE", 6),
+    ("REQ/S", 6),
+    ("CONNS", 5),
+    ("WS", 3),
+    ("RSS", 13),
+    ("TREND", 3),
+    ("BEAT", 5),
+    ("LAG", 6),
 ];
 
 /// Rows a frame needs to show everything (for `--once`).
@@ -153,10 +155,22 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines[0], "master 1  generation 2");
         assert!(lines[3].starts_with("SLOT PID"), "{t}");
-        assert!(lines[4].starts_with("3    4242     2    ready"), "{t}");
+        assert!(lines[4].starts_with("3    4242    2   ready    5s"), "{t}");
         assert!(lines[4].contains("1234"), "{t}");
         assert!(t.contains("recent events"), "{t}");
         assert!(t.contains("reload success"), "{t}");
+        // At 80 columns every column is whole: 7-digit PIDs, a memory
+        // limit, a full trend.
+        let mut wide = view.clone();
+        wide.workers[0].pid = 4_194_303;
+        wide.workers[0].rss = "123.4M/512.0M".into();
+        wide.workers[0].trend = "▁▃█".into();
+        wide.workers[0].lag = "12.5ms".into();
+        let t80 = text(&wide, 80);
+        let row = t80.lines().nth(4).unwrap();
+        for cell in ["4194303", "ready", "123.4M/512.0M", "▁▃█", "0.2s", "12.5ms"] {
+            assert!(row.contains(cell), "{cell} in {row:?}");
+        }
         // Narrow: what fits, no panic.
         let narrow = text(&view, 20);
         assert!(narrow.lines().all(|l| l.chars().count() <= 20));
