@@ -56,12 +56,13 @@ impl Master {
     }
 
     /// Takes in each worker's own report; a worker of the current
-    /// generation that became ready ends a run of boot failures.
+    /// generation that stayed up `READY_SETTLE` after it became ready ends
+    /// a run of boot failures.
     fn observe_workers(&mut self) {
         let now = Instant::now();
         for w in &mut self.workers {
             let report = w.observe(self.board.slot(w.slot).state(), now);
-            if report == Report::BecameReady && w.generation == self.current.generation {
+            if report == Report::Settled && w.generation == self.current.generation {
                 self.backoff.succeeded();
             }
         }
@@ -126,14 +127,14 @@ impl Master {
     /// The heartbeat rule applied to one worker, unless it is leaving
     /// already (or being dumped).
     fn judge_heartbeat(&self, w: &WorkerHandle, now_ms: u64) -> Option<Verdict> {
-        if w.leaving() || !w.has_heartbeat() && !w.booting() {
+        if w.leaving() || !w.has_heartbeat() && !w.awaiting_ready() {
             return None;
         }
         // Each worker is judged by its own generation's timeout.
         let limit = w.config.lifecycle.timeout;
         let slot = self.board.slot(w.slot);
         let silent = Duration::from_millis(now_ms.saturating_sub(slot.heartbeat_ms()));
-        match verdict(w.booting(), w.spawned_at.elapsed(), silent, limit) {
+        match verdict(w.awaiting_ready(), w.spawned_at.elapsed(), silent, limit) {
             Verdict::Healthy => None,
             v => Some(v),
         }

@@ -332,6 +332,9 @@ impl Master {
             if let Some(at) = w.exec.as_ref().and_then(|e| e.delay_deadline(w.spawned_at)) {
                 deadline = deadline.min(at);
             }
+            if let Some(at) = w.settle_deadline() {
+                deadline = deadline.min(at);
+            }
         }
         if let Some(at) = self.inspections.next_deadline(now) {
             deadline = deadline.min(at);

@@ -74,7 +74,8 @@ impl Master {
     }
 
     fn worker_exited(&mut self, w: WorkerHandle, how: Exit) {
-        let was_ready = w.ready_at.is_some();
+        // Exiting within READY_SETTLE of its ready signal is a failed start.
+        let was_ready = w.settled;
         let reason = w.exit_reason();
         self.board.release(w.slot);
         self.board.count_exit(reason);
@@ -135,13 +136,22 @@ impl Master {
         let current = w.generation == self.current.generation;
         if boot_failure(was_ready, current, reason) && self.lifecycle.serving() {
             // An exec worker that dies before it is ready failed in the
-            // app's own startup (an import error, a missing program).
-            let in_startup = how == Exit::Code(exit::WORKER_APP_STARTUP_FAILED) || w.exec.is_some();
+            // app's own startup (an import error, a missing program). One
+            // that said it was ready and died soon after is backed off,
+            // but is no proof that the app cannot start at all.
+            let in_startup = w.ready_at.is_none()
+                && (how == Exit::Code(exit::WORKER_APP_STARTUP_FAILED) || w.exec.is_some());
             let delay = self.backoff.failed(Instant::now(), in_startup);
+            let what = if w.ready_at.is_some() {
+                "worker exited right after it said it was ready: a failed start"
+            } else {
+                "worker failed during boot"
+            };
             warn!(
+                pid,
                 failures_in_a_row = self.backoff.failures(),
                 retry_in = ?delay,
-                "worker failed during boot"
+                "{what}"
             );
             if let Some(r) = self.lifecycle.reload_mut() {
                 r.boot_failed();

@@ -53,11 +53,20 @@ pub enum LeaveHow {
     Quick,
 }
 
+/// How long a worker must stay up after it said it was ready before its
+/// start counts as a success. One that exits sooner failed to start: the
+/// boot backoff applies, and a reload it belongs to counts a boot failure.
+/// An exec worker's "ready" is its own word (`READY=1`, a log line that
+/// gunicorn prints before it imports the app), so it also joins the
+/// fleet's capacity, and old workers make way for it, only then.
+pub const READY_SETTLE: Duration = Duration::from_secs(2);
+
 /// What changed when the master read the worker's own report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Report {
     Nothing,
-    BecameReady,
+    /// Up for [`READY_SETTLE`] since it said it was ready.
+    Settled,
 }
 
 pub struct WorkerHandle {
@@ -70,6 +79,8 @@ pub struct WorkerHandle {
     pub spawned_at: Instant,
     /// Set once the worker reported ready.
     pub ready_at: Option<Instant>,
+    /// It has stayed up [`READY_SETTLE`] since.
+    pub settled: bool,
     pub stage: Stage,
     /// Memory checks in a row above `max_worker_memory`.
     pub memory_strikes: u32,
@@ -95,6 +106,7 @@ impl WorkerHandle {
             generation,
             spawned_at: Instant::now(),
             ready_at: None,
+            settled: false,
             stage: Stage::Booting,
             memory_strikes: 0,
             lifetime,
@@ -129,15 +141,27 @@ impl WorkerHandle {
         let mut report = Report::Nothing;
         if self.ready_at.is_none() && serving {
             self.ready_at = Some(now);
-            report = Report::BecameReady;
         }
-        if self.stage == Stage::Booting && serving {
+        if !self.settled && self.settle_deadline().is_some_and(|at| now >= at) {
+            self.settled = true;
+            report = Report::Settled;
+        }
+        if self.stage == Stage::Booting && serving && (self.exec.is_none() || self.settled) {
             self.stage = Stage::Serving;
         }
         if self.stage == Stage::Serving && slot == SlotState::Retiring {
             self.stage = Stage::Retiring(ExitReason::MaxRequests);
         }
         report
+    }
+
+    /// When it will have been up [`READY_SETTLE`] since it said it was
+    /// ready (the master looks again then).
+    pub fn settle_deadline(&self) -> Option<Instant> {
+        match (self.ready_at, self.settled) {
+            (Some(at), false) => Some(at + READY_SETTLE),
+            _ => None,
+        }
     }
 
     /// The master decided this worker should be replaced (memory).
@@ -149,6 +173,12 @@ impl WorkerHandle {
 
     pub fn booting(&self) -> bool {
         self.stage == Stage::Booting
+    }
+
+    /// Booting and not yet said to be ready: the boot deadline applies
+    /// (not while an exec worker that said so settles).
+    pub fn awaiting_ready(&self) -> bool {
+        self.booting() && self.ready_at.is_none()
     }
 
     pub fn retiring(&self) -> Option<ExitReason> {
@@ -340,9 +370,15 @@ mod tests {
         let mut w = handle();
         assert_eq!(w.observe(SlotState::Booting, now), Report::Nothing);
         assert!(w.booting());
-        assert_eq!(w.observe(SlotState::Ready, now), Report::BecameReady);
-        assert!(w.serving());
+        // A forked worker serves at once; its start counts as a success
+        // once it has stayed up READY_SETTLE.
         assert_eq!(w.observe(SlotState::Ready, now), Report::Nothing);
+        assert!(w.serving());
+        assert_eq!(w.settle_deadline(), Some(now + READY_SETTLE));
+        let later = now + READY_SETTLE;
+        assert_eq!(w.observe(SlotState::Ready, later), Report::Settled);
+        assert_eq!(w.observe(SlotState::Ready, later), Report::Nothing);
+        assert_eq!(w.settle_deadline(), None);
         w.observe(SlotState::Retiring, now);
         assert_eq!(w.retiring(), Some(ExitReason::MaxRequests));
         assert_eq!(w.state(), WorkerState::Retiring);

@@ -5,6 +5,9 @@ request for /hang makes it stop pinging (its event loop still runs).
 
     GET /      -> its pid
     GET /hang  -> 200, and no more WATCHDOG=1
+
+NOTIFY_APP_EXIT_AFTER_READY_MS: exit (status 1) that long after READY=1,
+as an app that crashes right after it said it was ready.
 """
 
 import http.server
@@ -77,6 +80,10 @@ def main():
     # NOTIFY_APP_READY_DELAY_MS: serve, but say READY=1 only later.
     time.sleep(int(os.environ.get("NOTIFY_APP_READY_DELAY_MS", "0")) / 1000)
     notify("READY=1")
+    exit_after = os.environ.get("NOTIFY_APP_EXIT_AFTER_READY_MS")
+    if exit_after is not None:
+        time.sleep(int(exit_after) / 1000)
+        os._exit(1)
     threading.Event().wait()
 
 

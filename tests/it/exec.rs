@@ -221,8 +221,10 @@ env = {{ NOTIFY_APP_READY_DELAY_MS = "1500" }}
         |st| settled(st) && st.workers.iter().all(|w| w.pid as i32 != pid),
     );
     let took = hung.elapsed();
+    // Timeout, READY=1 1.5 s after start, then 2 s (READY_SETTLE) before
+    // a process that said it was ready counts as started.
     assert!(
-        took < Duration::from_secs(3 + 1) + Duration::from_millis(1500 + 1000),
+        took < Duration::from_secs(3 + 1 + 2) + Duration::from_millis(1500 + 1000),
         "replaced {took:?} after the pings stopped (timeout 3 s; READY=1 comes 1.5 s after start)"
     );
     assert_eq!(st.totals.exits_by_reason[&ExitReason::Timeout], 1);
@@ -346,4 +348,75 @@ fn exec_configs_that_would_fail_are_refused_by_check() {
         assert_eq!(code, 2, "{text}: {err}");
         assert!(err.contains(want), "{text}:\n{err}\nwanted {want}");
     }
+}
+
+fn notify_app_server(workers: usize, env: &str) -> ServerBuilder {
+    ServerBuilder::new(rsvisor_bin()).config(&format!(
+        r#"
+[server]
+bind = ["127.0.0.1:0"]
+workers = {workers}
+[app]
+command = ["{python}", "{app}"]
+ready = "notify"
+env = {{ {env} }}
+"#,
+        python = python().display(),
+        app = repo().join("tests/apps/notify_app.py").display()
+    ))
+}
+
+/// A process that says READY=1 and exits 50 ms later failed to start:
+/// it is restarted with the boot backoff, not in a tight loop.
+#[test]
+fn an_app_that_exits_right_after_ready_is_backed_off() {
+    let mut s = notify_app_server(1, "NOTIFY_APP_EXIT_AFTER_READY_MS = \"50\"").start();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(15));
+    let st = s.status().expect("the master answers");
+    let started = st.totals.worker_exits + st.workers.len() as u64;
+    assert!(
+        (3..=20).contains(&started),
+        "{started} starts in {:?}:\n{}",
+        t0.elapsed(),
+        s.log_text()
+    );
+    assert!(s
+        .log_text()
+        .contains("worker exited right after it said it was ready"));
+    // Still trying (with backoff), not given up: it was ready each time.
+    assert!(s.try_wait().is_none(), "{}", s.log_text());
+}
+
+/// A reload to a release whose processes exit right after READY=1 is
+/// abandoned (exit 5) while the old generation serves on.
+#[test]
+fn a_reload_to_processes_that_exit_right_after_ready_is_abandoned() {
+    let mut s = notify_app_server(2, "").start();
+    let tcp = s.ready_tcp();
+    let before = s.worker_pids();
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        text.replace(
+            "env = {  }",
+            "env = { NOTIFY_APP_EXIT_AFTER_READY_MS = \"50\" }",
+        ),
+    )
+    .unwrap();
+    // No load during the reload: in direct mode a process that dies takes
+    // the connections it had accepted with it.
+    let cfg = s.config.display().to_string();
+    let (code, out, err) = run(&rsvisor_bin(), &["reload", &cfg], s.dir.path(), &[]);
+    assert_eq!(code, 5, "{out}{err}\n{}", s.log_text());
+    assert!(err.contains("abandoned"), "{err}");
+    assert_eq!(s.worker_pids(), before, "the old workers serve on");
+    for _ in 0..30 {
+        let r = get(&tcp, "/").expect("an answer");
+        assert_eq!(r.status, 200);
+        let pid: i32 = r.text().parse().unwrap();
+        assert!(before.contains(&pid), "{pid} is not of the old generation");
+    }
+    let st = s.status().expect("status");
+    assert_eq!(st.workers.len(), 2);
 }
