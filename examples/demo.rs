@@ -9,6 +9,7 @@
 //! | `GET /pid`         | 200, the worker's pid                             |
 //! | `GET /client`      | 200 JSON `{"addr": …, "scheme": …}`               |
 //! | `POST /echo`       | 200, the request body                             |
+//! | `POST /reject`     | reads the body, then 400 (the app's own refusal)  |
 //! | `GET /grow?mb=N`   | allocates N MiB and keeps it (memory recycling)   |
 //! | `GET /panic`       | panics in the handler (the worker must survive)   |
 //! | `GET /ws`          | WebSocket echo of text frames; `pid` is answered  |
@@ -157,6 +158,11 @@ impl DemoHandler {
             }
             (&Method::POST, "/echo") => match req.into_body().bytes().await {
                 Ok(bytes) => Response::new(Body::from(bytes)),
+                Err(e) => status(e.status(), e.to_string()),
+            },
+            (&Method::POST, "/reject") => match req.into_body().bytes().await {
+                // Read whole, then refused: the connection stays usable.
+                Ok(_) => status(StatusCode::BAD_REQUEST, "rejected\n".into()),
                 Err(e) => status(e.status(), e.to_string()),
             },
             (&Method::GET, "/grow") => {

@@ -172,6 +172,8 @@ impl BodyError {
 const OUTCOME_TOO_LARGE: u8 = 1;
 const OUTCOME_TIMED_OUT: u8 = 2;
 const OUTCOME_MALFORMED: u8 = 3;
+/// Read to its end.
+const OUTCOME_COMPLETE: u8 = 4;
 
 /// Which [`BodyError`] a body yielded, as the server reads it after the
 /// app answered (0 = none).
@@ -187,6 +189,19 @@ impl BodyOutcome {
             OUTCOME_MALFORMED => Some(http::StatusCode::BAD_REQUEST),
             _ => None,
         }
+    }
+
+    /// For a request refused before its body (if any) was looked at.
+    pub fn never_read() -> BodyOutcome {
+        BodyOutcome(Some(Arc::new(AtomicU8::new(0))))
+    }
+
+    /// The request had a body that was not read to its end (so the
+    /// connection cannot carry another request).
+    pub fn left_unread(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|o| o.load(Ordering::Relaxed) != OUTCOME_COMPLETE)
     }
 }
 
@@ -281,6 +296,12 @@ impl RequestBody {
         Ok(self.collect().await?.to_bytes())
     }
 
+    fn completed(&mut self) {
+        if let Some(o) = &self.outcome {
+            o.store(OUTCOME_COMPLETE, Ordering::Relaxed);
+        }
+    }
+
     fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.inner = None;
         if let Some(o) = &self.outcome {
@@ -319,10 +340,16 @@ impl http_body::Body for RequestBody {
                         return this.fail(BodyError::TooLarge { limit });
                     }
                 }
+                if this.inner.as_ref().is_some_and(|b| b.is_end_stream()) {
+                    this.completed();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => this.fail(BodyError::Malformed(e)),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.completed();
+                Poll::Ready(None)
+            }
         }
     }
 

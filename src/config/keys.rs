@@ -324,6 +324,21 @@ pub const KEYS: &[Key] = &[
         "a level or a `RUST_LOG`-style filter (`\"info,rsvisor=debug\"`)",
         set |c, v| {
             let level = string(v)?;
+            // A bare word is a target to the filter's parser ("verbose"
+            // would show only the lines of a crate named verbose, i.e.
+            // none): outside `target=level`, only level names are taken.
+            const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+            if let Some(bad) = level.split(',').map(str::trim).find(|d| {
+                !d.is_empty()
+                    && !d.contains(['=', '['])
+                    && !LEVELS.contains(&d.to_ascii_lowercase().as_str())
+            }) {
+                return Err(format!(
+                    "{bad:?} is not a level: use one of {} or a filter such as \
+                     \"info,rsvisor=debug\"",
+                    LEVELS.join(", ")
+                ));
+            }
             tracing_subscriber::EnvFilter::try_new(&level)
                 .map_err(|e| format!("{level:?} is not a level or RUST_LOG filter: {e}"))?;
             c.log.level = level;

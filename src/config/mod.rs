@@ -510,4 +510,29 @@ mod tests {
         assert_eq!(parse_size("100").unwrap(), 100);
         assert!(parse_size("12 parsecs").is_err());
     }
+
+    #[test]
+    fn log_levels_are_level_names_or_target_directives() {
+        let load = |level: &str| {
+            let text = format!("[log]\nlevel = \"{level}\"\n");
+            Config::from_parts(&text, None, &[], &Overrides::default())
+        };
+        for ok in [
+            "info",
+            "DEBUG",
+            "warn,rsvisor=debug",
+            "off",
+            "info,h2=error",
+        ] {
+            assert!(load(ok).is_ok(), "{ok}");
+        }
+        for bad in ["verbose", "info,loud", "rsvisor"] {
+            let e = load(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("log.level") && e.contains("is not a level"),
+                "{e}"
+            );
+            assert!(e.contains("trace, debug, info, warn, error, off"), "{e}");
+        }
+    }
 }

@@ -161,6 +161,8 @@ fn prepare<H: Handler>(
     };
     if version < Version::HTTP_2 {
         if let Err(why) = rfc9112_refusal(&req) {
+            // Not a request to keep talking with.
+            ctx.body = BodyOutcome::never_read();
             let resp = status_response(StatusCode::BAD_REQUEST, why);
             return Prepared::Answered(resp, ctx);
         }
@@ -174,6 +176,7 @@ fn prepare<H: Handler>(
         .is_some_and(|n| n > limit)
     {
         // Refused before reading a byte of it.
+        ctx.body = BodyOutcome::never_read();
         let resp = status_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
         return Prepared::Answered(resp, ctx);
     }
@@ -216,9 +219,10 @@ fn finish<H: Handler>(
         resp.status(),
         StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT | StatusCode::BAD_REQUEST
     ) && ctx.version < Version::HTTP_2
+        && ctx.body.left_unread()
     {
         // The rest of the body is not read (or cannot be): the connection
-        // cannot be reused.
+        // cannot be reused. An app's 4xx to a request read whole keeps it.
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }

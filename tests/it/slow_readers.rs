@@ -305,3 +305,31 @@ fn a_lone_p_first_does_not_turn_off_the_http1_deadlines() {
     let metrics = get(&tcp, "/metrics").unwrap().text();
     assert_eq!(metric(&metrics, "rsvisor_http_send_timeouts_total"), 1.0);
 }
+
+/// An app's own 400 to a request whose body it read keeps the connection;
+/// a body rsvisor refused unread (413 from Content-Length) closes it.
+#[test]
+fn an_apps_4xx_closes_the_connection_only_when_the_body_was_left_unread() {
+    use std::io::{BufReader, Write};
+    let mut s =
+        demo("[server]\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n[http]\nmax_body_bytes = 1000\n")
+            .start();
+    let tcp = s.ready_tcp();
+    let mut c = BufReader::new(tcp.connect().unwrap());
+    c.get_mut()
+        .write_all(b"POST /reject HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        .unwrap();
+    let r = read_response(&mut c, false).unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("connection"), None, "kept alive after a read body");
+    c.get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut c, false).unwrap().status, 200);
+    c.get_mut()
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n")
+        .unwrap();
+    let r = read_response(&mut c, false).unwrap();
+    assert_eq!(r.status, 413);
+    assert_eq!(r.header("connection"), Some("close"));
+}
