@@ -12,22 +12,6 @@ use bytes::Bytes;
 use crate::http_edge::{curl, make_pki, read_all, status_of};
 use crate::util::*;
 
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            (k == name_and_labels).then(|| v.parse().ok()).flatten()
-        })
-        .unwrap_or_else(|| panic!("no sample {name_and_labels}"))
-}
-
-fn tokio_rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
 /// Resident memory of all the workers, as the master last read it.
 fn workers_rss(s: &Server) -> u64 {
     s.status()
@@ -238,7 +222,7 @@ fn stalled_http2_request_bodies_get_408() {
     let Target::Tcp(addr) = s.ready_tcp() else {
         unreachable!()
     };
-    let rt = tokio_rt();
+    let rt = rt();
     let outcomes: Vec<Result<u16, String>> = rt.block_on(async {
         let mut streams = Vec::new();
         let t0 = Instant::now();
@@ -295,7 +279,7 @@ fn http2_responses_that_cannot_be_sent_are_reset_after_send_timeout() {
     };
     let before = workers_rss_fresh(&mut s);
     let body = Bytes::from(vec![b'z'; 5 * 1024 * 1024]);
-    let rt = tokio_rt();
+    let rt = rt();
     let (t_sent, outcomes, during) = rt.block_on(async {
         let mut resps = Vec::new();
         let mut clients = Vec::new();

@@ -4,7 +4,6 @@
 //! it, never `keepalive_timeout`. A reader that stops is cut at
 //! `send_timeout`, with a reset, counted and logged as cut.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,27 +12,45 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::http_edge::make_pki;
 use crate::util::*;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            (k == name).then(|| v.parse().ok()).flatten()
-        })
-        .unwrap_or_else(|| panic!("no sample {name}"))
-}
-
 /// Sleeps so that `got` bytes since `t0` stay at or below `rate` bytes/s.
 async fn pace(t0: Instant, got: usize, rate: usize) {
     let due = Duration::from_secs_f64(got as f64 / rate as f64);
     if let Some(wait) = due.checked_sub(t0.elapsed()) {
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// Connects with a 16 KiB receive buffer (a slow mobile client's window)
+/// and sends `POST /echo` with `len` bytes; with `lone_p`, the first
+/// segment is the `P` alone, the rest 300 ms later.
+async fn post_echo_small_window(addr: &str, len: usize, lone_p: bool) -> tokio::net::TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut c = sock.connect(addr.parse().unwrap()).await.unwrap();
+    let head = format!("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n");
+    let mut head = head.as_bytes();
+    if lone_p {
+        c.write_all(&head[..1]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        head = &head[1..];
+    }
+    c.write_all(head).await.unwrap();
+    c.write_all(&vec![b'a'; len]).await.unwrap();
+    c
+}
+
+/// Reads whatever is left until the connection ends: how it ended
+/// (`end of stream`, an error kind such as `ConnectionReset`, or
+/// `still open` after `limit` without a byte).
+async fn how_it_ends(c: &mut tokio::net::TcpStream, limit: Duration) -> String {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(limit, c.read(&mut buf)).await {
+            Ok(Ok(0)) => return "end of stream".to_string(),
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => return format!("{:?}", e.kind()),
+            Err(_) => return "still open".to_string(),
+        }
     }
 }
 
@@ -50,13 +67,7 @@ fn a_1_mb_per_s_reader_of_9_mb_over_http1_gets_every_byte() {
     };
     const LEN: usize = 9 * 1024 * 1024;
     let (head, body) = rt().block_on(async {
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        // A small window, as a slow mobile client has.
-        sock.set_recv_buffer_size(16 * 1024).unwrap();
-        let mut c = sock.connect(addr.parse().unwrap()).await.unwrap();
-        let head = format!("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {LEN}\r\n\r\n");
-        c.write_all(head.as_bytes()).await.unwrap();
-        c.write_all(&vec![b'a'; LEN]).await.unwrap();
+        let mut c = post_echo_small_window(&addr, LEN, false).await;
         let mut got = Vec::with_capacity(LEN + 1024);
         let mut buf = vec![0u8; 16 * 1024];
         let t0 = Instant::now();
@@ -164,25 +175,7 @@ fn a_50_kb_per_s_reader_of_300_kb_over_tls_h2_gets_every_byte() {
         unreachable!()
     };
     let got = rt().block_on(async {
-        let mut roots = rustls::RootCertStore::empty();
-        use rustls_pki_types::pem::PemObject;
-        for c in rustls_pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        cfg.alpn_protocols = vec![b"h2".to_vec()];
-        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(name, tcp)
-            .await
-            .expect("TLS handshake");
+        let tls = tls_connect(&addr, &ca, &[b"h2"]).await;
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
         h2_slow_echo(tls, 300_000, 50_000).await
     });
@@ -207,26 +200,13 @@ fn a_reader_that_stops_after_the_app_finished_is_cut_at_send_timeout() {
     };
     const LEN: usize = 8 * 1024 * 1024;
     let (took, ended) = rt().block_on(async {
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.set_recv_buffer_size(16 * 1024).unwrap();
-        let mut c = sock.connect(addr.parse().unwrap()).await.unwrap();
-        let head = format!("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {LEN}\r\n\r\n");
-        c.write_all(head.as_bytes()).await.unwrap();
-        c.write_all(&vec![b'a'; LEN]).await.unwrap();
+        let mut c = post_echo_small_window(&addr, LEN, false).await;
         let mut first = [0u8; 1024];
         let _ = c.read(&mut first).await.unwrap();
         // Stop reading; the app's body is already with hyper.
         let t0 = Instant::now();
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let mut buf = vec![0u8; 64 * 1024];
-        let ended = loop {
-            match tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf)).await {
-                Ok(Ok(0)) => break "end of stream".to_string(),
-                Ok(Ok(_)) => continue,
-                Ok(Err(e)) => break format!("{:?}", e.kind()),
-                Err(_) => break "still open".to_string(),
-            }
-        };
+        let ended = how_it_ends(&mut c, Duration::from_secs(10)).await;
         (t0.elapsed(), ended)
     });
     assert_eq!(ended, "ConnectionReset", "after {took:?}");
@@ -274,26 +254,10 @@ fn a_lone_p_first_does_not_turn_off_the_http1_deadlines() {
         let head_408 = String::from_utf8_lossy(&out).into_owned();
 
         // A 9 MB answer never read.
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.set_recv_buffer_size(16 * 1024).unwrap();
-        let mut c = sock.connect(addr.parse().unwrap()).await.unwrap();
-        c.write_all(b"P").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        const LEN: usize = 9 * 1024 * 1024;
-        let head = format!("OST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {LEN}\r\n\r\n");
-        c.write_all(head.as_bytes()).await.unwrap();
-        c.write_all(&vec![b'a'; LEN]).await.unwrap();
+        let mut c = post_echo_small_window(&addr, 9 * 1024 * 1024, true).await;
         let t0 = Instant::now();
         tokio::time::sleep(Duration::from_secs(4)).await;
-        let mut buf = vec![0u8; 64 * 1024];
-        let end = loop {
-            match tokio::time::timeout(Duration::from_secs(15), c.read(&mut buf)).await {
-                Ok(Ok(0)) => break "end of stream".to_string(),
-                Ok(Ok(_)) => continue,
-                Ok(Err(e)) => break format!("{:?}", e.kind()),
-                Err(_) => break "still open".to_string(),
-            }
-        };
+        let end = how_it_ends(&mut c, Duration::from_secs(15)).await;
         (head_408, head_took, end, t0.elapsed())
     });
     assert!(head_408.starts_with("HTTP/1.1 408"), "{head_408:?}");
