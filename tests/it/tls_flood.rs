@@ -93,14 +93,49 @@ fn a_flood_of_bad_handshakes_writes_under_1_mb_of_log_and_is_counted() {
         "{written} bytes of log for {sent} handshakes"
     );
     let metrics = get(&plain, "/metrics").unwrap().text();
-    let suppressed: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("rsvisor_log_lines_suppressed_total "))
-        .and_then(|v| v.parse().ok())
-        .expect("rsvisor_log_lines_suppressed_total");
+    let suppressed = metric(&metrics, "rsvisor_log_lines_suppressed_total");
     assert!(
         suppressed > 1000.0,
         "{suppressed} lines counted as left out"
     );
     eprintln!("{sent} bad handshakes: {written} bytes of log, {suppressed} library lines left out");
+}
+
+/// Lines the configured level drops anyway are neither written nor counted
+/// as left out: the level filter (here a per-target rule under a wider
+/// level) decides before the throttle.
+#[test]
+fn library_lines_below_the_level_are_not_counted_as_left_out() {
+    let b = demo(
+        "[server]\nbind = [\"127.0.0.1:0\", { address = \"127.0.0.2:0\", tls = false }]\n\
+         workers = 1\n[tls]\ncert = \"{dir}/server.pem\"\nkey = \"{dir}/server.key\"\n\
+         [log]\nlevel = \"info,rustls=error\"\n",
+    );
+    make_pki(b.dir());
+    let mut s = b.start();
+    let st = s.wait_settled(START_TIMEOUT);
+    let find = |prefix: &str| {
+        st.listeners
+            .iter()
+            .find(|l| l.starts_with(prefix))
+            .expect("a listener")
+            .clone()
+    };
+    let tls = find("127.0.0.1:");
+    let plain = Target::Tcp(find("127.0.0.2:"));
+    for _ in 0..200 {
+        let mut c = std::net::TcpStream::connect(&tls).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        c.write_all(BARE_FINISHED).unwrap();
+        let _ = c.read(&mut [0u8; 256]);
+    }
+    let metrics = get(&plain, "/metrics").unwrap().text();
+    assert_eq!(metric(&metrics, "rsvisor_log_lines_suppressed_total"), 0.0);
+    // rustls's own line is below its level; rsvisor's own (throttled)
+    // "TLS handshake failed" line is not.
+    let log = s.log_text();
+    assert!(
+        !log.contains("Received a Finished handshake message"),
+        "{log}"
+    );
 }
