@@ -1,4 +1,4 @@
-"""Issue 6 figures: demo `/` over TLS vs plain (wrk, keep-alive), and the
+"""The HTTP edge: demo `/` over TLS vs plain (wrk, keep-alive), and the
 effect of 1,000 idle slowloris connections on well-behaved clients.
 Servers pinned to CPU 1, wrk to CPU 0."""
 

@@ -1,4 +1,4 @@
-"""Issue 3/4 figures: start to first 200, RSS, wrk throughput, and errors
+"""The core figures: start to first 200, RSS, wrk throughput, and errors
 during 5 HUP reloads under load, rsvisor demo vs gunicorn + UvicornWorker."""
 
 import os

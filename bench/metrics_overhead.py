@@ -1,4 +1,4 @@
-"""Issue 7 figure: demo `/` with metrics enabled vs disabled (workers then
+"""The cost of metrics: demo `/` with metrics enabled vs disabled (workers then
 skip the per-request metric counters), 4 interleaved rounds, medians.
 Servers on CPU 1, wrk on CPU 0. Run after bench/run has built everything:
     bench/.venv/bin/python bench/metrics_overhead.py"""
