@@ -232,9 +232,12 @@ env = {{ NOTIFY_APP_READY_DELAY_MS = "1500" }}
 
 #[test]
 fn workers_are_recycled_by_age_without_losing_capacity() {
+    // A lifetime well past boot + READY_SETTLE (an exec worker counts as
+    // capacity 2 s after it said it was ready): with 3 s, a worker retired
+    // about as soon as it settled and the fleet was never seen whole.
     let mut s = uvicorn_server(
         2,
-        "max_worker_lifetime = 3\nmax_worker_lifetime_jitter = 1\n",
+        "max_worker_lifetime = 6\nmax_worker_lifetime_jitter = 1\n",
         "",
     )
     .start();
