@@ -67,8 +67,17 @@ pub struct TreeUsage {
     pub cpu_seconds: f64,
 }
 
-/// Every process's parent, read once from /proc (for [`tree_usage`]).
-pub fn parents() -> Vec<(i32, i32)> {
+/// One process's place in the tree, from /proc/PID/stat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcEntry {
+    pub pid: i32,
+    pub ppid: i32,
+    /// Its process group.
+    pub pgrp: i32,
+}
+
+/// Every process's parent and group, read once from /proc.
+pub fn processes() -> Vec<ProcEntry> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -76,14 +85,36 @@ pub fn parents() -> Vec<(i32, i32)> {
         .filter_map(|e| {
             let pid: i32 = e.file_name().to_str()?.parse().ok()?;
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let ppid = stat[stat.rfind(')')? + 2..]
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            Some((pid, ppid))
+            let mut fields = stat[stat.rfind(')')? + 2..].split_whitespace();
+            let ppid = fields.nth(1)?.parse().ok()?;
+            let pgrp = fields.next()?.parse().ok()?;
+            Some(ProcEntry { pid, ppid, pgrp })
         })
         .collect()
+}
+
+/// Every process's parent (for [`tree`]).
+pub fn parents() -> Vec<(i32, i32)> {
+    processes().into_iter().map(|p| (p.pid, p.ppid)).collect()
+}
+
+/// A process's command line, arguments joined by spaces (at most 200
+/// bytes: it is for a log line).
+pub fn cmdline(pid: i32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let mut text: String = String::from_utf8_lossy(&raw)
+        .split('\0')
+        .filter(|a| !a.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if text.len() > 200 {
+        let mut cut = 200;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    Some(text)
 }
 
 /// `pid` and its descendants (from [`parents`]).

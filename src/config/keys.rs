@@ -412,7 +412,10 @@ pub const KEYS: &[Key] = &[
         get |c| q(&c.app.ready.show())),
     key!("app"."stop_signal" = r#""TERM""#,
         "exec mode: the signal that asks a worker to finish and exit (uvicorn and gunicorn: \
-         `TERM`); `SIGKILL` follows after `lifecycle.graceful_timeout`",
+         `TERM`); `SIGKILL` to its whole process group follows after \
+         `lifecycle.graceful_timeout`. Each worker leads its own process group, and \
+         processes the app leaves behind (children that ignore the signal, or left the \
+         group) are logged, sent `TERM`, and killed at the end of `graceful_timeout`",
         set |c, v| c.app.stop_signal = stop_signal(v)?,
         get |c| q(c.app.stop_signal.0.as_str().trim_start_matches("SIG"))),
     key!("metrics"."enabled" = "true",

@@ -312,6 +312,9 @@ pub fn spawn(req: ExecRequest<'_>) -> io::Result<(Pid, ExecIo)> {
             sys::exit_child(127)
         }
         sys::Fork::Parent(pid) => {
+            // Also set here, so that a signal to the group cannot come
+            // before the child's own call (EACCES once it has exec'd).
+            let _ = nix::unistd::setpgid(pid, pid);
             drop(out_w);
             drop(err_w);
             let stream = |name, fd| Stream {
@@ -358,6 +361,11 @@ fn exec_child(
     notify: Option<&str>,
 ) -> io::Error {
     let cfg = &req.loaded.config;
+    // Its own process group, which the master's last SIGKILL reaches
+    // whole (the app's children with it).
+    if let Err(e) = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)) {
+        return io::Error::from(e);
+    }
     // Default actions for every signal (exec keeps ignored ones ignored).
     if let Err(e) = sys::default_signal_dispositions() {
         return e;

@@ -126,6 +126,13 @@ impl Inspections {
             .min()
     }
 
+    /// Whether `pid` is a symbolizing helper the master started.
+    pub fn is_helper(&self, pid: Pid) -> bool {
+        self.jobs
+            .iter()
+            .any(|j| matches!(&j.step, Step::Symbolizing { helper, .. } if *helper == pid))
+    }
+
     /// A child was reaped: true if it was a symbolizing helper.
     pub fn helper_exited(&mut self, pid: Pid) -> bool {
         for j in &mut self.jobs {

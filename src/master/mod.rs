@@ -34,6 +34,7 @@ mod retire;
 mod signals;
 mod spawn;
 mod status;
+mod strays;
 mod tickets;
 mod upgrade;
 mod worker_handle;
@@ -152,6 +153,8 @@ pub struct Master {
     next_ticket_rotation: Instant,
     /// Stack dumps in progress, and the last workers that exited.
     inspections: forensics::Inspections,
+    /// Processes the app started that outlived their worker.
+    strays: strays::Strays,
 }
 
 /// Everything `Master::new` needs.
@@ -200,6 +203,11 @@ impl Master {
             crate::sys::monotonic_ms(),
             std::sync::atomic::Ordering::Relaxed,
         );
+        // Orphans of the app's processes (a child that left its group, a
+        // daemonised helper) come to the master, which can then stop them.
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            tracing::warn!(error = %e, "cannot become a child subreaper; processes an app leaves behind go to init");
+        }
         let now = Instant::now();
         Ok(Master {
             fixed: Fixed {
@@ -243,6 +251,7 @@ impl Master {
             next_memory_check: now,
             next_ticket_rotation: first_rotation,
             inspections: forensics::Inspections::default(),
+            strays: strays::Strays::default(),
         })
     }
 
@@ -268,6 +277,7 @@ impl Master {
             self.check_health();
             self.rotate_ticket_keys();
             self.reap_children();
+            self.stop_strays();
             self.progress_inspections();
             self.cull_and_retire();
             self.spawn_workers();
@@ -335,6 +345,9 @@ impl Master {
             if let Some(at) = w.settle_deadline() {
                 deadline = deadline.min(at);
             }
+        }
+        if let Some(at) = self.strays.next_deadline() {
+            deadline = deadline.min(at);
         }
         if let Some(at) = self.inspections.next_deadline(now) {
             deadline = deadline.min(at);

@@ -9,7 +9,11 @@ use crate::exit;
 impl Master {
     /// Returns the exit code when the master should exit.
     pub(super) fn track_progress(&mut self) -> Option<i32> {
-        if self.lifecycle.draining_to_exit() && self.workers.is_empty() && self.sidecar.is_none() {
+        if self.lifecycle.draining_to_exit()
+            && self.workers.is_empty()
+            && self.sidecar.is_none()
+            && self.strays.is_empty()
+        {
             info!("all workers gone; master exiting");
             return Some(exit::OK);
         }

@@ -89,6 +89,9 @@ impl Master {
             forensics: None,
         });
         let pid = w.pid.as_raw();
+        let now = Instant::now();
+        self.strays
+            .worker_exited(pid, w.slot, w.exec.is_some(), w.leftovers_deadline(now));
         match (w.leave_how(), how) {
             (Some(LeaveHow::Abort), _) => {
                 warn!(pid, status = %how, "worker stopped after timeout");
@@ -162,6 +165,50 @@ impl Master {
 }
 
 impl Master {
+    /// Step 3b: processes the app left behind get SIGTERM when found and
+    /// SIGKILL at the end of their worker's graceful_timeout.
+    pub(super) fn stop_strays(&mut self) {
+        let now = Instant::now();
+        if !self.strays.due(now) {
+            return;
+        }
+        let table = crate::procfs::processes();
+        let me = std::process::id() as i32;
+        let known = |pid: i32| {
+            let pid = Pid::from_raw(pid);
+            self.workers
+                .iter()
+                .chain(&self.sidecar)
+                .any(|w| w.pid == pid)
+                || self.lifecycle.upgrade().is_some_and(|u| u.pid == pid)
+                || self.inspections.is_helper(pid)
+        };
+        let actions = self.strays.sweep(now, me, &table, known);
+        for a in actions {
+            let (worker, slot) = a.worker.map_or((None, None), |(p, s)| (Some(p), Some(s)));
+            if a.found {
+                let command = crate::procfs::cmdline(a.pid).unwrap_or_default();
+                warn!(
+                    pid = a.pid,
+                    worker,
+                    slot,
+                    command,
+                    "a process the app started outlived its worker; stopping it"
+                );
+            }
+            if a.signal == Signal::SIGKILL {
+                warn!(
+                    pid = a.pid,
+                    worker,
+                    slot,
+                    "stray process still there at the end of graceful_timeout; killed"
+                );
+            }
+            // ESRCH: it went by itself.
+            let _ = nix::sys::signal::kill(Pid::from_raw(a.pid), a.signal);
+        }
+    }
+
     /// The metrics sidecar ended: it is started again (after a pause)
     /// unless the master is stopping.
     fn sidecar_exited(&mut self, how: Exit) {

@@ -315,9 +315,24 @@ impl WorkerHandle {
                 l.killed = true;
                 // ESRCH: it is already gone and will be reaped.
                 let _ = kill(pid, Signal::SIGKILL);
+                if self.exec.is_some() {
+                    // Everything still in the app's own process group.
+                    let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
+                }
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Until when what it leaves behind may run: the end of its
+    /// graceful_timeout if it was asked to leave (now if it was killed),
+    /// a graceful_timeout from now if it ended by itself.
+    pub fn leftovers_deadline(&self, now: Instant) -> Instant {
+        match self.stage {
+            Stage::Leaving(l) if l.killed => now,
+            Stage::Leaving(l) => l.kill_at,
+            _ => now + self.config.lifecycle.graceful_timeout,
         }
     }
 

@@ -8,10 +8,16 @@ request for /hang makes it stop pinging (its event loop still runs).
 
 NOTIFY_APP_EXIT_AFTER_READY_MS: exit (status 1) that long after READY=1,
 as an app that crashes right after it said it was ready.
+
+NOTIFY_APP_STRAY: start a child that ignores SIGTERM and serves the same
+socket (answering with its own pid), as apps that fork helpers do:
+"group" keeps it in the worker's process group, "setsid" moves it to a
+session of its own. It prints "stray <pid>" first.
 """
 
 import http.server
 import os
+import signal
 import socket
 import socketserver
 import threading
@@ -70,9 +76,25 @@ def watchdog():
         time.sleep(min(interval, 1.0))
 
 
+def start_stray(how):
+    """Forks (before any thread starts) a TERM-ignoring child that serves."""
+    pid = os.fork()
+    if pid:
+        print(f"stray {pid}", flush=True)
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if how == "setsid":
+        os.setsid()
+    Server().serve_forever()
+    os._exit(0)
+
+
 def main():
     assert os.environ["LISTEN_FDS"] == "1"
     assert os.environ["LISTEN_PID"] == str(os.getpid())
+    stray = os.environ.get("NOTIFY_APP_STRAY")
+    if stray:
+        start_stray(stray)
     server = Server()
     print(f"notify_app {os.getpid()} serving slot {os.environ['RSVISOR_WORKER_SLOT']}", flush=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()

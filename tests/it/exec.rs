@@ -354,6 +354,11 @@ fn exec_configs_that_would_fail_are_refused_by_check() {
 }
 
 fn notify_app_server(workers: usize, env: &str) -> ServerBuilder {
+    notify_app_server_with(workers, env, "")
+}
+
+/// [`notify_app_server`] with more tables after `[app]`.
+fn notify_app_server_with(workers: usize, env: &str, tables: &str) -> ServerBuilder {
     ServerBuilder::new(rsvisor_bin()).config(&format!(
         r#"
 [server]
@@ -363,6 +368,7 @@ workers = {workers}
 command = ["{python}", "{app}"]
 ready = "notify"
 env = {{ {env} }}
+{tables}
 "#,
         python = python().display(),
         app = repo().join("tests/apps/notify_app.py").display()
@@ -422,4 +428,88 @@ fn a_reload_to_processes_that_exit_right_after_ready_is_abandoned() {
     }
     let st = s.status().expect("status");
     assert_eq!(st.workers.len(), 2);
+}
+
+/// The pid the app printed as `stray <pid>` in the master's log.
+fn stray_pid(s: &Server) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = s.log_text();
+        if let Some(pid) = log
+            .split("stray ")
+            .nth(1)
+            .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+        {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "no stray pid in:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A worker whose app forked a child that ignores SIGTERM (and stays in
+/// the worker's process group): a TERM to the master ends it too, at the
+/// end of graceful_timeout, logged, and the master exits 0 only then.
+#[test]
+fn term_leaves_no_process_of_an_app_whose_child_ignores_term() {
+    let mut s = notify_app_server_with(
+        1,
+        "NOTIFY_APP_STRAY = \"group\"",
+        "[lifecycle]\ngraceful_timeout = 2\n",
+    )
+    .start();
+    let tcp = s.ready_tcp();
+    let stray = stray_pid(&s);
+    assert!(alive(stray));
+    assert_eq!(get(&tcp, "/").unwrap().status, 200);
+    s.signal(Signal::SIGTERM);
+    let st = s.expect_exit(Duration::from_secs(20));
+    assert_eq!(st.code(), Some(0), "{}", s.log_text());
+    assert!(!alive(stray), "the app's child {stray} outlived the master");
+    let log = s.log_text();
+    assert!(
+        log.contains("outlived its worker") && log.contains("killed"),
+        "{log}"
+    );
+}
+
+/// A child that left the worker's process group (setsid) and serves the
+/// same socket with the old code: after a reload it is killed at the end
+/// of graceful_timeout, and from then on only the new worker answers.
+#[test]
+fn a_child_that_left_the_group_does_not_serve_old_code_after_a_reload() {
+    let mut s = notify_app_server_with(
+        1,
+        "NOTIFY_APP_STRAY = \"setsid\"",
+        "[lifecycle]\ngraceful_timeout = 2\n",
+    )
+    .start();
+    let tcp = s.ready_tcp();
+    let stray = stray_pid(&s);
+    let old = s.worker_pids();
+    // The next release starts no such child.
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, text.replace("NOTIFY_APP_STRAY = \"setsid\"", "")).unwrap();
+    let cfg = s.config.display().to_string();
+    let (code, out, err) = run(&rsvisor_bin(), &["reload", &cfg], s.dir.path(), &[]);
+    assert_eq!(code, 0, "{out}{err}\n{}", s.log_text());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(stray) {
+        assert!(
+            Instant::now() < deadline,
+            "the old generation's stray {stray} is still serving:\n{}",
+            s.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let new = s.worker_pids();
+    assert_eq!(new.len(), 1);
+    assert_ne!(new, old);
+    for _ in 0..40 {
+        let r = get(&tcp, "/").expect("an answer");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text().parse::<i32>().unwrap(), new[0]);
+    }
+    assert!(s.log_text().contains("outlived its worker"));
 }

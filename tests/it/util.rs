@@ -544,12 +544,29 @@ pub fn settled(st: &Status) -> bool {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // The whole process group: master and every worker, even if the
-        // master is already gone and workers were orphaned.
+        // Exec workers lead process groups of their own: each group of a
+        // descendant first (while the master still holds the tree), then
+        // the master's whole group, even if workers were orphaned.
+        for pid in descendants(self.pid()) {
+            let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            kill(pid, Signal::SIGKILL);
+        }
         let _ = nix::sys::signal::killpg(Pid::from_raw(self.pid()), Signal::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Every process below `root` (children, their children…), from /proc.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let mut out = children_of(root);
+    let mut i = 0;
+    while i < out.len() {
+        let more = children_of(out[i]);
+        out.extend(more);
+        i += 1;
+    }
+    out
 }
 
 /// Pids whose parent is `ppid`, from /proc.
