@@ -48,8 +48,16 @@ async fn whoami(ConnectInfo(addr): ConnectInfo<SocketAddr>) -> String {
     addr.ip().to_string()
 }
 
+/// Largest WebSocket frame and message an echo needs. tungstenite's
+/// defaults (16 MiB frames, 64 MiB messages) let one client hold that much
+/// of a worker's memory with one unfinished frame.
+const WS_MAX_MESSAGE: usize = 64 * 1024;
+
 async fn ws(upgrade: WebSocketUpgrade, State(state): State<AppState>) -> impl IntoResponse {
-    upgrade.on_upgrade(move |socket| echo(socket, state.drain))
+    upgrade
+        .max_frame_size(WS_MAX_MESSAGE)
+        .max_message_size(WS_MAX_MESSAGE)
+        .on_upgrade(move |socket| echo(socket, state.drain))
 }
 
 /// Echoes text frames; when the worker drains, says goodbye with 1001.

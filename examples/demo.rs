@@ -39,7 +39,7 @@ use rsvisor::{
     App, Body, BoxError, ClientInfo, Draining, Handler, Request, Response, WorkerContext,
 };
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -184,6 +184,11 @@ impl DemoHandler {
     }
 }
 
+/// Largest WebSocket frame and message an echo needs. tungstenite's
+/// defaults (16 MiB frames, 64 MiB messages) let one client hold that much
+/// of a worker's memory with one unfinished frame.
+const WS_MAX_MESSAGE: usize = 64 * 1024;
+
 /// Answers a WebSocket handshake (101) and echoes text frames on the
 /// upgraded connection until the client closes it, or the worker drains
 /// (close 1001) when `drain` is given.
@@ -205,7 +210,12 @@ fn websocket(mut req: Request, drain: Option<Draining>) -> Response {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let limits = WebSocketConfig::default()
+            .max_frame_size(Some(WS_MAX_MESSAGE))
+            .max_message_size(Some(WS_MAX_MESSAGE));
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(limits))
+                .await;
         echo(ws, drain).await;
     });
     let mut r = Response::new(Body::empty());

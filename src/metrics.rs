@@ -122,6 +122,16 @@ pub fn render(board: &Board) -> String {
     );
     o.sample("rsvisor_http_send_timeouts_total", "", e.send_timeouts);
     o.family(
+        "rsvisor_http_upgrade_idle_timeouts_total",
+        "counter",
+        "Upgraded connections (WebSockets) closed because no byte moved for http.upgrade_idle_timeout.",
+    );
+    o.sample(
+        "rsvisor_http_upgrade_idle_timeouts_total",
+        "",
+        e.upgrade_idle_timeouts,
+    );
+    o.family(
         "rsvisor_connection_errors_total",
         "counter",
         "Connections that ended with a protocol or I/O error.",

@@ -95,6 +95,7 @@ shared_plain! {
     #[repr(C)]
     pub struct Errors {
         pub send_timeouts: AtomicU64,
+        pub upgrade_idle_timeouts: AtomicU64,
         pub access_log_write_errors: AtomicU64,
         pub access_log_dropped: AtomicU64,
         /// Lines of the HTTP and TLS libraries left out by
@@ -113,6 +114,7 @@ shared_plain! {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ErrorsSnapshot {
     pub send_timeouts: u64,
+    pub upgrade_idle_timeouts: u64,
     pub access_log_write_errors: u64,
     pub access_log_dropped: u64,
     pub log_lines_suppressed: u64,
@@ -141,6 +143,7 @@ impl Errors {
     fn snapshot(&self) -> ErrorsSnapshot {
         ErrorsSnapshot {
             send_timeouts: self.send_timeouts.load(Relaxed),
+            upgrade_idle_timeouts: self.upgrade_idle_timeouts.load(Relaxed),
             access_log_write_errors: self.access_log_write_errors.load(Relaxed),
             access_log_dropped: self.access_log_dropped.load(Relaxed),
             log_lines_suppressed: self.log_lines_suppressed.load(Relaxed),
@@ -152,6 +155,8 @@ impl Errors {
 
     fn add(&self, s: &ErrorsSnapshot) {
         self.send_timeouts.fetch_add(s.send_timeouts, Relaxed);
+        self.upgrade_idle_timeouts
+            .fetch_add(s.upgrade_idle_timeouts, Relaxed);
         self.access_log_write_errors
             .fetch_add(s.access_log_write_errors, Relaxed);
         self.access_log_dropped
@@ -165,6 +170,7 @@ impl Errors {
 
     fn clear(&self) {
         self.send_timeouts.store(0, Relaxed);
+        self.upgrade_idle_timeouts.store(0, Relaxed);
         self.access_log_write_errors.store(0, Relaxed);
         self.access_log_dropped.store(0, Relaxed);
         self.log_lines_suppressed.store(0, Relaxed);
@@ -177,6 +183,7 @@ impl Errors {
 impl ErrorsSnapshot {
     fn add(&mut self, o: &ErrorsSnapshot) {
         self.send_timeouts += o.send_timeouts;
+        self.upgrade_idle_timeouts += o.upgrade_idle_timeouts;
         self.access_log_write_errors += o.access_log_write_errors;
         self.access_log_dropped += o.access_log_dropped;
         self.log_lines_suppressed += o.log_lines_suppressed;
@@ -604,6 +611,13 @@ impl Slot {
 
     pub fn count_send_timeout(&self) {
         self.counters.errors.send_timeouts.fetch_add(1, Relaxed);
+    }
+
+    pub fn count_upgrade_idle_timeout(&self) {
+        self.counters
+            .errors
+            .upgrade_idle_timeouts
+            .fetch_add(1, Relaxed);
     }
 
     pub fn count_log_line_suppressed(&self) {

@@ -239,6 +239,12 @@ pub const KEYS: &[Key] = &[
          HTTP/2 flow-control windows that never open",
         set |c, v| c.http.send_timeout = seconds(v, false)?,
         get |c| secs(c.http.send_timeout)),
+    key!("http"."upgrade_idle_timeout" = "300",
+        "an upgraded connection (a WebSocket) on which no byte moves either way for this long \
+         is closed (its socket reset) and counted in `rsvisor_http_upgrade_idle_timeouts_total`; \
+         applications that keep idle WebSockets open should ping more often than this",
+        set |c, v| c.http.upgrade_idle_timeout = seconds(v, false)?,
+        get |c| secs(c.http.upgrade_idle_timeout)),
     key!("http"."compression" = "false",
         "compress responses with gzip, br or zstd, as the request's `Accept-Encoding` asks \
          (tower-http's compression: not for bodies under 32 bytes, images, server-sent events, \

@@ -163,6 +163,7 @@ pub struct HttpConfig {
     pub max_body_bytes: u64,
     pub limit_concurrency: usize,
     pub send_timeout: Duration,
+    pub upgrade_idle_timeout: Duration,
     pub compression: bool,
     pub http2: bool,
 }

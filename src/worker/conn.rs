@@ -378,6 +378,8 @@ async fn serve_until_idle<IO, H>(
         handoff,
         tail: Tail::default(),
         unflushed: false,
+        upgrade: None,
+        upgrade_idle_ms: shared.config.http.upgrade_idle_timeout.as_millis() as u64,
     });
     let builder = match proto {
         Proto::Detect => &shared.auto,
@@ -585,6 +587,18 @@ struct Tracked<IO: Parkable> {
     /// empty), so the connection must not be parked. (hyper itself does not
     /// read the next head before that flush; this does not rely on it.)
     unflushed: bool,
+    /// Once upgraded: `http.upgrade_idle_timeout`'s watch.
+    upgrade: Option<Box<UpgradeIdle>>,
+    upgrade_idle_ms: u64,
+}
+
+/// When a byte last moved on an upgraded connection, and the timer that
+/// wakes its reader or writer at the deadline (boxed and made only on
+/// upgrade: other connections do not pay for it).
+struct UpgradeIdle {
+    moved_ms: u64,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    expired: bool,
 }
 
 impl<IO: Parkable> Drop for Tracked<IO> {
@@ -602,7 +616,7 @@ impl<IO: Parkable> Drop for Tracked<IO> {
                 log.log(e);
             }
         }
-        if ended_by == EndedBy::SendTimeout {
+        if matches!(ended_by, EndedBy::SendTimeout | EndedBy::UpgradeIdle) {
             if let Some(io) = &self.inner {
                 io.reset_on_close();
             }
@@ -611,6 +625,73 @@ impl<IO: Parkable> Drop for Tracked<IO> {
 }
 
 impl<IO: Parkable> Tracked<IO> {
+    /// An upgraded connection moved a byte.
+    fn upgrade_moved(&mut self) {
+        let now = self.clock.load(Relaxed);
+        if let Some(u) = &mut self.upgrade {
+            u.moved_ms = now;
+        }
+    }
+
+    /// An upgraded connection's read or write must wait: whether it has
+    /// moved nothing for `upgrade_idle_timeout` (then it is ended, once);
+    /// if not, the timer will wake this task at the deadline.
+    fn upgrade_idle(&mut self, cx: &mut Context<'_>) -> bool {
+        let now = self.clock.load(Relaxed);
+        let idle_ms = self.upgrade_idle_ms;
+        let u = self.upgrade.get_or_insert_with(|| {
+            Box::new(UpgradeIdle {
+                moved_ms: now,
+                timer: Box::pin(tokio::time::sleep(Duration::from_millis(idle_ms))),
+                expired: false,
+            })
+        });
+        if u.expired {
+            return true;
+        }
+        loop {
+            let due = u.moved_ms + idle_ms;
+            if now >= due {
+                u.expired = true;
+                self.state.end_by(EndedBy::UpgradeIdle);
+                if let Some(g) = &self.guard {
+                    g.upgrade_timed_out();
+                }
+                return true;
+            }
+            if std::future::Future::poll(u.timer.as_mut(), cx).is_pending() {
+                return false;
+            }
+            // It fired for an older deadline (bytes moved since), or the
+            // coarse clock has not caught up yet: wait again.
+            let wait = Duration::from_millis((due - now).max(CLOCK_MS));
+            u.timer.as_mut().reset(tokio::time::Instant::now() + wait);
+        }
+    }
+
+    /// A write's result on an upgraded connection, under its idle deadline.
+    fn upgraded_write(
+        &mut self,
+        res: Poll<io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        match res {
+            Poll::Ready(Ok(n)) if n > 0 => self.upgrade_moved(),
+            Poll::Pending if self.upgrade_idle(cx) => {
+                return Poll::Ready(Err(Self::upgrade_timeout_error()));
+            }
+            _ => {}
+        }
+        res
+    }
+
+    fn upgrade_timeout_error() -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no byte moved for http.upgrade_idle_timeout",
+        )
+    }
+
     /// Notes what a write did for the output's deadlines; `wrote(frames, n)`
     /// passes the `n` written bytes to the HTTP/2 frame scan.
     fn note_write(
@@ -653,12 +734,23 @@ impl<IO: AsyncRead + AsyncWrite + Parkable + Unpin> AsyncRead for Tracked<IO> {
             return Poll::Ready(Ok(()));
         };
         if this.state.upgraded.load(Relaxed) {
-            // The app's now: no heads to time.
+            // The app's now: no heads to time, only whether bytes move.
+            if this.upgrade.as_ref().is_some_and(|u| u.expired) {
+                return Poll::Ready(Err(Self::upgrade_timeout_error()));
+            }
+            let before = buf.filled().len();
             let res = Pin::new(inner).poll_read(cx, buf);
-            if matches!(res, Poll::Ready(Ok(()))) {
-                if let Some(g) = &this.guard {
-                    g.upgraded_read();
+            match res {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                    this.upgrade_moved();
+                    if let Some(g) = &this.guard {
+                        g.upgraded_read();
+                    }
                 }
+                Poll::Pending if this.upgrade_idle(cx) => {
+                    return Poll::Ready(Err(Self::upgrade_timeout_error()));
+                }
+                _ => {}
             }
             return res;
         }
@@ -729,6 +821,9 @@ impl<IO: AsyncWrite + Parkable + Unpin> AsyncWrite for Tracked<IO> {
             Some(io) => Pin::new(io).poll_write(cx, buf),
             None => return Poll::Ready(Err(parked_error())),
         };
+        if self.state.upgraded.load(Relaxed) {
+            return self.upgraded_write(res, cx);
+        }
         self.note_write(&res, |f, n| f.wrote(&buf[..n]));
         res
     }
@@ -743,6 +838,9 @@ impl<IO: AsyncWrite + Parkable + Unpin> AsyncWrite for Tracked<IO> {
             Some(io) => Pin::new(io).poll_write_vectored(cx, bufs),
             None => return Poll::Ready(Err(parked_error())),
         };
+        if self.state.upgraded.load(Relaxed) {
+            return self.upgraded_write(res, cx);
+        }
         self.note_write(&res, |f, mut n| {
             let mut data = 0;
             for b in bufs {

@@ -70,6 +70,8 @@ pub enum EndedBy {
     SendTimeout = 1,
     /// `http.header_read_timeout`.
     HeadTimeout = 2,
+    /// `http.upgrade_idle_timeout`: an upgraded connection moved nothing.
+    UpgradeIdle = 3,
 }
 
 impl EndedBy {
@@ -79,6 +81,7 @@ impl EndedBy {
             EndedBy::Nothing => "connection_closed",
             EndedBy::SendTimeout => "send_timeout",
             EndedBy::HeadTimeout => "header_read_timeout",
+            EndedBy::UpgradeIdle => "upgrade_idle_timeout",
         }
     }
 }
@@ -221,6 +224,7 @@ impl ConnState {
         match self.ended_by.load(Relaxed) {
             1 => EndedBy::SendTimeout,
             2 => EndedBy::HeadTimeout,
+            3 => EndedBy::UpgradeIdle,
             _ => EndedBy::Nothing,
         }
     }

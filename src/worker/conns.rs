@@ -116,6 +116,12 @@ impl ConnGuard {
         }
     }
 
+    /// The upgraded connection this guard counts moved nothing for
+    /// `http.upgrade_idle_timeout` and is being closed.
+    pub fn upgrade_timed_out(&self) {
+        self.conns.slot.count_upgrade_idle_timeout();
+    }
+
     /// The upgraded connection this guard counts has ended.
     pub fn upgrade_ended(&self) {
         self.conns.upgraded.fetch_sub(1, Relaxed);

@@ -510,3 +510,63 @@ bind = "unix:{dir}/metrics.sock"
         5.0
     );
 }
+
+/// Ten clients each start a 15 MiB WebSocket frame and send 4 MiB of it:
+/// the demo's 64 KiB frame limit refuses each at its header, so the
+/// worker does not hold their bytes (with tungstenite's 16 MiB default it
+/// grew by about 40 MiB here).
+#[test]
+fn partial_websocket_frames_do_not_grow_a_worker() {
+    let mut s =
+        demo("[server]\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n[log]\naccess_log = \"\"\n").start();
+    let tcp = s.ready_tcp();
+    let before = workers_rss_fresh(&mut s);
+    let chunk = vec![0x41u8; 64 * 1024];
+    let mut socks = Vec::new();
+    for _ in 0..10 {
+        let mut c = tcp.connect().unwrap();
+        c.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(c.read(&mut byte).unwrap(), 1, "the handshake's answer");
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{:?}",
+            String::from_utf8_lossy(&head)
+        );
+        // FIN + binary, masked, 64-bit length 15 MiB, a zero mask.
+        let mut frame = vec![0x82, 0xFF];
+        frame.extend_from_slice(&(15u64 << 20).to_be_bytes());
+        frame.extend_from_slice(&[0, 0, 0, 0]);
+        c.write_all(&frame).unwrap();
+        let mut sent = 0usize;
+        while sent < 4 << 20 {
+            match c.write(&chunk) {
+                Ok(n) if n > 0 => sent += n,
+                // Refused: the server closed (or reset) the connection.
+                _ => break,
+            }
+        }
+        socks.push(c);
+    }
+    // Give the master a fresh reading with every socket still open.
+    std::thread::sleep(Duration::from_millis(1100));
+    let st = s.wait_status("an RSS reading", Duration::from_secs(5), |st| {
+        st.workers.iter().all(|w| w.rss_bytes > 0)
+    });
+    let after: u64 = st.workers.iter().map(|w| w.rss_bytes).sum();
+    let grew = after.saturating_sub(before);
+    assert!(
+        grew < 8 << 20,
+        "the worker grew by {grew} bytes (before {before}, after {after})"
+    );
+    assert_eq!(st.totals.worker_exits, 0);
+    drop(socks);
+}
