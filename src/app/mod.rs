@@ -3,6 +3,7 @@
 
 mod body;
 mod context;
+mod range;
 mod static_files;
 mod tower;
 

@@ -94,7 +94,7 @@ pub struct StaticHandler {
 }
 
 impl Handler for StaticHandler {
-    async fn call(&self, req: Request) -> Response {
+    async fn call(&self, mut req: Request) -> Response {
         let Some((serve, cache)) = &self.serve else {
             return http::Response::builder()
                 .status(http::StatusCode::NOT_FOUND)
@@ -103,6 +103,15 @@ impl Handler for StaticHandler {
         };
         if let Some(resp) = cache.fast_path(&req) {
             return resp;
+        }
+        let clamped = req
+            .headers()
+            .get(RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| super::range::normalize(v, cache.plain_len(&req)))
+            .and_then(|v| HeaderValue::from_str(&v).ok());
+        if let Some(v) = clamped {
+            req.headers_mut().insert(RANGE, v);
         }
         let mut serve = serve.clone();
         match serve.call(req).await {
@@ -182,6 +191,19 @@ impl FastHeaders {
     }
 }
 
+/// A request path the cache may answer for: relative, no `%`, `\\`,
+/// NUL, empty, `.` or `..` segment (anything else goes to `ServeDir`).
+fn plain_relative(path: &str) -> Option<&str> {
+    let rel = path.strip_prefix('/')?;
+    let odd = rel.is_empty()
+        || path.ends_with('/')
+        || path.bytes().any(|b| matches!(b, b'%' | b'\\' | 0))
+        || rel
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..");
+    (!odd).then_some(rel)
+}
+
 struct Entry {
     checked: Instant,
     found: Result<Arc<Known>, io::ErrorKind>,
@@ -243,17 +265,7 @@ impl Cache {
             Method::HEAD => true,
             _ => return None,
         };
-        let path = req.uri().path();
-        let rel = path.strip_prefix('/')?;
-        if rel.is_empty()
-            || path.ends_with('/')
-            || path.bytes().any(|b| matches!(b, b'%' | b'\\' | 0))
-            || rel
-                .split('/')
-                .any(|seg| seg.is_empty() || seg == "." || seg == "..")
-        {
-            return None;
-        }
+        let rel = plain_relative(req.uri().path())?;
         let h = req.headers();
         let known = self.lookup_uri(rel)?;
         if known.precompressed && h.contains_key(ACCEPT_ENCODING) {
@@ -285,6 +297,13 @@ impl Cache {
         }
         hm.insert(CONTENT_LENGTH, fh.content_length.clone());
         Some(resp)
+    }
+
+    /// The length of the file a request names, when it is a plain file
+    /// served as it is (no precompressed sibling ServeDir might pick).
+    fn plain_len(&self, req: &Request) -> Option<u64> {
+        let known = self.lookup_uri(plain_relative(req.uri().path())?)?;
+        (!known.precompressed && !known.meta.is_dir).then_some(known.meta.len)
     }
 
     /// A cached file by request path (relative, already checked).

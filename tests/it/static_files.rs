@@ -187,3 +187,39 @@ fn a_reload_with_a_static_dir_that_cannot_serve_changes_nothing() {
         assert_eq!(r.status, 200);
     }
 }
+
+/// RFC 9110 §14.1.2: a last position beyond the end means the end, however
+/// many digits it has; a suffix longer than the file is the whole file; a
+/// first position past the end is 416.
+#[test]
+fn range_ends_beyond_the_file_are_clamped() {
+    use std::io::Write;
+    let (_s, t) = start();
+    let ask = |range: &str| {
+        let mut s = t.connect().unwrap();
+        write!(
+            s,
+            "GET /style.css HTTP/1.1\r\nHost: t\r\nRange: {range}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        read_response(&mut std::io::BufReader::new(s), false).unwrap()
+    };
+    for range in [
+        "bytes=0-99999999999999999999999",
+        "bytes=0-18446744073709551615",
+        "bytes=0-99",
+        "bytes=-99999999999999999999999",
+        "bytes=-99",
+    ] {
+        let r = ask(range);
+        assert_eq!(r.status, 206, "{range}");
+        assert_eq!(r.text(), "body{}", "{range}");
+        assert_eq!(r.header("content-range"), Some("bytes 0-5/6"), "{range}");
+    }
+    let r = ask("bytes=-2");
+    assert_eq!((r.status, r.text().as_str()), (206, "{}"));
+    let r = ask("bytes=2-99999999999999999999999");
+    assert_eq!((r.status, r.text().as_str()), (206, "dy{}"));
+    assert_eq!(ask("bytes=99999999999999999999999-").status, 416);
+    assert_eq!(ask("bytes=6-").status, 416);
+}
