@@ -227,6 +227,16 @@ pub fn render(board: &Board) -> String {
         "Binary upgrades (USR2) completed.",
     );
     o.sample("rsvisor_upgrades_total", "", h.upgrades.load(Relaxed));
+    o.family(
+        "rsvisor_app_output_lines_dropped_total",
+        "counter",
+        "Exec mode: lines of the workers' output left out of the log (over 1000 lines/s per worker).",
+    );
+    o.sample(
+        "rsvisor_app_output_lines_dropped_total",
+        "",
+        h.app_output_dropped.load(Relaxed),
+    );
 
     o.family(
         "rsvisor_generation",

@@ -324,6 +324,8 @@ shared_plain! {
         /// Indexed by [`ReloadResult::index`].
         pub reloads: [AtomicU64; RELOAD_RESULTS],
         pub upgrades: AtomicU64,
+        /// Exec workers' output lines left out of the log.
+        pub app_output_dropped: AtomicU64,
         pub master_started_ms: AtomicU64,
     }
 }

@@ -398,7 +398,9 @@ pub const KEYS: &[Key] = &[
          `server.bind` sockets are its descriptors 3, 4, … in bind order, with `LISTEN_FDS`, \
          `LISTEN_PID`, `LISTEN_FDNAMES` (systemd's socket-activation protocol), \
          `RSVISOR_WORKER_SLOT` and `RSVISOR_GENERATION`. Its stdout and stderr go to rsvisor's log \
-         with the worker's slot, pid and generation. `metrics.bind` then serves `/metrics`, \
+         with the worker's slot, pid and generation (control characters escaped; at most 1,000 \
+         lines/s per worker, the rest counted in `rsvisor_app_output_lines_dropped_total`). \
+         `metrics.bind` then serves `/metrics`, \
          `/health` and `/ready` of the fleet",
         set |c, v| c.app.command = string_list(v)?,
         get |c| list(&c.app.command)),

@@ -17,6 +17,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tracing::{debug, info, warn};
 
+use super::app_output::{escape_controls, LineBudget, Verdict, OUTPUT_LINES_PER_SEC};
 use crate::config::{Config, ReadyRule};
 use crate::material::Loaded;
 use crate::sys;
@@ -36,6 +37,8 @@ pub enum ExecEvent {
     Ready,
     /// `WATCHDOG=1`: a heartbeat.
     Beat,
+    /// Output lines left out of the log (over its line budget).
+    OutputDropped(u64),
 }
 
 /// The master's end of one exec worker: its output pipes, its notify
@@ -47,6 +50,7 @@ pub struct ExecIo {
     ready: bool,
     /// It has sent `WATCHDOG=1`: its heartbeat is watched from now on.
     pub watchdog: bool,
+    budget: LineBudget,
 }
 
 struct Stream {
@@ -100,6 +104,8 @@ impl ExecIo {
                 continue;
             }
             let (lines, closed) = stream.read();
+            let now = Instant::now();
+            let mut dropped = 0;
             for line in lines {
                 if !self.ready {
                     if let ReadyRule::Log(p) = &ready_rule {
@@ -109,14 +115,32 @@ impl ExecIo {
                         }
                     }
                 }
-                info!(
-                    target: "app",
-                    slot = who.slot,
-                    pid = who.pid,
-                    generation = who.generation,
-                    stream = stream.name,
-                    "{line}"
-                );
+                match self.budget.admit(now) {
+                    Verdict::Log => info!(
+                        target: "app",
+                        slot = who.slot,
+                        pid = who.pid,
+                        generation = who.generation,
+                        stream = stream.name,
+                        "{}",
+                        escape_controls(&line)
+                    ),
+                    Verdict::Drop(say) => {
+                        dropped += 1;
+                        if let Some(unsaid) = say {
+                            warn!(
+                                slot = who.slot,
+                                pid = who.pid,
+                                dropped_since_last_said = unsaid,
+                                "worker output over {OUTPUT_LINES_PER_SEC} lines/s: lines dropped \
+                                 (counted in rsvisor_app_output_lines_dropped_total)"
+                            );
+                        }
+                    }
+                }
+            }
+            if dropped > 0 {
+                events.push(ExecEvent::OutputDropped(dropped));
             }
             if closed {
                 *slot = None;
@@ -331,6 +355,7 @@ pub fn spawn(req: ExecRequest<'_>) -> io::Result<(Pid, ExecIo)> {
                     rule: cfg.app.ready.clone(),
                     ready: false,
                     watchdog: false,
+                    budget: LineBudget::new(Instant::now()),
                 },
             ))
         }

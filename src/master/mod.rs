@@ -16,6 +16,7 @@
 //! (`spawn`) → track progress (`progress`) → tell systemd (`notify`) →
 //! wait for a signal, a worker's nudge, a control client or the next tick.
 
+mod app_output;
 mod backoff;
 mod canary;
 mod control;

@@ -46,6 +46,12 @@ impl Master {
                     }
                     ExecEvent::Ready => {}
                     ExecEvent::Beat => slot.beat(crate::sys::monotonic_ms(), 0),
+                    ExecEvent::OutputDropped(n) => {
+                        self.board
+                            .header
+                            .app_output_dropped
+                            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
             }
         }

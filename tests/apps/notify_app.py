@@ -13,11 +13,16 @@ NOTIFY_APP_STRAY: start a child that ignores SIGTERM and serves the same
 socket (answering with its own pid), as apps that fork helpers do:
 "group" keeps it in the worker's process group, "setsid" moves it to a
 session of its own. It prints "stray <pid>" first.
+
+NOTIFY_APP_FLOOD_LINES: after READY=1, print a line with a bare carriage
+return ("evil\\rFORGED slot=7"), then that many lines "flood line N" as
+fast as it can, then "flood done".
 """
 
 import http.server
 import os
 import signal
+import sys
 import socket
 import socketserver
 import threading
@@ -102,6 +107,11 @@ def main():
     # NOTIFY_APP_READY_DELAY_MS: serve, but say READY=1 only later.
     time.sleep(int(os.environ.get("NOTIFY_APP_READY_DELAY_MS", "0")) / 1000)
     notify("READY=1")
+    flood = os.environ.get("NOTIFY_APP_FLOOD_LINES")
+    if flood is not None:
+        print("evil\rFORGED slot=7", flush=True)
+        sys.stdout.write("".join(f"flood line {i}\n" for i in range(int(flood))))
+        print("flood done", flush=True)
     exit_after = os.environ.get("NOTIFY_APP_EXIT_AFTER_READY_MS")
     if exit_after is not None:
         time.sleep(int(exit_after) / 1000)

@@ -513,3 +513,48 @@ fn a_child_that_left_the_group_does_not_serve_old_code_after_a_reload() {
     }
     assert!(s.log_text().contains("outlived its worker"));
 }
+
+/// 200,000 lines in a burst: at most 1,000 per second reach the log, every
+/// other one is counted, and a bare carriage return cannot hide the line's
+/// slot/pid prefix.
+#[test]
+fn a_flood_of_output_is_rate_limited_counted_and_escaped() {
+    const LINES: u64 = 200_000;
+    let b = notify_app_server_with(
+        1,
+        &format!("NOTIFY_APP_FLOOD_LINES = \"{LINES}\""),
+        "[metrics]\nbind = \"unix:{dir}/metrics.sock\"\n",
+    );
+    let m = Target::Unix(b.dir().join("metrics.sock"));
+    let mut s = b.start();
+    let t0 = Instant::now();
+    s.ready_tcp();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (logged, dropped) = loop {
+        let log = s.log_text();
+        // "flood done" is the flood's last line, logged or counted too.
+        let logged =
+            (log.matches("flood line ").count() + log.matches("flood done").count()) as u64;
+        let dropped = get(&m, "/metrics")
+            .map(|r| metric(&r.text(), "rsvisor_app_output_lines_dropped_total"))
+            .unwrap_or(0.0) as u64;
+        if logged + dropped == LINES + 1 {
+            break (logged, dropped);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{logged} logged + {dropped} dropped != {LINES} + 1"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let secs = t0.elapsed().as_secs() + 1;
+    assert!(
+        logged <= 1_000 * (secs + 1),
+        "{logged} lines logged in {secs} s"
+    );
+    let log = s.log_text();
+    assert!(log.contains("lines dropped"), "{log}");
+    assert!(log.contains(r"evil\rFORGED slot=7"), "{log}");
+    assert!(!log.contains('\r'), "a raw carriage return reached the log");
+    eprintln!("output flood: {logged} logged, {dropped} dropped");
+}

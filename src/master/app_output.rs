@@ -1,0 +1,121 @@
+//! How an exec worker's output lines reach the master's log: at most
+//! [`OUTPUT_LINES_PER_SEC`] per worker (a burst of as many), the rest
+//! dropped and counted (`rsvisor_app_output_lines_dropped_total`), and
+//! control characters escaped, so that no line can hide or forge the
+//! slot/pid prefix the log puts before it (a bare `\r`, terminal escapes).
+
+use std::borrow::Cow;
+use std::time::Instant;
+
+use crate::throttle::REPEAT_LOG_INTERVAL;
+
+/// Lines per second one worker's output may put in the log (both streams
+/// together); a burst of as many is allowed, so a traceback is whole.
+pub const OUTPUT_LINES_PER_SEC: u32 = 1000;
+
+/// What to do with the next line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Log,
+    /// Left out; `Some(n)`: say now that lines are being dropped, `n`
+    /// left unsaid since it was last said.
+    Drop(Option<u64>),
+}
+
+/// A token bucket of log lines.
+#[derive(Debug)]
+pub struct LineBudget {
+    tokens: f64,
+    refilled: Instant,
+    unsaid: u64,
+    said: Option<Instant>,
+}
+
+impl LineBudget {
+    pub fn new(now: Instant) -> LineBudget {
+        LineBudget {
+            tokens: f64::from(OUTPUT_LINES_PER_SEC),
+            refilled: now,
+            unsaid: 0,
+            said: None,
+        }
+    }
+
+    pub fn admit(&mut self, now: Instant) -> Verdict {
+        let rate = f64::from(OUTPUT_LINES_PER_SEC);
+        let gained = now.saturating_duration_since(self.refilled).as_secs_f64() * rate;
+        self.tokens = (self.tokens + gained).min(rate);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Verdict::Log;
+        }
+        let due = self
+            .said
+            .is_none_or(|at| now.saturating_duration_since(at) >= REPEAT_LOG_INTERVAL);
+        if due {
+            self.said = Some(now);
+            let n = std::mem::take(&mut self.unsaid);
+            return Verdict::Drop(Some(n));
+        }
+        self.unsaid += 1;
+        Verdict::Drop(None)
+    }
+}
+
+/// `line` with every control character but tab written as an escape
+/// (`\r`, `\u{1b}`…); borrowed when there is none.
+pub fn escape_controls(line: &str) -> Cow<'_, str> {
+    if !line.chars().any(|c| c.is_control() && c != '\t') {
+        return Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 8);
+    for c in line.chars() {
+        if c.is_control() && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_burst_then_the_rate_then_drops_said_once_per_interval() {
+        let t0 = Instant::now();
+        let mut b = LineBudget::new(t0);
+        for _ in 0..OUTPUT_LINES_PER_SEC {
+            assert_eq!(b.admit(t0), Verdict::Log);
+        }
+        assert_eq!(b.admit(t0), Verdict::Drop(Some(0)));
+        assert_eq!(b.admit(t0), Verdict::Drop(None));
+        assert_eq!(b.admit(t0), Verdict::Drop(None));
+        // 10 ms later: 10 more lines.
+        let t1 = t0 + Duration::from_millis(10);
+        let logged = (0..20).filter(|_| b.admit(t1) == Verdict::Log).count();
+        assert_eq!(logged, 10);
+        let t2 = t0 + REPEAT_LOG_INTERVAL;
+        // The bucket is full again: lines are logged, none said dropped…
+        assert_eq!(b.admit(t2), Verdict::Log);
+        for _ in 1..OUTPUT_LINES_PER_SEC {
+            b.admit(t2);
+        }
+        // …until it is empty: then the 12 left unsaid are told.
+        assert_eq!(b.admit(t2), Verdict::Drop(Some(12)));
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert!(matches!(escape_controls("plain\ttext"), Cow::Borrowed(_)));
+        assert_eq!(
+            escape_controls("ok\rslot=9 pid=1 FORGED"),
+            "ok\\rslot=9 pid=1 FORGED"
+        );
+        assert_eq!(escape_controls("\u{1b}[2Kx\u{7f}"), "\\u{1b}[2Kx\\u{7f}");
+    }
+}
