@@ -97,7 +97,9 @@ pub fn unblock_all_signals() -> io::Result<()> {
 }
 
 /// Signals queued by [`queue_signal`], indexed by number.
-static PENDING: [AtomicBool; 65] = [const { AtomicBool::new(false) }; 65];
+/// Deliveries of each signal not yet taken by the loop: counted, so that
+/// two TTINs make two workers and a second USR2 is said to be ignored.
+static PENDING: [AtomicU32; 65] = [const { AtomicU32::new(0) }; 65];
 /// The master's self-pipe write end, for the handler to wake the loop.
 static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
 
@@ -113,8 +115,8 @@ extern "C" fn queue_signal(sig: libc::c_int) {
     // cannot block the handler (the loop is awake anyway then).
     unsafe {
         let errno = *libc::__errno_location();
-        if let Some(flag) = PENDING.get(sig as usize) {
-            flag.store(true, Ordering::SeqCst);
+        if let Some(count) = PENDING.get(sig as usize) {
+            count.fetch_add(1, Ordering::SeqCst);
         }
         let fd = WAKE_FD.load(Ordering::SeqCst);
         if fd >= 0 {
@@ -141,11 +143,11 @@ pub fn install_queueing_handlers(signals: &[Signal], wake_fd: RawFd) -> io::Resu
     Ok(())
 }
 
-/// Takes a queued signal: true once per delivery batch.
-pub fn take_pending(sig: Signal) -> bool {
+/// Takes a queued signal: how many times it was delivered since last taken.
+pub fn take_pending(sig: Signal) -> u32 {
     PENDING
         .get(sig as usize)
-        .is_some_and(|f| f.swap(false, Ordering::SeqCst))
+        .map_or(0, |c| c.swap(0, Ordering::SeqCst))
 }
 
 /// Types that may live in memory shared between processes: atomics and

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use nix::sys::signal::Signal;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::control::{ClientId, Revents};
 use super::forensics::Trigger;
@@ -14,20 +14,30 @@ use crate::control::{Request, Response};
 
 impl Master {
     pub(super) fn dispatch(&mut self, control: &Revents) {
-        for sig in self.signals.take() {
+        for (sig, times) in self.signals.take() {
+            let times = times as usize;
             match sig {
                 Signal::SIGINT | Signal::SIGQUIT => self.quick_stop(sig),
                 Signal::SIGTERM => self.graceful_stop("TERM", false),
+                // HUPs delivered together ask for the same thing: one reload.
                 Signal::SIGHUP => self.request_reload(None),
-                Signal::SIGTTIN => self.scale_to(self.current.desired + 1),
-                Signal::SIGTTOU => self.scale_to(self.current.desired.saturating_sub(1)),
+                Signal::SIGTTIN => self.scale_to(self.current.desired + times),
+                Signal::SIGTTOU => self.scale_to(self.current.desired.saturating_sub(times)),
                 Signal::SIGUSR1 => {
                     info!("USR1: workers reopen their access logs");
                     for w in &self.workers {
                         w.signal(Signal::SIGUSR1);
                     }
                 }
-                Signal::SIGUSR2 => self.start_upgrade(),
+                Signal::SIGUSR2 => {
+                    self.start_upgrade();
+                    if times > 1 {
+                        warn!(
+                            times,
+                            "USR2 received again before the master acted on the first: ignored"
+                        );
+                    }
+                }
                 // CHLD only wakes the loop; reaping is its own step.
                 _ => {}
             }

@@ -181,6 +181,12 @@ impl Master {
                 .chain(&self.sidecar)
                 .any(|w| w.pid == pid)
                 || self.lifecycle.upgrade().is_some_and(|u| u.pid == pid)
+                // The new master of a binary upgrade stays our child
+                // after it took over (or while a failed one is killed).
+                || self
+                    .last_upgrade
+                    .as_ref()
+                    .is_some_and(|(_, r)| r.new_master_pid as i32 == pid.as_raw())
                 || self.inspections.is_helper(pid)
         };
         let actions = self.strays.sweep(now, me, &table, known);

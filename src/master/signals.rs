@@ -64,12 +64,14 @@ impl SignalQueue {
         revents
     }
 
-    /// The queued signals, in dispatch order.
-    pub fn take(&self) -> Vec<Signal> {
+    /// The queued signals, in dispatch order, each with how many times it
+    /// was delivered (the kernel merges deliveries it has not handed over
+    /// yet; these are the ones the handler saw).
+    pub fn take(&self) -> Vec<(Signal, u32)> {
         HANDLED
             .iter()
-            .copied()
-            .filter(|s| crate::sys::take_pending(*s))
+            .map(|s| (*s, crate::sys::take_pending(*s)))
+            .filter(|(_, n)| *n > 0)
             .collect()
     }
 }

@@ -38,6 +38,11 @@ impl Master {
             warn!("USR2 ignored: the master is stopping, reloading or upgrading already");
             return;
         }
+        if self.systemd.upgrade_pipe.is_some() {
+            // Started by a USR2 itself: the old master has not handed over.
+            warn!("USR2 ignored: this master is still taking over from the previous one");
+            return;
+        }
         match self.spawn_new_master() {
             Ok(up) => {
                 info!(

@@ -377,6 +377,20 @@ timeout = 3
     std::fs::write(&bin, "#!/bin/sh\nexec sleep 60\n").unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     s.signal(Signal::SIGUSR2);
+    // A second USR2 while it is under way is refused, and said so.
+    s.wait_status("the upgrade under way", Duration::from_secs(5), |st| {
+        st.phase == Phase::Upgrading
+    });
+    s.signal(Signal::SIGUSR2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !s.log_text().contains("USR2 ignored") {
+        assert!(
+            Instant::now() < deadline,
+            "no word of the second USR2:\n{}",
+            s.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let st = s.wait_status(
         "the second upgrade to fail",
         Duration::from_secs(15),
