@@ -151,7 +151,7 @@ impl Program {
                 config,
                 bind,
                 workers,
-            } => check(&config, &Overrides { bind, workers }),
+            } => check(&app, &config, &Overrides { bind, workers }),
             Command::Status { config, json } => ctl::status(&config, json),
             Command::Reload { config } => ctl::reload(&config),
             Command::Dump { config, slot, json } => ctl::dump(&config, slot, json),
@@ -204,11 +204,14 @@ impl<A: App> Supervisor<A> {
         ExitCode::from(serve(self.app, self.source) as u8)
     }
 }
-fn check(path: &Path, overrides: &Overrides) -> i32 {
+fn check<A: App>(app: &A, path: &Path, overrides: &Overrides) -> i32 {
     match material::Loaded::load(path, overrides) {
         Ok(loaded) => {
             print!("{}", loaded.config.render());
             print!("{}", serve::describe_inherited());
+            for w in app.config_warnings(&loaded.config) {
+                eprintln!("{}: warning: {w}", path.display());
+            }
             eprintln!("{}: configuration is valid", path.display());
             exit::OK
         }

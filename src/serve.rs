@@ -86,6 +86,9 @@ pub fn serve<A: App>(app: A, source: ConfigSource) -> i32 {
         }
     };
     let log = logging::init(&config.log);
+    for w in app.config_warnings(&config) {
+        tracing::warn!("{w}");
+    }
     if let Some(mask) = config.server.umask {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
     }

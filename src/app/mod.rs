@@ -39,6 +39,14 @@ pub trait App: Send + Sync + 'static {
         &self,
         worker: &WorkerContext,
     ) -> impl Future<Output = Result<Self::Handler, BoxError>> + Send;
+
+    /// What `check` and the start of `serve` should warn about in this
+    /// configuration for this app (a setting it needs and does not have).
+    /// Nothing by default.
+    fn config_warnings(&self, config: &crate::Config) -> Vec<String> {
+        let _ = config;
+        Vec::new()
+    }
 }
 
 /// Serves requests in one worker. `call` runs concurrently on many

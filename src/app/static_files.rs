@@ -57,6 +57,17 @@ pub struct StaticFiles;
 impl App for StaticFiles {
     type Handler = StaticHandler;
 
+    fn config_warnings(&self, config: &crate::Config) -> Vec<String> {
+        if config.app.static_dir.is_none() && config.app.command.is_empty() {
+            return vec![
+                "no app is configured (neither app.static_dir nor app.command): every request \
+                 but the health, readiness and metrics paths gets 404"
+                    .into(),
+            ];
+        }
+        Vec::new()
+    }
+
     async fn startup(&self, worker: &WorkerContext) -> Result<StaticHandler, BoxError> {
         let dir = match &worker.config().app.static_dir {
             Some(dir) => Some(std::fs::canonicalize(dir).map_err(|e| {

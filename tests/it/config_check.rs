@@ -194,3 +194,29 @@ fn static_dirs_that_cannot_serve_are_refused_by_check() {
     assert!(err.contains("app.static_dir:"), "{err}");
     assert!(err.contains("cannot be read by user \"nobody\""), "{err}");
 }
+
+/// The built-in binary with nothing to serve says so (and still passes);
+/// an embedding program, which is its own app, does not.
+#[test]
+fn check_warns_when_the_built_in_app_has_nothing_to_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let bare = "[server]\nbind = [\"127.0.0.1:0\"]\n";
+    let (code, _, err) = check_in(dir.path(), bare, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("app.toml: warning: no app is configured"),
+        "{err}"
+    );
+    std::fs::create_dir(dir.path().join("www")).unwrap();
+    let (code, _, err) = check_in(
+        dir.path(),
+        &format!("{bare}[app]\nstatic_dir = \"www\"\n"),
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    std::fs::write(dir.path().join("app.toml"), bare).unwrap();
+    let (code, _, err) = run(&example("demo"), &["check", "app.toml"], dir.path(), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("warning"), "{err}");
+}
