@@ -266,3 +266,41 @@ pub struct UpgradeReport {
     pub seconds_ago: f64,
     pub message: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            Just(Request::Status),
+            Just(Request::Reload),
+            Just(Request::Stop),
+            (1..=crate::config::MAX_WORKERS).prop_map(Request::Scale),
+            any::<usize>().prop_map(Request::Dump),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+        #[test]
+        fn any_line_never_panics(line in any::<String>()) {
+            let _ = Request::parse(&line);
+        }
+
+        #[test]
+        fn lines_round_trip(r in request(), pad in "[ \t]{0,3}") {
+            let line = format!("{pad}{}", r.line());
+            prop_assert_eq!(Request::parse(&line), Ok(r));
+        }
+
+        #[test]
+        fn scale_outside_the_limits_is_refused(n in (crate::config::MAX_WORKERS + 1)..usize::MAX) {
+            let line = format!("scale {n}");
+            prop_assert!(Request::parse(&line).is_err());
+            prop_assert!(Request::parse("scale 0").is_err());
+        }
+    }
+}

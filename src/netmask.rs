@@ -69,4 +69,47 @@ mod tests {
             .unwrap()
             .contains("8.8.8.8".parse().unwrap()));
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use std::net::{Ipv4Addr, Ipv6Addr};
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+            #[test]
+            fn any_text_never_panics(s in any::<String>()) {
+                if let Some(n) = IpNet::parse(&s) {
+                    let _ = n.contains(IpAddr::V4(Ipv4Addr::LOCALHOST));
+                }
+            }
+
+            /// A network holds its own address and anything that differs
+            /// only after the prefix, and nothing that differs within it.
+            #[test]
+            fn v4_membership_follows_the_prefix(ip in any::<u32>(), prefix in 0u8..=32, bit in 0u32..32) {
+                let net = IpNet::parse(&format!("{}/{prefix}", Ipv4Addr::from(ip))).unwrap();
+                prop_assert!(net.contains(IpAddr::V4(Ipv4Addr::from(ip))));
+                let other = IpAddr::V4(Ipv4Addr::from(ip ^ (1u32 << bit)));
+                // Bit `bit` counted from the right is inside the prefix
+                // when it is among its `prefix` leftmost bits.
+                prop_assert_eq!(net.contains(other), bit < 32 - prefix as u32);
+            }
+
+            #[test]
+            fn v6_membership_follows_the_prefix(ip in any::<u128>(), prefix in 0u8..=128, bit in 0u32..128) {
+                let net = IpNet::parse(&format!("{}/{prefix}", Ipv6Addr::from(ip))).unwrap();
+                prop_assert!(net.contains(IpAddr::V6(Ipv6Addr::from(ip))));
+                let other = IpAddr::V6(Ipv6Addr::from(ip ^ (1u128 << bit)));
+                prop_assert_eq!(net.contains(other), bit < 128 - prefix as u32);
+            }
+
+            #[test]
+            fn prefixes_beyond_the_family_are_refused(ip in any::<u32>(), prefix in 33u16..1000) {
+                let text = format!("{}/{prefix}", Ipv4Addr::from(ip));
+                prop_assert!(IpNet::parse(&text).is_none());
+            }
+        }
+    }
 }

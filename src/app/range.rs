@@ -69,4 +69,43 @@ mod tests {
         // A first position that overflows stays: it is past any end (416).
         assert_eq!(normalize("bytes=99999999999999999999999-", None), None);
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+            #[test]
+            fn any_value_never_panics_and_normalizing_twice_changes_nothing(
+                v in any::<String>(),
+                len in proptest::option::of(any::<u64>()),
+            ) {
+                if let Some(once) = normalize(&v, len) {
+                    prop_assert!(once.starts_with("bytes="));
+                    prop_assert_eq!(once.split(',').count(), v.split(',').count());
+                    prop_assert_eq!(normalize(&once, len), None);
+                }
+            }
+
+            /// Ranges with numbers that fit, and suffixes shorter than the
+            /// file, are passed on exactly as they came.
+            #[test]
+            fn ranges_that_fit_are_untouched(
+                specs in proptest::collection::vec((any::<u64>(), any::<u64>()), 1..5),
+                len in any::<u64>(),
+            ) {
+                let text: Vec<String> = specs.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+                let v = format!("bytes={}", text.join(","));
+                prop_assert_eq!(normalize(&v, Some(len)), None);
+            }
+
+            #[test]
+            fn overflowing_ends_become_open_ranges(first in any::<u64>(), extra in "[0-9]{1,30}") {
+                let v = format!("bytes={first}-99999999999999999999{extra}");
+                prop_assert_eq!(normalize(&v, None), Some(format!("bytes={first}-")));
+            }
+        }
+    }
 }

@@ -536,4 +536,65 @@ mod tests {
             assert!(e.contains("trace, debug, info, warn, error, off"), "{e}");
         }
     }
+
+    mod props {
+        use super::super::convert::{seconds, secs, size};
+        use super::super::value::Val;
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+            #[test]
+            fn any_text_never_panics(s in any::<String>()) {
+                let _ = parse_size(&s);
+                let _ = seconds(&Val::Str(s.clone()), true);
+                let _ = s.parse::<BindAddr>();
+            }
+
+            /// What `check` prints for a size reads back as the same size.
+            #[test]
+            fn sizes_round_trip(n in 1u64..(1 << 53)) {
+                let printed = size(Some(n));
+                prop_assert_eq!(parse_size(printed.trim_matches('"')), Ok(n));
+                prop_assert_eq!(parse_size(&n.to_string()), Ok(n));
+            }
+
+            #[test]
+            fn binary_units_multiply(n in 0u64..(1 << 30)) {
+                prop_assert_eq!(parse_size(&format!("{n}KiB")), Ok(n * 1024));
+                prop_assert_eq!(parse_size(&format!("{n} MiB")), Ok(n << 20));
+            }
+
+            /// What `check` prints for a duration reads back within a
+            /// microsecond (seconds are floats in the file).
+            #[test]
+            fn durations_round_trip(ms in 0u64..(365 * 86_400_000)) {
+                let d = Duration::from_millis(ms);
+                let back = seconds(&Val::Str(secs(d)), true).unwrap();
+                let diff = back.abs_diff(d);
+                prop_assert!(diff < Duration::from_micros(1), "{d:?} -> {back:?}");
+            }
+
+            #[test]
+            fn tcp_addresses_round_trip(addr in any::<std::net::SocketAddr>()) {
+                let addr = match addr {
+                    // Flow info and scope are not part of the text form.
+                    std::net::SocketAddr::V6(a) => std::net::SocketAddr::V6(
+                        std::net::SocketAddrV6::new(*a.ip(), a.port(), 0, 0),
+                    ),
+                    v4 => v4,
+                };
+                let b = BindAddr::Tcp(addr);
+                prop_assert_eq!(b.to_string().parse::<BindAddr>(), Ok(b));
+            }
+
+            #[test]
+            fn unix_paths_round_trip(path in "/[a-zA-Z0-9._/-]{1,100}") {
+                let b = BindAddr::Unix(PathBuf::from(&path));
+                prop_assert_eq!(b.to_string().parse::<BindAddr>(), Ok(b));
+            }
+        }
+    }
 }

@@ -225,4 +225,86 @@ mod tests {
         assert_eq!(s, Sniff::H2);
         assert_eq!(Sniff::Undecided(20).feed(b"\r\n\r\nmore"), Sniff::H2);
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// `data` fed in pieces cut at `cuts` (positions, any order).
+        fn pieces(data: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+            let mut at: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+            at.push(0);
+            at.push(data.len());
+            at.sort_unstable();
+            at.dedup();
+            at.windows(2).map(|w| data[w[0]..w[1]].to_vec()).collect()
+        }
+
+        fn frames() -> impl Strategy<Value = Vec<u8>> {
+            proptest::collection::vec(
+                (
+                    prop::sample::select(vec![DATA, HEADERS, RST_STREAM, 4u8, 8u8]),
+                    0u8..2,
+                    0u32..6,
+                    0usize..40,
+                ),
+                0..30,
+            )
+            .prop_map(|fs| {
+                fs.into_iter()
+                    .flat_map(|(kind, end, stream, len)| frame(kind, end * END_STREAM, stream, len))
+                    .collect()
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+            #[test]
+            fn any_bytes_never_panic(
+                out in proptest::collection::vec(any::<u8>(), 0..400),
+                inc in proptest::collection::vec(any::<u8>(), 0..400),
+            ) {
+                let mut f = H2Frames::new(PREFACE.len());
+                f.wrote(&out);
+                f.read(&inc);
+                let _ = f.open();
+                let _ = Sniff::Undecided(0).feed(&inc);
+            }
+
+            /// How the bytes are cut into writes changes nothing: the same
+            /// DATA bytes counted, the same responses left open.
+            #[test]
+            fn the_scan_does_not_depend_on_how_writes_are_cut(
+                data in frames(),
+                cuts in proptest::collection::vec(any::<usize>(), 0..10),
+            ) {
+                let mut whole = H2Frames::new(0);
+                let total = whole.wrote(&data);
+                let mut cut = H2Frames::new(0);
+                let sum: u64 = pieces(&data, &cuts).iter().map(|p| cut.wrote(p)).sum();
+                prop_assert_eq!(sum, total);
+                prop_assert_eq!(cut.open(), whole.open());
+            }
+
+            /// The preface in any pieces is HTTP/2; bytes that differ from
+            /// it anywhere in its 24 are HTTP/1.1, however they are cut.
+            #[test]
+            fn sniffing_decides_on_the_whole_preface_or_a_mismatch(
+                cuts in proptest::collection::vec(any::<usize>(), 0..6),
+                at in 0usize..24,
+                other in any::<u8>(),
+            ) {
+                let sniff = |data: &[u8]| {
+                    pieces(data, &cuts).iter().fold(Sniff::Undecided(0), |s, p| s.feed(p))
+                };
+                prop_assert_eq!(sniff(PREFACE), Sniff::H2);
+                prop_assume!(other != PREFACE[at]);
+                let mut wrong = PREFACE.to_vec();
+                wrong[at] = other;
+                prop_assert_eq!(sniff(&wrong), Sniff::H1);
+                prop_assert_eq!(sniff(&PREFACE[..at]), if at == 0 { Sniff::Undecided(0) } else { Sniff::Undecided(at) });
+            }
+        }
+    }
 }

@@ -72,7 +72,8 @@ pub fn parse(buf: &[u8]) -> io::Result<Option<(Source, usize)>> {
 }
 
 fn parse_v1(buf: &[u8]) -> io::Result<Option<(Source, usize)>> {
-    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+    let window = &buf[..buf.len().min(V1_MAX)];
+    let Some(end) = window.windows(2).position(|w| w == b"\r\n") else {
         return if buf.len() >= V1_MAX {
             Err(bad("v1 header longer than 107 bytes"))
         } else {
@@ -197,6 +198,9 @@ mod tests {
             Source::Local
         );
         assert!(parse(b"PROXY TCP4 203.0.113.7").unwrap().is_none());
+        // The line ends within 107 bytes or not at all.
+        let long = format!("PROXY UNKNOWN{}\r\n", " ".repeat(120));
+        assert!(parse(long.as_bytes()).is_err());
         assert!(parse(b"PROXY TCP4 ::1 ::1 1 2\r\n").is_err());
         assert!(parse(b"GET / HTTP/1.1\r\n").is_err());
         assert!(parse(&[b'P', b'R', b'O', b'X', b'Y', b' ', b'x'].repeat(20)).is_err());
@@ -219,5 +223,99 @@ mod tests {
         let mut bad_version = V2_SIGNATURE.to_vec();
         bad_version.extend_from_slice(&[0x11, 0x11, 0, 0]);
         assert!(parse(&bad_version).is_err());
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn config() -> ProptestConfig {
+            ProptestConfig::with_cases(10_000)
+        }
+
+        fn v2_header(cmd: u8, fam: u8, addr: &[u8]) -> Vec<u8> {
+            let mut h = V2_SIGNATURE.to_vec();
+            h.push(0x20 | cmd);
+            h.push(fam);
+            h.extend_from_slice(&(addr.len() as u16).to_be_bytes());
+            h.extend_from_slice(addr);
+            h
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn any_bytes_never_panic(buf in proptest::collection::vec(any::<u8>(), 0..700)) {
+                if let Ok(Some((_, used))) = parse(&buf) {
+                    prop_assert!(used <= buf.len());
+                }
+            }
+
+            #[test]
+            fn any_bytes_after_a_signature_never_panic(
+                v2 in any::<bool>(),
+                tail in proptest::collection::vec(any::<u8>(), 0..700),
+            ) {
+                let mut buf = if v2 { V2_SIGNATURE.to_vec() } else { b"PROXY ".to_vec() };
+                buf.extend(tail);
+                if let Ok(Some((_, used))) = parse(&buf) {
+                    prop_assert!(used <= buf.len());
+                    prop_assert!(v2 || used <= V1_MAX);
+                }
+            }
+
+            /// A v1 line as a proxy prints it is read back, with whatever
+            /// follows it left alone; every prefix of it asks for more.
+            #[test]
+            fn v1_round_trips(
+                src in any::<std::net::IpAddr>(),
+                dst_port in any::<u16>(),
+                port in any::<u16>(),
+                rest in proptest::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let (proto, dst) = match src {
+                    IpAddr::V4(_) => ("TCP4", "10.0.0.1"),
+                    IpAddr::V6(_) => ("TCP6", "::1"),
+                };
+                let line = format!("PROXY {proto} {src} {dst} {port} {dst_port}\r\n");
+                let mut buf = line.clone().into_bytes();
+                buf.extend(&rest);
+                let (source, used) = parse(&buf).unwrap().unwrap();
+                prop_assert_eq!(source, Source::Client(SocketAddr::new(src, port)));
+                prop_assert_eq!(used, line.len());
+                for cut in 0..line.len() - 1 {
+                    prop_assert!(parse(&buf[..cut]).unwrap().is_none());
+                }
+            }
+
+            /// A v2 header with IPv4 or IPv6 addresses and any TLVs after
+            /// them is read back; every prefix of it asks for more.
+            #[test]
+            fn v2_round_trips(
+                src in any::<std::net::IpAddr>(),
+                port in any::<u16>(),
+                tlvs in proptest::collection::vec(any::<u8>(), 0..200),
+                rest in proptest::collection::vec(any::<u8>(), 0..32),
+            ) {
+                let (fam, mut addr) = match src {
+                    IpAddr::V4(ip) => (0x11, ip.octets().to_vec()),
+                    IpAddr::V6(ip) => (0x21, ip.octets().to_vec()),
+                };
+                addr.extend_from_slice(&addr.clone()); // destination
+                addr.extend_from_slice(&port.to_be_bytes());
+                addr.extend_from_slice(&443u16.to_be_bytes());
+                addr.extend(&tlvs);
+                let header = v2_header(1, fam, &addr);
+                let mut buf = header.clone();
+                buf.extend(&rest);
+                let (source, used) = parse(&buf).unwrap().unwrap();
+                prop_assert_eq!(source, Source::Client(SocketAddr::new(src, port)));
+                prop_assert_eq!(used, header.len());
+                for cut in 0..header.len() {
+                    prop_assert!(parse(&buf[..cut]).unwrap().is_none());
+                }
+            }
+        }
     }
 }

@@ -591,4 +591,45 @@ mod tests {
             assert!(!valid_host(bad.as_bytes()), "{bad:?}");
         }
     }
+
+    mod props {
+        use super::valid_host;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+            #[test]
+            fn any_bytes_never_panic(v in proptest::collection::vec(any::<u8>(), 0..300)) {
+                let _ = valid_host(&v);
+            }
+
+            #[test]
+            fn names_and_addresses_with_ports_are_valid(
+                name in "[a-zA-Z0-9._~!$&'()*+,;=-]{0,60}",
+                v4 in any::<std::net::Ipv4Addr>(),
+                v6 in any::<std::net::Ipv6Addr>(),
+                port in proptest::option::of(any::<u16>()),
+            ) {
+                let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+                let name_with_port = format!("{name}{port}");
+                let v4_with_port = format!("{v4}{port}");
+                let v6_with_port = format!("[{v6}]{port}");
+                prop_assert!(valid_host(name_with_port.as_bytes()));
+                prop_assert!(valid_host(v4_with_port.as_bytes()));
+                prop_assert!(valid_host(v6_with_port.as_bytes()));
+            }
+
+            /// Whitespace, userinfo, a path or a second colon never pass.
+            #[test]
+            fn a_forbidden_byte_anywhere_is_invalid(
+                before in "[a-z0-9.]{0,20}",
+                bad in prop::sample::select(vec![' ', '@', '/', '\t', '\\', '?', '#', '"', '<']),
+                after in "[a-z0-9.]{0,20}",
+            ) {
+                let host = format!("{before}{bad}{after}");
+                prop_assert!(!valid_host(host.as_bytes()));
+            }
+        }
+    }
 }
