@@ -93,6 +93,15 @@ pub fn processes() -> Vec<ProcEntry> {
         .collect()
 }
 
+/// The children of `pid`.
+pub fn children(pid: i32) -> Vec<i32> {
+    processes()
+        .into_iter()
+        .filter(|p| p.ppid == pid)
+        .map(|p| p.pid)
+        .collect()
+}
+
 /// Every process's parent (for [`tree`]).
 pub fn parents() -> Vec<(i32, i32)> {
     processes().into_iter().map(|p| (p.pid, p.ppid)).collect()

@@ -252,7 +252,7 @@ impl Master {
             next_memory_check: now,
             next_ticket_rotation: first_rotation,
             inspections: forensics::Inspections::default(),
-            strays: strays::Strays::default(),
+            strays: strays::Strays::new(crate::procfs::children(std::process::id() as i32)),
         })
     }
 

@@ -53,9 +53,20 @@ pub struct Strays {
     watches: Vec<Watch>,
     seen: HashMap<i32, Stray>,
     next_sweep: Option<Instant>,
+    /// Children the program had before the master started (an embedding
+    /// program's own helpers): never strays.
+    exempt: Vec<i32>,
 }
 
 impl Strays {
+    /// `existing`: the children the process already has.
+    pub fn new(existing: Vec<i32>) -> Strays {
+        Strays {
+            exempt: existing,
+            ..Strays::default()
+        }
+    }
+
     /// A worker was reaped: look for what it left until `deadline`.
     pub fn worker_exited(&mut self, worker: i32, slot: usize, exec: bool, deadline: Instant) {
         self.watches.push(Watch {
@@ -118,7 +129,7 @@ impl Strays {
                 .watches
                 .iter()
                 .find(|w| w.group.is_some_and(|g| g == p.pgrp) && p.pid != me);
-            let orphan = p.ppid == me && !known(p.pid);
+            let orphan = p.ppid == me && !known(p.pid) && !self.exempt.contains(&p.pid);
             if watch.is_none() && !orphan {
                 continue;
             }
@@ -230,6 +241,15 @@ mod tests {
         let a = s.sweep(t0 + STRAY_SWEEP, ME, &[p(500, ME, 300)], |_| false);
         assert_eq!(a.len(), 1);
         assert_eq!((a[0].pid, a[0].signal), (500, Signal::SIGKILL));
+    }
+
+    #[test]
+    fn children_from_before_the_master_are_left_alone() {
+        let mut s = Strays::new(vec![150]);
+        let t0 = Instant::now();
+        s.worker_exited(200, 0, false, t0);
+        assert!(s.sweep(t0, ME, &[p(150, ME, ME)], |_| false).is_empty());
+        assert!(s.is_empty());
     }
 
     #[test]
