@@ -4,6 +4,23 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// The TLS library and crypto provider this build uses (`--version`).
+#[cfg(feature = "tls-ring")]
+pub const TLS_PROVIDER: &str = "rustls with ring";
+#[cfg(not(feature = "tls-ring"))]
+pub const TLS_PROVIDER: &str = "rustls with aws-lc-rs";
+
+/// What `--version` prints after the program's name: its version, and for
+/// a program that embeds rsvisor, rsvisor's on a second line.
+pub fn long_version(name: &str, version: &str) -> String {
+    let rsvisor = env!("CARGO_PKG_VERSION");
+    if name == "rsvisor" {
+        format!("{version} (TLS: {TLS_PROVIDER})")
+    } else {
+        format!("{version}\nrsvisor {rsvisor} (TLS: {TLS_PROVIDER})")
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     version,
@@ -11,14 +28,6 @@ use clap::{Parser, Subcommand};
     long_about = "A master process binds the listening sockets and forks workers that \
                   serve HTTP with hyper; it keeps them healthy and reloads them without \
                   dropping a request (kill -HUP)."
-)]
-#[cfg_attr(
-    feature = "tls-ring",
-    command(long_version = concat!(env!("CARGO_PKG_VERSION"), " (TLS: rustls with ring)"))
-)]
-#[cfg_attr(
-    not(feature = "tls-ring"),
-    command(long_version = concat!(env!("CARGO_PKG_VERSION"), " (TLS: rustls with aws-lc-rs)"))
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -124,10 +124,12 @@ impl Program {
             )),
             None => None,
         };
+        let long_version = cli::long_version(&self.name, &self.version);
         let mut cmd = Cli::command()
             .name(self.name.clone())
             .bin_name(self.name)
-            .version(self.version);
+            .version(self.version)
+            .long_version(long_version);
         if let Some(about) = about {
             cmd = cmd.about(about).long_about(None);
         }

@@ -220,3 +220,58 @@ fn check_warns_when_the_built_in_app_has_nothing_to_serve() {
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("warning"), "{err}");
 }
+
+/// `-V` and `--version` agree on the program's name and version; an
+/// embedding program names rsvisor's version and TLS provider on a second
+/// line of `--version`.
+#[test]
+fn short_and_long_version_agree_and_name_the_program() {
+    let version = |bin: &std::path::Path, flag: &str| {
+        let out = Command::new(bin).arg(flag).output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let pkg = env!("CARGO_PKG_VERSION");
+    let rsvisor = rsvisor_bin();
+    assert_eq!(version(&rsvisor, "-V"), format!("rsvisor {pkg}\n"));
+    let long = version(&rsvisor, "--version");
+    assert!(
+        long.starts_with(&format!("rsvisor {pkg} (TLS: rustls with ")),
+        "{long}"
+    );
+    assert_eq!(long.lines().count(), 1, "{long}");
+    let demo = example("demo");
+    assert_eq!(version(&demo, "-V"), format!("demo {pkg}\n"));
+    let long = version(&demo, "--version");
+    let lines: Vec<&str> = long.lines().collect();
+    assert_eq!(lines[0], format!("demo {pkg}"), "{long}");
+    assert!(
+        lines[1].starts_with(&format!("rsvisor {pkg} (TLS: rustls with ")),
+        "{long}"
+    );
+}
+
+/// The quick start's own server answers every operator command: the
+/// example sets a control socket (the port is the only change here).
+#[test]
+fn operator_commands_work_on_the_example_config() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("config.example.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8000", "127.0.0.1:0");
+    let b = ServerBuilder::new(rsvisor_bin()).config(&text);
+    std::fs::create_dir(b.dir().join("static")).unwrap();
+    std::fs::write(b.dir().join("static/index.html"), "hi").unwrap();
+    let mut s = b.start();
+    let tcp = s.ready_tcp();
+    assert_eq!(get(&tcp, "/").unwrap().text(), "hi");
+    let cfg = s.config.display().to_string();
+    for cmd in [
+        &["status", cfg.as_str()][..],
+        &["reload", cfg.as_str()],
+        &["top", cfg.as_str(), "--once"],
+    ] {
+        let (code, out, err) = run(&rsvisor_bin(), cmd, s.dir.path(), &[]);
+        assert_eq!(code, 0, "{cmd:?}: {out}{err}");
+    }
+}

@@ -50,7 +50,8 @@ fn with_control_socket(text: &str, dir: &Path) -> (String, PathBuf) {
             .nth(1)
             .map(PathBuf::from)
             .unwrap_or_default();
-        return (text.to_string(), path);
+        // Relative to the config file, as rsvisor reads it.
+        return (text.to_string(), dir.join(path));
     }
     let path = dir.join("control.sock");
     let line = format!("control_socket = \"{}\"\n", path.display());
