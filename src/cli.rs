@@ -90,4 +90,10 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         workers: Option<usize>,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell), e.g. `rsvisor completions bash >
+    /// /etc/bash_completion.d/rsvisor`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), e.g. `rsvisor man | man -l -`.
+    Man,
 }

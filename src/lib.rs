@@ -133,7 +133,7 @@ impl Program {
         if let Some(about) = about {
             cmd = cmd.about(about).long_about(None);
         }
-        let cli = match Cli::from_arg_matches(&cmd.get_matches()) {
+        let cli = match Cli::from_arg_matches(&cmd.clone().get_matches()) {
             Ok(cli) => cli,
             Err(e) => e.exit(),
         };
@@ -162,6 +162,18 @@ impl Program {
                 once,
                 interval,
             } => top::run(&config, top::Options { once, interval }),
+            Command::Completions { shell } => {
+                let name = cmd.get_name().to_string();
+                clap_complete::generate(shell, &mut cmd, name, &mut std::io::stdout());
+                exit::OK
+            }
+            Command::Man => match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("cannot write the manual page: {e}");
+                    exit::FAILURE
+                }
+            },
         };
         ExitCode::from(code as u8)
     }

@@ -275,3 +275,30 @@ fn operator_commands_work_on_the_example_config() {
         assert_eq!(code, 0, "{cmd:?}: {out}{err}");
     }
 }
+
+/// Completion scripts and the manual page come from the binary itself,
+/// under the name it is run as.
+#[test]
+fn completions_and_the_man_page_come_from_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef rsvisor"),
+        ("fish", "complete -c rsvisor"),
+    ] {
+        let (code, out, err) = run(&rsvisor_bin(), &["completions", shell], dir.path(), &[]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains(marker), "{shell}: {out}");
+        assert!(out.contains("reload"), "{shell}: {out}");
+    }
+    let (code, out, err) = run(&rsvisor_bin(), &["man"], dir.path(), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(".TH rsvisor 1"), "{out}");
+    assert!(out.contains("completions"), "{out}");
+    // An embedding program's own name.
+    let (code, out, _) = run(&example("demo"), &["man"], dir.path(), &[]);
+    assert_eq!(code, 0);
+    assert!(out.contains(".TH demo 1"), "{out}");
+    let (_, out, err) = run(&rsvisor_bin(), &["completions", "tcsh"], dir.path(), &[]);
+    assert!(out.is_empty() && err.contains("tcsh"), "{err}");
+}
