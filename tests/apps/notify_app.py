@@ -14,6 +14,10 @@ socket (answering with its own pid), as apps that fork helpers do:
 "group" keeps it in the worker's process group, "setsid" moves it to a
 session of its own. It prints "stray <pid>" first.
 
+NOTIFY_APP_ORPHANS: before serving, leave that many orphans behind
+(double-forked processes that exit 0.2 s later): whoever adopts them must
+reap them. It prints "orphans <pid> <pid>…".
+
 NOTIFY_APP_FLOOD_LINES: after READY=1, print a line with a bare carriage
 return ("evil\\rFORGED slot=7"), then that many lines "flood line N" as
 fast as it can, then "flood done".
@@ -94,8 +98,31 @@ def start_stray(how):
     os._exit(0)
 
 
+def leave_orphans(n):
+    pids = []
+    for _ in range(n):
+        r, w = os.pipe()
+        if os.fork() == 0:
+            os.close(r)
+            grandchild = os.fork()
+            if grandchild == 0:
+                os.close(w)
+                time.sleep(0.2)
+                os._exit(0)
+            os.write(w, str(grandchild).encode())
+            os._exit(0)
+        os.close(w)
+        pids.append(os.read(r, 32).decode())
+        os.close(r)
+        os.wait()
+    print("orphans " + " ".join(pids), flush=True)
+
+
 def main():
     assert os.environ["LISTEN_FDS"] == "1"
+    orphans = os.environ.get("NOTIFY_APP_ORPHANS")
+    if orphans:
+        leave_orphans(int(orphans))
     assert os.environ["LISTEN_PID"] == str(os.getpid())
     stray = os.environ.get("NOTIFY_APP_STRAY")
     if stray:

@@ -558,3 +558,64 @@ fn a_flood_of_output_is_rate_limited_counted_and_escaped() {
     assert!(!log.contains('\r'), "a raw carriage return reached the log");
     eprintln!("output flood: {logged} logged, {dropped} dropped");
 }
+
+/// As a container's PID 1 (a PID namespace of its own): orphans an app
+/// leaves behind are reaped (no zombie stays), and TERM drains and exits 0.
+#[test]
+fn as_pid_1_orphans_are_reaped_and_term_exits_0() {
+    let rsvisor = rsvisor_bin().display().to_string();
+    let mut s = ServerBuilder::new("unshare")
+        .config(&format!(
+            r#"
+[server]
+bind = ["127.0.0.1:0"]
+workers = 2
+[app]
+command = ["{python}", "{app}"]
+ready = "notify"
+env = {{ NOTIFY_APP_ORPHANS = "5" }}
+"#,
+            python = python().display(),
+            app = repo().join("tests/apps/notify_app.py").display()
+        ))
+        .raw_args(&["--pid", "--fork", "--mount-proc", &rsvisor, "serve"])
+        .start();
+    let tcp = s.ready_tcp();
+    let st = s.status().expect("status");
+    assert_eq!(st.master_pid, 1, "the master is PID 1 of its namespace");
+    // unshare's child is the master.
+    let master = *children_of(s.pid()).first().expect("the master");
+    // Both workers printed their orphans; 0.2 s later those exited.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.log_text().matches("orphans ").count() < 2 {
+        assert!(Instant::now() < deadline, "{}", s.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let zombies = || {
+        let mut z = Vec::new();
+        for pid in std::iter::once(master).chain(descendants(master)) {
+            for child in std::fs::read_dir("/proc").unwrap().flatten() {
+                let Ok(c) = child.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                if stat_ppid(c) == Some((pid, 'Z')) {
+                    z.push(c);
+                }
+            }
+        }
+        z
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let z = zombies();
+        if z.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "zombies {z:?} never reaped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(get(&tcp, "/").unwrap().status, 200);
+    kill(master, Signal::SIGTERM);
+    let st = s.expect_exit(Duration::from_secs(20));
+    assert_eq!(st.code(), Some(0), "{}", s.log_text());
+}
