@@ -37,9 +37,15 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the master and its workers in the foreground.
+    ///
+    /// Without CONFIG, the defaults, the environment and the flags make the
+    /// configuration: `rsvisor serve --bind 127.0.0.1:8000 --workers 4 --
+    /// uvicorn app:app` (uvicorn, hypercorn and gunicorn get the socket
+    /// argument and a readiness rule; `{fd}` or `{socket}` in the arguments
+    /// place it yourself).
     Serve {
-        /// The TOML configuration file.
-        config: PathBuf,
+        /// The TOML configuration file (optional with a command after --).
+        config: Option<PathBuf>,
         /// Listen on ADDR instead of server.bind (repeatable):
         /// HOST:PORT, [V6]:PORT or unix:/path.sock.
         #[arg(long = "bind", value_name = "ADDR")]
@@ -47,6 +53,12 @@ pub enum Command {
         /// Number of workers (overrides server.workers).
         #[arg(long, value_name = "N")]
         workers: Option<usize>,
+        /// Print the configuration this would run, as TOML, and exit.
+        #[arg(long)]
+        print_config: bool,
+        /// The app's command (exec mode; overrides app.command).
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
     },
     /// Show the master's workers (pid, generation, state, requests,
     /// memory…) through server.control_socket.

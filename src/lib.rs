@@ -142,18 +142,44 @@ impl Program {
                 config,
                 bind,
                 workers,
-            } => serve(
-                app,
-                ConfigSource::File {
-                    path: config,
-                    overrides: Overrides { bind, workers },
-                },
-            ),
+                print_config,
+                command,
+            } => {
+                let overrides = Overrides {
+                    bind,
+                    workers,
+                    command,
+                };
+                let source = match config {
+                    Some(path) => ConfigSource::File { path, overrides },
+                    None if overrides.command.is_empty() => {
+                        eprintln!(
+                            "serve needs a CONFIG file, or the app's command after `--` \
+                             (rsvisor serve --bind 127.0.0.1:8000 -- uvicorn app:app)"
+                        );
+                        return ExitCode::from(exit::CONFIG_ERROR as u8);
+                    }
+                    None => ConfigSource::Flags(overrides),
+                };
+                if print_config {
+                    print_config_of(&source)
+                } else {
+                    serve(app, source)
+                }
+            }
             Command::Check {
                 config,
                 bind,
                 workers,
-            } => check(&app, &config, &Overrides { bind, workers }),
+            } => check(
+                &app,
+                &config,
+                &Overrides {
+                    bind,
+                    workers,
+                    command: Vec::new(),
+                },
+            ),
             Command::Status { config, json } => ctl::status(&config, json),
             Command::Reload { config } => ctl::reload(&config),
             Command::Dump { config, slot, json } => ctl::dump(&config, slot, json),
@@ -218,6 +244,21 @@ impl<A: App> Supervisor<A> {
         ExitCode::from(serve(self.app, self.source) as u8)
     }
 }
+/// `serve --print-config`: the configuration `serve` would run, as TOML a
+/// file can hold (for a one-line start that goes to production).
+fn print_config_of(source: &ConfigSource) -> i32 {
+    match source.load() {
+        Ok(config) => {
+            print!("{}", config.render());
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            exit::CONFIG_ERROR
+        }
+    }
+}
+
 fn check<A: App>(app: &A, path: &Path, overrides: &Overrides) -> i32 {
     match material::Loaded::load(path, overrides) {
         Ok(loaded) => {

@@ -6,6 +6,7 @@ mod docs;
 mod error;
 pub(crate) mod file;
 pub(crate) mod keys;
+mod oneline;
 mod parse;
 mod render;
 mod value;
@@ -357,6 +358,9 @@ pub enum ConfigSource {
     /// A configuration built by the embedding program; a reload starts a
     /// new generation with it.
     Fixed(Box<Config>),
+    /// No file: the defaults, the environment and flags (a one-line
+    /// `serve`); a reload reads the environment again.
+    Flags(Overrides),
 }
 
 impl ConfigSource {
@@ -364,6 +368,10 @@ impl ConfigSource {
         match self {
             ConfigSource::File { path, overrides } => Config::load(path, overrides),
             ConfigSource::Fixed(c) => Ok((**c).clone()),
+            ConfigSource::Flags(overrides) => {
+                let env: Vec<(String, String)> = std::env::vars().collect();
+                Config::from_parts("", None, &env, overrides)
+            }
         }
     }
 
@@ -372,6 +380,7 @@ impl ConfigSource {
         match self {
             ConfigSource::File { path, .. } => path.display().to_string(),
             ConfigSource::Fixed(_) => "(configuration built by the program)".into(),
+            ConfigSource::Flags(_) => "(command-line flags, no file)".into(),
         }
     }
 }
@@ -381,6 +390,8 @@ impl ConfigSource {
 pub struct Overrides {
     pub bind: Vec<String>,
     pub workers: Option<usize>,
+    /// `serve -- COMMAND ARGS…`: `app.command` (see `oneline`).
+    pub command: Vec<String>,
 }
 
 impl Config {

@@ -210,18 +210,29 @@ fn apply_overrides(
     overrides: &Overrides,
     origins: &mut Origins,
 ) -> Result<(), ConfigError> {
-    let mut flags: Vec<(&str, &str, Val)> = Vec::new();
+    let mut flags: Vec<(&str, &str, &str, Val)> = Vec::new();
     if !overrides.bind.is_empty() {
         let val = Val::Array(overrides.bind.iter().cloned().map(Val::Str).collect());
-        flags.push(("--bind", "bind", val));
+        flags.push(("--bind", "server", "bind", val));
     }
     if let Some(n) = overrides.workers {
-        flags.push(("--workers", "workers", Val::Int(n as i64)));
+        flags.push(("--workers", "server", "workers", Val::Int(n as i64)));
     }
-    for (flag, name, val) in flags {
+    if !overrides.command.is_empty() {
+        let adapted = super::oneline::adapt(&overrides.command);
+        let val = Val::Array(adapted.command.into_iter().map(Val::Str).collect());
+        flags.push(("-- COMMAND", "app", "command", val));
+        // The rule that fits a known server, unless one was written.
+        if let Some(rule) = adapted.ready {
+            if origins.get("app.ready") == Origin::Default {
+                flags.push(("-- COMMAND", "app", "ready", Val::Str(rule.into())));
+            }
+        }
+    }
+    for (flag, section, name, val) in flags {
         let origin = Origin::Flag(flag.into());
-        let full = format!("server.{name}");
-        let Some(k) = keys::find("server", name) else {
+        let full = format!("{section}.{name}");
+        let Some(k) = keys::find(section, name) else {
             continue;
         };
         (k.set)(cfg, &val).map_err(|message| ConfigError::Invalid {
@@ -420,6 +431,7 @@ mod tests {
             &Overrides {
                 workers: Some(7),
                 bind: vec!["unix:/tmp/a.sock".into()],
+                ..Overrides::default()
             },
         )
         .unwrap();

@@ -619,3 +619,60 @@ env = {{ NOTIFY_APP_ORPHANS = "5" }}
     let st = s.expect_exit(Duration::from_secs(20));
     assert_eq!(st.code(), Some(0), "{}", s.log_text());
 }
+
+/// `rsvisor serve --bind … --workers 2 -- uvicorn app:app`: no config
+/// file; uvicorn gets `--fd 3` and its readiness rule; a HUP replaces both
+/// workers; `--print-config` prints what would run.
+#[test]
+fn a_one_line_start_serves_uvicorn() {
+    let uv = uvicorn().display().to_string();
+    let b = ServerBuilder::new(rsvisor_bin()).one_line(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--",
+        &uv,
+        "--no-access-log",
+        "asgi_app:app",
+    ]);
+    std::fs::copy(
+        repo().join("bench/apps/asgi_hello.py"),
+        b.dir().join("asgi_app.py"),
+    )
+    .unwrap();
+    let mut s = b.start();
+    let tcp = s.ready_tcp();
+    let r = get(&tcp, "/").unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "hello world"));
+    let before = s.wait_settled(Duration::from_secs(20));
+    assert_eq!(before.workers.len(), 2);
+    s.signal(Signal::SIGHUP);
+    let after = s.wait_status("the new generation", Duration::from_secs(30), |st| {
+        st.generation == 2 && settled(st)
+    });
+    assert!(after
+        .workers
+        .iter()
+        .all(|w| before.workers.iter().all(|o| o.pid != w.pid)));
+    assert_eq!(get(&tcp, "/").unwrap().status, 200);
+
+    let (code, out, err) = run(
+        &rsvisor_bin(),
+        &["serve", "--print-config", "--", "uvicorn", "app:app"],
+        s.dir.path(),
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(r#"command = ["uvicorn", "app:app", "--fd", "3"]"#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"ready = "log:Application startup complete""#),
+        "{out}"
+    );
+    let (code, _, err) = run(&rsvisor_bin(), &["serve"], s.dir.path(), &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("after `--`"), "{err}");
+}

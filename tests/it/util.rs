@@ -272,6 +272,9 @@ pub struct ServerBuilder {
     env: Vec<(String, String)>,
     args: Vec<String>,
     raw: Option<Vec<String>>,
+    /// `serve ARGS…` with no config file (the control socket then comes
+    /// from the environment).
+    one_line: Option<Vec<String>>,
     dir: tempfile::TempDir,
 }
 
@@ -283,6 +286,7 @@ impl ServerBuilder {
             env: Vec::new(),
             args: Vec::new(),
             raw: None,
+            one_line: None,
             dir: tempfile::tempdir().expect("temp dir"),
         }
     }
@@ -309,6 +313,12 @@ impl ServerBuilder {
         self
     }
 
+    /// Runs `bin serve ARGS…` without a config file.
+    pub fn one_line(mut self, args: &[&str]) -> ServerBuilder {
+        self.one_line = Some(args.iter().map(|s| s.to_string()).collect());
+        self
+    }
+
     pub fn start(self) -> Server {
         let config = self.dir.path().join("app.toml");
         let (text, control) = with_control_socket(&self.config, self.dir.path());
@@ -316,9 +326,13 @@ impl ServerBuilder {
         let log = self.dir.path().join("stderr.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(&self.bin);
-        match &self.raw {
-            Some(raw) => cmd.args(raw).arg(&config),
-            None => cmd.arg("serve").arg(&config).args(&self.args),
+        match (&self.raw, &self.one_line) {
+            (_, Some(args)) => cmd
+                .arg("serve")
+                .args(args)
+                .env("RSVISOR_SERVER_CONTROL_SOCKET", &control),
+            (Some(raw), None) => cmd.args(raw).arg(&config),
+            (None, None) => cmd.arg("serve").arg(&config).args(&self.args),
         };
         cmd.current_dir(self.dir.path())
             .stdin(Stdio::null())
