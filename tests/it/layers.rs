@@ -136,3 +136,54 @@ fn no_module_imports_a_module_that_imports_it_back() {
         }
     }
 }
+
+/// Every source file the README and the architecture guide name exists:
+/// a path (`src/master/fleet.rs`, `tests/it/`) at that place, a bare file
+/// name (`oneline.rs`) somewhere in the tree.
+#[test]
+fn the_docs_name_only_files_that_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut names = BTreeSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if p.is_dir() {
+                if !name.starts_with('.') && name != "target" {
+                    stack.push(p);
+                }
+            } else {
+                names.insert(name);
+            }
+        }
+    }
+    let token = regex::Regex::new(r"[A-Za-z0-9_./-]+\.(?:rs|py|toml|md)\b|\b(?:src|tests|bench|examples|deploy|docs|scripts)/[A-Za-z0-9_/.-]*").unwrap();
+    let mut missing = Vec::new();
+    for doc in ["README.md", "docs/ARCHITECTURE.md"] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        for m in token.find_iter(&text) {
+            let t = m.as_str().trim_end_matches('.');
+            let first = t.split('/').next().unwrap_or_default();
+            let found = if t.starts_with('/') {
+                true // a path on the user's machine (/etc/rsvisor/app.toml)
+            } else if !t.contains('/') {
+                names.contains(t)
+            } else if root.join(first).is_dir() {
+                root.join(t).exists()
+            } else if root.join("src").join(first).is_dir() {
+                root.join("src").join(t).exists()
+            } else {
+                true // not a path of this tree (a library's, in a backtrace)
+            };
+            if !found {
+                missing.push(format!("{doc}: {t}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "named but not in the tree:\n{}",
+        missing.join("\n")
+    );
+}
