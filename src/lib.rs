@@ -220,7 +220,9 @@ pub struct Supervisor<A> {
 
 impl<A: App> Supervisor<A> {
     /// With a configuration built in code; a reload (HUP) starts a new
-    /// generation with the same configuration.
+    /// generation with the same configuration. It is checked by the rules a
+    /// file is (each key's range, the rules between keys): `run` exits 2
+    /// with the key's name when it breaks one.
     pub fn new(app: A, config: Config) -> Supervisor<A> {
         Supervisor {
             app,

@@ -367,7 +367,13 @@ impl ConfigSource {
     pub fn load(&self) -> Result<Config, ConfigError> {
         match self {
             ConfigSource::File { path, overrides } => Config::load(path, overrides),
-            ConfigSource::Fixed(c) => Ok((**c).clone()),
+            // Checked by the same rules as a file: what `check` would
+            // print for it is parsed again (every key's range, the rules
+            // between keys).
+            ConfigSource::Fixed(c) => {
+                Config::from_parts(&c.render(), None, &[], &Overrides::default())?;
+                Ok((**c).clone())
+            }
             ConfigSource::Flags(overrides) => {
                 let env: Vec<(String, String)> = std::env::vars().collect();
                 Config::from_parts("", None, &env, overrides)
@@ -513,6 +519,28 @@ mod tests {
         );
         assert!("nonsense".parse::<BindAddr>().is_err());
         assert!("unix:".parse::<BindAddr>().is_err());
+    }
+
+    #[test]
+    fn a_config_built_in_code_is_checked_like_a_file() {
+        assert!(ConfigSource::Fixed(Box::default()).load().is_ok());
+        let mut c = Config::default();
+        c.server.workers = WorkerCount::Fixed(0);
+        let e = ConfigSource::Fixed(Box::new(c))
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.workers"), "{e}");
+        let mut c = Config::default();
+        c.tls.cert = Some("/a.pem".into());
+        let e = ConfigSource::Fixed(Box::new(c))
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tls.cert and tls.key must be set together"),
+            "{e}"
+        );
     }
 
     #[test]
