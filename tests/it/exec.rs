@@ -676,3 +676,56 @@ fn a_one_line_start_serves_uvicorn() {
     assert_eq!(code, 2);
     assert!(err.contains("after `--`"), "{err}");
 }
+
+/// gunicorn adopts the socket through LISTEN_FDS by itself (the README's
+/// command adds no `--bind`): two rsvisor workers, each a gunicorn with one
+/// sync worker, serve; a HUP replaces them; TERM stops cleanly (exit 0).
+#[test]
+fn gunicorn_serves_through_listen_fds_and_reloads() {
+    let gunicorn = repo().join("tests/.venv/bin/gunicorn");
+    assert!(gunicorn.exists(), "run scripts/deps (it installs gunicorn)");
+    let b = ServerBuilder::new(rsvisor_bin()).config(&format!(
+        r#"
+[server]
+bind = ["127.0.0.1:0"]
+workers = 2
+[lifecycle]
+graceful_timeout = 10
+[app]
+command = ["{gunicorn}", "--workers", "1", "wsgi_app:app"]
+cwd = "{{dir}}"
+ready = "log:Booting worker"
+"#,
+        gunicorn = gunicorn.display()
+    ));
+    std::fs::write(
+        b.dir().join("wsgi_app.py"),
+        "import os\n\ndef app(environ, start_response):\n    body = str(os.getpid()).encode()\n    \
+         start_response('200 OK', [('Content-Length', str(len(body)))])\n    return [body]\n",
+    )
+    .unwrap();
+    let mut s = b.start();
+    let tcp = s.ready_tcp();
+    for _ in 0..20 {
+        let r = get(&tcp, "/").expect("an answer");
+        assert_eq!(r.status, 200, "{}", s.log_text());
+    }
+    let before = s.wait_settled(Duration::from_secs(30));
+    s.signal(Signal::SIGHUP);
+    let after = s.wait_status("the new generation", Duration::from_secs(30), |st| {
+        st.generation == 2 && settled(st)
+    });
+    assert!(after
+        .workers
+        .iter()
+        .all(|w| before.workers.iter().all(|o| o.pid != w.pid)));
+    assert_eq!(get(&tcp, "/").unwrap().status, 200);
+    assert!(
+        !s.log_text().contains("Bad file descriptor"),
+        "{}",
+        s.log_text()
+    );
+    s.signal(Signal::SIGTERM);
+    let st = s.expect_exit(Duration::from_secs(30));
+    assert_eq!(st.code(), Some(0), "{}", s.log_text());
+}
