@@ -219,7 +219,10 @@ pub struct WorkerStatus {
     pub rss_bytes: u64,
     /// CPU time (user + system); in exec mode with what it started.
     pub cpu_seconds: f64,
-    pub seconds_since_heartbeat: f64,
+    /// `None` for an exec worker that has not sent `WATCHDOG=1`: nothing
+    /// beats, so there is no age to show.
+    #[serde(default)]
+    pub seconds_since_heartbeat: Option<f64>,
     /// How late its last heartbeat tick ran (event-loop lag).
     #[serde(default)]
     pub loop_lag_ms: f64,

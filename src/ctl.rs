@@ -328,7 +328,7 @@ pub fn table(s: &Status) -> String {
     );
     for w in &s.workers {
         o += &format!(
-            "{:<4} {:<7} {:<3} {:<8} {:<6} {:>9} {:>5} {:>10} {:>6.1}s {:>8.1}s\n",
+            "{:<4} {:<7} {:<3} {:<8} {:<6} {:>9} {:>5} {:>10} {:>6.1}s {:>9}\n",
             w.slot,
             w.pid,
             w.generation,
@@ -340,6 +340,7 @@ pub fn table(s: &Status) -> String {
             mib(w.rss_bytes),
             w.cpu_seconds,
             w.seconds_since_heartbeat
+                .map_or("-".to_string(), |s| format!("{s:.1}s"))
         );
     }
     if !s.recent_exits.is_empty() {

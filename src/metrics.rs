@@ -271,7 +271,7 @@ pub fn render(board: &Board) -> String {
     o.sample("rsvisor_upgraded_connections", "", upgraded);
 
     let now_ms = crate::sys::monotonic_ms();
-    let per_worker: [PerWorker; 6] = [
+    let per_worker: [PerWorker; 5] = [
         (
             "rsvisor_worker_active_connections",
             "Open client connections of the worker in this slot.",
@@ -297,17 +297,24 @@ pub fn render(board: &Board) -> String {
             "How late the worker's last heartbeat tick ran.",
             |s, _| s.loop_lag_us() as f64 / 1e6,
         ),
-        (
-            "rsvisor_worker_heartbeat_age_seconds",
-            "Time since the worker's last heartbeat.",
-            |s, now| now.saturating_sub(s.heartbeat_ms()) as f64 / 1e3,
-        ),
     ];
     for (name, help, value) in per_worker {
         o.family(name, "gauge", help);
         for (i, s) in &live {
             o.sample(name, &format!("worker=\"{i}\""), value(s, now_ms));
         }
+    }
+    // Only where something beats: an exec worker that never sent
+    // WATCHDOG=1 has no heartbeat to be late with.
+    let name = "rsvisor_worker_heartbeat_age_seconds";
+    o.family(
+        name,
+        "gauge",
+        "Time since the worker's last heartbeat (absent for an exec worker without WATCHDOG=1).",
+    );
+    for (i, s) in live.iter().filter(|(_, s)| s.watched()) {
+        let age = now_ms.saturating_sub(s.heartbeat_ms()) as f64 / 1e3;
+        o.sample(name, &format!("worker=\"{i}\""), age);
     }
     // Only for workers that have a limit: a ratio to 0 would be +Inf.
     o.family(

@@ -295,6 +295,9 @@ shared_plain! {
         kind: AtomicU32,
         /// The thread that stamped the last heartbeat (a dump names it).
         heartbeat_tid: AtomicU32,
+        /// 1 while nothing beats in this slot (an exec worker that has not
+        /// sent `WATCHDOG=1`): its heartbeat age means nothing.
+        unwatched: AtomicU32,
         /// Wake the master when this many requests are answered (0: never):
         /// set for a reload's canary, so it is judged without delay.
         nudge_at: AtomicU64,
@@ -389,6 +392,7 @@ impl Board {
         s.cpu_ms.store(0, Relaxed);
         s.kind.store(SlotKind::App as u32, Relaxed);
         s.heartbeat_tid.store(0, Relaxed);
+        s.unwatched.store(0, Relaxed);
         s.nudge_at.store(0, Relaxed);
         s.shed_epoch.store(0, Relaxed);
         // A killed worker leaves its last requests behind.
@@ -475,6 +479,18 @@ impl Slot {
     pub fn beat(&self, now_ms: u64, lag_us: u64) {
         self.heartbeat_ms.store(now_ms, Release);
         self.loop_lag_us.store(lag_us, Relaxed);
+        self.unwatched.store(0, Relaxed);
+    }
+
+    /// Master: nothing will beat in this slot until its first
+    /// [`Self::beat`] (an exec worker without `WATCHDOG=1`).
+    pub fn set_unwatched(&self) {
+        self.unwatched.store(1, Relaxed);
+    }
+
+    /// Whether the heartbeat age of this slot means anything.
+    pub fn watched(&self) -> bool {
+        self.unwatched.load(Relaxed) == 0
     }
 
     pub fn set_heartbeat_tid(&self, tid: u32) {

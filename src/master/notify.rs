@@ -82,8 +82,10 @@ impl Master {
             .iter()
             .filter(|w| {
                 let slot = self.board.slot(w.slot);
+                // An exec worker without WATCHDOG=1 has nothing to be
+                // late with: serving is all that can be known of it.
                 (w.serving() || w.retiring().is_some())
-                    && now.saturating_sub(slot.heartbeat_ms()) < stale
+                    && (!slot.watched() || now.saturating_sub(slot.heartbeat_ms()) < stale)
             })
             .count()
     }

@@ -80,6 +80,7 @@ impl Master {
         let handle = if loaded.config.exec_mode() {
             self.board.claim(slot, generation);
             self.board.slot(slot).set_memory_limit(memory_limit);
+            self.board.slot(slot).set_unwatched();
             let req = exec::ExecRequest {
                 loaded,
                 slot,

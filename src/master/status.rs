@@ -23,8 +23,9 @@ impl Master {
                     upgraded_connections: slot.upgraded_connections(),
                     rss_bytes: slot.rss(),
                     cpu_seconds: slot.cpu_seconds(),
-                    seconds_since_heartbeat: now_ms.saturating_sub(slot.heartbeat_ms()) as f64
-                        / 1000.0,
+                    seconds_since_heartbeat: slot
+                        .watched()
+                        .then(|| now_ms.saturating_sub(slot.heartbeat_ms()) as f64 / 1000.0),
                     loop_lag_ms: slot.loop_lag_us() as f64 / 1000.0,
                     memory_limit_bytes: slot.memory_limit(),
                 }

@@ -151,7 +151,9 @@ impl Model {
             upgraded: w.upgraded_connections,
             rss,
             trend: sparkline(self.rss.get(&w.pid).map(|h| h.iter().copied())),
-            heartbeat: format!("{:.1}s", w.seconds_since_heartbeat),
+            heartbeat: w
+                .seconds_since_heartbeat
+                .map_or("-".to_string(), |s| format!("{s:.1}s")),
             lag: format!("{:.1}ms", w.loop_lag_ms),
         }
     }
@@ -322,7 +324,7 @@ mod tests {
             upgraded_connections: 0,
             rss_bytes: rss,
             cpu_seconds: 0.0,
-            seconds_since_heartbeat: 0.2,
+            seconds_since_heartbeat: Some(0.2),
             loop_lag_ms: 0.1,
             memory_limit_bytes: None,
         }

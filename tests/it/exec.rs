@@ -311,9 +311,24 @@ fn the_fleets_metrics_health_and_readiness_are_on_metrics_bind() {
         "{metrics}"
     );
     assert_eq!(get(&m, "/").unwrap().status, 404);
+    // uvicorn sends no WATCHDOG=1: no heartbeat age for its two workers,
+    // in the metrics or in the status.
+    let ages = metrics
+        .lines()
+        .filter(|l| l.starts_with("rsvisor_worker_heartbeat_age_seconds{"))
+        .count();
+    let workers = metrics
+        .lines()
+        .filter(|l| l.starts_with("rsvisor_worker_cpu_seconds{"))
+        .count();
+    assert_eq!((workers, ages), (2, 0), "{metrics}");
     // The status lists the two uvicorn workers, not the sidecar.
     let st = s.status().unwrap();
     assert_eq!(st.workers.len(), 2);
+    assert!(st
+        .workers
+        .iter()
+        .all(|w| w.seconds_since_heartbeat.is_none()));
     assert!(st
         .workers
         .iter()
