@@ -10,6 +10,7 @@ pub const REPEAT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// One kind of error's log throttle (a `static` per call site, so each
 /// process has its own).
+#[derive(Debug)]
 pub struct Throttle {
     /// Monotonic milliseconds + 1 of the last line; 0 = never.
     last_ms: AtomicU64,
@@ -30,7 +31,8 @@ impl Throttle {
         self.admit_at(crate::sys::monotonic_ms())
     }
 
-    fn admit_at(&self, now_ms: u64) -> Option<u64> {
+    /// [`Self::admit`] at a given monotonic time in milliseconds.
+    pub fn admit_at(&self, now_ms: u64) -> Option<u64> {
         let last = self.last_ms.load(Relaxed);
         let due = last == 0 || now_ms + 1 >= last + REPEAT_LOG_INTERVAL.as_millis() as u64;
         if due

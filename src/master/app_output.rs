@@ -5,9 +5,8 @@
 //! slot/pid prefix the log puts before it (a bare `\r`, terminal escapes).
 
 use std::borrow::Cow;
-use std::time::Instant;
 
-use crate::throttle::REPEAT_LOG_INTERVAL;
+use crate::throttle::Throttle;
 
 /// Lines per second one worker's output may put in the log (both streams
 /// together); a burst of as many is allowed, so a traceback is whole.
@@ -22,44 +21,35 @@ pub enum Verdict {
     Drop(Option<u64>),
 }
 
-/// A token bucket of log lines.
+/// A token bucket of log lines; what it drops is said through the
+/// repeated-error throttle (once, then once per `REPEAT_LOG_INTERVAL`).
 #[derive(Debug)]
 pub struct LineBudget {
     tokens: f64,
-    refilled: Instant,
-    unsaid: u64,
-    said: Option<Instant>,
+    refilled_ms: u64,
+    drops: Throttle,
 }
 
 impl LineBudget {
-    pub fn new(now: Instant) -> LineBudget {
+    pub fn new(now_ms: u64) -> LineBudget {
         LineBudget {
             tokens: f64::from(OUTPUT_LINES_PER_SEC),
-            refilled: now,
-            unsaid: 0,
-            said: None,
+            refilled_ms: now_ms,
+            drops: Throttle::new(),
         }
     }
 
-    pub fn admit(&mut self, now: Instant) -> Verdict {
+    /// `now_ms`: monotonic milliseconds (`sys::monotonic_ms`).
+    pub fn admit(&mut self, now_ms: u64) -> Verdict {
         let rate = f64::from(OUTPUT_LINES_PER_SEC);
-        let gained = now.saturating_duration_since(self.refilled).as_secs_f64() * rate;
+        let gained = now_ms.saturating_sub(self.refilled_ms) as f64 / 1000.0 * rate;
         self.tokens = (self.tokens + gained).min(rate);
-        self.refilled = now;
+        self.refilled_ms = now_ms;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             return Verdict::Log;
         }
-        let due = self
-            .said
-            .is_none_or(|at| now.saturating_duration_since(at) >= REPEAT_LOG_INTERVAL);
-        if due {
-            self.said = Some(now);
-            let n = std::mem::take(&mut self.unsaid);
-            return Verdict::Drop(Some(n));
-        }
-        self.unsaid += 1;
-        Verdict::Drop(None)
+        Verdict::Drop(self.drops.admit_at(now_ms))
     }
 }
 
@@ -83,11 +73,11 @@ pub fn escape_controls(line: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use crate::throttle::REPEAT_LOG_INTERVAL;
 
     #[test]
     fn a_burst_then_the_rate_then_drops_said_once_per_interval() {
-        let t0 = Instant::now();
+        let t0 = 1_000;
         let mut b = LineBudget::new(t0);
         for _ in 0..OUTPUT_LINES_PER_SEC {
             assert_eq!(b.admit(t0), Verdict::Log);
@@ -96,10 +86,10 @@ mod tests {
         assert_eq!(b.admit(t0), Verdict::Drop(None));
         assert_eq!(b.admit(t0), Verdict::Drop(None));
         // 10 ms later: 10 more lines.
-        let t1 = t0 + Duration::from_millis(10);
+        let t1 = t0 + 10;
         let logged = (0..20).filter(|_| b.admit(t1) == Verdict::Log).count();
         assert_eq!(logged, 10);
-        let t2 = t0 + REPEAT_LOG_INTERVAL;
+        let t2 = t0 + REPEAT_LOG_INTERVAL.as_millis() as u64;
         // The bucket is full again: lines are logged, none said dropped…
         assert_eq!(b.admit(t2), Verdict::Log);
         for _ in 1..OUTPUT_LINES_PER_SEC {

@@ -104,7 +104,7 @@ impl ExecIo {
                 continue;
             }
             let (lines, closed) = stream.read();
-            let now = Instant::now();
+            let now = sys::monotonic_ms();
             let mut dropped = 0;
             for line in lines {
                 if !self.ready {
@@ -355,7 +355,7 @@ pub fn spawn(req: ExecRequest<'_>) -> io::Result<(Pid, ExecIo)> {
                     rule: cfg.app.ready.clone(),
                     ready: false,
                     watchdog: false,
-                    budget: LineBudget::new(Instant::now()),
+                    budget: LineBudget::new(sys::monotonic_ms()),
                 },
             ))
         }
