@@ -83,16 +83,9 @@ key = "{dir}/server.key"
     make_pki(&dir);
     let mut s = b.start();
     let st = s.wait_settled(START_TIMEOUT);
-    let find = |prefix: &str| {
-        st.listeners
-            .iter()
-            .find(|l| l.starts_with(prefix))
-            .cloned()
-            .unwrap_or_else(|| panic!("no listener {prefix}: {:?}", st.listeners))
-    };
-    let plain = Target::Tcp(find("127.0.0.1:"));
+    let plain = Target::Tcp(listener(&st, "127.0.0.1:"));
     let unix = Target::Unix(dir.join("app.sock"));
-    let tls_addr = find("127.0.0.2:");
+    let tls_addr = listener(&st, "127.0.0.2:");
     rt().block_on(async {
         for t in [&plain, &unix] {
             let mut ws = ws_connect(t, "/ws").await;

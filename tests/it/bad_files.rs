@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::http_edge::{curl, make_pki};
+use crate::http_edge::{ca_and_url, curl, make_pki};
 use crate::util::*;
 
 const TLS_CONFIG: &str = "[server]\nbind = [{ address = \"127.0.0.1:0\", tls = true }]\n\
@@ -18,11 +18,7 @@ fn a_reload_to_a_key_that_is_dev_zero_or_a_fifo_is_refused_and_the_old_workers_s
     make_pki(b.dir());
     let dir = b.dir().to_path_buf();
     let mut s = b.start();
-    let Target::Tcp(addr) = s.tcp_addr() else {
-        unreachable!()
-    };
-    let ca = dir.join("ca.pem").display().to_string();
-    let url = format!("https://{addr}/");
+    let (ca, url) = ca_and_url(&mut s, &dir);
     s.wait_settled(START_TIMEOUT);
     let before = s.workers();
     let fifo = dir.join("key.fifo");

@@ -445,6 +445,34 @@ fn a_reload_to_processes_that_exit_right_after_ready_is_abandoned() {
     assert_eq!(st.workers.len(), 2);
 }
 
+/// A HUP to a settled fleet: generation 2 settles with none of `before`'s
+/// workers left.
+fn hup_replaces_every_worker(s: &mut Server, before: &Status) {
+    s.signal(Signal::SIGHUP);
+    let after = s.wait_status("the new generation", Duration::from_secs(30), |st| {
+        st.generation == 2 && settled(st)
+    });
+    assert!(after
+        .workers
+        .iter()
+        .all(|w| before.workers.iter().all(|o| o.pid != w.pid)));
+}
+
+/// One notify-app worker whose app starts a stray child (`how`: "group" or
+/// "setsid"), with a 2 s graceful_timeout; returns it serving, and the
+/// stray's pid.
+fn server_with_a_stray(how: &str) -> (Server, Target, i32) {
+    let mut s = notify_app_server_with(
+        1,
+        &format!("NOTIFY_APP_STRAY = \"{how}\""),
+        "[lifecycle]\ngraceful_timeout = 2\n",
+    )
+    .start();
+    let tcp = s.ready_tcp();
+    let stray = stray_pid(&s);
+    (s, tcp, stray)
+}
+
 /// The pid the app printed as `stray <pid>` in the master's log.
 fn stray_pid(s: &Server) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -468,14 +496,7 @@ fn stray_pid(s: &Server) -> i32 {
 /// end of graceful_timeout, logged, and the master exits 0 only then.
 #[test]
 fn term_leaves_no_process_of_an_app_whose_child_ignores_term() {
-    let mut s = notify_app_server_with(
-        1,
-        "NOTIFY_APP_STRAY = \"group\"",
-        "[lifecycle]\ngraceful_timeout = 2\n",
-    )
-    .start();
-    let tcp = s.ready_tcp();
-    let stray = stray_pid(&s);
+    let (mut s, tcp, stray) = server_with_a_stray("group");
     assert!(alive(stray));
     assert_eq!(get(&tcp, "/").unwrap().status, 200);
     s.signal(Signal::SIGTERM);
@@ -494,14 +515,7 @@ fn term_leaves_no_process_of_an_app_whose_child_ignores_term() {
 /// of graceful_timeout, and from then on only the new worker answers.
 #[test]
 fn a_child_that_left_the_group_does_not_serve_old_code_after_a_reload() {
-    let mut s = notify_app_server_with(
-        1,
-        "NOTIFY_APP_STRAY = \"setsid\"",
-        "[lifecycle]\ngraceful_timeout = 2\n",
-    )
-    .start();
-    let tcp = s.ready_tcp();
-    let stray = stray_pid(&s);
+    let (s, tcp, stray) = server_with_a_stray("setsid");
     let old = s.worker_pids();
     // The next release starts no such child.
     let text = std::fs::read_to_string(&s.config).unwrap();
@@ -662,14 +676,7 @@ fn a_one_line_start_serves_uvicorn() {
     assert_eq!((r.status, r.text().as_str()), (200, "hello world"));
     let before = s.wait_settled(Duration::from_secs(20));
     assert_eq!(before.workers.len(), 2);
-    s.signal(Signal::SIGHUP);
-    let after = s.wait_status("the new generation", Duration::from_secs(30), |st| {
-        st.generation == 2 && settled(st)
-    });
-    assert!(after
-        .workers
-        .iter()
-        .all(|w| before.workers.iter().all(|o| o.pid != w.pid)));
+    hup_replaces_every_worker(&mut s, &before);
     assert_eq!(get(&tcp, "/").unwrap().status, 200);
 
     let (code, out, err) = run(
@@ -726,14 +733,7 @@ ready = "log:Booting worker"
         assert_eq!(r.status, 200, "{}", s.log_text());
     }
     let before = s.wait_settled(Duration::from_secs(30));
-    s.signal(Signal::SIGHUP);
-    let after = s.wait_status("the new generation", Duration::from_secs(30), |st| {
-        st.generation == 2 && settled(st)
-    });
-    assert!(after
-        .workers
-        .iter()
-        .all(|w| before.workers.iter().all(|o| o.pid != w.pid)));
+    hup_replaces_every_worker(&mut s, &before);
     assert_eq!(get(&tcp, "/").unwrap().status, 200);
     assert!(
         !s.log_text().contains("Bad file descriptor"),

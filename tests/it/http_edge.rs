@@ -373,6 +373,18 @@ fn forwarded_headers_only_from_allowed_peers() {
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate.
+/// The test CA's file (for `curl --cacert`) and the `https://` URL of a
+/// server started with [`make_pki`]'s certificate on its TCP address.
+pub(crate) fn ca_and_url(s: &mut Server, dir: &Path) -> (String, String) {
+    let Target::Tcp(addr) = s.tcp_addr() else {
+        unreachable!()
+    };
+    (
+        dir.join("ca.pem").display().to_string(),
+        format!("https://{addr}/"),
+    )
+}
+
 pub(crate) fn make_pki(dir: &Path) {
     let sh = |script: &str| {
         let out = Command::new("sh")
@@ -452,16 +464,12 @@ client_auth = "required"
     make_pki(b.dir());
     let dir = b.dir().to_path_buf();
     let mut s = b.start();
-    let Target::Tcp(addr) = s.tcp_addr() else {
-        unreachable!()
-    };
+    let (ca, url) = ca_and_url(&mut s, &dir);
     // The plain Unix bind coexists.
     let plain = Target::Unix(dir.join("plain.sock"));
     s.wait_ready(&plain);
     assert_eq!(get(&plain, "/").unwrap().status, 200);
 
-    let url = format!("https://{addr}/");
-    let ca = dir.join("ca.pem").display().to_string();
     let cert = dir.join("client.pem").display().to_string();
     let key = dir.join("client.key").display().to_string();
     // No client certificate: the handshake is refused.
@@ -502,7 +510,7 @@ client_auth = "required"
     // The app sees https.
     let out = Command::new("curl")
         .args(["-sS", "--cacert", &ca, "--cert", &cert, "--key", &key])
-        .arg(format!("https://{addr}/client"))
+        .arg(format!("{url}client"))
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -657,11 +665,7 @@ key = "{dir}/server.key"
     make_pki(b.dir());
     let dir = b.dir().to_path_buf();
     let mut s = b.start();
-    let Target::Tcp(addr) = s.tcp_addr() else {
-        unreachable!()
-    };
-    let ca = dir.join("ca.pem").display().to_string();
-    let url = format!("https://{addr}/");
+    let (ca, url) = ca_and_url(&mut s, &dir);
     let deadline = Instant::now() + START_TIMEOUT;
     while !matches!(
         curl(&["--cacert", &ca, &url]).1.as_str(),

@@ -114,15 +114,8 @@ fn library_lines_below_the_level_are_not_counted_as_left_out() {
     make_pki(b.dir());
     let mut s = b.start();
     let st = s.wait_settled(START_TIMEOUT);
-    let find = |prefix: &str| {
-        st.listeners
-            .iter()
-            .find(|l| l.starts_with(prefix))
-            .expect("a listener")
-            .clone()
-    };
-    let tls = find("127.0.0.1:");
-    let plain = Target::Tcp(find("127.0.0.2:"));
+    let tls = listener(&st, "127.0.0.1:");
+    let plain = Target::Tcp(listener(&st, "127.0.0.2:"));
     for _ in 0..200 {
         let mut c = std::net::TcpStream::connect(&tls).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();

@@ -546,6 +546,16 @@ impl Server {
     }
 }
 
+/// The listening address in the status that starts with `prefix`
+/// (`"127.0.0.2:"`), for configs that bind several.
+pub fn listener(st: &Status, prefix: &str) -> String {
+    st.listeners
+        .iter()
+        .find(|l| l.starts_with(prefix))
+        .cloned()
+        .unwrap_or_else(|| panic!("no listener {prefix}: {:?}", st.listeners))
+}
+
 /// Every worker the master wants is ready, of the current generation, and
 /// nothing else runs.
 pub fn settled(st: &Status) -> bool {
