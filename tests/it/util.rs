@@ -811,3 +811,24 @@ pub async fn tls_connect(
         .await
         .expect("TLS handshake")
 }
+
+/// Whether `tool` (a program on PATH, or an absolute path) can run here.
+/// A test that needs it returns early when it cannot, printing why —
+/// unless `RSVISOR_TEST_ALL=1` (set by `scripts/test` and CI), where a
+/// missing tool fails the test instead of skipping it.
+pub fn have(tool: &str, why: &str) -> bool {
+    let found = if tool.contains('/') {
+        Path::new(tool).exists()
+    } else {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+    };
+    if !found {
+        assert!(
+            std::env::var_os("RSVISOR_TEST_ALL").is_none_or(|v| v != "1"),
+            "{tool} is needed ({why}) and RSVISOR_TEST_ALL=1 forbids skipping"
+        );
+        eprintln!("skipped: {tool} not found ({why})");
+    }
+    found
+}
