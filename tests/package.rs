@@ -278,3 +278,63 @@ fn the_deb_installs_serves_reloads_and_purges() {
     }
     drop(installed);
 }
+
+/// No container engine runs here, so the image is checked by what it is
+/// made of: its build stage runs the command the .deb test runs, the
+/// files it copies exist, its configuration and the Kubernetes
+/// manifest's pass `rsvisor check`, and the manifest runs the tag the
+/// Dockerfile documents for this version (not a placeholder registry).
+/// PID 1 itself is tested in a PID namespace (`it::exec`).
+#[test]
+fn the_container_image_is_the_tested_package_with_a_checked_config() {
+    let docker = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let tag = format!("rsvisor:{}", env!("CARGO_PKG_VERSION"));
+    assert!(
+        docker.contains(&format!("docker build -t {tag} .")),
+        "{docker}"
+    );
+    let runs: Vec<&str> = docker
+        .lines()
+        .filter_map(|l| l.strip_prefix("RUN "))
+        .collect();
+    assert_eq!(runs.first(), Some(&"scripts/package deb"), "{runs:?}");
+    for line in docker.lines().filter_map(|l| l.strip_prefix("COPY ")) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words[0].starts_with("--from") || words[0] == "." {
+            continue;
+        }
+        assert!(root().join(words[0]).is_file(), "COPY {line}");
+    }
+    assert!(docker.contains("USER 10001"), "runs as a non-root user");
+
+    let manifest = std::fs::read_to_string(root().join("deploy/k8s/deployment.yaml")).unwrap();
+    let image = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("image: "))
+        .expect("an image line");
+    assert_eq!(image, tag);
+    assert!(manifest.contains("runAsUser: 10001"));
+    // The ConfigMap's app.toml: the indented block under `app.toml: |`.
+    let block: String = manifest
+        .lines()
+        .skip_while(|l| !l.trim().starts_with("app.toml: |"))
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| format!("{}\n", &l[4..]))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let k8s = dir.path().join("k8s.toml");
+    std::fs::write(&k8s, block).unwrap();
+    // The image's config serves what the package installs from static/
+    // (checked by the .deb test) at /usr/share/rsvisor/www.
+    let image_config = dir.path().join("image.toml");
+    let text = std::fs::read_to_string(root().join("deploy/container/app.toml")).unwrap();
+    assert!(text.contains("\"/usr/share/rsvisor/www\""), "{text}");
+    let here = root().join("static").display().to_string();
+    std::fs::write(&image_config, text.replace("/usr/share/rsvisor/www", &here)).unwrap();
+    for config in [k8s, image_config] {
+        run(Command::new(env!("CARGO_BIN_EXE_rsvisor"))
+            .arg("check")
+            .arg(&config));
+    }
+}
