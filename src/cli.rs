@@ -56,6 +56,16 @@ pub enum Command {
         /// Print the configuration this would run, as TOML, and exit.
         #[arg(long)]
         print_config: bool,
+        /// Development: reload (health-gated, as on HUP) when the app's
+        /// files change: the command's directory (app.cwd), the static
+        /// directory and the config file; a rebuilt executable of a
+        /// program that is its own app is re-executed (as on USR2).
+        #[arg(long)]
+        reload: bool,
+        /// Watch DIR instead of the default directories (repeatable;
+        /// needs --reload).
+        #[arg(long, value_name = "DIR", requires = "reload")]
+        reload_dir: Vec<PathBuf>,
         /// The app's command (exec mode; overrides app.command).
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,

@@ -143,6 +143,8 @@ impl Program {
                 bind,
                 workers,
                 print_config,
+                reload,
+                reload_dir,
                 command,
             } => {
                 let overrides = Overrides {
@@ -164,7 +166,7 @@ impl Program {
                 if print_config {
                     print_config_of(&source)
                 } else {
-                    serve(app, source)
+                    serve(app, source, reload.then_some(reload_dir))
                 }
             }
             Command::Check {
@@ -243,7 +245,7 @@ impl<A: App> Supervisor<A> {
 
     /// Runs the master until it stops; returns its exit code.
     pub fn run(self) -> ExitCode {
-        ExitCode::from(serve(self.app, self.source) as u8)
+        ExitCode::from(serve(self.app, self.source, None) as u8)
     }
 }
 /// `serve --print-config`: the configuration `serve` would run, as TOML a

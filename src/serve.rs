@@ -71,7 +71,8 @@ fn listen(
 }
 
 /// Loads the config, binds, and runs the master until it stops.
-pub fn serve<A: App>(app: A, source: ConfigSource) -> i32 {
+/// `reload`: `serve --reload`, with the `--reload-dir` directories.
+pub fn serve<A: App>(app: A, source: ConfigSource, reload: Option<Vec<PathBuf>>) -> i32 {
     // Recorded first: USR2 runs the file at this path again.
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -120,6 +121,13 @@ pub fn serve<A: App>(app: A, source: ConfigSource) -> i32 {
         },
         None => None,
     };
+    let watch = reload.map(|dirs| {
+        let file = match &source {
+            ConfigSource::File { path, .. } => Some(path.as_path()),
+            _ => None,
+        };
+        master::WatchPlan::for_config(&config, file, &dirs)
+    });
     let setup = master::MasterSetup {
         entry: Arc::new(worker::AppWorker(app)),
         loaded: Loaded {
@@ -135,6 +143,7 @@ pub fn serve<A: App>(app: A, source: ConfigSource) -> i32 {
         extra_binds,
         exe,
         args,
+        watch,
     };
     match master::Master::new(setup) {
         Ok(m) => m.run(),

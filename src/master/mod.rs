@@ -38,6 +38,7 @@ mod status;
 mod strays;
 mod tickets;
 mod upgrade;
+mod watch;
 mod worker_handle;
 
 use std::ffi::OsString;
@@ -66,6 +67,7 @@ use signals::SignalQueue;
 use worker_handle::WorkerHandle;
 
 pub use upgrade::{FD_NAME_CONTROL, FD_NAME_UPGRADE, UPGRADE_FROM_ENV};
+pub use watch::WatchPlan;
 
 /// Longest the loop sleeps without a signal or nudge: heartbeats and
 /// deadlines are checked at least this often.
@@ -172,6 +174,8 @@ pub struct MasterSetup {
     pub extra_binds: Vec<BindAddr>,
     pub exe: PathBuf,
     pub args: Vec<OsString>,
+    /// `serve --reload`: what the file watcher watches.
+    pub watch: Option<WatchPlan>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +212,13 @@ impl Master {
         // daemonised helper) come to the master, which can then stop them.
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             tracing::warn!(error = %e, "cannot become a child subreaper; processes an app leaves behind go to init");
+        }
+        // After the handlers (a HUP must be queued, not kill) and before
+        // the strays are counted (the watcher is not one).
+        if let Some(plan) = setup.watch {
+            if let Err(e) = watch::start(plan) {
+                tracing::error!(error = %e, "--reload: cannot start the file watcher");
+            }
         }
         let now = Instant::now();
         Ok(Master {

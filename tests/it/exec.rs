@@ -744,3 +744,120 @@ ready = "log:Booting worker"
     let st = s.expect_exit(Duration::from_secs(30));
     assert_eq!(st.code(), Some(0), "{}", s.log_text());
 }
+
+/// Waits until `GET /` answers `want`; returns how long that took.
+fn wait_body(tcp: &Target, want: &str, s: &Server) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if get(tcp, "/").is_ok_and(|r| r.status == 200 && r.text() == want) {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "never answered {want:?}:\n{}",
+            s.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn asgi_saying(word: &str) -> String {
+    format!(
+        "async def app(scope, receive, send):\n\
+         \x20   if scope['type'] != 'http':\n\
+         \x20       return\n\
+         \x20   await send({{'type': 'http.response.start', 'status': 200, 'headers': []}})\n\
+         \x20   await send({{'type': 'http.response.body', 'body': b'{word}'}})\n"
+    )
+}
+
+/// `serve --reload -- uvicorn main:app`: an edited module is served; an
+/// edit that cannot import leaves the previous code answering (the reload
+/// is abandoned, the SyntaxError is in the log); the fix is served again.
+#[test]
+fn reload_serves_edits_and_keeps_serving_through_a_broken_one() {
+    let uv = uvicorn().display().to_string();
+    let b = ServerBuilder::new(rsvisor_bin()).one_line(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--reload",
+        "--",
+        &uv,
+        "--no-access-log",
+        "main:app",
+    ]);
+    let module = b.dir().join("main.py");
+    std::fs::write(&module, asgi_saying("v1")).unwrap();
+    let mut s = b.start();
+    let tcp = s.ready_tcp();
+    wait_body(&tcp, "v1", &s);
+    s.wait_settled(Duration::from_secs(20));
+
+    std::fs::write(&module, asgi_saying("v2")).unwrap();
+    let took = wait_body(&tcp, "v2", &s);
+    eprintln!("--reload: an edit served after {took:?}");
+    assert!(took <= Duration::from_secs(3), "an edit took {took:?}");
+    let st = s.wait_settled(Duration::from_secs(20));
+    assert!(st.generation >= 2, "{st:?}");
+
+    std::fs::write(&module, format!("{}syntax error(\n", asgi_saying("v3"))).unwrap();
+    let st = s.wait_status(
+        "the broken edit's reload to be abandoned",
+        Duration::from_secs(30),
+        |st| {
+            st.last_reload
+                .as_ref()
+                .is_some_and(|r| r.result == ReloadResult::Abandoned)
+        },
+    );
+    assert!(s.log_text().contains("SyntaxError"), "{}", s.log_text());
+    for _ in 0..10 {
+        assert_eq!(get(&tcp, "/").unwrap().text(), "v2", "{st:?}");
+    }
+
+    std::fs::write(&module, asgi_saying("v4")).unwrap();
+    wait_body(&tcp, "v4", &s);
+}
+
+/// `serve CONFIG --reload` with the built-in app: an edited static file
+/// and an edited config file each make a new generation, and the edit is
+/// what is served; rsvisor's own files in the directory (control socket)
+/// do not.
+#[test]
+fn reload_follows_the_static_directory_and_the_config_file() {
+    let b = ServerBuilder::new(rsvisor_bin())
+        .config(
+            "[server]\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n\
+             [app]\nstatic_dir = \"{dir}/www\"\n",
+        )
+        .args(&["--reload"]);
+    std::fs::create_dir(b.dir().join("www")).unwrap();
+    let page = b.dir().join("www/index.html");
+    std::fs::write(&page, "one").unwrap();
+    let mut s = b.start();
+    let tcp = s.ready_tcp();
+    wait_body(&tcp, "one", &s);
+    let st = s.wait_settled(Duration::from_secs(20));
+    assert_eq!(st.generation, 1);
+
+    std::fs::write(&page, "two").unwrap();
+    let st = s.wait_status(
+        "a reload for the static file",
+        Duration::from_secs(30),
+        |st| st.generation == 2 && settled(st),
+    );
+    assert_eq!(get(&tcp, "/").unwrap().text(), "two", "{st:?}");
+
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, text.replace("workers = 1", "workers = 2")).unwrap();
+    let st = s.wait_status(
+        "a reload for the config file",
+        Duration::from_secs(30),
+        |st| st.generation == 3 && st.workers.len() == 2 && settled(st),
+    );
+    // Nothing else changed: no further generation.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(s.status().unwrap().generation, st.generation);
+}

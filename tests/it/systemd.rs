@@ -335,6 +335,37 @@ control_socket = "{dir}/ctl.sock"
     assert!(!d.join("app.pid").exists());
 }
 
+/// `serve --reload` in a program that is its own app: rebuilding the
+/// executable re-executes it (a USR2 binary upgrade): the old master hands
+/// over and exits 0, the new one serves on the same sockets.
+#[test]
+fn reload_re_executes_a_rebuilt_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = copied_demo(dir.path());
+    let mut s = ServerBuilder::new(&bin)
+        .config("[server]\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n")
+        .args(&["--reload"])
+        .start();
+    let tcp = s.ready_tcp();
+    s.wait_settled(Duration::from_secs(20));
+    let old = s.pid();
+    // What a rebuild does: a new file at the same path.
+    std::fs::remove_file(&bin).unwrap();
+    copied_demo(dir.path());
+    let st = s.expect_exit(Duration::from_secs(30));
+    assert_eq!(st.code(), Some(0), "{}", s.log_text());
+    assert!(s.log_text().contains("sending SIGUSR2"), "{}", s.log_text());
+    let new = s.status().expect("the new master answers").master_pid as i32;
+    assert_ne!(new, old);
+    assert_eq!(get(&tcp, "/").unwrap().status, 200);
+    kill(new, Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(new) {
+        assert!(Instant::now() < deadline, "the new master did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_new_binary_that_fails_leaves_the_old_master_serving() {
     let dir = tempfile::tempdir().unwrap();

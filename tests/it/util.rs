@@ -313,6 +313,12 @@ impl ServerBuilder {
         self
     }
 
+    /// Runs `bin serve CONFIG ARGS…`.
+    pub fn args(mut self, args: &[&str]) -> ServerBuilder {
+        self.args = args.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
     /// Runs `bin serve ARGS…` without a config file.
     pub fn one_line(mut self, args: &[&str]) -> ServerBuilder {
         self.one_line = Some(args.iter().map(|s| s.to_string()).collect());
