@@ -1,5 +1,6 @@
-//! The README's configuration tables, generated from the key table (a test
-//! keeps the README in step: `UPDATE_README=1 cargo test readme` rewrites it).
+//! The configuration reference's tables (docs/configuration.md), generated
+//! from the key table (a test keeps the file in step: `UPDATE_DOCS=1 cargo
+//! test --lib reference` rewrites it).
 
 use super::keys::KEYS;
 
@@ -24,13 +25,13 @@ mod tests {
         )
     }
 
-    /// Returns the README with every section's table regenerated.
-    fn regenerate(readme: &str) -> String {
-        let mut out = readme.to_string();
+    /// Returns the reference with every section's table regenerated.
+    fn regenerate(reference: &str) -> String {
+        let mut out = reference.to_string();
         for section in SECTIONS {
             let (start, end) = markers(section);
             let (Some(a), Some(b)) = (out.find(&start), out.find(&end)) else {
-                panic!("README.md lacks the markers of [{section}]: {start}…{end}");
+                panic!("docs/configuration.md lacks the markers of [{section}]: {start}…{end}");
             };
             out.replace_range(a + start.len()..b, &markdown_table(section));
         }
@@ -38,18 +39,18 @@ mod tests {
     }
 
     #[test]
-    fn readme_tables_match_the_key_table() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
-        let readme = std::fs::read_to_string(path).expect("README.md");
-        let fresh = regenerate(&readme);
-        if std::env::var_os("UPDATE_README").is_some() {
-            std::fs::write(path, &fresh).expect("write README.md");
+    fn reference_tables_match_the_key_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
+        let reference = std::fs::read_to_string(path).expect("docs/configuration.md");
+        let fresh = regenerate(&reference);
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            std::fs::write(path, &fresh).expect("write docs/configuration.md");
             return;
         }
         assert!(
-            fresh == readme,
-            "README.md's configuration tables are out of date: run \
-             `UPDATE_README=1 cargo test --lib readme` and commit the result"
+            fresh == reference,
+            "docs/configuration.md's tables are out of date: run \
+             `UPDATE_DOCS=1 cargo test --lib reference` and commit the result"
         );
     }
 }

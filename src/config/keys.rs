@@ -1,7 +1,7 @@
 //! Every configuration key, in one table: its default, its meaning (the
-//! README's tables are generated from it), how a value is checked and
-//! stored, and how it is printed back by `rsvisor check`. The order here is
-//! the order of `check`'s output and of the README.
+//! tables of docs/configuration.md are generated from it), how a value is
+//! checked and stored, and how it is printed back by `rsvisor check`. The order here is
+//! the order of `check`'s output and of docs/configuration.md.
 
 use super::convert::*;
 use super::value::Val;
@@ -15,7 +15,7 @@ pub struct Key {
     /// The default as a TOML literal; `Config::default()` is made by
     /// applying these.
     pub default: &'static str,
-    /// What the key means (Markdown, one paragraph): the README's text.
+    /// What the key means (Markdown, one paragraph): the reference's text.
     pub doc: &'static str,
     pub set: Setter,
     /// The current value as a TOML literal.

@@ -137,7 +137,8 @@ fn no_module_imports_a_module_that_imports_it_back() {
     }
 }
 
-/// Every source file the README and the architecture guide name exists:
+/// Every source file the README, the guides in docs/ and bench/README.md
+/// name exists:
 /// a path (`src/master/fleet.rs`, `tests/it/`) at that place, a bare file
 /// name (`oneline.rs`) somewhere in the tree.
 #[test]
@@ -160,7 +161,14 @@ fn the_docs_name_only_files_that_exist() {
     }
     let token = regex::Regex::new(r"[A-Za-z0-9_./-]+\.(?:rs|py|toml|md)\b|\b(?:src|tests|bench|examples|deploy|docs|scripts)/[A-Za-z0-9_/.-]*").unwrap();
     let mut missing = Vec::new();
-    for doc in ["README.md", "docs/ARCHITECTURE.md"] {
+    let mut docs = vec!["README.md".to_string(), "bench/README.md".to_string()];
+    for e in std::fs::read_dir(root.join("docs")).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".md") {
+            docs.push(format!("docs/{name}"));
+        }
+    }
+    for doc in &docs {
         let text = std::fs::read_to_string(root.join(doc)).unwrap();
         for m in token.find_iter(&text) {
             let t = m.as_str().trim_end_matches('.');
@@ -191,4 +199,90 @@ fn the_docs_name_only_files_that_exist() {
         "named but not in the tree:\n{}",
         missing.join("\n")
     );
+}
+
+/// The README is a front page: what rsvisor is, how to install it, a quick
+/// start each for Python and Rust, the command line and links; the rest
+/// lives in docs/.
+#[test]
+fn the_readme_stays_a_front_page() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let lines = readme.lines().count();
+    assert!(lines <= 400, "README.md has {lines} lines (at most 400)");
+    for guide in [
+        "docs/configuration.md",
+        "docs/operations.md",
+        "docs/deployment.md",
+        "docs/python.md",
+        "docs/embedding.md",
+        "docs/monitoring.md",
+        "bench/README.md",
+    ] {
+        assert!(
+            readme.contains(&format!("]({guide})")),
+            "README links {guide}"
+        );
+        assert!(root.join(guide).is_file(), "{guide}");
+    }
+}
+
+/// GitHub's anchor of a Markdown heading.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == '-' || *c == '_' || *c == ' ')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// Every link between the Markdown files of the repository leads to a
+/// file that exists and, with `#…`, to a heading it has.
+#[test]
+fn links_between_the_docs_resolve() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut docs = vec![root.join("README.md"), root.join("bench/README.md")];
+    for e in std::fs::read_dir(root.join("docs")).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "md") {
+            docs.push(e.path());
+        }
+    }
+    let link = regex::Regex::new(r"\]\(([^)\s]+)\)").unwrap();
+    let mut broken = Vec::new();
+    for doc in &docs {
+        let text = std::fs::read_to_string(doc).unwrap();
+        for m in link.captures_iter(&text) {
+            let target = &m[1];
+            if target.starts_with("http") || target.starts_with("mailto:") {
+                continue;
+            }
+            let (file, frag) = target.split_once('#').unwrap_or((target, ""));
+            let path = if file.is_empty() {
+                doc.clone()
+            } else {
+                doc.parent().unwrap().join(file)
+            };
+            if !path.exists() {
+                broken.push(format!("{}: {target}", doc.display()));
+                continue;
+            }
+            if frag.is_empty() {
+                continue;
+            }
+            let body = std::fs::read_to_string(&path).unwrap_or_default();
+            let mut fence = false;
+            let found = body.lines().any(|l| {
+                if l.starts_with("```") {
+                    fence = !fence;
+                }
+                !fence && l.starts_with('#') && anchor(l.trim_start_matches('#')) == frag
+            });
+            if !found {
+                broken.push(format!("{}: {target} (no such heading)", doc.display()));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }

@@ -595,7 +595,7 @@ fn deploy_units_and_nginx_site_verify() {
 }
 
 /// The shipped files name the same sockets: the socket unit listens where
-/// app.toml binds, nginx proxies there, and the README's install steps
+/// app.toml binds, nginx proxies there, and the deployment guide's install steps
 /// create the static directory app.toml serves.
 #[test]
 fn deploy_files_agree_with_each_other() {
@@ -637,17 +637,17 @@ fn deploy_files_agree_with_each_other() {
         upstreams, binds,
         "nginx upstreams vs deploy/app.toml server.bind"
     );
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let guide = std::fs::read_to_string(root.join("docs/deployment.md")).unwrap();
     let www = cfg
         .app
         .static_dir
         .expect("deploy/app.toml serves a directory");
-    let creates = readme
+    let creates = guide
         .lines()
         .any(|l| l.starts_with("install -d") && l.contains(&www.display().to_string()));
     assert!(
         creates,
-        "README's install steps do not create {}",
+        "docs/deployment.md's install steps do not create {}",
         www.display()
     );
 }
