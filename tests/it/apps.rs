@@ -59,6 +59,15 @@ async fn ws_end(ws: &mut Ws, within: Duration) -> Result<CloseCode, String> {
     }
 }
 
+/// The axum example is built only with the `axum` feature (`scripts/test`
+/// builds it; plain `cargo test` does not).
+fn have_axum_example() -> bool {
+    have(
+        &example("axum").display().to_string(),
+        "build it: cargo build --examples --features axum",
+    )
+}
+
 fn axum_app(config: &str) -> ServerBuilder {
     ServerBuilder::new(example("axum")).config(config)
 }
@@ -445,6 +454,9 @@ fn responses_are_compressed_as_the_client_accepts() {
 
 #[test]
 fn axum_router_whoami_sees_the_client_after_the_proxy_rules() {
+    if !have_axum_example() {
+        return;
+    }
     let mut s = axum_app(
         "[server]\nbind = [\"127.0.0.1:0\"]\nworkers = 2\n\
          [proxy]\nproxy_headers = true\nforwarded_allow_ips = [\"127.0.0.1\"]\n",
@@ -469,6 +481,12 @@ fn axum_router_whoami_sees_the_client_after_the_proxy_rules() {
 
 #[test]
 fn axum_websockets_get_1001_and_sse_streams_end_on_reload() {
+    if !have_axum_example() {
+        return;
+    }
+    if !have("curl", "the HTTP client of this test") {
+        return;
+    }
     let mut s = axum_app("[server]\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n").start();
     let Target::Tcp(addr) = s.ready_tcp() else {
         unreachable!()

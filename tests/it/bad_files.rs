@@ -14,6 +14,9 @@ const TLS_CONFIG: &str = "[server]\nbind = [{ address = \"127.0.0.1:0\", tls = t
 
 #[test]
 fn a_reload_to_a_key_that_is_dev_zero_or_a_fifo_is_refused_and_the_old_workers_serve() {
+    if !have("curl", "the HTTP client of this test") {
+        return;
+    }
     let b = demo(&TLS_CONFIG.replace("KEY", "{dir}/server.key"));
     make_pki(b.dir());
     let dir = b.dir().to_path_buf();

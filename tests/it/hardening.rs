@@ -449,6 +449,15 @@ fn an_access_log_that_cannot_be_written_is_said_rarely_and_counted() {
 
 #[test]
 fn a_refused_client_certificate_is_logged_with_its_reason_and_counted() {
+    if !have("curl", "the HTTP client of this test") {
+        return;
+    }
+    if !have("openssl", "makes an X.509 v1 certificate, which rcgen cannot") {
+        return;
+    }
+    if !have("sh", "runs openssl") {
+        return;
+    }
     let b = demo(
         r#"
 [server]

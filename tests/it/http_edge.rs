@@ -385,41 +385,38 @@ pub(crate) fn ca_and_url(s: &mut Server, dir: &Path) -> (String, String) {
     )
 }
 
+/// A test CA (`ca.pem`, `ca.key`) and, signed by it, a server certificate
+/// for 127.0.0.1 and localhost (`server.pem`, `server.key`) and a client
+/// certificate (`client.pem`, `client.key`); ECDSA P-256, made in process.
 pub(crate) fn make_pki(dir: &Path) {
-    let sh = |script: &str| {
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .current_dir(dir)
-            .output()
-            .expect("openssl is installed");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
     };
-    sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-        -keyout ca.key -out ca.pem -days 2 -subj /CN=rsvisor-test-ca \
-        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null");
-    for (name, ext) in [
+    let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name.push(DnType::CommonName, "rsvisor-test-ca");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate().unwrap();
+    write("ca.key", ca_key.serialize_pem());
+    let ca = CertifiedIssuer::self_signed(ca, ca_key).unwrap();
+    write("ca.pem", ca.pem());
+    for (name, sans, usage) in [
         (
             "server",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth",
+            vec!["127.0.0.1".to_string(), "localhost".to_string()],
+            ExtendedKeyUsagePurpose::ServerAuth,
         ),
-        ("client", "extendedKeyUsage=clientAuth"),
+        ("client", Vec::new(), ExtendedKeyUsagePurpose::ClientAuth),
     ] {
-        std::fs::write(
-            dir.join(format!("{name}.ext")),
-            format!("basicConstraints=CA:FALSE\n{ext}\n"),
-        )
-        .unwrap();
-        sh(&format!(
-            "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-             -keyout {name}.key -out {name}.csr -subj /CN={name} 2>/dev/null && \
-             openssl x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
-             -out {name}.pem -days 2 -extfile {name}.ext 2>/dev/null"
-        ));
+        let mut params = CertificateParams::new(sans).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca).unwrap();
+        write(&format!("{name}.pem"), cert.pem());
+        write(&format!("{name}.key"), key.serialize_pem());
     }
 }
 
@@ -449,6 +446,9 @@ pub(crate) fn curl(args: &[&str]) -> (bool, String) {
 
 #[test]
 fn tls_with_required_client_certificates_http2_and_plain_side_by_side() {
+    if !have("curl", "the HTTP client of this test") {
+        return;
+    }
     let b = demo(
         r#"
 [server]
@@ -519,6 +519,9 @@ client_auth = "required"
 
 #[test]
 fn h2c_with_prior_knowledge() {
+    if !have("curl", "the HTTP client of this test") {
+        return;
+    }
     let mut s = demo("[server]\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n").start();
     let Target::Tcp(addr) = s.ready_tcp() else {
         unreachable!()
@@ -532,24 +535,18 @@ fn h2c_with_prior_knowledge() {
 fn certificates_of_every_key_type_are_accepted_and_bad_ones_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let sh = |script: &str| {
-        let ok = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .current_dir(d)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "{script}");
-    };
     for (name, alg) in [
-        ("rsa", "-newkey rsa:2048"),
-        ("ec", "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1"),
-        ("ed", "-newkey ed25519"),
+        ("rsa", &rcgen::PKCS_RSA_SHA256),
+        ("ec", &rcgen::PKCS_ECDSA_P256_SHA256),
+        ("ed", &rcgen::PKCS_ED25519),
     ] {
-        sh(&format!(
-            "openssl req -x509 {alg} -nodes -keyout {name}.key -out {name}.pem -days 2 \
-             -subj /CN=localhost -addext subjectAltName=DNS:localhost 2>/dev/null"
-        ));
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(d.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(d.join(format!("{name}.key")), key.serialize_pem()).unwrap();
         let cfg = format!(
             "[server]\nbind = [\"127.0.0.1:0\"]\n[tls]\ncert = \"{name}.pem\"\nkey = \"{name}.key\"\n"
         );
@@ -652,6 +649,9 @@ access_format = "json"
 
 #[test]
 fn a_bad_new_certificate_keeps_the_old_one() {
+    if !have("curl", "the HTTP client of this test") {
+        return;
+    }
     let b = demo(
         r#"
 [server]

@@ -95,6 +95,9 @@ impl Client {
 }
 
 fn resumes_across_workers(version: &str) {
+    if !have("python3", "CPython's ssl module is the TLS client") {
+        return;
+    }
     let mut s = tls_server("");
     let (resumed, (switches, switches_resumed)) =
         Client::start(&mut s, version, RECONNECTS, false).result();
@@ -126,6 +129,9 @@ fn tls12_sessions_resume_on_every_worker() {
 
 #[test]
 fn a_ticket_issued_before_a_reload_resumes_on_the_new_workers() {
+    if !have("python3", "CPython's ssl module is the TLS client") {
+        return;
+    }
     for version in ["1.3", "1.2"] {
         let mut s = tls_server("");
         let before = s.wait_settled(START_TIMEOUT);
@@ -151,6 +157,9 @@ fn a_ticket_issued_before_a_reload_resumes_on_the_new_workers() {
 
 #[test]
 fn with_session_tickets_off_nothing_resumes() {
+    if !have("python3", "CPython's ssl module is the TLS client") {
+        return;
+    }
     let mut s = tls_server("session_tickets = false");
     for version in ["1.3", "1.2"] {
         let (resumed, _) = Client::start(&mut s, version, 10, false).result();
@@ -235,6 +244,9 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
 
 #[test]
 fn the_ticket_key_stays_in_memory_and_out_of_every_file() {
+    if !have("python3", "CPython's ssl module is the TLS client") {
+        return;
+    }
     let mut s = tls_server("");
     // Traffic, a reload and its log lines: everything that writes.
     let (resumed, _) = Client::start(&mut s, "1.3", 5, false).result();
@@ -279,6 +291,9 @@ fn the_ticket_key_stays_in_memory_and_out_of_every_file() {
 /// stays with hyper and answers its next request.
 #[test]
 fn an_idle_tls_keep_alive_connection_answers_its_next_request() {
+    if !have("python3", "CPython's ssl module is the TLS client") {
+        return;
+    }
     let mut s = tls_server("");
     let Target::Tcp(addr) = s.ready_tcp() else {
         unreachable!("a TCP listener")

@@ -312,6 +312,9 @@ env = { DEMO_STARTUP_DELAY_MS = "400" }
 
 #[test]
 fn http2_connections_are_drained_with_goaway_on_reload() {
+    if !have("curl", "the HTTP client of this test") {
+        return;
+    }
     let mut s = demo("[server]\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n").start();
     let Target::Tcp(addr) = s.ready_tcp() else {
         unreachable!()
