@@ -452,7 +452,10 @@ fn a_refused_client_certificate_is_logged_with_its_reason_and_counted() {
     if !have("curl", "the HTTP client of this test") {
         return;
     }
-    if !have("openssl", "makes an X.509 v1 certificate, which rcgen cannot") {
+    if !have(
+        "openssl",
+        "makes an X.509 v1 certificate, which rcgen cannot",
+    ) {
         return;
     }
     if !have("sh", "runs openssl") {

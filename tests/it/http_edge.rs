@@ -395,7 +395,8 @@ pub(crate) fn make_pki(dir: &Path) {
     };
     let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name.push(DnType::CommonName, "rsvisor-test-ca");
+    ca.distinguished_name
+        .push(DnType::CommonName, "rsvisor-test-ca");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_key = KeyPair::generate().unwrap();

@@ -185,7 +185,10 @@ fn fds_of(pid: i32) -> Vec<String> {
 
 #[test]
 fn socket_activation_tcp_and_unix() {
-    if !have("systemd-socket-activate", "Debian package systemd: socket activation") {
+    if !have(
+        "systemd-socket-activate",
+        "Debian package systemd: socket activation",
+    ) {
         return;
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -408,7 +411,7 @@ timeout = 3
 
     // 2. A binary that never becomes ready: killed after lifecycle.timeout.
     std::fs::remove_file(&bin).unwrap();
-    std::fs::write(&bin, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::write(&bin, "#!/bin/sh\nexec /bin/sleep 60\n").unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     s.signal(Signal::SIGUSR2);
     // A second USR2 while it is under way is refused, and said so.
