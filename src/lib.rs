@@ -19,28 +19,17 @@
 mod app;
 mod cli;
 pub mod config;
-pub mod control;
-mod ctl;
-pub mod exit;
-mod forensics;
-mod listen;
-mod logging;
 mod master;
-mod material;
-mod metrics;
-mod netmask;
-pub mod outcome;
-mod pidfile;
-mod procfs;
-mod scoreboard;
-mod serve;
+mod net;
 #[allow(unsafe_code)]
-mod sys;
-mod systemd;
-mod throttle;
+mod os;
+mod proto;
+mod shm;
+mod telemetry;
 mod tls;
-mod top;
 mod worker;
+
+pub use proto::{control, exit, outcome, state};
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -50,9 +39,9 @@ pub use app::{
     RequestBody, Response, ServiceFn, StaticFiles, TowerApp, TowerHandler, WorkerContext,
 };
 pub use config::Config;
-pub use listen::ListenError;
+pub use net::listen::ListenError;
 
-use cli::{Cli, Command};
+use cli::{client as ctl, top, Cli, Command};
 use config::{ConfigSource, Overrides};
 
 /// Runs the command line (`serve`, `check`, `status`, `reload`) with `app`
@@ -264,10 +253,10 @@ fn print_config_of(source: &ConfigSource) -> i32 {
 }
 
 fn check<A: App>(app: &A, path: &Path, overrides: &Overrides) -> i32 {
-    match material::Loaded::load(path, overrides) {
+    match config::material::Loaded::load(path, overrides) {
         Ok(loaded) => {
             print!("{}", loaded.config.render());
-            print!("{}", serve::describe_inherited());
+            print!("{}", cli::serve::describe_inherited());
             for w in app.config_warnings(&loaded.config) {
                 eprintln!("{}: warning: {w}", path.display());
             }
@@ -281,4 +270,4 @@ fn check<A: App>(app: &A, path: &Path, overrides: &Overrides) -> i32 {
     }
 }
 
-pub use serve::serve;
+pub use cli::serve::serve;

@@ -264,7 +264,7 @@ pub fn check_allow_entry(entry: &str) -> Result<(), String> {
     if entry == "*" || entry == "unix" {
         return Ok(());
     }
-    crate::netmask::IpNet::parse(entry)
+    crate::net::netmask::IpNet::parse(entry)
         .map(|_| ())
         .ok_or_else(|| format!("{entry:?} is not an IP address, a CIDR, \"unix\" or \"*\""))
 }

@@ -6,9 +6,10 @@ mod docs;
 mod error;
 pub(crate) mod file;
 pub(crate) mod keys;
+pub(crate) mod material;
 mod oneline;
 mod parse;
-mod render;
+mod to_toml;
 mod value;
 mod workers;
 
@@ -286,7 +287,7 @@ pub struct MetricsConfig {
 
 /// The whole validated configuration: data only. What it refers to
 /// outside itself (certificates, the worker account, the static
-/// directory) is loaded and checked separately, by `crate::material`.
+/// directory) is loaded and checked separately, by `crate::config::material`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file it was read from, if any (for messages and reloads).
@@ -468,7 +469,7 @@ impl Config {
 
     /// The effective configuration as TOML, with the resolved worker count.
     pub fn render(&self) -> String {
-        render::render(self)
+        to_toml::render(self)
     }
 }
 

@@ -4,7 +4,7 @@
 //! ready. `{fd}` (the descriptor, `3`) or `{socket}` (`fd://3`) written in
 //! the arguments replace the automatic argument.
 
-use crate::systemd::LISTEN_FDS_START;
+use crate::os::systemd::LISTEN_FDS_START;
 
 /// The command as it will run, and the `app.ready` rule that fits it
 /// (`None`: the default, `notify`).

@@ -23,8 +23,8 @@ pub fn resolve_auto_workers() -> WorkersResolution {
         .map(|n| n.get())
         .unwrap_or(1);
     let workers = (2 * usable + 1).min(super::MAX_WORKERS);
-    let online = crate::sys::online_cpus();
-    let affinity = crate::sys::affinity_cpus();
+    let online = crate::os::online_cpus();
+    let affinity = crate::os::affinity_cpus();
     let limit = match (affinity, online) {
         (Some(a), _) if a == usable && online.is_some_and(|o| a < o) => {
             format!(

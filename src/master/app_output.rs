@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use crate::throttle::Throttle;
+use crate::telemetry::throttle::Throttle;
 
 /// Lines per second one worker's output may put in the log (both streams
 /// together); a burst of as many is allowed, so a traceback is whole.
@@ -39,7 +39,7 @@ impl LineBudget {
         }
     }
 
-    /// `now_ms`: monotonic milliseconds (`sys::monotonic_ms`).
+    /// `now_ms`: monotonic milliseconds (`os::monotonic_ms`).
     pub fn admit(&mut self, now_ms: u64) -> Verdict {
         let rate = f64::from(OUTPUT_LINES_PER_SEC);
         let gained = now_ms.saturating_sub(self.refilled_ms) as f64 / 1000.0 * rate;
@@ -73,7 +73,7 @@ pub fn escape_controls(line: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::throttle::REPEAT_LOG_INTERVAL;
+    use crate::telemetry::throttle::REPEAT_LOG_INTERVAL;
 
     #[test]
     fn a_burst_then_the_rate_then_drops_said_once_per_interval() {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use nix::unistd::Pid;
 
 use crate::config::LifecycleConfig;
-use crate::scoreboard::{quantile_us, Board, CountersSnapshot, LATENCY_BUCKETS};
+use crate::shm::scoreboard::{quantile_us, Board, CountersSnapshot, LATENCY_BUCKETS};
 
 /// Requests the canary must have answered before its 5xx share or its
 /// latency is judged: fewer say nothing either way.
@@ -375,7 +375,7 @@ fn previous_sample(w: &Watch) -> Sample {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scoreboard::LATENCY_BOUNDS_US;
+    use crate::shm::scoreboard::LATENCY_BOUNDS_US;
 
     fn limits() -> Limits {
         Limits {

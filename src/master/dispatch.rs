@@ -6,11 +6,11 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 use tracing::{info, warn};
 
-use super::control::{ClientId, Revents};
+use super::control_socket::{ClientId, Revents};
 use super::forensics::Trigger;
 use super::lifecycle::{Lifecycle, StopKind};
 use super::Master;
-use crate::control::{Request, Response};
+use crate::proto::control::{Request, Response};
 
 impl Master {
     pub(super) fn dispatch(&mut self, control: &Revents) {

@@ -18,10 +18,10 @@ use nix::unistd::Pid;
 use tracing::{debug, info, warn};
 
 use super::app_output::{escape_controls, LineBudget, Verdict, OUTPUT_LINES_PER_SEC};
+use crate::config::material::Loaded;
 use crate::config::{Config, ReadyRule};
-use crate::material::Loaded;
-use crate::sys;
-use crate::systemd::LISTEN_FDS_START;
+use crate::os;
+use crate::os::systemd::LISTEN_FDS_START;
 
 /// Longest line of a worker's output kept whole; longer ones are cut.
 pub const OUTPUT_LINE_MAX: usize = 16 * 1024;
@@ -104,7 +104,7 @@ impl ExecIo {
                 continue;
             }
             let (lines, closed) = stream.read();
-            let now = sys::monotonic_ms();
+            let now = os::monotonic_ms();
             let mut dropped = 0;
             for line in lines {
                 if !self.ready {
@@ -260,7 +260,7 @@ impl Stream {
 fn receive_notifications(sock: &UnixDatagram, who: Label) -> Vec<String> {
     let mut out = Vec::new();
     for _ in 0..NOTIFY_PER_TURN {
-        match sys::recv_with_sender(sock.as_raw_fd()) {
+        match os::recv_with_sender(sock.as_raw_fd()) {
             Ok(Some((data, sender))) => {
                 if sender.is_some_and(|p| descends_from(p, who.pid)) {
                     out.push(String::from_utf8_lossy(&data).into_owned());
@@ -285,7 +285,7 @@ fn descends_from(pid: i32, ancestor: i32) -> bool {
         if p == ancestor {
             return true;
         }
-        let Some(parent) = crate::procfs::parent(p) else {
+        let Some(parent) = crate::os::procfs::parent(p) else {
             return false;
         };
         if parent <= 1 {
@@ -320,22 +320,22 @@ pub fn spawn(req: ExecRequest<'_>) -> io::Result<(Pid, ExecIo)> {
         _ => None,
     };
     let notify_name = notify.as_ref().map(|(_, name)| name.clone());
-    let mask = sys::block_all_signals()?;
-    let forked = sys::fork();
-    if !matches!(forked, Ok(sys::Fork::Child)) {
-        sys::set_signal_mask(&mask)?;
+    let mask = os::block_all_signals()?;
+    let forked = os::fork();
+    if !matches!(forked, Ok(os::Fork::Child)) {
+        os::set_signal_mask(&mask)?;
     }
     match forked? {
-        sys::Fork::Child => {
+        os::Fork::Child => {
             let err = exec_child(&req, out_w, err_w, notify_name.as_deref());
             // stderr is the pipe to the master by now (or still ours).
             eprintln!(
                 "rsvisor: cannot start {:?}: {err}",
                 cfg.app.command.first().map(String::as_str).unwrap_or("")
             );
-            sys::exit_child(127)
+            os::exit_child(127)
         }
-        sys::Fork::Parent(pid) => {
+        os::Fork::Parent(pid) => {
             // Also set here, so that a signal to the group cannot come
             // before the child's own call (EACCES once it has exec'd).
             let _ = nix::unistd::setpgid(pid, pid);
@@ -355,7 +355,7 @@ pub fn spawn(req: ExecRequest<'_>) -> io::Result<(Pid, ExecIo)> {
                     rule: cfg.app.ready.clone(),
                     ready: false,
                     watchdog: false,
-                    budget: LineBudget::new(sys::monotonic_ms()),
+                    budget: LineBudget::new(os::monotonic_ms()),
                 },
             ))
         }
@@ -374,7 +374,7 @@ fn notify_socket(master: Pid, slot: usize) -> io::Result<(UnixDatagram, String)>
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
     let sock = UnixDatagram::bind_addr(&addr)?;
     sock.set_nonblocking(true)?;
-    sys::set_passcred(sock.as_raw_fd())?;
+    os::set_passcred(sock.as_raw_fd())?;
     Ok((sock, format!("@{name}")))
 }
 
@@ -392,11 +392,11 @@ fn exec_child(
         return io::Error::from(e);
     }
     // Default actions for every signal (exec keeps ignored ones ignored).
-    if let Err(e) = sys::default_signal_dispositions() {
+    if let Err(e) = os::default_signal_dispositions() {
         return e;
     }
     if let Some(r) = &req.loaded.material.run_as {
-        if let Err(e) = sys::drop_privileges(&r.user, r.uid, r.gid) {
+        if let Err(e) = os::drop_privileges(&r.user, r.uid, r.gid) {
             return e;
         }
     }
@@ -406,13 +406,13 @@ fn exec_child(
         return io::Error::from(e);
     }
     if nix::unistd::getppid() != req.master_pid {
-        sys::exit_child(crate::exit::WORKER_ORPHANED);
+        os::exit_child(crate::proto::exit::WORKER_ORPHANED);
     }
-    if let Err(e) = sys::redirect_stdio(out_w.as_raw_fd(), err_w.as_raw_fd()) {
+    if let Err(e) = os::redirect_stdio(out_w.as_raw_fd(), err_w.as_raw_fd()) {
         return e;
     }
     let keep: Vec<RawFd> = req.listeners.iter().map(|l| l.as_raw_fd()).collect();
-    if let Err(e) = sys::close_fds_except(&keep) {
+    if let Err(e) = os::close_fds_except(&keep) {
         return e;
     }
     if let Some(dir) = &cfg.app.cwd {
@@ -427,7 +427,7 @@ fn exec_child(
         "WATCHDOG_PID",
         "LISTEN_FDNAMES",
     ] {
-        sys::unset_env(var);
+        os::unset_env(var);
     }
     let names: Vec<String> = (0..req.listeners.len())
         .map(|i| format!("bind{i}"))
@@ -449,8 +449,8 @@ fn exec_child(
         env.push((k.clone(), v.clone()));
     }
     let fds: Vec<RawFd> = req.listeners.iter().map(|l| l.as_raw_fd()).collect();
-    if let Err(e) = sys::unblock_all_signals() {
+    if let Err(e) = os::unblock_all_signals() {
         return e;
     }
-    sys::exec_program(&cfg.app.command, &fds, LISTEN_FDS_START, &env)
+    os::exec_program(&cfg.app.command, &fds, LISTEN_FDS_START, &env)
 }

@@ -2,7 +2,7 @@
 //! request, `rsvisor dump`), the master learns what it was doing.
 //!
 //! 1. Capture: each thread of the worker (up to
-//!    [`MAX_DUMP_THREADS`](crate::forensics::MAX_DUMP_THREADS), the one that
+//!    [`MAX_DUMP_THREADS`](crate::shm::inflight::MAX_DUMP_THREADS), the one that
 //!    ran the heartbeat last first) gets the dump signal; its handler
 //!    writes raw return addresses into the slot's dump area. The master
 //!    does not wait: it polls the area every [`DUMP_POLL`] and gives up
@@ -30,11 +30,11 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
-use super::control::ClientId;
+use super::control_socket::ClientId;
 use super::Master;
-use crate::control::{ExitReport, Forensics, InFlightRequest, Response, ThreadDump};
-use crate::forensics::{CapturedThread, MAX_DUMP_THREADS};
-use crate::sys::{self, Fork};
+use crate::os::{self, Fork};
+use crate::proto::control::{ExitReport, Forensics, InFlightRequest, Response, ThreadDump};
+use crate::shm::inflight::{CapturedThread, MAX_DUMP_THREADS};
 
 /// Longest the master waits for a worker's threads to record their stacks.
 pub const DUMP_TIMEOUT: Duration = Duration::from_secs(1);
@@ -45,7 +45,7 @@ pub const SYMBOLIZE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Exits `rsvisor status` remembers.
 pub const RECENT_EXITS: usize = 8;
 /// How the dump signal handler is named in a symbolized stack.
-const HANDLER_NAME: &str = "rsvisor::sys::on_dump_signal";
+const HANDLER_NAME: &str = "rsvisor::os::stacks::on_dump_signal";
 /// Most symbolized text read back from the helper.
 const MAX_SYMBOLIZED_BYTES: u64 = 512 * 1024;
 
@@ -218,8 +218,8 @@ impl Master {
         let area = &self.board.dumps[slot];
         let request = area.begin();
         let heartbeat_tid = self.board.slot(slot).heartbeat_tid();
-        let signal = sys::dump_signal();
-        let mut threads = crate::procfs::threads(pid.as_raw(), signal);
+        let signal = os::dump_signal();
+        let mut threads = crate::os::procfs::threads(pid.as_raw(), signal);
         // The heartbeat's thread, then the main thread, then the rest.
         threads.sort_by_key(|t| (t.tid as u32 != heartbeat_tid, t.tid != pid.as_raw(), t.tid));
         let mut sent = Vec::new();
@@ -232,7 +232,7 @@ impl Master {
                 ));
             } else if sent.len() >= MAX_DUMP_THREADS {
                 notes.push(format!("thread {} {:?} not dumped (limit)", t.tid, t.name));
-            } else if sys::tgkill(pid.as_raw(), t.tid, signal).is_ok() {
+            } else if os::tgkill(pid.as_raw(), t.tid, signal).is_ok() {
                 sent.push((t.tid as u32, t.name));
             }
         }
@@ -287,7 +287,7 @@ impl Master {
         let mut report = self.facts(&job, now);
         report.capture_ms = now.duration_since(job.started).as_millis() as u64;
         if captured.len() < job.sent.len() {
-            let state = crate::procfs::state(job.pid.as_raw());
+            let state = crate::os::procfs::state(job.pid.as_raw());
             report.dump_error = Some(format!(
                 "dump not obtained from {} of {} threads within {} ms (process state {})",
                 job.sent.len() - captured.len(),
@@ -378,9 +378,9 @@ impl Master {
     /// What can be read without the worker's help.
     fn facts(&self, job: &Job, now: Instant) -> Forensics {
         let slot = self.board.slot(job.slot);
-        let now_ms = sys::monotonic_ms();
+        let now_ms = os::monotonic_ms();
         let (requests, not_shown) = self.board.in_flight[job.slot].snapshot();
-        let stats = crate::procfs::stats(job.pid.as_raw());
+        let stats = crate::os::procfs::stats(job.pid.as_raw());
         Forensics {
             pid: job.pid.as_raw() as u32,
             slot: job.slot,
@@ -550,11 +550,11 @@ fn in_flight_text(f: &Forensics) -> String {
 
 /// Forks the helper that symbolizes `captured` into a memfd.
 fn spawn_symbolizer(captured: &[CapturedThread]) -> std::io::Result<(Pid, File)> {
-    let out = sys::memfd("rsvisor-stacks")?;
-    let mask = sys::block_all_signals()?;
-    let forked = sys::fork();
+    let out = os::memfd("rsvisor-stacks")?;
+    let mask = os::block_all_signals()?;
+    let forked = os::fork();
     if !matches!(forked, Ok(Fork::Child)) {
-        if let Err(e) = sys::set_signal_mask(&mask) {
+        if let Err(e) = os::set_signal_mask(&mask) {
             error!(error = %e, "cannot restore the master's signal mask");
         }
     }
@@ -562,14 +562,14 @@ fn spawn_symbolizer(captured: &[CapturedThread]) -> std::io::Result<(Pid, File)>
         Fork::Parent(pid) => Ok((pid, out)),
         Fork::Child => {
             // The master's handlers would write to its self-pipe.
-            let _ = sys::reset_signal_dispositions();
-            let _ = sys::unblock_all_signals();
+            let _ = os::reset_signal_dispositions();
+            let _ = os::unblock_all_signals();
             let mut w = std::io::BufWriter::new(&out);
             let code = match write_symbolized(captured, &mut w).and_then(|_| w.flush()) {
                 Ok(()) => 0,
                 Err(_) => 1,
             };
-            sys::exit_child(code)
+            os::exit_child(code)
         }
     }
 }

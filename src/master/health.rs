@@ -9,7 +9,7 @@ use tracing::{error, info, warn};
 use super::forensics::Trigger;
 use super::worker_handle::{Report, WorkerHandle};
 use super::Master;
-use crate::outcome::ExitReason;
+use crate::proto::outcome::ExitReason;
 
 /// How often the master reads every worker's RSS from /proc.
 pub const MEMORY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -72,7 +72,7 @@ impl Master {
     }
 
     fn check_heartbeats(&mut self) {
-        let now_ms = crate::sys::monotonic_ms();
+        let now_ms = crate::os::monotonic_ms();
         let mut hung = Vec::new();
         for (i, w) in self.workers.iter().enumerate() {
             if let Some(verdict) = self.judge_heartbeat(w, now_ms) {
@@ -145,20 +145,20 @@ impl Master {
         // Exec workers are measured with what they started (gunicorn's
         // own workers, say): one look at every process's parent.
         let parents = if self.workers.iter().any(|w| w.exec.is_some()) {
-            crate::procfs::parents()
+            crate::os::procfs::parents()
         } else {
             Vec::new()
         };
         if let Some(s) = &self.sidecar {
-            let usage = crate::procfs::tree_usage(&[s.pid.as_raw()]);
+            let usage = crate::os::procfs::tree_usage(&[s.pid.as_raw()]);
             self.board.slot(s.slot).set_rss(usage.rss_bytes);
         }
         for w in &mut self.workers {
             let pids = match w.exec {
-                Some(_) => crate::procfs::tree(w.pid.as_raw(), &parents),
+                Some(_) => crate::os::procfs::tree(w.pid.as_raw(), &parents),
                 None => vec![w.pid.as_raw()],
             };
-            let usage = crate::procfs::tree_usage(&pids);
+            let usage = crate::os::procfs::tree_usage(&pids);
             let rss = usage.rss_bytes;
             let slot = self.board.slot(w.slot);
             slot.set_rss(rss);

@@ -18,9 +18,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::canary::{Canary, Limits};
-use super::control::ClientId;
+use super::control_socket::ClientId;
 use super::Current;
-use crate::outcome::Phase;
+use crate::proto::state::Phase;
 
 /// New workers that may fail to boot during one reload before it is
 /// abandoned and the previous generation is restored.

@@ -19,7 +19,7 @@
 mod app_output;
 mod backoff;
 mod canary;
-mod control;
+mod control_socket;
 mod dispatch;
 mod exec;
 mod fleet;
@@ -32,11 +32,11 @@ mod progress;
 mod reap;
 mod reload;
 mod retire;
-mod signals;
+mod signal_queue;
 mod spawn;
 mod status;
 mod strays;
-mod tickets;
+mod ticket_rotation;
 mod upgrade;
 mod watch;
 mod worker_handle;
@@ -49,21 +49,21 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
+use crate::config::material::Loaded;
 use crate::config::{BindAddr, ConfigSource};
-use crate::control::UpgradeReport;
-use crate::listen::{ListenError, ListenerSet};
-use crate::logging::LogHandle;
-use crate::material::Loaded;
-use crate::pidfile::Pidfile;
-use crate::scoreboard::Board;
-use crate::systemd::Notifier;
+use crate::net::listen::{ListenError, ListenerSet};
+use crate::os::pidfile::Pidfile;
+use crate::os::systemd::Notifier;
+use crate::proto::control::UpgradeReport;
+use crate::shm::scoreboard::Board;
+use crate::telemetry::logging::LogHandle;
 use crate::worker::WorkerMain;
 
 use backoff::BootBackoff;
-use control::{ClientId, ControlServer, Revents};
+use control_socket::{ClientId, ControlServer, Revents};
 use lifecycle::Lifecycle;
 use reload::LastReload;
-use signals::SignalQueue;
+use signal_queue::SignalQueue;
 use worker_handle::WorkerHandle;
 
 pub use upgrade::{FD_NAME_CONTROL, FD_NAME_UPGRADE, UPGRADE_FROM_ENV};
@@ -205,7 +205,7 @@ impl Master {
         let desired = config.worker_count();
         board.set_generation(1);
         board.header.master_started_ms.store(
-            crate::sys::monotonic_ms(),
+            crate::os::monotonic_ms(),
             std::sync::atomic::Ordering::Relaxed,
         );
         // Orphans of the app's processes (a child that left its group, a
@@ -263,7 +263,7 @@ impl Master {
             next_memory_check: now,
             next_ticket_rotation: first_rotation,
             inspections: forensics::Inspections::default(),
-            strays: strays::Strays::new(crate::procfs::children(std::process::id() as i32)),
+            strays: strays::Strays::new(crate::os::procfs::children(std::process::id() as i32)),
         })
     }
 

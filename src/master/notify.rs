@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::Master;
-use crate::outcome::ReloadResult;
+use crate::proto::outcome::ReloadResult;
 
 /// A worker whose heartbeat is older than this does not count as healthy
 /// for the watchdog (its event loop is stuck).
@@ -76,7 +76,7 @@ impl Master {
 
     /// Serving workers whose heartbeat is fresh.
     fn healthy_workers(&self) -> usize {
-        let now = crate::sys::monotonic_ms();
+        let now = crate::os::monotonic_ms();
         let stale = WATCHDOG_STALE_HEARTBEAT.as_millis() as u64;
         self.workers
             .iter()
@@ -91,10 +91,10 @@ impl Master {
     }
 }
 
-/// See `sys::drop_code_mappings`: the master's RSS then counts the code of
+/// See `os::drop_code_mappings`: the master's RSS then counts the code of
 /// its loop, not of its start-up or of a reload's config loading.
 fn drop_startup_code() {
-    if let Err(e) = crate::sys::drop_code_mappings() {
+    if let Err(e) = crate::os::drop_code_mappings() {
         tracing::debug!(error = %e, "cannot drop start-up code mappings");
     }
 }

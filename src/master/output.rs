@@ -9,7 +9,7 @@ use nix::unistd::Pid;
 
 use super::exec::{ExecEvent, Label};
 use super::Master;
-use crate::scoreboard::SlotState;
+use crate::shm::scoreboard::SlotState;
 
 /// What each exec worker's descriptors reported in the last poll.
 pub type ExecRevents = Vec<(Pid, Vec<Option<nix::poll::PollFlags>>)>;
@@ -45,7 +45,7 @@ impl Master {
                         );
                     }
                     ExecEvent::Ready => {}
-                    ExecEvent::Beat => slot.beat(crate::sys::monotonic_ms(), 0),
+                    ExecEvent::Beat => slot.beat(crate::os::monotonic_ms(), 0),
                     ExecEvent::OutputDropped(n) => {
                         self.board
                             .header

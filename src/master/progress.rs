@@ -4,7 +4,7 @@
 use tracing::{error, info};
 
 use super::Master;
-use crate::exit;
+use crate::proto::exit;
 
 impl Master {
     /// Returns the exit code when the master should exit.

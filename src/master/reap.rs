@@ -10,9 +10,9 @@ use tracing::{error, info, warn};
 
 use super::worker_handle::{LeaveHow, WorkerHandle};
 use super::Master;
-use crate::control::ExitReport;
-use crate::exit;
-use crate::outcome::ExitReason;
+use crate::proto::control::ExitReport;
+use crate::proto::exit;
+use crate::proto::outcome::ExitReason;
 
 /// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +172,7 @@ impl Master {
         if !self.strays.due(now) {
             return;
         }
-        let table = crate::procfs::processes();
+        let table = crate::os::procfs::processes();
         let me = std::process::id() as i32;
         let known = |pid: i32| {
             let pid = Pid::from_raw(pid);
@@ -193,7 +193,7 @@ impl Master {
         for a in actions {
             let (worker, slot) = a.worker.map_or((None, None), |(p, s)| (Some(p), Some(s)));
             if a.found {
-                let command = crate::procfs::cmdline(a.pid).unwrap_or_default();
+                let command = crate::os::procfs::cmdline(a.pid).unwrap_or_default();
                 warn!(
                     pid = a.pid,
                     worker,

@@ -9,12 +9,12 @@ use tracing::{error, info, warn};
 use nix::unistd::Pid;
 
 use super::canary::{Limits, Verdict};
-use super::control::ClientId;
+use super::control_socket::ClientId;
 use super::lifecycle::{Lifecycle, Reload, ReloadAdmission, ReloadOutcome};
 use super::{Current, Master};
-use crate::control::{ReloadReport, Response};
-use crate::material::Loaded;
-use crate::outcome::{ExitReason, ReloadResult};
+use crate::config::material::Loaded;
+use crate::proto::control::{ReloadReport, Response};
+use crate::proto::outcome::{ExitReason, ReloadResult};
 
 /// The result of the last reload, for `rsvisor status`.
 pub struct LastReload {

@@ -8,8 +8,8 @@ use tracing::{info, warn};
 use super::fleet;
 use super::worker_handle::WorkerHandle;
 use super::Master;
-use crate::outcome::ExitReason;
-use crate::scoreboard::{Board, SlotState};
+use crate::proto::outcome::ExitReason;
+use crate::shm::scoreboard::{Board, SlotState};
 
 impl Master {
     pub(super) fn cull_and_retire(&mut self) {

@@ -11,12 +11,12 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tracing::{debug, error};
 
+use crate::config::material::Loaded;
 use crate::config::BindAddr;
-use crate::exit;
-use crate::listen::ListenerSet;
-use crate::material::Loaded;
-use crate::scoreboard::{Board, SlotKind};
-use crate::sys::{self, Fork};
+use crate::net::listen::ListenerSet;
+use crate::os::{self, Fork};
+use crate::proto::exit;
+use crate::shm::scoreboard::{Board, SlotKind};
 use crate::worker::{BootListener, ListenRole, WorkerBoot, WorkerMain};
 
 use super::exec;
@@ -235,11 +235,11 @@ fn spawn(req: SpawnRequest<'_>) -> Result<Pid, SpawnError> {
     let memory_limit = req.loaded.config.lifecycle.max_worker_memory.unwrap_or(0);
     req.board.slot(req.slot).set_memory_limit(memory_limit);
     // Blocked until the worker has its own handlers (see
-    // `sys::block_all_signals`); the master's signals wait meanwhile.
-    let mask = sys::block_all_signals().map_err(SpawnError::Fork)?;
-    let forked = sys::fork();
+    // `os::block_all_signals`); the master's signals wait meanwhile.
+    let mask = os::block_all_signals().map_err(SpawnError::Fork)?;
+    let forked = os::fork();
     if !matches!(forked, Ok(Fork::Child)) {
-        if let Err(e) = sys::set_signal_mask(&mask) {
+        if let Err(e) = os::set_signal_mask(&mask) {
             error!(error = %e, "cannot restore the master's signal mask");
         }
     }
@@ -297,18 +297,18 @@ fn child_main(entry: &dyn WorkerMain, boot: WorkerBoot) -> ! {
     // A panic must never unwind into the master's code copied in this
     // process: catch it and exit.
     let code = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        if let Err(e) = sys::reset_signal_dispositions() {
+        if let Err(e) = os::reset_signal_dispositions() {
             error!(error = %e, "worker cannot reset signal handlers");
             return exit::WORKER_SETUP_FAILED;
         }
         // Before any thread exists, so that every thread can answer.
-        if let Err(e) = crate::forensics::install(&boot.board.dumps[boot.slot]) {
+        if let Err(e) = crate::shm::inflight::install(&boot.board.dumps[boot.slot]) {
             error!(error = %e, "worker cannot install its stack-dump handler");
             return exit::WORKER_SETUP_FAILED;
         }
         if let Some(r) = &boot.material.run_as {
             // Refuse to serve at all rather than serve as root by mistake.
-            if let Err(e) = sys::drop_privileges(&r.user, r.uid, r.gid) {
+            if let Err(e) = os::drop_privileges(&r.user, r.uid, r.gid) {
                 error!(error = %e, user = %r.user, "worker cannot drop privileges");
                 return exit::WORKER_SETUP_FAILED;
             }
@@ -323,19 +323,19 @@ fn child_main(entry: &dyn WorkerMain, boot: WorkerBoot) -> ! {
         if nix::unistd::getppid() != boot.master_pid {
             return exit::WORKER_ORPHANED;
         }
-        if let Err(e) = sys::close_fds_except(&kept_fds(&boot)) {
+        if let Err(e) = os::close_fds_except(&kept_fds(&boot)) {
             error!(error = %e, "worker cannot close the master's descriptors");
             return exit::WORKER_SETUP_FAILED;
         }
         // The master talks to systemd and hands sockets over; the app must
         // not think it may.
         for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
-            sys::unset_env(var);
+            os::unset_env(var);
         }
         for (k, v) in &boot.config.app.env {
-            sys::set_env(k, v);
+            os::set_env(k, v);
         }
-        sys::tune_allocator();
+        os::tune_allocator();
         entry.run(boot)
     }))
     .unwrap_or(exit::WORKER_PANICKED);

@@ -1,12 +1,12 @@
 //! `rsvisor status`: the fleet as the master sees it.
 
 use super::Master;
-use crate::control::{CanaryReport, Status, Totals, UpgradeReport, WorkerStatus};
-use crate::outcome::{ExitReason, ReloadResult};
+use crate::proto::control::{CanaryReport, Status, Totals, UpgradeReport, WorkerStatus};
+use crate::proto::outcome::{ExitReason, ReloadResult};
 
 impl Master {
     pub(super) fn status(&self) -> Status {
-        let now_ms = crate::sys::monotonic_ms();
+        let now_ms = crate::os::monotonic_ms();
         let workers: Vec<WorkerStatus> = self
             .workers
             .iter()
@@ -62,7 +62,7 @@ impl Master {
                 exits_by_reason,
                 reloads_by_result,
                 latency_histogram: totals.latency.to_vec(),
-                latency_bounds_us: crate::scoreboard::LATENCY_BOUNDS_US.to_vec(),
+                latency_bounds_us: crate::shm::scoreboard::LATENCY_BOUNDS_US.to_vec(),
             },
             workers,
             last_reload: self.last_reload.as_ref().map(|r| r.report()),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::procfs::ProcEntry;
+use crate::os::procfs::ProcEntry;
 
 /// How often the process table is read while strays may exist.
 pub const STRAY_SWEEP: Duration = Duration::from_millis(500);

@@ -18,9 +18,9 @@ use tracing::{error, info, warn};
 use super::lifecycle::{judge_upgrade, Lifecycle, Upgrade, UpgradeVerdict};
 use super::reap::Exit;
 use super::Master;
-use crate::control::UpgradeReport;
-use crate::sys::{self, Fork};
-use crate::systemd::LISTEN_FDS_START;
+use crate::os::systemd::LISTEN_FDS_START;
+use crate::os::{self, Fork};
+use crate::proto::control::UpgradeReport;
 
 /// `LISTEN_FDNAMES` name of the inherited control socket.
 pub const FD_NAME_CONTROL: &str = "rsvisor-control";
@@ -71,10 +71,10 @@ impl Master {
         fds.push(write.as_raw_fd());
         names.push(FD_NAME_UPGRADE.into());
         let old_pid = std::process::id().to_string();
-        let mask = sys::block_all_signals()?;
-        let forked = sys::fork();
+        let mask = os::block_all_signals()?;
+        let forked = os::fork();
         if !matches!(forked, Ok(Fork::Child)) {
-            sys::set_signal_mask(&mask)?;
+            os::set_signal_mask(&mask)?;
         }
         match forked? {
             Fork::Child => {
@@ -82,8 +82,8 @@ impl Master {
                 // nothing blocked (a signal sent to it meanwhile is delivered
                 // now, with the default action: it dies, and the upgrade
                 // fails visibly). exec keeps neither our handlers nor us.
-                let _ = sys::reset_signal_dispositions();
-                let _ = sys::unblock_all_signals();
+                let _ = os::reset_signal_dispositions();
+                let _ = os::unblock_all_signals();
                 let me = std::process::id().to_string();
                 let mut env = vec![
                     ("LISTEN_PID".to_string(), me.clone()),
@@ -94,7 +94,7 @@ impl Master {
                 if std::env::var_os("WATCHDOG_USEC").is_some() {
                     env.push(("WATCHDOG_PID".to_string(), me));
                 }
-                let err = sys::exec_with_fds(
+                let err = os::exec_with_fds(
                     &self.fixed.exe,
                     &self.fixed.args,
                     &fds,
@@ -105,7 +105,7 @@ impl Master {
                     "rsvisor: cannot execute {}: {err}",
                     self.fixed.exe.display()
                 );
-                sys::exit_child(127)
+                os::exit_child(127)
             }
             Fork::Parent(pid) => {
                 drop(write);

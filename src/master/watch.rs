@@ -19,7 +19,7 @@ use notify::{RecursiveMode, Watcher};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::sys::{self, Fork};
+use crate::os::{self, Fork};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -158,8 +158,8 @@ impl WatchPlan {
 /// master's handlers).
 pub fn start(plan: WatchPlan) -> std::io::Result<Pid> {
     let master = nix::unistd::getpid();
-    let mask = sys::block_all_signals()?;
-    match sys::fork() {
+    let mask = os::block_all_signals()?;
+    match os::fork() {
         Ok(Fork::Child) => {
             let code = match child(master, &plan) {
                 Ok(()) => 0,
@@ -168,29 +168,29 @@ pub fn start(plan: WatchPlan) -> std::io::Result<Pid> {
                     1
                 }
             };
-            sys::exit_child(code)
+            os::exit_child(code)
         }
         Ok(Fork::Parent(pid)) => {
-            sys::set_signal_mask(&mask)?;
+            os::set_signal_mask(&mask)?;
             Ok(pid)
         }
         Err(e) => {
-            let _ = sys::set_signal_mask(&mask);
+            let _ = os::set_signal_mask(&mask);
             Err(e)
         }
     }
 }
 
 fn child(master: Pid, plan: &WatchPlan) -> Result<(), WatchError> {
-    sys::reset_signal_dispositions()?;
-    sys::unblock_all_signals()?;
+    os::reset_signal_dispositions()?;
+    os::unblock_all_signals()?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
     // The master may have died before the line above took effect.
     if nix::unistd::getppid() != master {
         return Ok(());
     }
     // Only stdio: the listeners and the master's pipes are not ours.
-    sys::close_fds_except(&[0, 1, 2])?;
+    os::close_fds_except(&[0, 1, 2])?;
     let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
     let mut watcher = notify::recommended_watcher(tx)?;
     for dir in &plan.dirs {

@@ -10,8 +10,9 @@ use nix::unistd::Pid;
 
 use super::exec::ExecIo;
 use crate::config::Config;
-use crate::outcome::{ExitReason, WorkerState};
-use crate::scoreboard::SlotState;
+use crate::proto::outcome::ExitReason;
+use crate::proto::state::WorkerState;
+use crate::shm::scoreboard::SlotState;
 
 /// After SIGABRT for a missed heartbeat, how long before SIGKILL.
 pub const ABORT_GRACE: Duration = Duration::from_secs(1);

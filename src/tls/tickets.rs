@@ -35,7 +35,7 @@ use ring as crypto;
 
 #[cfg(test)]
 use crate::config::DEFAULT_TICKET_LIFETIME;
-use crate::sys::{self, shared_plain};
+use crate::os::{self, shared_plain};
 
 /// What the shared region starts with. Tests (as root) look for it in the
 /// master's shared mappings to learn the live key, then check that no
@@ -82,14 +82,14 @@ struct Snapshot {
 
 fn store(words: &[AtomicU64], bytes: &[u8]) {
     for (w, chunk) in words.iter().zip(bytes.chunks(8)) {
-        w.store(sys::pack_word(chunk), Ordering::Relaxed);
+        w.store(os::pack_word(chunk), Ordering::Relaxed);
     }
 }
 
 fn load<const N: usize>(words: &[AtomicU64]) -> [u8; N] {
     let words: Vec<u64> = words.iter().map(|w| w.load(Ordering::Relaxed)).collect();
     let mut out = [0u8; N];
-    out.copy_from_slice(&sys::unpack_words(&words, N));
+    out.copy_from_slice(&os::unpack_words(&words, N));
     out
 }
 
@@ -165,8 +165,8 @@ pub fn shared_keys() -> io::Result<&'static TicketKeys> {
     if let Some(k) = KEYS.get() {
         return Ok(k);
     }
-    let keys: &'static TicketKeys = sys::shared_zeroed()?;
-    if let Err(e) = sys::keep_off_disk(keys) {
+    let keys: &'static TicketKeys = os::shared_zeroed()?;
+    if let Err(e) = os::keep_off_disk(keys) {
         tracing::warn!(
             error = %e,
             "cannot lock the TLS ticket keys in memory; they may be swapped out \
@@ -322,7 +322,7 @@ mod tests {
     use rustls::server::ProducesTickets;
 
     fn fresh() -> &'static TicketKeys {
-        let keys: &'static TicketKeys = sys::shared_zeroed().expect("shared memory");
+        let keys: &'static TicketKeys = os::shared_zeroed().expect("shared memory");
         keys.make_key(&SystemRandom::new()).expect("random");
         keys
     }

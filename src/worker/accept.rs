@@ -9,12 +9,12 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use super::conn;
-use super::conn_state::{How, Peer};
+use super::conn_info::{How, Peer};
 use super::{BootListener, Shared};
 use crate::app::Handler;
 use crate::config::BindAddr;
-use crate::outcome::AcceptError;
-use crate::throttle::Throttle;
+use crate::proto::outcome::AcceptError;
+use crate::telemetry::throttle::Throttle;
 
 /// Pause after an accept error that retrying at once cannot fix (out of
 /// descriptors or memory), so the loop does not spin.

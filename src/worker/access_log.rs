@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::{HeaderValue, Method, Uri, Version};
 
 use crate::config::{AccessFormat, LogConfig};
-use crate::scoreboard::Slot;
-use crate::throttle::Throttle;
+use crate::shm::scoreboard::Slot;
+use crate::telemetry::throttle::Throttle;
 
 /// Lines waiting for the writer before new ones are dropped.
 const QUEUE_LINES: usize = 16 * 1024;
@@ -36,7 +36,7 @@ pub struct Entry {
     pub version: Version,
     pub status: u16,
     pub bytes: u64,
-    /// `sys::monotonic_us` when the request arrived; the line's duration
+    /// `os::monotonic_us` when the request arrived; the line's duration
     /// runs to when it is logged (HTTP/1.1: when its last byte left hyper).
     pub started_us: u64,
     pub user_agent: Option<HeaderValue>,
@@ -92,7 +92,7 @@ impl AccessLog {
     }
 
     pub fn log(&self, entry: Box<Entry>) {
-        let duration_us = crate::sys::monotonic_us().saturating_sub(entry.started_us);
+        let duration_us = crate::os::monotonic_us().saturating_sub(entry.started_us);
         match self.tx.try_send(Msg::Entry(entry, duration_us)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {

@@ -1,5 +1,5 @@
 //! The worker clock: the monotonic clock in milliseconds (the master's
-//! `sys::monotonic_ms`, so the master can compare times the worker wrote in
+//! `os::monotonic_ms`, so the master can compare times the worker wrote in
 //! shared memory), advanced every [`CLOCK_TICK`] by one task. Connection
 //! deadlines and the in-flight table read it (an atomic load) instead of
 //! asking the system for the time on every request.
@@ -17,6 +17,6 @@ pub async fn run_clock(clock: Arc<AtomicU64>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        clock.store(crate::sys::monotonic_ms(), Relaxed);
+        clock.store(crate::os::monotonic_ms(), Relaxed);
     }
 }

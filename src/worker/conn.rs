@@ -21,16 +21,16 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 use super::access_log::AccessLog;
-use super::conn_state::{ConnState, EndedBy, How, Peer};
-use super::conns::ConnGuard;
+use super::conn_info::{ConnState, EndedBy, How, Peer};
 use super::h2_frames::{H2Frames, Sniff, PREFACE};
 use super::park::{self, Handoff, Parkable, Tail};
 use super::proxy_protocol;
+use super::registry::ConnGuard;
 use super::service::ConnService;
 use super::{ListenRole, Shared};
 use crate::app::Handler;
-use crate::outcome::{ConnError, TlsFailure};
-use crate::throttle::Throttle;
+use crate::proto::outcome::{ConnError, TlsFailure};
+use crate::telemetry::throttle::Throttle;
 
 /// How long a connection may take to read a 408 we queued before it is
 /// dropped anyway.

@@ -64,7 +64,7 @@ pub fn builtin<H: Handler>(shared: &Shared<H>, role: ListenRole, req: &Request) 
 /// The sidecar's `/ready`: the fleet serves (at least one app worker is
 /// ready) and is not stopping.
 fn fleet_ready<H>(shared: &Shared<H>) -> Response {
-    use crate::scoreboard::SlotState;
+    use crate::shm::scoreboard::SlotState;
     if shared.board.is_stopping() {
         let body = readiness::json("draining", &Vec::new());
         return json(StatusCode::SERVICE_UNAVAILABLE, body);
@@ -106,7 +106,7 @@ pub async fn ready<H>(shared: &Shared<H>) -> Response {
 }
 
 fn metrics_response<H>(shared: &Shared<H>) -> Response {
-    let mut resp = Response::new(Body::from(crate::metrics::render(shared.board)));
+    let mut resp = Response::new(Body::from(crate::telemetry::metrics::render(shared.board)));
     resp.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

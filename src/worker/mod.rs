@@ -48,8 +48,7 @@ use forward_async_write;
 mod access_log;
 mod clock;
 mod conn;
-mod conn_state;
-mod conns;
+mod conn_info;
 mod endpoints;
 mod h2_frames;
 mod heartbeat;
@@ -57,6 +56,7 @@ mod park;
 mod proxy;
 mod proxy_protocol;
 mod readiness;
+mod registry;
 mod service;
 mod shared;
 mod sidecar;
@@ -71,10 +71,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
 
 use crate::app::{App, Handler, WorkerContext};
+use crate::config::material::Material;
 use crate::config::{BindAddr, Config};
-use crate::exit;
-use crate::material::Material;
-use crate::scoreboard::{Board, SlotState};
+use crate::proto::exit;
+use crate::shm::scoreboard::{Board, SlotState};
 
 pub(crate) use shared::Shared;
 
@@ -179,11 +179,11 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> i32 {
     };
     // Forked with every signal blocked: what the master sent since (a TERM
     // right after the fork) is delivered now, to these handlers.
-    if let Err(e) = crate::sys::unblock_all_signals() {
+    if let Err(e) = crate::os::unblock_all_signals() {
         error!(error = %e, "worker cannot unblock signals");
         return exit::WORKER_SETUP_FAILED;
     }
-    crate::logging::count_suppressed_into(slot);
+    crate::telemetry::logging::count_suppressed_into(slot);
     let access_log = match access_log::AccessLog::start(&boot.config.log, slot) {
         Ok(a) => a,
         Err(e) => {

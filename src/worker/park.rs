@@ -35,8 +35,8 @@ use std::time::Duration;
 
 use tokio::net::{TcpStream, UnixStream};
 
-use super::conn_state::ConnState;
-use super::conns::ConnGuard;
+use super::conn_info::ConnState;
+use super::registry::ConnGuard;
 
 /// How long a connection must have been idle before it is parked. The
 /// connection's watchdog wakes it then, so that hyper asks for bytes again.

@@ -7,10 +7,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::HeaderMap;
 
-use super::conn_state::Peer;
+use super::conn_info::Peer;
 use crate::app::ClientInfo;
 use crate::config::ProxyConfig;
-use crate::netmask::IpNet;
+use crate::net::netmask::IpNet;
 
 /// The parsed trust list.
 pub struct Trust {

@@ -15,13 +15,13 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::access_log::Entry;
-use super::conn_state::{ConnState, EndedBy, Peer, SendWatch};
+use super::conn_info::{ConnState, EndedBy, Peer, SendWatch};
 use super::endpoints;
 use super::shared::{self, Shared};
 use super::stream_exec;
 use crate::app::{Body, BodyOutcome, BoxError, Handler, RequestBody};
-use crate::forensics::PeerAddr;
-use crate::scoreboard::method_class;
+use crate::shm::inflight::PeerAddr;
+use crate::shm::scoreboard::method_class;
 
 pub struct ConnService<H> {
     shared: Arc<Shared<H>>,
@@ -108,7 +108,7 @@ async fn compressed<H: Handler>(shared: &Arc<Shared<H>>, req: crate::Request) ->
 
 /// What the request path carries from before the app to after it.
 struct Ctx<H> {
-    /// `sys::monotonic_us` when the request arrived.
+    /// `os::monotonic_us` when the request arrived.
     start_us: u64,
     version: Version,
     method: usize,
@@ -134,7 +134,7 @@ fn prepare<H: Handler>(
     conn: &Arc<ConnState>,
     req: http::Request<Incoming>,
 ) -> Prepared<H> {
-    let start_us = crate::sys::monotonic_us();
+    let start_us = crate::os::monotonic_us();
     conn.request_started(hyper::body::Body::is_end_stream(req.body()), req.version());
     let version = req.version();
     let method = method_class(req.method());
@@ -240,7 +240,7 @@ fn finish<H: Handler>(
 
     let slot = shared.slot;
     let status = resp.status().as_u16();
-    let latency_us = crate::sys::monotonic_us().saturating_sub(ctx.start_us);
+    let latency_us = crate::os::monotonic_us().saturating_sub(ctx.start_us);
     let served = if shared.sidecar {
         0
     } else if shared.config.metrics.enabled {
@@ -249,7 +249,7 @@ fn finish<H: Handler>(
         slot.count_request()
     };
     if served != 0 && served % shared::YIELD_EVERY_REQUESTS == 0 {
-        crate::sys::yield_cpu();
+        crate::os::yield_cpu();
     }
     if served != 0 && slot.wants_nudge(served) {
         shared.nudge_master();

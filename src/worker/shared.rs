@@ -11,14 +11,14 @@ use hyper_util::server::conn::auto;
 use tokio_rustls::TlsAcceptor;
 
 use super::access_log::AccessLog;
-use super::conns::Conns;
 use super::proxy::Trust;
 use super::readiness::Readiness;
+use super::registry::Conns;
 use super::stream_exec::StreamExec;
+use crate::config::material::Material;
 use crate::config::{Config, HttpConfig};
-use crate::forensics::InFlightTable;
-use crate::material::Material;
-use crate::scoreboard::{Board, Slot};
+use crate::shm::inflight::InFlightTable;
+use crate::shm::scoreboard::{Board, Slot};
 
 /// HTTP/2 connections are pinged this often, so dead peers are noticed.
 pub const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
@@ -120,7 +120,7 @@ impl<H> Shared<H> {
             sidecar,
         } = parts;
         let http = &config.http;
-        let clock = Arc::new(AtomicU64::new(crate::sys::monotonic_ms()));
+        let clock = Arc::new(AtomicU64::new(crate::os::monotonic_ms()));
         let exec = StreamExec {
             send_timeout: http.send_timeout,
             clock: clock.clone(),

@@ -15,8 +15,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use super::clock::CLOCK_TICK;
-use super::conn_state::SendWatch;
-use crate::scoreboard::Slot;
+use super::conn_info::SendWatch;
+use crate::shm::scoreboard::Slot;
 
 thread_local! {
     /// The watch of the HTTP/2 stream being polled on this thread, if any.

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 pub use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 pub use rsvisor::control::Status;
-pub use rsvisor::outcome::{ExitReason, Phase, ReloadResult, WorkerState};
+pub use rsvisor::outcome::{ExitReason, ReloadResult};
+pub use rsvisor::state::{Phase, WorkerState};
 
 /// Generous, because CI machines have 2 noisy cores.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);

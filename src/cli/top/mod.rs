@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 
-use crate::control::Request;
-use crate::ctl::{self, ControlClient, CtlError};
-use crate::exit;
+use crate::cli::client::{self as ctl, ControlClient, CtlError};
+use crate::proto::control::Request;
+use crate::proto::exit;
 use model::Model;
 
 /// How long `top` waits for one answer before it shows "disconnected".
@@ -90,7 +90,7 @@ impl Poller {
         }
     }
 
-    fn ask(&mut self) -> Result<crate::control::Status, CtlError> {
+    fn ask(&mut self) -> Result<crate::proto::control::Status, CtlError> {
         if self.client.is_none() {
             self.client = Some(ControlClient::connect(&self.path)?);
         }

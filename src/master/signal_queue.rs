@@ -1,4 +1,4 @@
-//! The master's signals: handlers only queue (see `sys::queue_signal`);
+//! The master's signals: handlers only queue (see `os/signals.rs`);
 //! the loop waits on the self-pipe, which workers also use to nudge it.
 
 use std::io;
@@ -31,7 +31,7 @@ pub struct SignalQueue {
 impl SignalQueue {
     pub fn install() -> io::Result<SignalQueue> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
-        crate::sys::install_queueing_handlers(&HANDLED, write.as_raw_fd())?;
+        crate::os::install_queueing_handlers(&HANDLED, write.as_raw_fd())?;
         Ok(SignalQueue { read, write })
     }
 
@@ -70,7 +70,7 @@ impl SignalQueue {
     pub fn take(&self) -> Vec<(Signal, u32)> {
         HANDLED
             .iter()
-            .map(|s| (*s, crate::sys::take_pending(*s)))
+            .map(|s| (*s, crate::os::take_pending(*s)))
             .filter(|(_, n)| *n > 0)
             .collect()
     }

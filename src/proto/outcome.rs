@@ -37,6 +37,7 @@ macro_rules! outcome {
         }
     };
 }
+pub(crate) use outcome as labelled;
 
 outcome! {
     /// Why a worker left (`rsvisor_worker_exits_total{reason}`).
@@ -74,32 +75,6 @@ outcome! {
         /// The canary failed (it exited, answered too many 5xx or was too
         /// slow); the previous generation serves on.
         RolledBack = "rolled_back",
-    }
-}
-
-outcome! {
-    /// A worker as `rsvisor status` shows it.
-    pub enum WorkerState {
-        /// Started; not accepting yet.
-        Booting = "booting",
-        /// Accepting and serving.
-        Ready = "ready",
-        /// Serving until its replacement is ready (max_requests, memory).
-        Retiring = "retiring",
-        /// Told to drain; finishing in-flight requests.
-        Draining = "draining",
-        /// Told to stop now (heartbeat timeout, quick stop).
-        Stopping = "stopping",
-    }
-}
-
-outcome! {
-    /// What the master is doing, as `rsvisor status` shows it.
-    pub enum Phase {
-        Running = "running",
-        Reloading = "reloading",
-        Upgrading = "upgrading",
-        Stopping = "stopping",
     }
 }
 

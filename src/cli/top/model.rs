@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use crate::control::{ExitReport, Status, WorkerStatus};
-use crate::outcome::{Phase, WorkerState};
+use crate::proto::control::{ExitReport, Status, WorkerStatus};
+use crate::proto::state::{Phase, WorkerState};
 
 /// RSS samples kept per worker for its trend.
 pub const RSS_TREND: usize = 3;
@@ -214,7 +214,7 @@ fn traffic_line(s: &Status, prev: Option<&Status>, interval: Option<f64>) -> Str
         .map(|(a, b)| a.saturating_sub(*b))
         .collect();
     let q = |q| {
-        crate::scoreboard::quantile_us(&delta, q)
+        crate::shm::scoreboard::quantile_us(&delta, q)
             .map_or("-".to_string(), |us| format!("{:.1}ms", us / 1000.0))
     };
     format!(
@@ -310,7 +310,7 @@ fn human_secs(s: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::Totals;
+    use crate::proto::control::Totals;
 
     fn worker(pid: u32, requests: u64, rss: u64) -> WorkerStatus {
         WorkerStatus {
@@ -349,7 +349,7 @@ mod tests {
                 exits_by_reason: Default::default(),
                 reloads_by_result: Default::default(),
                 latency_histogram: hist,
-                latency_bounds_us: crate::scoreboard::LATENCY_BOUNDS_US.to_vec(),
+                latency_bounds_us: crate::shm::scoreboard::LATENCY_BOUNDS_US.to_vec(),
             },
             last_reload: None,
             last_upgrade: None,

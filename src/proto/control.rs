@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::outcome::{ExitReason, Phase, ReloadResult, WorkerState};
+use crate::proto::outcome::{ExitReason, ReloadResult};
+use crate::proto::state::{Phase, WorkerState};
 
 /// The error a client gets when every control connection is taken by a
 /// client waiting for an answer; the CLI retries on it.

@@ -82,7 +82,7 @@ impl Notifier {
     pub fn reloading(&self) {
         self.send(&format!(
             "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading",
-            crate::sys::monotonic_us()
+            crate::os::monotonic_us()
         ));
     }
 
@@ -142,7 +142,7 @@ pub fn take_listen_fds() -> Vec<Inherited> {
         .map(|n| n.split(':').map(String::from).collect())
         .unwrap_or_default();
     for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-        crate::sys::unset_env(var);
+        crate::os::unset_env(var);
     }
     if count == 0 {
         return Vec::new();
@@ -150,13 +150,13 @@ pub fn take_listen_fds() -> Vec<Inherited> {
     (0..count)
         .filter_map(|i| {
             let fd = LISTEN_FDS_START + i;
-            if !crate::sys::is_open(fd) {
+            if !crate::os::is_open(fd) {
                 warn!(fd, "LISTEN_FDS names a descriptor that is not open");
                 return None;
             }
-            crate::sys::set_cloexec(fd);
+            crate::os::set_cloexec(fd);
             Some(Inherited {
-                fd: crate::sys::adopt_inherited_fd(fd),
+                fd: crate::os::adopt_inherited_fd(fd),
                 name: names.get(i as usize).filter(|n| !n.is_empty()).cloned(),
             })
         })

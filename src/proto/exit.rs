@@ -1,4 +1,4 @@
-//! Exit codes, documented in docs/operations.md (and the README). The master's codes are what
+//! Exit codes, documented in docs/operations.md and the README. The master's codes are what
 //! systemd and scripts see; the worker codes are what the master logs.
 
 /// Clean stop (TERM, INT, QUIT) or a successful `check`.

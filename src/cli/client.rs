@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::{Config, Overrides};
-use crate::control::{Forensics, Request, Response, Status};
-use crate::exit;
+use crate::proto::control::{Forensics, Request, Response, Status};
+use crate::proto::exit;
 
 /// A reload waits for the new generation (and its canary window, added to
 /// this); bounded so a wedged master does not hang a deploy script forever.
@@ -109,7 +109,7 @@ fn ask(config: &Path, req: Request, timeout: Duration) -> Result<Response, CtlEr
     loop {
         let answer = ControlClient::connect(&path).and_then(|mut c| c.ask(&req, timeout));
         let busy = match &answer {
-            Ok(r) => r.error.as_deref() == Some(crate::control::CONTROL_FULL),
+            Ok(r) => r.error.as_deref() == Some(crate::proto::control::CONTROL_FULL),
             Err(CtlError::Connect { source, .. }) => matches!(
                 source.kind(),
                 std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::WouldBlock
@@ -272,7 +272,7 @@ pub fn table(s: &Status) -> String {
     let ready = s
         .workers
         .iter()
-        .filter(|w| w.state == crate::outcome::WorkerState::Ready)
+        .filter(|w| w.state == crate::proto::state::WorkerState::Ready)
         .count();
     let mut o = format!(
         "master {}  rsvisor {}  {}  generation {}  workers {}/{} ready  up {}\n",

@@ -5,7 +5,7 @@
 //!   path without the query, start time, the connection's peer), written by
 //!   the worker as requests start and end;
 //! - [`DumpArea`]: where each thread of a worker, interrupted by the
-//!   master's [`dump signal`](crate::sys::dump_signal), writes the raw
+//!   master's [`dump signal`](crate::os::dump_signal), writes the raw
 //!   return addresses of its stack. The handler takes no lock and
 //!   allocates nothing; the addresses are symbolized later, by a helper
 //!   process the master forks (see `master::forensics`).
@@ -16,7 +16,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 
-use crate::sys::{self, shared_plain, StackWalk};
+use crate::os::{self, shared_plain, StackWalk};
 
 /// Requests in flight a worker's table holds; more are counted, not shown.
 pub const IN_FLIGHT_ENTRIES: usize = 32;
@@ -88,7 +88,7 @@ pub struct InFlight {
 }
 
 fn unpack(words: &[u64], len: usize) -> String {
-    String::from_utf8_lossy(&sys::unpack_words(words, len)).into_owned()
+    String::from_utf8_lossy(&os::unpack_words(words, len)).into_owned()
 }
 
 impl InFlightEntry {
@@ -98,12 +98,11 @@ impl InFlightEntry {
         self.seq.store(s.wrapping_add(1), Relaxed);
         std::sync::atomic::fence(Release);
         self.start_ms.store(now_ms, Relaxed);
-        self.method
-            .store(sys::pack_word(method.as_bytes()), Relaxed);
+        self.method.store(os::pack_word(method.as_bytes()), Relaxed);
         // Only the words the path fills: the reader stops at `path_len`.
         let p = path.as_bytes();
         for (w, chunk) in self.path.iter().zip(p.chunks(8)) {
-            w.store(sys::pack_word(chunk), Relaxed);
+            w.store(os::pack_word(chunk), Relaxed);
         }
         self.path_len.store(p.len() as u64, Relaxed);
         match peer {
@@ -308,10 +307,10 @@ pub fn install(area: &'static DumpArea) -> std::io::Result<()> {
     if MY_AREA.set(area).is_err() {
         return Err(std::io::Error::other("a dump area is set already"));
     }
-    crate::sys::install_dump_handler(record_this_thread)
+    crate::os::install_dump_handler(record_this_thread)
 }
 
-/// The [`StackRecorder`](crate::sys::StackRecorder): atomics only.
+/// The [`StackRecorder`](crate::os::StackRecorder): atomics only.
 fn record_this_thread(tid: u32, walk: &mut StackWalk<'_>) {
     if let Some(area) = MY_AREA.get() {
         area.record(tid, walk);
@@ -323,7 +322,7 @@ mod tests {
     use super::*;
 
     fn table() -> &'static InFlightTable {
-        crate::sys::shared_zeroed::<InFlightTable>().unwrap()
+        crate::os::shared_zeroed::<InFlightTable>().unwrap()
     }
 
     #[test]
@@ -375,7 +374,7 @@ mod tests {
 
     #[test]
     fn only_answers_to_the_current_dump_count() {
-        let area = crate::sys::shared_zeroed::<DumpArea>().unwrap();
+        let area = crate::os::shared_zeroed::<DumpArea>().unwrap();
         let first = area.begin();
         area.record(7, &mut |push| {
             for ip in [1, 2, 3] {

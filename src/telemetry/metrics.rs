@@ -9,8 +9,8 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::outcome::{AcceptError, ConnError, ExitReason, ReloadResult, TlsFailure};
-use crate::scoreboard::{Board, Slot, SlotState, LATENCY_BOUNDS_US, METHOD_CLASSES};
+use crate::proto::outcome::{AcceptError, ConnError, ExitReason, ReloadResult, TlsFailure};
+use crate::shm::scoreboard::{Board, Slot, SlotState, LATENCY_BOUNDS_US, METHOD_CLASSES};
 
 /// A per-worker gauge: name, help, how to read it from a slot at `now_ms`.
 type PerWorker = (&'static str, &'static str, fn(&Slot, u64) -> f64);
@@ -270,7 +270,7 @@ pub fn render(board: &Board) -> String {
     let upgraded: u64 = live.iter().map(|(_, s)| s.upgraded_connections()).sum();
     o.sample("rsvisor_upgraded_connections", "", upgraded);
 
-    let now_ms = crate::sys::monotonic_ms();
+    let now_ms = crate::os::monotonic_ms();
     let per_worker: [PerWorker; 5] = [
         (
             "rsvisor_worker_active_connections",
@@ -332,7 +332,7 @@ pub fn render(board: &Board) -> String {
         }
     }
 
-    if let Some(p) = crate::procfs::stats(nix::unistd::getppid().as_raw()) {
+    if let Some(p) = crate::os::procfs::stats(nix::unistd::getppid().as_raw()) {
         o.family(
             "rsvisor_master_resident_memory_bytes",
             "gauge",

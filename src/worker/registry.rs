@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-use crate::scoreboard::Slot;
+use crate::shm::scoreboard::Slot;
 
 pub struct Conns {
     slot: &'static Slot,
@@ -112,7 +112,7 @@ impl ConnGuard {
     pub fn upgraded_read(&self) {
         let n = self.conns.upgraded_reads.fetch_add(1, Relaxed) + 1;
         if n % YIELD_EVERY_UPGRADED_READS == 0 {
-            crate::sys::yield_cpu();
+            crate::os::yield_cpu();
         }
     }
 

@@ -28,7 +28,7 @@ impl Throttle {
     /// `Some(n)` when a line should be written now; `n` occurrences were
     /// left unsaid since the last one.
     pub fn admit(&self) -> Option<u64> {
-        self.admit_at(crate::sys::monotonic_ms())
+        self.admit_at(crate::os::monotonic_ms())
     }
 
     /// [`Self::admit`] at a given monotonic time in milliseconds.

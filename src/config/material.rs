@@ -136,7 +136,7 @@ fn check_static_dir(cfg: &Config, run_as: Option<&RunAs>) -> Result<(), ConfigEr
     let me = nix::unistd::geteuid().as_raw();
     let (allowed, who) = match run_as {
         Some(r) if r.uid != me => (
-            crate::sys::can_list_as(dir, &r.user, r.uid, r.gid, ACCESS_CHECK_TIMEOUT)
+            crate::os::can_list_as(dir, &r.user, r.uid, r.gid, ACCESS_CHECK_TIMEOUT)
                 .map_err(|e| invalid(cfg, key, format!("cannot check {shown}: {e}")))?,
             format!("user {:?} (server.user)", r.user),
         ),

@@ -10,7 +10,7 @@ use ratatui::widgets::{Block, Borders, Paragraph, Row as TableRow, Table};
 use ratatui::Frame;
 
 use super::model::{Row, View};
-use crate::outcome::WorkerState;
+use crate::proto::state::WorkerState;
 
 /// Widths that fit 80 columns with the spacing (69 + 11): a PID takes up
 /// to 7 digits (Linux's largest `pid_max` is 4194304), a state 8 letters.

@@ -13,8 +13,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 use crate::config::{LogConfig, LogFormat};
-use crate::scoreboard::Slot;
-use crate::throttle::Throttle;
+use crate::shm::scoreboard::Slot;
+use crate::telemetry::throttle::Throttle;
 
 /// The libraries a client's bytes reach before rsvisor's code sees them:
 /// their lines (rustls warns once per bad handshake, h2 once per bad

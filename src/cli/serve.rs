@@ -9,11 +9,14 @@ use std::sync::Arc;
 use tracing::{error, info, warn};
 
 use crate::app::App;
+use crate::config::material::{Loaded, Material};
 use crate::config::{BindAddr, Config, ConfigSource};
-use crate::listen::{Listener, ListenerSet};
 use crate::master::{self, FD_NAME_CONTROL, FD_NAME_UPGRADE};
-use crate::material::{Loaded, Material};
-use crate::{exit, logging, pidfile, systemd, worker};
+use crate::net::listen::{Listener, ListenerSet};
+use crate::os::{pidfile, systemd};
+use crate::proto::exit;
+use crate::telemetry::logging;
+use crate::worker;
 
 /// Sockets handed to this process (systemd socket activation, or the
 /// master this one upgrades).
@@ -30,7 +33,7 @@ fn take_inherited() -> Inherited {
         upgrade_pipe: None,
     };
     let from_upgrade = std::env::var_os(master::UPGRADE_FROM_ENV).is_some();
-    crate::sys::unset_env(master::UPGRADE_FROM_ENV);
+    crate::os::unset_env(master::UPGRADE_FROM_ENV);
     for s in systemd::take_listen_fds() {
         match s.name.as_deref() {
             Some(FD_NAME_CONTROL) => out.control = Some(s.fd),
@@ -165,7 +168,7 @@ pub fn describe_inherited() -> String {
             let mut out = format!("# socket activation: {count} inherited socket(s)\n");
             for i in 0..count {
                 let fd = systemd::LISTEN_FDS_START + i;
-                let what = crate::sys::describe_socket(fd)
+                let what = crate::os::describe_socket(fd)
                     .unwrap_or_else(|| "not a listening socket".into());
                 out += &format!("#   fd {fd}: {what}\n");
             }

@@ -4,9 +4,9 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 
-use crate::forensics::{DumpArea, InFlightTable};
-use crate::outcome::{AcceptError, ConnError, ExitReason, ReloadResult, TlsFailure};
-use crate::sys::shared_plain;
+use crate::os::shared_plain;
+use crate::proto::outcome::{AcceptError, ConnError, ExitReason, ReloadResult, TlsFailure};
+use crate::shm::inflight::{DumpArea, InFlightTable};
 
 /// Slots available: enough for `MAX_WORKERS` serving workers plus as many
 /// replacements and draining workers again during a rolling reload.
@@ -91,7 +91,7 @@ const CONN_ERRORS: usize = ConnError::ALL.len();
 
 shared_plain! {
     /// Things that went wrong, counted where they happen (they are also
-    /// logged, but only once per interval: see `crate::throttle`).
+    /// logged, but only once per interval: see `crate::telemetry::throttle`).
     #[repr(C)]
     pub struct Errors {
         pub send_timeouts: AtomicU64,
@@ -349,7 +349,7 @@ shared_plain! {
 impl Board {
     /// Maps the board; call in the master before the first fork.
     pub fn create() -> std::io::Result<&'static Board> {
-        crate::sys::shared_zeroed::<Board>()
+        crate::os::shared_zeroed::<Board>()
     }
 
     pub fn slot(&self, index: usize) -> &Slot {
@@ -381,7 +381,7 @@ impl Board {
         let s = &self.slots[index];
         s.pid.store(0, Relaxed);
         s.generation.store(generation, Relaxed);
-        let now = crate::sys::monotonic_ms();
+        let now = crate::os::monotonic_ms();
         s.started_ms.store(now, Relaxed);
         s.heartbeat_ms.store(now, Relaxed);
         s.loop_lag_us.store(0, Relaxed);

@@ -20,8 +20,8 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use tracing::warn;
 
 use crate::config::BindAddr;
-use crate::control::{Request, Response, CONTROL_FULL};
-use crate::listen::{self, ListenError, Listener};
+use crate::net::listen::{self, ListenError, Listener};
+use crate::proto::control::{Request, Response, CONTROL_FULL};
 
 /// How long a client may take to send a request line (after connecting or
 /// after its previous answer) before it is disconnected.

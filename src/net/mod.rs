@@ -1,0 +1,5 @@
+//! Listening sockets (bound, inherited, handed to workers) and the
+//! address ranges trusted for forwarded headers.
+
+pub mod listen;
+pub mod netmask;
