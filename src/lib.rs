@@ -31,6 +31,8 @@ mod worker;
 
 pub use proto::{control, exit, outcome, state};
 
+use proto::exit::Exit;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -148,7 +150,7 @@ impl Program {
                             "serve needs a CONFIG file, or the app's command after `--` \
                              (rsvisor serve --bind 127.0.0.1:8000 -- uvicorn app:app)"
                         );
-                        return ExitCode::from(exit::CONFIG_ERROR as u8);
+                        return Exit::ConfigError.into();
                     }
                     None => ConfigSource::Flags(overrides),
                 };
@@ -182,17 +184,17 @@ impl Program {
             Command::Completions { shell } => {
                 let name = cmd.get_name().to_string();
                 clap_complete::generate(shell, &mut cmd, name, &mut std::io::stdout());
-                exit::OK
+                Exit::Ok
             }
             Command::Man => match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
-                Ok(()) => exit::OK,
+                Ok(()) => Exit::Ok,
                 Err(e) => {
                     eprintln!("cannot write the manual page: {e}");
-                    exit::FAILURE
+                    Exit::Failure
                 }
             },
         };
-        ExitCode::from(code as u8)
+        code.into()
     }
 }
 
@@ -234,25 +236,25 @@ impl<A: App> Supervisor<A> {
 
     /// Runs the master until it stops; returns its exit code.
     pub fn run(self) -> ExitCode {
-        ExitCode::from(serve(self.app, self.source, None) as u8)
+        serve(self.app, self.source, None).into()
     }
 }
 /// `serve --print-config`: the configuration `serve` would run, as TOML a
 /// file can hold (for a one-line start that goes to production).
-fn print_config_of(source: &ConfigSource) -> i32 {
+fn print_config_of(source: &ConfigSource) -> Exit {
     match source.load() {
         Ok(config) => {
             print!("{}", config.render());
-            exit::OK
+            Exit::Ok
         }
         Err(e) => {
             eprintln!("{e}");
-            exit::CONFIG_ERROR
+            Exit::ConfigError
         }
     }
 }
 
-fn check<A: App>(app: &A, path: &Path, overrides: &Overrides) -> i32 {
+fn check<A: App>(app: &A, path: &Path, overrides: &Overrides) -> Exit {
     match config::material::Loaded::load(path, overrides) {
         Ok(loaded) => {
             print!("{}", loaded.config.render());
@@ -261,11 +263,11 @@ fn check<A: App>(app: &A, path: &Path, overrides: &Overrides) -> i32 {
                 eprintln!("{}: warning: {w}", path.display());
             }
             eprintln!("{}: configuration is valid", path.display());
-            exit::OK
+            Exit::Ok
         }
         Err(e) => {
             eprintln!("{e}");
-            exit::CONFIG_ERROR
+            Exit::ConfigError
         }
     }
 }

@@ -27,8 +27,8 @@ pub type Response = http::Response<Body>;
 /// connections. What it returns serves that worker's requests.
 ///
 /// A startup error makes the worker exit with
-/// [`crate::proto::exit::WORKER_APP_STARTUP_FAILED`]; when every worker fails that
-/// way the master stops with [`crate::proto::exit::APP_STARTUP_FAILED`].
+/// [`crate::proto::exit::WorkerExit::AppStartupFailed`]; when every worker fails that
+/// way the master stops with [`crate::proto::exit::Exit::AppStartupFailed`].
 ///
 /// Most apps need not implement this: [`service_fn`] makes one from an
 /// async function, [`tower()`] from any tower service (an axum `Router`).

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::config::{Config, Overrides};
 use crate::proto::control::{Forensics, Request, Response, Status};
-use crate::proto::exit;
+use crate::proto::exit::Exit;
 
 /// A reload waits for the new generation (and its canary window, added to
 /// this); bounded so a wedged master does not hang a deploy script forever.
@@ -123,7 +123,7 @@ fn ask(config: &Path, req: Request, timeout: Duration) -> Result<Response, CtlEr
     }
 }
 
-pub fn status(config: &Path, json: bool) -> i32 {
+pub fn status(config: &Path, json: bool) -> Exit {
     match ask(config, Request::Status, STATUS_TIMEOUT) {
         Ok(Response {
             status: Some(s), ..
@@ -136,25 +136,25 @@ pub fn status(config: &Path, json: bool) -> i32 {
             } else {
                 print!("{}", table(&s));
             }
-            exit::OK
+            Exit::Ok
         }
         Ok(other) => {
             eprintln!("rsvisor status: {}", other.error.unwrap_or_default());
-            exit::FAILURE
+            Exit::Failure
         }
         Err(e @ CtlError::Config(_)) => {
             eprintln!("rsvisor status: {e}");
-            exit::CONFIG_ERROR
+            Exit::ConfigError
         }
         Err(e) => {
             eprintln!("rsvisor status: {e}");
-            exit::FAILURE
+            Exit::Failure
         }
     }
 }
 
 /// `rsvisor dump CONFIG SLOT`: the worker's stacks and requests in flight.
-pub fn dump(config: &Path, slot: usize, json: bool) -> i32 {
+pub fn dump(config: &Path, slot: usize, json: bool) -> Exit {
     match ask(config, Request::Dump(slot), STATUS_TIMEOUT) {
         Ok(Response {
             forensics: Some(f), ..
@@ -167,19 +167,19 @@ pub fn dump(config: &Path, slot: usize, json: bool) -> i32 {
             } else {
                 print!("{}", forensics_text(&f));
             }
-            exit::OK
+            Exit::Ok
         }
         Ok(other) => {
             eprintln!("rsvisor dump: {}", other.error.unwrap_or_default());
-            exit::FAILURE
+            Exit::Failure
         }
         Err(e @ CtlError::Config(_)) => {
             eprintln!("rsvisor dump: {e}");
-            exit::CONFIG_ERROR
+            Exit::ConfigError
         }
         Err(e) => {
             eprintln!("rsvisor dump: {e}");
-            exit::FAILURE
+            Exit::Failure
         }
     }
 }
@@ -226,12 +226,12 @@ pub fn forensics_text(f: &Forensics) -> String {
     o
 }
 
-pub fn reload(config: &Path) -> i32 {
+pub fn reload(config: &Path) -> Exit {
     match ask(config, Request::Reload, RELOAD_WAIT_TIMEOUT) {
         // The master would refuse this config the same way.
         Err(CtlError::Config(e)) => {
             eprintln!("rsvisor reload: {e}\nnothing was reloaded (the config is invalid)");
-            exit::RELOAD_FAILED
+            Exit::ReloadFailed
         }
         Ok(resp) => {
             let report = resp.reload.as_ref();
@@ -239,18 +239,18 @@ pub fn reload(config: &Path) -> i32 {
                 let ms = report.map_or(0, |r| r.duration_ms);
                 let generation = report.map_or(0, |r| r.generation);
                 println!("reload complete: generation {generation} serving ({ms} ms)");
-                exit::OK
+                Exit::Ok
             } else {
                 eprintln!(
                     "rsvisor reload: {}",
                     resp.error.unwrap_or_else(|| "failed".into())
                 );
-                exit::RELOAD_FAILED
+                Exit::ReloadFailed
             }
         }
         Err(e) => {
             eprintln!("rsvisor reload: {e}");
-            exit::FAILURE
+            Exit::Failure
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::config::{BindAddr, Config, ConfigSource};
 use crate::master::{self, FD_NAME_CONTROL, FD_NAME_UPGRADE};
 use crate::net::listen::{Listener, ListenerSet};
 use crate::os::{pidfile, systemd};
-use crate::proto::exit;
+use crate::proto::exit::Exit;
 use crate::telemetry::logging;
 use crate::worker;
 
@@ -75,7 +75,7 @@ fn listen(
 
 /// Loads the config, binds, and runs the master until it stops.
 /// `reload`: `serve --reload`, with the `--reload-dir` directories.
-pub fn serve<A: App>(app: A, source: ConfigSource, reload: Option<Vec<PathBuf>>) -> i32 {
+pub fn serve<A: App>(app: A, source: ConfigSource, reload: Option<Vec<PathBuf>>) -> Exit {
     // Recorded first: USR2 runs the file at this path again.
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -86,7 +86,7 @@ pub fn serve<A: App>(app: A, source: ConfigSource, reload: Option<Vec<PathBuf>>)
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("rsvisor: {e}");
-            return exit::CONFIG_ERROR;
+            return Exit::ConfigError;
         }
     };
     let log = logging::init(&config.log);
@@ -103,7 +103,7 @@ pub fn serve<A: App>(app: A, source: ConfigSource, reload: Option<Vec<PathBuf>>)
                 "server.user = {:?} needs rsvisor to start as root (it runs as uid {me})",
                 r.user
             );
-            return exit::CONFIG_ERROR;
+            return Exit::ConfigError;
         }
     }
     let inherited = take_inherited();
@@ -111,7 +111,7 @@ pub fn serve<A: App>(app: A, source: ConfigSource, reload: Option<Vec<PathBuf>>)
         Ok(l) => l,
         Err(e) => {
             error!("{e}");
-            return exit::BIND_FAILED;
+            return Exit::BindFailed;
         }
     };
     let pidfile = match &config.server.pidfile {
@@ -119,7 +119,7 @@ pub fn serve<A: App>(app: A, source: ConfigSource, reload: Option<Vec<PathBuf>>)
             Ok(f) => Some(f),
             Err(e) => {
                 error!("cannot write pidfile {}: {e}", p.display());
-                return exit::FAILURE;
+                return Exit::Failure;
             }
         },
         None => None,
@@ -152,11 +152,11 @@ pub fn serve<A: App>(app: A, source: ConfigSource, reload: Option<Vec<PathBuf>>)
         Ok(m) => m.run(),
         Err(e @ master::MasterError::Control(_)) => {
             error!("{e}");
-            exit::BIND_FAILED
+            Exit::BindFailed
         }
         Err(e) => {
             error!("{e}");
-            exit::FAILURE
+            Exit::Failure
         }
     }
 }

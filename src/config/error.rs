@@ -42,6 +42,31 @@ impl fmt::Display for Origin {
     }
 }
 
+/// What is wrong with one value, in words for the user; whoever reports
+/// it adds where the value came from and the key ([`ConfigError::Invalid`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueError(pub String);
+
+impl fmt::Display for ValueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ValueError {}
+
+impl From<String> for ValueError {
+    fn from(s: String) -> ValueError {
+        ValueError(s)
+    }
+}
+
+impl From<&str> for ValueError {
+    fn from(s: &str) -> ValueError {
+        ValueError(s.to_string())
+    }
+}
+
 /// Why a configuration was refused. The message always starts with the
 /// place (`file:line:col`, or the variable or flag) so editors can jump to it.
 #[derive(Debug, thiserror::Error)]

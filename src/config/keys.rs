@@ -5,9 +5,11 @@
 
 use super::convert::*;
 use super::value::Val;
-use super::{AccessFormat, ClientAuth, Config, LogFormat, ReadyRule, WorkerCount, MAX_WORKERS};
+use super::{
+    AccessFormat, ClientAuth, Config, LogFormat, ReadyRule, ValueError, WorkerCount, MAX_WORKERS,
+};
 
-pub type Setter = fn(&mut Config, &Val) -> Result<(), String>;
+pub type Setter = fn(&mut Config, &Val) -> Result<(), ValueError>;
 
 pub struct Key {
     pub section: &'static str,
@@ -315,13 +317,13 @@ pub const KEYS: &[Key] = &[
                     "{} s is more than TLS 1.3 allows ({} s, 7 days)",
                     d.as_secs(),
                     super::MAX_TICKET_LIFETIME.as_secs()
-                ));
+                ).into());
             }
             if d < super::MIN_TICKET_LIFETIME {
                 return Err(format!(
                     "must be at least {} s",
                     super::MIN_TICKET_LIFETIME.as_secs()
-                ));
+                ).into());
             }
             c.tls.session_ticket_lifetime = d;
         },
@@ -343,10 +345,10 @@ pub const KEYS: &[Key] = &[
                     "{bad:?} is not a level: use one of {} or a filter such as \
                      \"info,rsvisor=debug\"",
                     LEVELS.join(", ")
-                ));
+                ).into());
             }
             tracing_subscriber::EnvFilter::try_new(&level)
-                .map_err(|e| format!("{level:?} is not a level or RUST_LOG filter: {e}"))?;
+                .map_err(|e| ValueError::from(format!("{level:?} is not a level or RUST_LOG filter: {e}")))?;
             c.log.level = level;
         },
         get |c| q(&c.log.level)),
@@ -446,7 +448,7 @@ pub const KEYS: &[Key] = &[
         get |c| q(&c.metrics.bind.as_ref().map(|b| b.to_string()).unwrap_or_default())),
 ];
 
-fn ready_rule(v: &Val) -> Result<ReadyRule, String> {
+fn ready_rule(v: &Val) -> Result<ReadyRule, ValueError> {
     let s = string(v)?;
     if s == "notify" {
         return Ok(ReadyRule::Notify);
@@ -457,17 +459,15 @@ fn ready_rule(v: &Val) -> Result<ReadyRule, String> {
         }
         return regex::Regex::new(re)
             .map(|r| ReadyRule::Log(super::LogPattern(r)))
-            .map_err(|e| format!("{re:?} is not a regular expression: {e}"));
+            .map_err(|e| format!("{re:?} is not a regular expression: {e}").into());
     }
     if let Some(n) = s.strip_prefix("delay:") {
         return Ok(ReadyRule::Delay(seconds(&Val::Str(n.into()), false)?));
     }
-    Err(format!(
-        "{s:?} is not one of \"notify\", \"log:REGEX\", \"delay:SECONDS\""
-    ))
+    Err(format!("{s:?} is not one of \"notify\", \"log:REGEX\", \"delay:SECONDS\"").into())
 }
 
-fn stop_signal(v: &Val) -> Result<super::StopSignal, String> {
+fn stop_signal(v: &Val) -> Result<super::StopSignal, ValueError> {
     let s = string(v)?;
     let name = s.trim().to_ascii_uppercase();
     let full = if name.starts_with("SIG") {
@@ -484,22 +484,23 @@ fn stop_signal(v: &Val) -> Result<super::StopSignal, String> {
             )
         })
         .map(super::StopSignal)
-        .ok_or_else(|| format!("{s:?} is not a signal name such as \"TERM\" or \"INT\""))
+        .ok_or_else(|| format!("{s:?} is not a signal name such as \"TERM\" or \"INT\"").into())
 }
 
-fn workers(v: &Val) -> Result<WorkerCount, String> {
+fn workers(v: &Val) -> Result<WorkerCount, ValueError> {
     Ok(match v {
         Val::Str(s) if s == "auto" => WorkerCount::Auto,
         Val::Str(s) => match s.parse::<i64>() {
             Ok(n) => WorkerCount::Fixed(int_in(&Val::Int(n), 1, MAX_WORKERS as i64)? as usize),
-            Err(_) => return Err(format!("expected an integer or \"auto\", found {s:?}")),
+            Err(_) => return Err(format!("expected an integer or \"auto\", found {s:?}").into()),
         },
         Val::Int(_) => WorkerCount::Fixed(int_in(v, 1, MAX_WORKERS as i64)? as usize),
         other => {
             return Err(format!(
                 "expected an integer or \"auto\", found {}",
                 other.type_name()
-            ))
+            )
+            .into())
         }
     })
 }

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use docs::markdown_table;
-pub use error::{ConfigError, Origin};
+pub use error::{ConfigError, Origin, ValueError};
 pub use workers::{resolve_auto_workers, WorkerCount, WorkersResolution};
 
 /// Upper bound for `server.workers`: the scoreboard holds twice this many
@@ -43,9 +43,9 @@ impl std::fmt::Display for BindAddr {
 }
 
 impl std::str::FromStr for BindAddr {
-    type Err = String;
+    type Err = ValueError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
                 return Err("`unix:` needs a socket path, e.g. \"unix:/run/app.sock\"".into());
@@ -54,7 +54,8 @@ impl std::str::FromStr for BindAddr {
                 return Err(format!(
                     "unix socket path is {} bytes; Linux allows at most 107",
                     path.len()
-                ));
+                )
+                .into());
             }
             return Ok(BindAddr::Unix(PathBuf::from(path)));
         }
@@ -63,19 +64,19 @@ impl std::str::FromStr for BindAddr {
             return addr
                 .parse()
                 .map(BindAddr::Tcp)
-                .map_err(|_| format!("`{s}` has an invalid port"));
+                .map_err(|_| format!("`{s}` has an invalid port").into());
         }
         if let Some(port) = s.strip_prefix("*:") {
             let addr = format!("0.0.0.0:{port}");
             return addr
                 .parse()
                 .map(BindAddr::Tcp)
-                .map_err(|_| format!("`{s}` has an invalid port"));
+                .map_err(|_| format!("`{s}` has an invalid port").into());
         }
         s.parse().map(BindAddr::Tcp).map_err(|_| {
-            format!(
+            ValueError(format!(
                 "`{s}` is not an address: use \"HOST:PORT\", \"[::1]:PORT\" or \"unix:/path.sock\""
-            )
+            ))
         })
     }
 }
@@ -474,15 +475,17 @@ impl Config {
 }
 
 /// Parses sizes like `"512MiB"`, `"1G"`, `"1048576"` into bytes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, ValueError> {
     let s = s.trim();
     let split = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let num: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size: use e.g. \"512MiB\" or \"2GiB\""))?;
+    let num: f64 = num.parse().map_err(|_| {
+        ValueError::from(format!(
+            "`{s}` is not a size: use e.g. \"512MiB\" or \"2GiB\""
+        ))
+    })?;
     let mult: f64 = match unit.trim() {
         "" | "B" => 1.0,
         "K" | "KB" | "k" | "kB" => 1e3,
@@ -494,7 +497,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         other => {
             return Err(format!(
                 "unknown size unit `{other}` in `{s}`: use B, KiB, MiB, GiB (or KB, MB, GB)"
-            ))
+            )
+            .into())
         }
     };
     Ok((num * mult) as u64)

@@ -157,7 +157,7 @@ fn apply_file(
             (k.set)(cfg, &val).map_err(|message| ConfigError::Invalid {
                 origin: at(value.span()),
                 key: full.clone(),
-                message,
+                message: message.to_string(),
             })?;
             origins.set(full, at(key.span()));
         }
@@ -198,7 +198,7 @@ fn apply_env(
         (k.set)(cfg, &Val::from_env(raw)).map_err(|message| ConfigError::Invalid {
             origin: origin.clone(),
             key: full.clone(),
-            message,
+            message: message.to_string(),
         })?;
         origins.set(full, origin);
     }
@@ -238,7 +238,7 @@ fn apply_overrides(
         (k.set)(cfg, &val).map_err(|message| ConfigError::Invalid {
             origin: origin.clone(),
             key: full.clone(),
-            message,
+            message: message.to_string(),
         })?;
         origins.set(full, origin);
     }

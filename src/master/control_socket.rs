@@ -21,7 +21,7 @@ use tracing::warn;
 
 use crate::config::BindAddr;
 use crate::net::listen::{self, ListenError, Listener};
-use crate::proto::control::{Request, Response, CONTROL_FULL};
+use crate::proto::control::{Request, RequestError, Response, CONTROL_FULL};
 
 /// How long a client may take to send a request line (after connecting or
 /// after its previous answer) before it is disconnected.
@@ -129,7 +129,7 @@ impl ControlServer {
         &mut self,
         revents: &Revents,
         now: Instant,
-    ) -> Vec<(ClientId, Result<Request, String>)> {
+    ) -> Vec<(ClientId, Result<Request, RequestError>)> {
         // Client events first: their indexes match the clients polled, and
         // accepting adds clients.
         for (i, ev) in revents.iter().enumerate().skip(1) {
@@ -278,12 +278,12 @@ impl Client {
         }
     }
 
-    fn next_line(&mut self) -> Option<Result<Request, String>> {
+    fn next_line(&mut self) -> Option<Result<Request, RequestError>> {
         let end = self.inbuf.iter().position(|b| *b == b'\n')?;
         let line: Vec<u8> = self.inbuf.drain(..=end).collect();
         Some(match std::str::from_utf8(&line) {
             Ok(text) => Request::parse(text),
-            Err(_) => Err("request is not UTF-8".into()),
+            Err(_) => Err(RequestError::NotUtf8),
         })
     }
 

@@ -51,7 +51,7 @@ impl Master {
         };
         for (client, request) in control.handle(revents, Instant::now()) {
             match request {
-                Err(e) => self.reply(client, &Response::error(e)),
+                Err(e) => self.reply(client, &Response::error(e.to_string())),
                 Ok(Request::Status) => {
                     let mut resp = Response::message("status");
                     resp.status = Some(self.status());

@@ -406,7 +406,7 @@ fn exec_child(
         return io::Error::from(e);
     }
     if nix::unistd::getppid() != req.master_pid {
-        os::exit_child(crate::proto::exit::WORKER_ORPHANED);
+        os::exit_child(crate::proto::exit::WorkerExit::Orphaned.code());
     }
     if let Err(e) = os::redirect_stdio(out_w.as_raw_fd(), err_w.as_raw_fd()) {
         return e;

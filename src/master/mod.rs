@@ -268,7 +268,7 @@ impl Master {
     }
 
     /// Runs until the fleet is stopped; returns the process exit code.
-    pub fn run(mut self) -> i32 {
+    pub fn run(mut self) -> crate::proto::exit::Exit {
         let addrs: Vec<String> = self
             .sockets
             .listeners

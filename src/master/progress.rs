@@ -4,18 +4,18 @@
 use tracing::{error, info};
 
 use super::Master;
-use crate::proto::exit;
+use crate::proto::exit::Exit;
 
 impl Master {
     /// Returns the exit code when the master should exit.
-    pub(super) fn track_progress(&mut self) -> Option<i32> {
+    pub(super) fn track_progress(&mut self) -> Option<Exit> {
         if self.lifecycle.draining_to_exit()
             && self.workers.is_empty()
             && self.sidecar.is_none()
             && self.strays.is_empty()
         {
             info!("all workers gone; master exiting");
-            return Some(exit::OK);
+            return Some(Exit::Ok);
         }
         if !self.lifecycle.serving() {
             return None;
@@ -44,7 +44,7 @@ impl Master {
             for w in &mut self.workers {
                 w.quick_stop();
             }
-            return Some(exit::APP_STARTUP_FAILED);
+            return Some(Exit::AppStartupFailed);
         }
 
         self.progress_reload();

@@ -11,31 +11,25 @@ use tracing::{error, info, warn};
 use super::worker_handle::{LeaveHow, WorkerHandle};
 use super::Master;
 use crate::proto::control::ExitReport;
-use crate::proto::exit;
+use crate::proto::exit::WorkerExit;
 use crate::proto::outcome::ExitReason;
 
 /// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
+pub enum Ended {
     Code(i32),
     Signal(Signal),
 }
 
-impl std::fmt::Display for Exit {
+impl std::fmt::Display for Ended {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Exit::Code(c) => {
-                let meaning = match *c {
-                    exit::WORKER_OK => "normal exit",
-                    exit::WORKER_APP_STARTUP_FAILED => "app startup failed",
-                    exit::WORKER_SETUP_FAILED => "worker setup failed",
-                    exit::WORKER_ORPHANED => "master was gone",
-                    exit::WORKER_PANICKED => "panicked",
-                    _ => "unexpected exit code",
-                };
+            Ended::Code(c) => {
+                let meaning =
+                    WorkerExit::from_code(*c).map_or("unexpected exit code", WorkerExit::describe);
                 write!(f, "exit code {c} ({meaning})")
             }
-            Exit::Signal(s) => write!(f, "killed by signal {} ({s})", *s as i32),
+            Ended::Signal(s) => write!(f, "killed by signal {} ({s})", *s as i32),
         }
     }
 }
@@ -55,8 +49,8 @@ impl Master {
                 Ok(s) => s,
             };
             let (pid, how) = match status {
-                WaitStatus::Exited(pid, code) => (pid, Exit::Code(code)),
-                WaitStatus::Signaled(pid, sig, _) => (pid, Exit::Signal(sig)),
+                WaitStatus::Exited(pid, code) => (pid, Ended::Code(code)),
+                WaitStatus::Signaled(pid, sig, _) => (pid, Ended::Signal(sig)),
                 _ => continue,
             };
             match self.workers.iter().position(|w| w.pid == pid) {
@@ -73,7 +67,7 @@ impl Master {
         }
     }
 
-    fn worker_exited(&mut self, w: WorkerHandle, how: Exit) {
+    fn worker_exited(&mut self, w: WorkerHandle, how: Ended) {
         // Exiting within READY_SETTLE of its ready signal is a failed start.
         let was_ready = w.settled;
         let reason = w.exit_reason();
@@ -98,12 +92,12 @@ impl Master {
             }
             // A program that re-raises the stop signal after a clean
             // shutdown (uvicorn does) ended as asked, too.
-            (Some(LeaveHow::Drain), Exit::Signal(sig))
+            (Some(LeaveHow::Drain), Ended::Signal(sig))
                 if sig == w.stop_signal && w.exec.is_some() =>
             {
                 info!(pid, %reason, "worker exited after draining");
             }
-            (Some(_), Exit::Code(0)) => {
+            (Some(_), Ended::Code(0)) => {
                 info!(pid, %reason, "worker exited after draining");
             }
             (Some(_), _) => {
@@ -143,7 +137,7 @@ impl Master {
             // that said it was ready and died soon after is backed off,
             // but is no proof that the app cannot start at all.
             let in_startup = w.ready_at.is_none()
-                && (how == Exit::Code(exit::WORKER_APP_STARTUP_FAILED) || w.exec.is_some());
+                && (how == Ended::Code(WorkerExit::AppStartupFailed.code()) || w.exec.is_some());
             let delay = self.backoff.failed(Instant::now(), in_startup);
             let what = if w.ready_at.is_some() {
                 "worker exited right after it said it was ready: a failed start"
@@ -217,7 +211,7 @@ impl Master {
 
     /// The metrics sidecar ended: it is started again (after a pause)
     /// unless the master is stopping.
-    fn sidecar_exited(&mut self, how: Exit) {
+    fn sidecar_exited(&mut self, how: Ended) {
         let Some(s) = self.sidecar.take() else {
             return;
         };

@@ -13,6 +13,8 @@ use super::control_socket::ClientId;
 use super::lifecycle::{Lifecycle, Reload, ReloadAdmission, ReloadOutcome};
 use super::{Current, Master};
 use crate::config::material::Loaded;
+use crate::config::ConfigError;
+use crate::net::listen::ListenError;
 use crate::proto::control::{ReloadReport, Response};
 use crate::proto::outcome::{ExitReason, ReloadResult};
 
@@ -72,7 +74,7 @@ impl Master {
         let started = Instant::now();
         let new = match self.load_new_config() {
             Ok(l) => l,
-            Err(why) => return self.refuse_reload(waiters, why, started),
+            Err(why) => return self.refuse_reload(waiters, why.to_string(), started),
         };
         self.log.apply(&new.config.log);
         let previous = self.current.clone();
@@ -106,25 +108,22 @@ impl Master {
 
     /// The new configuration, with what it refers to loaded and its new
     /// addresses bound.
-    fn load_new_config(&mut self) -> Result<Loaded, String> {
-        let mut config = self.fixed.source.load().map_err(|e| e.to_string())?;
+    fn load_new_config(&mut self) -> Result<Loaded, ReloadError> {
+        let mut config = self.fixed.source.load()?;
         for extra in &self.fixed.extra_binds {
             if !config.server.bind.contains(extra) {
                 config.server.bind.push(extra.clone());
             }
         }
-        let loaded = Loaded::from_config(config).map_err(|e| e.to_string())?;
+        let loaded = Loaded::from_config(config)?;
         let c = &loaded.config.server;
         let owner = loaded.material.run_as.as_ref().map(|r| (r.uid, r.gid));
-        self.sockets
-            .listeners
-            .ensure(
-                &loaded.config.listen_addrs(),
-                c.backlog,
-                c.socket_mode,
-                owner,
-            )
-            .map_err(|e| e.to_string())?;
+        self.sockets.listeners.ensure(
+            &loaded.config.listen_addrs(),
+            c.backlog,
+            c.socket_mode,
+            owner,
+        )?;
         Ok(loaded)
     }
 
@@ -322,4 +321,15 @@ impl Master {
         self.last_reload = Some(last);
         self.reload_settled();
     }
+}
+
+/// Why a reload was refused before any worker changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new configuration (or a file it names) is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// A new address cannot be bound.
+    #[error("{0}")]
+    Bind(#[from] ListenError),
 }

@@ -15,9 +15,9 @@ use crate::config::material::Loaded;
 use crate::config::BindAddr;
 use crate::net::listen::ListenerSet;
 use crate::os::{self, Fork};
-use crate::proto::exit;
+use crate::proto::exit::WorkerExit;
 use crate::shm::scoreboard::{Board, SlotKind};
-use crate::worker::{BootListener, ListenRole, WorkerBoot, WorkerMain};
+use crate::worker::{BootListener, ListenRole, SetupError, WorkerBoot, WorkerMain};
 
 use super::exec;
 use super::worker_handle::WorkerHandle;
@@ -296,48 +296,42 @@ fn child_main(entry: &dyn WorkerMain, boot: WorkerBoot) -> ! {
     }));
     // A panic must never unwind into the master's code copied in this
     // process: catch it and exit.
-    let code = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        if let Err(e) = os::reset_signal_dispositions() {
-            error!(error = %e, "worker cannot reset signal handlers");
-            return exit::WORKER_SETUP_FAILED;
-        }
-        // Before any thread exists, so that every thread can answer.
-        if let Err(e) = crate::shm::inflight::install(&boot.board.dumps[boot.slot]) {
-            error!(error = %e, "worker cannot install its stack-dump handler");
-            return exit::WORKER_SETUP_FAILED;
-        }
-        if let Some(r) = &boot.material.run_as {
-            // Refuse to serve at all rather than serve as root by mistake.
-            if let Err(e) = os::drop_privileges(&r.user, r.uid, r.gid) {
-                error!(error = %e, user = %r.user, "worker cannot drop privileges");
-                return exit::WORKER_SETUP_FAILED;
-            }
-        }
-        // A worker never outlives its master: the kernel kills it when the
-        // master dies; the check covers a master that died before this line.
-        // (Set after the privilege drop, which clears it.)
-        if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
-            error!(error = %e, "worker cannot set PR_SET_PDEATHSIG");
-            return exit::WORKER_SETUP_FAILED;
-        }
-        if nix::unistd::getppid() != boot.master_pid {
-            return exit::WORKER_ORPHANED;
-        }
-        if let Err(e) = os::close_fds_except(&kept_fds(&boot)) {
-            error!(error = %e, "worker cannot close the master's descriptors");
-            return exit::WORKER_SETUP_FAILED;
-        }
-        // The master talks to systemd and hands sockets over; the app must
-        // not think it may.
-        for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
-            os::unset_env(var);
-        }
-        for (k, v) in &boot.config.app.env {
-            os::set_env(k, v);
-        }
-        os::tune_allocator();
-        entry.run(boot)
+    let code = std::panic::catch_unwind(AssertUnwindSafe(|| match prepare(&boot) {
+        Ok(()) => entry.run(boot),
+        Err(e) => e.report(),
     }))
-    .unwrap_or(exit::WORKER_PANICKED);
-    std::process::exit(code)
+    .unwrap_or(WorkerExit::Panicked);
+    std::process::exit(code.code())
+}
+
+/// A forked worker's own set-up before the app's code runs.
+fn prepare(boot: &WorkerBoot) -> Result<(), SetupError> {
+    os::reset_signal_dispositions().map_err(SetupError::Dispositions)?;
+    // Before any thread exists, so that every thread can answer.
+    crate::shm::inflight::install(&boot.board.dumps[boot.slot]).map_err(SetupError::DumpHandler)?;
+    if let Some(r) = &boot.material.run_as {
+        // Refuse to serve at all rather than serve as root by mistake.
+        os::drop_privileges(&r.user, r.uid, r.gid).map_err(|source| SetupError::Privileges {
+            user: r.user.clone(),
+            source,
+        })?;
+    }
+    // A worker never outlives its master: the kernel kills it when the
+    // master dies; the check covers a master that died before this line.
+    // (Set after the privilege drop, which clears it.)
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(SetupError::DeathSignal)?;
+    if nix::unistd::getppid() != boot.master_pid {
+        return Err(SetupError::Orphaned);
+    }
+    os::close_fds_except(&kept_fds(boot)).map_err(SetupError::Descriptors)?;
+    // The master talks to systemd and hands sockets over; the app must
+    // not think it may.
+    for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+        os::unset_env(var);
+    }
+    for (k, v) in &boot.config.app.env {
+        os::set_env(k, v);
+    }
+    os::tune_allocator();
+    Ok(())
 }

@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
 use super::lifecycle::{judge_upgrade, Lifecycle, Upgrade, UpgradeVerdict};
-use super::reap::Exit;
+use super::reap::Ended;
 use super::Master;
 use crate::os::systemd::LISTEN_FDS_START;
 use crate::os::{self, Fork};
@@ -137,7 +137,7 @@ impl Master {
 
     /// The reap step found a child that is not a worker: the new master of
     /// an upgrade, if it is that one.
-    pub(super) fn other_child_exited(&mut self, pid: Pid, how: Exit) {
+    pub(super) fn other_child_exited(&mut self, pid: Pid, how: Ended) {
         if self.lifecycle.upgrade().map(|u| u.pid) == Some(pid) {
             let msg = format!("the new master exited ({how})");
             self.upgrade_failed(&msg);

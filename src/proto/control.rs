@@ -14,6 +14,22 @@ use crate::proto::state::{Phase, WorkerState};
 /// client waiting for an answer; the CLI retries on it.
 pub const CONTROL_FULL: &str = "too many control connections; try again later";
 
+/// Why a control line is not a request (sent back to the client).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    #[error("unknown command {0:?}; commands are status, reload, scale N, dump SLOT, stop")]
+    Unknown(String),
+    #[error("dump needs a slot number (see rsvisor status)")]
+    Slot,
+    #[error("scale needs a worker count between 1 and {max}", max = crate::config::MAX_WORKERS)]
+    WorkerCount,
+    #[error("unexpected words after {0:?}")]
+    Trailing(String),
+    #[error("request is not UTF-8")]
+    NotUtf8,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Status,
@@ -25,34 +41,21 @@ pub enum Request {
 }
 
 impl Request {
-    pub fn parse(line: &str) -> Result<Request, String> {
+    pub fn parse(line: &str) -> Result<Request, RequestError> {
         let mut words = line.split_whitespace();
         let req = match (words.next(), words.next()) {
             (Some("status"), None) => Request::Status,
             (Some("reload"), None) => Request::Reload,
             (Some("stop"), None) => Request::Stop,
-            (Some("dump"), Some(n)) => match n.parse::<usize>() {
-                Ok(n) => Request::Dump(n),
-                Err(_) => return Err("dump needs a slot number (see rsvisor status)".into()),
-            },
+            (Some("dump"), Some(n)) => Request::Dump(n.parse().map_err(|_| RequestError::Slot)?),
             (Some("scale"), Some(n)) => match n.parse::<usize>() {
                 Ok(n) if (1..=crate::config::MAX_WORKERS).contains(&n) => Request::Scale(n),
-                _ => {
-                    return Err(format!(
-                        "scale needs a worker count between 1 and {}",
-                        crate::config::MAX_WORKERS
-                    ))
-                }
+                _ => return Err(RequestError::WorkerCount),
             },
-            _ => {
-                return Err(format!(
-                    "unknown command {:?}; commands are status, reload, scale N, dump SLOT, stop",
-                    line.trim()
-                ))
-            }
+            _ => return Err(RequestError::Unknown(line.trim().to_string())),
         };
         if words.next().is_some() {
-            return Err(format!("unexpected words after {:?}", line.trim()));
+            return Err(RequestError::Trailing(line.trim().to_string()));
         }
         Ok(req)
     }

@@ -35,7 +35,7 @@ pub async fn run(slot: &'static Slot, master: Pid) {
         // the window before it was set and any re-parenting surprise.
         if nix::unistd::getppid() != master {
             tracing::error!("master is gone; worker exiting");
-            std::process::exit(crate::proto::exit::WORKER_ORPHANED);
+            std::process::exit(crate::proto::exit::WorkerExit::Orphaned.code());
         }
     }
 }

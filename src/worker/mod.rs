@@ -73,7 +73,7 @@ use tracing::{error, info};
 use crate::app::{App, Handler, WorkerContext};
 use crate::config::material::Material;
 use crate::config::{BindAddr, Config};
-use crate::proto::exit;
+use crate::proto::exit::WorkerExit;
 use crate::shm::scoreboard::{Board, SlotState};
 
 pub(crate) use shared::Shared;
@@ -123,13 +123,55 @@ pub(crate) struct WorkerBoot {
 
 /// Type-erased entry point, so the master need not be generic over the app.
 pub(crate) trait WorkerMain: Send + Sync {
-    fn run(&self, boot: WorkerBoot) -> i32;
+    fn run(&self, boot: WorkerBoot) -> WorkerExit;
+}
+
+/// Why a worker could not get ready to run its app; it then exits with
+/// [`WorkerExit::SetupFailed`] (or [`WorkerExit::Orphaned`]).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SetupError {
+    #[error("cannot reset signal handlers: {0}")]
+    Dispositions(std::io::Error),
+    #[error("cannot install its stack-dump handler: {0}")]
+    DumpHandler(std::io::Error),
+    #[error("cannot drop privileges to {user}: {source}")]
+    Privileges {
+        user: String,
+        source: std::io::Error,
+    },
+    #[error("cannot set PR_SET_PDEATHSIG: {0}")]
+    DeathSignal(nix::Error),
+    #[error("its master was gone before it started")]
+    Orphaned,
+    #[error("cannot close the master's descriptors: {0}")]
+    Descriptors(std::io::Error),
+    #[error("cannot build its tokio runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot install its signal handlers: {0}")]
+    SignalHandlers(std::io::Error),
+    #[error("cannot unblock signals: {0}")]
+    Unblock(std::io::Error),
+    #[error("cannot open the access log: {0}")]
+    AccessLog(std::io::Error),
+    #[error("cannot use the inherited listeners: {0}")]
+    Listeners(std::io::Error),
+}
+
+impl SetupError {
+    /// Logs why (an orphan has nobody to tell) and gives the exit.
+    pub(crate) fn report(self) -> WorkerExit {
+        if let SetupError::Orphaned = self {
+            return WorkerExit::Orphaned;
+        }
+        error!("worker {self}");
+        WorkerExit::SetupFailed
+    }
 }
 
 pub(crate) struct AppWorker<A>(pub A);
 
 impl<A: App> WorkerMain for AppWorker<A> {
-    fn run(&self, boot: WorkerBoot) -> i32 {
+    fn run(&self, boot: WorkerBoot) -> WorkerExit {
         if boot.sidecar {
             // Exec mode's helper: no app code runs in it.
             run(&sidecar::SidecarApp, boot)
@@ -139,7 +181,14 @@ impl<A: App> WorkerMain for AppWorker<A> {
     }
 }
 
-fn run<A: App>(app: &A, boot: WorkerBoot) -> i32 {
+fn run<A: App>(app: &A, boot: WorkerBoot) -> WorkerExit {
+    match serve_on_own_runtime(app, boot) {
+        Ok(exit) => exit,
+        Err(e) => e.report(),
+    }
+}
+
+fn serve_on_own_runtime<A: App>(app: &A, boot: WorkerBoot) -> Result<WorkerExit, SetupError> {
     let threads = boot.config.server.worker_threads;
     let mut builder = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -148,49 +197,26 @@ fn run<A: App>(app: &A, boot: WorkerBoot) -> i32 {
         b.worker_threads(threads);
         b
     };
-    let built = builder.enable_all().build();
-    let rt = match built {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!(error = %e, "worker cannot build its tokio runtime");
-            return exit::WORKER_SETUP_FAILED;
-        }
-    };
-    let code = rt.block_on(serve(app, boot));
+    let rt = builder.enable_all().build().map_err(SetupError::Runtime)?;
+    let exit = rt.block_on(serve(app, boot));
     rt.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
-    code
+    exit
 }
 
-async fn serve<A: App>(app: &A, boot: WorkerBoot) -> i32 {
+async fn serve<A: App>(app: &A, boot: WorkerBoot) -> Result<WorkerExit, SetupError> {
     let slot = boot.board.slot(boot.slot);
     // The heartbeat runs on the runtime that serves requests: if that
     // runtime is blocked, the master stops seeing beats.
     tokio::spawn(heartbeat::run(slot, boot.master_pid));
 
-    let (mut term, mut usr1) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::user_defined1()),
-    ) {
-        (Ok(t), Ok(u)) => (t, u),
-        (Err(e), _) | (_, Err(e)) => {
-            error!(error = %e, "worker cannot install its signal handlers");
-            return exit::WORKER_SETUP_FAILED;
-        }
-    };
+    let mut term = signal(SignalKind::terminate()).map_err(SetupError::SignalHandlers)?;
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(SetupError::SignalHandlers)?;
     // Forked with every signal blocked: what the master sent since (a TERM
     // right after the fork) is delivered now, to these handlers.
-    if let Err(e) = crate::os::unblock_all_signals() {
-        error!(error = %e, "worker cannot unblock signals");
-        return exit::WORKER_SETUP_FAILED;
-    }
+    crate::os::unblock_all_signals().map_err(SetupError::Unblock)?;
     crate::telemetry::logging::count_suppressed_into(slot);
-    let access_log = match access_log::AccessLog::start(&boot.config.log, slot) {
-        Ok(a) => a,
-        Err(e) => {
-            error!(error = %e, "worker cannot open the access log");
-            return exit::WORKER_SETUP_FAILED;
-        }
-    };
+    let access_log =
+        access_log::AccessLog::start(&boot.config.log, slot).map_err(SetupError::AccessLog)?;
 
     // The drain signal exists before the app starts, so that the app can
     // keep it (`WorkerContext::draining`).
@@ -206,19 +232,13 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> i32 {
             Ok(h) => h,
             Err(e) => {
                 error!(error = %e, "app startup failed in worker");
-                return exit::WORKER_APP_STARTUP_FAILED;
+                return Ok(WorkerExit::AppStartupFailed);
             }
         },
-        _ = term.recv() => return exit::WORKER_OK,
+        _ = term.recv() => return Ok(WorkerExit::Ok),
     };
 
-    let listeners = match accept::into_tokio(boot.listeners) {
-        Ok(l) => l,
-        Err(e) => {
-            error!(error = %e, "worker cannot use the inherited listeners");
-            return exit::WORKER_SETUP_FAILED;
-        }
-    };
+    let listeners = accept::into_tokio(boot.listeners).map_err(SetupError::Listeners)?;
     let shared = Arc::new(Shared::new(
         handler,
         shared::SharedParts {
@@ -270,7 +290,7 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> i32 {
     let reserve = (graceful / 10).min(SHUTDOWN_HOOK_RESERVE);
     let _ = tokio::time::timeout_at(deadline - reserve, shared.conns.wait_until_idle()).await;
     run_shutdown_hook(&shared, deadline).await;
-    exit::WORKER_OK
+    Ok(WorkerExit::Ok)
 }
 
 /// What the app's shutdown hook is sure to get of `graceful_timeout`, even

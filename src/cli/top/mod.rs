@@ -16,7 +16,7 @@ use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers
 
 use crate::cli::client::{self as ctl, ControlClient, CtlError};
 use crate::proto::control::Request;
-use crate::proto::exit;
+use crate::proto::exit::Exit;
 use model::Model;
 
 /// How long `top` waits for one answer before it shows "disconnected".
@@ -33,25 +33,25 @@ pub struct Options {
     pub interval: f64,
 }
 
-pub fn run(config: &Path, opts: Options) -> i32 {
+pub fn run(config: &Path, opts: Options) -> Exit {
     if !INTERVAL_RANGE.contains(&opts.interval) {
         eprintln!(
             "rsvisor top: --interval must be between {} and {} seconds",
             INTERVAL_RANGE.start(),
             INTERVAL_RANGE.end()
         );
-        return exit::CONFIG_ERROR;
+        return Exit::ConfigError;
     }
     let interval = Duration::from_secs_f64(opts.interval);
     let path = match ctl::socket_of(config) {
         Ok((path, _)) => path,
         Err(e @ CtlError::Config(_)) => {
             eprintln!("rsvisor top: {e}");
-            return exit::CONFIG_ERROR;
+            return Exit::ConfigError;
         }
         Err(e) => {
             eprintln!("rsvisor top: {e}");
-            return exit::FAILURE;
+            return Exit::Failure;
         }
     };
     let mut poller = Poller::new(path);
@@ -111,7 +111,7 @@ fn short(e: &CtlError) -> String {
     }
 }
 
-fn once(poller: &mut Poller, interval: Duration) -> i32 {
+fn once(poller: &mut Poller, interval: Duration) -> Exit {
     poller.poll();
     if poller.model.view().connected {
         std::thread::sleep(interval);
@@ -125,18 +125,18 @@ fn once(poller: &mut Poller, interval: Duration) -> i32 {
         .unwrap_or(DEFAULT_WIDTH);
     print!("{}", render::text(&view, width));
     if view.connected {
-        exit::OK
+        Exit::Ok
     } else {
-        exit::FAILURE
+        Exit::Failure
     }
 }
 
-fn live(poller: &mut Poller, interval: Duration) -> i32 {
+fn live(poller: &mut Poller, interval: Duration) -> Exit {
     let mut terminal = match ratatui::try_init() {
         Ok(t) => t,
         Err(e) => {
             eprintln!("rsvisor top: cannot use this terminal ({e}); try --once");
-            return exit::FAILURE;
+            return Exit::Failure;
         }
     };
     let code = loop {
@@ -155,10 +155,10 @@ fn live(poller: &mut Poller, interval: Duration) -> i32 {
     };
     ratatui::restore();
     match code {
-        Ok(()) => exit::OK,
+        Ok(()) => Exit::Ok,
         Err(e) => {
             eprintln!("rsvisor top: terminal error: {e}");
-            exit::FAILURE
+            Exit::Failure
         }
     }
 }
