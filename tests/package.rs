@@ -185,9 +185,14 @@ fn the_deb_installs_serves_reloads_and_purges() {
         )
         .unwrap();
     }
+    // With man installed, verify also checks that Documentation=man:rsvisor(1)
+    // finds the packaged page.
+    let man = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("man").is_file()));
     let out = Command::new("systemd-analyze")
         .args([
             "verify",
+            if man { "--man=yes" } else { "--man=no" },
             "rsvisor@example.service",
             "rsvisor@example.socket",
         ])
