@@ -43,7 +43,9 @@ pub use app::{
 pub use config::Config;
 pub use net::listen::ListenError;
 
-use cli::{client as ctl, top, Cli, Command};
+#[cfg(feature = "top")]
+use cli::top;
+use cli::{client as ctl, Cli, Command};
 use config::{ConfigSource, Overrides};
 
 /// Runs the command line (`serve`, `check`, `status`, `reload`) with `app`
@@ -176,6 +178,7 @@ impl Program {
             Command::Status { config, json } => ctl::status(&config, json),
             Command::Reload { config } => ctl::reload(&config),
             Command::Dump { config, slot, json } => ctl::dump(&config, slot, json),
+            #[cfg(feature = "top")]
             Command::Top {
                 config,
                 once,

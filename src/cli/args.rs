@@ -84,6 +84,7 @@ pub enum Command {
     Reload { config: PathBuf },
     /// A live view of the fleet through server.control_socket (q, Esc or
     /// Ctrl-C quits).
+    #[cfg(feature = "top")]
     Top {
         config: PathBuf,
         /// Print one frame as plain text and exit (rates over one interval).

@@ -5,6 +5,7 @@
 mod args;
 pub mod client;
 pub mod serve;
+#[cfg(feature = "top")]
 pub mod top;
 
 pub use args::*;
