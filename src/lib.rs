@@ -275,4 +275,4 @@ fn check<A: App>(app: &A, path: &Path, overrides: &Overrides) -> Exit {
     }
 }
 
-pub use cli::serve::serve;
+use cli::serve::serve;

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 /// Where a value came from: a place in the file, an environment variable,
 /// a command-line flag, or the built-in default.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Origin {
     File {
         file: PathBuf,
@@ -70,6 +71,7 @@ impl From<&str> for ValueError {
 /// Why a configuration was refused. The message always starts with the
 /// place (`file:line:col`, or the variable or flag) so editors can jump to it.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     #[error("{}: cannot read the config file: {source}", file.display())]
     Read {

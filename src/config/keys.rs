@@ -18,6 +18,7 @@ pub struct Key {
     /// applying these.
     pub default: &'static str,
     /// What the key means (Markdown, one paragraph): the reference's text.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub doc: &'static str,
     pub set: Setter,
     /// The current value as a TOML literal.
@@ -427,7 +428,7 @@ pub const KEYS: &[Key] = &[
          processes the app leaves behind (children that ignore the signal, or left the \
          group) are logged, sent `TERM`, and killed at the end of `graceful_timeout`",
         set |c, v| c.app.stop_signal = stop_signal(v)?,
-        get |c| q(c.app.stop_signal.0.as_str().trim_start_matches("SIG"))),
+        get |c| q(c.app.stop_signal.name())),
     key!("metrics"."enabled" = "true",
         "serve Prometheus metrics of the whole fleet (when `false`, workers also skip the \
          per-request metric counters)",

@@ -2,6 +2,7 @@
 //! environment overrides, then command-line flags, on top of the defaults.
 
 mod convert;
+#[cfg(test)]
 mod docs;
 mod error;
 pub(crate) mod file;
@@ -18,7 +19,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use docs::markdown_table;
 pub use error::{ConfigError, Origin, ValueError};
 pub use workers::{resolve_auto_workers, WorkerCount, WorkersResolution};
 
@@ -83,6 +83,7 @@ impl std::str::FromStr for BindAddr {
 
 /// Per-address options (`{ address = "…", tls = true, proxy_protocol = true }`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BindOptions {
     /// `Some` when the entry said `tls = …`; otherwise TLS follows `tls.cert`.
     pub tls: Option<bool>,
@@ -124,7 +125,8 @@ named_enum! {
     pub enum ClientAuth { None = "none", Optional = "optional", Required = "required" }
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ServerConfig {
     pub bind: Vec<BindAddr>,
     /// Options of bind entries written as tables.
@@ -140,7 +142,8 @@ pub struct ServerConfig {
     pub control_socket: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct LifecycleConfig {
     pub timeout: Duration,
     pub graceful_timeout: Duration,
@@ -157,7 +160,8 @@ pub struct LifecycleConfig {
     pub canary_max_latency_ratio: f64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct HttpConfig {
     pub keepalive_timeout: Duration,
     pub header_read_timeout: Duration,
@@ -171,7 +175,8 @@ pub struct HttpConfig {
     pub http2: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ProxyConfig {
     pub proxy_headers: bool,
     pub forwarded_allow_ips: Vec<String>,
@@ -186,6 +191,7 @@ pub const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(604_800);
 pub const MIN_TICKET_LIFETIME: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
@@ -195,20 +201,8 @@ pub struct TlsConfig {
     pub session_ticket_lifetime: Duration,
 }
 
-impl Default for TlsConfig {
-    fn default() -> Self {
-        TlsConfig {
-            cert: None,
-            key: None,
-            client_ca: None,
-            client_auth: ClientAuth::None,
-            session_tickets: true,
-            session_ticket_lifetime: DEFAULT_TICKET_LIFETIME,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct LogConfig {
     pub level: String,
     pub format: LogFormat,
@@ -217,7 +211,8 @@ pub struct LogConfig {
     pub access_format: AccessFormat,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct AppConfig {
     pub static_dir: Option<PathBuf>,
     pub health_path: String,
@@ -238,6 +233,7 @@ pub struct AppConfig {
 
 /// When an exec-mode worker counts as ready (`app.ready`).
 #[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
 pub enum ReadyRule {
     /// It sends `READY=1` on its own `NOTIFY_SOCKET` (sd_notify).
     #[default]
@@ -250,7 +246,14 @@ pub enum ReadyRule {
 
 /// A regular expression from `app.ready = "log:…"`.
 #[derive(Debug, Clone)]
-pub struct LogPattern(pub regex::Regex);
+pub struct LogPattern(pub(crate) regex::Regex);
+
+impl LogPattern {
+    /// The expression as written.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
 
 impl PartialEq for LogPattern {
     fn eq(&self, other: &LogPattern) -> bool {
@@ -271,7 +274,19 @@ impl ReadyRule {
 
 /// A signal named in the config (`app.stop_signal`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StopSignal(pub nix::sys::signal::Signal);
+pub struct StopSignal(pub(crate) nix::sys::signal::Signal);
+
+impl StopSignal {
+    /// Its name without `SIG` (`TERM`, `INT`), as the config writes it.
+    pub fn name(&self) -> &'static str {
+        self.0.as_str().trim_start_matches("SIG")
+    }
+
+    /// Its number.
+    pub fn number(&self) -> i32 {
+        self.0 as i32
+    }
+}
 
 impl Default for StopSignal {
     fn default() -> Self {
@@ -279,7 +294,8 @@ impl Default for StopSignal {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct MetricsConfig {
     pub enabled: bool,
     pub path: String,
@@ -290,6 +306,7 @@ pub struct MetricsConfig {
 /// outside itself (certificates, the worker account, the static
 /// directory) is loaded and checked separately, by `crate::config::material`.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Config {
     /// The file it was read from, if any (for messages and reloads).
     pub source: Option<PathBuf>,
@@ -317,16 +334,135 @@ impl Config {
     fn blank() -> Config {
         Config {
             source: None,
-            server: ServerConfig::default(),
-            lifecycle: LifecycleConfig::default(),
-            http: HttpConfig::default(),
-            proxy: ProxyConfig::default(),
-            tls: TlsConfig::default(),
-            log: LogConfig::default(),
-            app: AppConfig::default(),
-            metrics: MetricsConfig::default(),
+            server: ServerConfig {
+                bind: Vec::new(),
+                bind_options: BTreeMap::new(),
+                workers: WorkerCount::default(),
+                backlog: 0,
+                worker_threads: 0,
+                pidfile: None,
+                user: None,
+                group: None,
+                umask: None,
+                socket_mode: None,
+                control_socket: None,
+            },
+            lifecycle: LifecycleConfig {
+                timeout: Duration::ZERO,
+                graceful_timeout: Duration::ZERO,
+                max_requests: 0,
+                max_requests_jitter: 0,
+                shutdown_delay: Duration::ZERO,
+                max_worker_memory: None,
+                max_worker_lifetime: None,
+                max_worker_lifetime_jitter: Duration::ZERO,
+                canary: Duration::ZERO,
+                canary_max_5xx_ratio: 0.0,
+                canary_max_latency_ratio: 0.0,
+            },
+            http: HttpConfig {
+                keepalive_timeout: Duration::ZERO,
+                header_read_timeout: Duration::ZERO,
+                max_header_bytes: 0,
+                max_headers: 0,
+                max_body_bytes: 0,
+                limit_concurrency: 0,
+                send_timeout: Duration::ZERO,
+                upgrade_idle_timeout: Duration::ZERO,
+                compression: false,
+                http2: false,
+            },
+            proxy: ProxyConfig {
+                proxy_headers: false,
+                forwarded_allow_ips: Vec::new(),
+            },
+            tls: TlsConfig {
+                cert: None,
+                key: None,
+                client_ca: None,
+                client_auth: ClientAuth::default(),
+                session_tickets: false,
+                session_ticket_lifetime: Duration::ZERO,
+            },
+            log: LogConfig {
+                level: String::new(),
+                format: LogFormat::default(),
+                access_log: None,
+                access_format: AccessFormat::default(),
+            },
+            app: AppConfig {
+                static_dir: None,
+                health_path: String::new(),
+                ready_path: String::new(),
+                env: BTreeMap::new(),
+                command: Vec::new(),
+                cwd: None,
+                ready: ReadyRule::default(),
+                stop_signal: StopSignal::default(),
+            },
+            metrics: MetricsConfig {
+                enabled: false,
+                path: String::new(),
+                bind: None,
+            },
             origins: Origins::default(),
         }
+    }
+}
+
+impl Default for ServerConfig {
+    /// Every key of the section at its documented default.
+    fn default() -> Self {
+        Config::default().server
+    }
+}
+
+impl Default for LifecycleConfig {
+    /// Every key of the section at its documented default.
+    fn default() -> Self {
+        Config::default().lifecycle
+    }
+}
+
+impl Default for HttpConfig {
+    /// Every key of the section at its documented default.
+    fn default() -> Self {
+        Config::default().http
+    }
+}
+
+impl Default for ProxyConfig {
+    /// Every key of the section at its documented default.
+    fn default() -> Self {
+        Config::default().proxy
+    }
+}
+
+impl Default for TlsConfig {
+    /// Every key of the section at its documented default.
+    fn default() -> Self {
+        Config::default().tls
+    }
+}
+
+impl Default for LogConfig {
+    /// Every key of the section at its documented default.
+    fn default() -> Self {
+        Config::default().log
+    }
+}
+
+impl Default for AppConfig {
+    /// Every key of the section at its documented default.
+    fn default() -> Self {
+        Config::default().app
+    }
+}
+
+impl Default for MetricsConfig {
+    /// Every key of the section at its documented default.
+    fn default() -> Self {
+        Config::default().metrics
     }
 }
 
@@ -334,7 +470,7 @@ impl Config {
 /// that checks made after parsing can point at the line. Two configs that
 /// differ only in where their values came from are equal.
 #[derive(Debug, Clone, Default)]
-pub struct Origins(HashMap<String, Origin>);
+pub(crate) struct Origins(HashMap<String, Origin>);
 
 impl PartialEq for Origins {
     fn eq(&self, _: &Origins) -> bool {
@@ -354,7 +490,7 @@ impl Origins {
 
 /// Where the master gets its configuration, at start and on every reload.
 #[derive(Debug, Clone)]
-pub enum ConfigSource {
+pub(crate) enum ConfigSource {
     /// A TOML file (read again on reload), the environment and flags.
     File { path: PathBuf, overrides: Overrides },
     /// A configuration built by the embedding program; a reload starts a
@@ -395,7 +531,7 @@ impl ConfigSource {
 
 /// Command-line flags that override file and environment.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Overrides {
+pub(crate) struct Overrides {
     pub bind: Vec<String>,
     pub workers: Option<usize>,
     /// `serve -- COMMAND ARGS…`: `app.command` (see `oneline`).
@@ -404,7 +540,13 @@ pub struct Overrides {
 
 impl Config {
     /// Reads `path`, applies the process environment and `overrides`, validates.
-    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+    /// A configuration file with the process environment applied
+    /// (`RSVISOR_<SECTION>_<KEY>`), as `rsvisor serve` reads it.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        Self::load(path, &Overrides::default())
+    }
+
+    pub(crate) fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         let read_err = |source| ConfigError::Read {
             file: path.to_path_buf(),
             source,
@@ -421,7 +563,13 @@ impl Config {
     }
 
     /// Builds a config from TOML text, environment pairs and overrides.
-    pub fn from_parts(
+    /// A configuration from TOML text alone (no environment, no flags),
+    /// checked by every rule a file is.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::from_parts(text, None, &[], &Overrides::default())
+    }
+
+    pub(crate) fn from_parts(
         text: &str,
         path: Option<&Path>,
         env: &[(String, String)],
@@ -475,7 +623,7 @@ impl Config {
 }
 
 /// Parses sizes like `"512MiB"`, `"1G"`, `"1048576"` into bytes.
-pub fn parse_size(s: &str) -> Result<u64, ValueError> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, ValueError> {
     let s = s.trim();
     let split = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -524,6 +672,38 @@ mod tests {
         );
         assert!("nonsense".parse::<BindAddr>().is_err());
         assert!("unix:".parse::<BindAddr>().is_err());
+    }
+
+    #[test]
+    fn each_sections_default_is_the_key_tables() {
+        let c = Config::default();
+        assert_eq!(HttpConfig::default(), c.http);
+        assert!(HttpConfig::default().max_header_bytes > 0);
+        assert_eq!(LifecycleConfig::default(), c.lifecycle);
+        assert!(TlsConfig::default().session_tickets);
+        assert_eq!(ServerConfig::default().bind, c.server.bind);
+    }
+
+    /// The key and message an invalid value gets, wherever it came from.
+    fn key_and_message(e: ConfigError) -> (String, String) {
+        match e {
+            ConfigError::Invalid { key, message, .. } => (key, message),
+            other => panic!("not a key error: {other}"),
+        }
+    }
+
+    #[test]
+    fn a_value_set_in_code_gets_the_error_the_toml_gets() {
+        let mut c = Config::default();
+        c.server.workers = WorkerCount::Fixed(0);
+        let from_code = ConfigSource::Fixed(Box::new(c)).load().unwrap_err();
+        let from_toml = Config::from_toml("[server]\nworkers = 0\n").unwrap_err();
+        assert_eq!(key_and_message(from_code), key_and_message(from_toml));
+        let mut c = Config::default();
+        c.http.max_header_bytes = 10;
+        let from_code = ConfigSource::Fixed(Box::new(c)).load().unwrap_err();
+        let from_toml = Config::from_toml("[http]\nmax_header_bytes = 10\n").unwrap_err();
+        assert_eq!(key_and_message(from_code), key_and_message(from_toml));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use crate::config::BindAddr;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ListenError {
     #[error("cannot bind {addr}: {source}{hint}")]
     Bind {

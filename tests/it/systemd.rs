@@ -609,7 +609,7 @@ fn deploy_units_and_nginx_site_verify() {
 fn deploy_files_agree_with_each_other() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let app = std::fs::read_to_string(root.join("deploy/app.toml")).unwrap();
-    let cfg = rsvisor::Config::from_parts(&app, None, &[], &Default::default()).unwrap();
+    let cfg = rsvisor::Config::from_toml(&app).unwrap();
     let mut binds: Vec<String> = cfg
         .server
         .bind
