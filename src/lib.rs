@@ -15,6 +15,7 @@
 //! ```
 
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 mod app;
 mod cli;
@@ -81,6 +82,7 @@ pub struct Program {
 }
 
 impl Program {
+    /// A program called `name`, at `version`.
     pub fn new(name: impl Into<String>, version: impl Into<String>) -> Program {
         Program {
             name: name.into(),

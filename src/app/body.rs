@@ -28,6 +28,7 @@ enum Kind {
 }
 
 impl Body {
+    /// A body with no bytes.
     pub fn empty() -> Body {
         Body { kind: Kind::Empty }
     }
@@ -142,10 +143,16 @@ pub struct RequestBody {
 /// Why a request body could not be read to its end.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
+    /// The body was longer than `http.max_body_bytes`.
     #[error("request body is larger than the limit of {limit} bytes (http.max_body_bytes)")]
-    TooLarge { limit: u64 },
+    TooLarge {
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// No byte of the body arrived for this long (`http.header_read_timeout`).
     #[error("the client sent no request-body bytes for {0:?} (http.header_read_timeout)")]
     TimedOut(Duration),
+    /// The client sent a body HTTP does not allow.
     #[error("malformed request body: {0}")]
     Malformed(#[source] hyper::Error),
 }

@@ -64,6 +64,7 @@ impl WorkerContext {
         self.generation
     }
 
+    /// The worker's pid.
     pub fn pid(&self) -> u32 {
         std::process::id()
     }
@@ -107,6 +108,7 @@ impl WorkerContext {
 pub struct Draining(watch::Receiver<bool>);
 
 impl Draining {
+    /// Whether the worker has started draining.
     pub fn is_draining(&self) -> bool {
         *self.0.borrow()
     }

@@ -33,8 +33,10 @@ pub type Response = http::Response<Body>;
 /// Most apps need not implement this: [`service_fn`] makes one from an
 /// async function, [`tower()`] from any tower service (an axum `Router`).
 pub trait App: Send + Sync + 'static {
+    /// What `startup` builds: it serves every request of the worker.
     type Handler: Handler;
 
+    /// Runs once in each worker, after fork, inside its runtime: open pools and clients here. An error stops the worker (exit 3).
     fn startup(
         &self,
         worker: &WorkerContext,
@@ -52,6 +54,7 @@ pub trait App: Send + Sync + 'static {
 /// Serves requests in one worker. `call` runs concurrently on many
 /// connections.
 pub trait Handler: Send + Sync + 'static {
+    /// Answers one request.
     fn call(&self, req: Request) -> impl Future<Output = Response> + Send;
 
     /// The worker's lifespan shutdown: runs once when the worker stops
@@ -118,6 +121,7 @@ where
     ServiceFn(f)
 }
 
+/// An app made of an async function (see [`service_fn`]).
 #[derive(Clone)]
 pub struct ServiceFn<F>(F);
 

@@ -33,6 +33,7 @@ pub fn tower<F>(factory: F) -> TowerApp<F> {
     TowerApp(factory)
 }
 
+/// An app made of a tower service factory (see [`tower`](crate::tower)).
 pub struct TowerApp<F>(F);
 
 impl<F, Fut, S, B> App for TowerApp<F>

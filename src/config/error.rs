@@ -6,13 +6,20 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Origin {
+    /// A place in a file.
     File {
+        /// The file.
         file: PathBuf,
+        /// 1-based line.
         line: usize,
+        /// 1-based column.
         col: usize,
     },
+    /// An environment variable (`RSVISOR_SERVER_WORKERS`).
     Env(String),
+    /// A command-line flag (`--workers`).
     Flag(String),
+    /// The built-in default.
     Default,
 }
 
@@ -73,18 +80,31 @@ impl From<&str> for ValueError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// The file cannot be read (missing, not a regular file, too large).
     #[error("{}: cannot read the config file: {source}", file.display())]
     Read {
+        /// The file.
         file: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The file is not TOML.
     #[error("{origin}: TOML syntax error: {message}")]
-    Syntax { origin: Origin, message: String },
+    Syntax {
+        /// Where.
+        origin: Origin,
+        /// What the TOML parser said.
+        message: String,
+    },
+    /// A key is unknown, or its value is wrong.
     #[error("{origin}: {key}: {message}")]
     Invalid {
+        /// Where the value came from.
         origin: Origin,
+        /// `section.key`.
         key: String,
+        /// What is wrong with it.
         message: String,
     },
 }

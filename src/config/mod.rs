@@ -29,7 +29,9 @@ pub const MAX_WORKERS: usize = 128;
 /// Where the master listens. Parsed from `HOST:PORT`, `[V6]:PORT` or `unix:/path`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BindAddr {
+    /// A TCP address (IPv6 sockets are v6-only).
     Tcp(SocketAddr),
+    /// A Unix socket file.
     Unix(PathBuf),
 }
 
@@ -96,14 +98,17 @@ macro_rules! named_enum {
     ($(#[$m:meta])* pub enum $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        #[allow(missing_docs)] // each variant is its name in the config
         pub enum $name {
             #[default]
             $($variant),+
         }
 
         impl $name {
+            /// Every name, as the config writes it.
             pub const NAMES: &'static [&'static str] = &[$($text),+];
 
+            /// Its name in the config.
             pub fn as_str(self) -> &'static str {
                 match self {
                     $($name::$variant => $text),+
@@ -125,60 +130,139 @@ named_enum! {
     pub enum ClientAuth { None = "none", Optional = "optional", Required = "required" }
 }
 
+/// `[server]`: sockets, workers, the master's files and account.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct ServerConfig {
+    /// `server.bind`: Addresses to listen on: `"HOST:PORT"`, `"[::1]:PORT"`,
+    /// `"unix:/path.sock"` (`localhost:PORT` and `*:PORT` are accepted), or a
+    /// table `{ address = "0.0.0.0:443", tls = true, proxy_protocol = true
+    /// }`: `tls` chooses TLS per …
     pub bind: Vec<BindAddr>,
     /// Options of bind entries written as tables.
     pub bind_options: BTreeMap<BindAddr, BindOptions>,
+    /// `server.workers`: Number of worker processes (1–128), or `"auto"` = 2
+    /// × usable CPUs + 1, where usable CPUs honour the cgroup v2 `cpu.max`
+    /// quota, the cgroup v1 CFS quota and the CPU affinity mask
+    /// (`std::thread::available_parallelism`).
     pub workers: WorkerCount,
+    /// `server.backlog`: `listen()` backlog (1–65535).
     pub backlog: u32,
+    /// `server.worker_threads`: Tokio threads per worker: 1 = current-thread
+    /// runtime (fastest for pre-fork), more = multi-thread runtime.
     pub worker_threads: usize,
+    /// `server.pidfile`: Write the master's pid here after binding.
     pub pidfile: Option<PathBuf>,
+    /// `server.user`: Run workers as this user.
     pub user: Option<String>,
+    /// `server.group`: The workers' group (default: the primary group of
+    /// `user`).
     pub group: Option<String>,
+    /// `server.umask`: Octal, e.g. `"0027"`: applied at start (socket files,
+    /// pidfile, files the app creates).
     pub umask: Option<u32>,
+    /// `server.socket_mode`: Octal, e.g. `"0660"`: permissions of Unix socket
+    /// files, which are also owned by `user`/`group`.
     pub socket_mode: Option<u32>,
+    /// `server.control_socket`: A Unix socket (mode 0600, the master's user
+    /// only.
     pub control_socket: Option<PathBuf>,
 }
 
+/// `[lifecycle]`: timeouts, recycling, drain and canary reloads.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct LifecycleConfig {
+    /// `lifecycle.timeout`: A worker must be ready within this many seconds
+    /// of its fork, and once serving must not miss its heartbeat for longer.
     pub timeout: Duration,
+    /// `lifecycle.graceful_timeout`: How long a draining worker (stop,
+    /// reload, recycling) may take to finish in-flight requests before
+    /// `SIGKILL`.
     pub graceful_timeout: Duration,
+    /// `lifecycle.max_requests`: Recycle a worker after this many requests (0
+    /// = never).
     pub max_requests: u64,
+    /// `lifecycle.max_requests_jitter`: Each worker draws its own limit in
+    /// `[max_requests, max_requests + jitter]`.
     pub max_requests_jitter: u64,
+    /// `lifecycle.shutdown_delay`: After `SIGTERM`, keep serving for this
+    /// long with `/ready` answering 503, so load balancers stop sending
+    /// traffic first.
     pub shutdown_delay: Duration,
+    /// `lifecycle.max_worker_memory`: E.g. `"512MiB"`, `"2GiB"`: a worker
+    /// whose RSS (read each second from /proc) is above this for two checks
+    /// in a row is replaced like a max_requests worker: its replacement
+    /// first, then a graceful drain.
     pub max_worker_memory: Option<u64>,
     /// Replace a worker after it has lived this long (plus its jitter).
     pub max_worker_lifetime: Option<Duration>,
+    /// `lifecycle.max_worker_lifetime_jitter`: Each worker draws its own
+    /// lifetime in `[max_worker_lifetime, max_worker_lifetime + jitter]`
+    /// seconds, so that workers started together do not all leave together.
     pub max_worker_lifetime_jitter: Duration,
     /// Reloads first replace one worker and watch it this long (zero: off).
     pub canary: Duration,
+    /// `lifecycle.canary_max_5xx_ratio`: How much larger (as a share of all
+    /// its answers, 0–1) the canary's share of 5xx answers may be than the
+    /// previous generation's over the same window.
     pub canary_max_5xx_ratio: f64,
+    /// `lifecycle.canary_max_latency_ratio`: The canary's p99 latency (from
+    /// the latency histograms, over the window) may be at most this many
+    /// times the previous generation's.
     pub canary_max_latency_ratio: f64,
 }
 
+/// `[http]`: limits and deadlines of every connection.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct HttpConfig {
+    /// `http.keepalive_timeout`: Close a connection that has had no request
+    /// in flight for this long.
     pub keepalive_timeout: Duration,
+    /// `http.header_read_timeout`: A request head not complete within this
+    /// time from its first byte (slowloris) gets `408 Request Timeout` and
+    /// the connection closes.
     pub header_read_timeout: Duration,
+    /// `http.max_header_bytes`: Largest request head (8192–16 MiB).
     pub max_header_bytes: usize,
+    /// `http.max_headers`: Most header fields in a request head (1–1000).
     pub max_headers: usize,
+    /// `http.max_body_bytes`: A larger `Content-Length` gets `413` before the
+    /// body is read.
     pub max_body_bytes: u64,
+    /// `http.limit_concurrency`: Per worker: app requests beyond this many in
+    /// flight get `503` with `Retry-After: 1` at once (0 = unlimited).
     pub limit_concurrency: usize,
+    /// `http.send_timeout`: A response that cannot hand the client a single
+    /// byte for this long ends (nginx's `send_timeout`: the time between two
+    /// writes, not the whole response): an HTTP/1.1 connection is closed, an
+    /// HTTP/2 stream is reset …
     pub send_timeout: Duration,
+    /// `http.upgrade_idle_timeout`: An upgraded connection (a WebSocket) on
+    /// which no byte moves either way for this long is closed (its socket
+    /// reset) and counted in `rsvisor_http_upgrade_idle_timeouts_total`.
     pub upgrade_idle_timeout: Duration,
+    /// `http.compression`: Compress responses with gzip, br or zstd, as the
+    /// request's `Accept-Encoding` asks (tower-http's compression: not for
+    /// bodies under 32 bytes, images, server-sent events, gRPC or responses
+    /// that already have a …
     pub compression: bool,
+    /// `http.http2`: HTTP/2: over TLS by ALPN (`h2`), and on plain sockets
+    /// with prior knowledge (h2c).
     pub http2: bool,
 }
 
+/// `[proxy]`: which peers may say who the client is.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct ProxyConfig {
+    /// `proxy.proxy_headers`: Honour `X-Forwarded-For`, `X-Forwarded-Proto`,
+    /// `X-Forwarded-Host` and `Forwarded` (RFC 7239, which wins when
+    /// present).
     pub proxy_headers: bool,
+    /// `proxy.forwarded_allow_ips`: Peers allowed to set them: IPs and CIDRs
+    /// (v4 and v6), `"unix"` for Unix-socket peers, `"*"` for any.
     pub forwarded_allow_ips: Vec<String>,
 }
 
@@ -190,32 +274,60 @@ pub const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(604_800);
 /// Shorter lifetimes rotate keys faster than tickets are useful.
 pub const MIN_TICKET_LIFETIME: Duration = Duration::from_secs(60);
 
+/// `[tls]`: certificates, client certificates and session resumption.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct TlsConfig {
+    /// `tls.cert`: PEM certificate chain.
     pub cert: Option<PathBuf>,
+    /// `tls.key`: PEM private key: RSA, ECDSA or Ed25519 (PKCS#8, PKCS#1 or
+    /// SEC1).
     pub key: Option<PathBuf>,
+    /// `tls.client_ca`: PEM CA certificates that sign client certificates.
     pub client_ca: Option<PathBuf>,
+    /// `tls.client_auth`: `none`, `optional` (verified if sent), `required`
+    /// (handshake refused without a valid one) — gunicorn's `--cert-reqs
+    /// 0/1/2`.
     pub client_auth: ClientAuth,
+    /// `tls.session_tickets`: Resume TLS sessions (1.3 and 1.2) with
+    /// stateless tickets whose keys the master creates in shared memory
+    /// (never on disk), so a client resumes on any worker and across `HUP`.
     pub session_tickets: bool,
+    /// `tls.session_ticket_lifetime`: Seconds a ticket is valid for (at most
+    /// 604800, TLS 1.3's limit): the master makes a new ticket key this often
+    /// and keeps the previous one for decryption only, so a ticket is
+    /// honoured for between one and two lifetimes.
     pub session_ticket_lifetime: Duration,
 }
 
+/// `[log]`: the event log and the access log.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct LogConfig {
+    /// `log.level`: A level or a `RUST_LOG`-style filter
+    /// (`"info,rsvisor=debug"`).
     pub level: String,
+    /// `log.format`: `text` or `json` (one JSON object per line).
     pub format: LogFormat,
     /// `None` = off, `Some("-")` = stdout, otherwise a file path.
     pub access_log: Option<String>,
+    /// `log.access_format`: `combined`: the Apache/nginx combined format
+    /// followed by the duration in µs and the request id.
     pub access_format: AccessFormat,
 }
 
+/// `[app]`: the built-in app, its endpoints, and exec mode's command.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct AppConfig {
+    /// `app.static_dir`: The built-in app of the `rsvisor` binary serves
+    /// files from here (content type by extension, `HEAD`, ranges, `Last-
+    /// Modified`/`If-Modified-Since`, `ETag`/`If-None-Match`).
     pub static_dir: Option<PathBuf>,
+    /// `app.health_path`: Liveness: `200 {"status":"ok"}` while the worker's
+    /// event loop runs.
     pub health_path: String,
+    /// `app.ready_path`: Readiness: `200 {"status":"ready","checks":{…}}`.
     pub ready_path: String,
     /// Environment variables set in every worker before the app starts
     /// (gunicorn's `raw_env`): how an operator hands settings to the app.
@@ -294,11 +406,18 @@ impl Default for StopSignal {
     }
 }
 
+/// `[metrics]`: the Prometheus endpoint.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct MetricsConfig {
+    /// `metrics.enabled`: Serve Prometheus metrics of the whole fleet (when
+    /// `false`, workers also skip the per-request metric counters).
     pub enabled: bool,
+    /// `metrics.path`: Where.
     pub path: String,
+    /// `metrics.bind`: Serve metrics only on this separate address
+    /// (`"127.0.0.1:9100"`, `"unix:/run/app-metrics.sock"`), so they need not
+    /// be public.
     pub bind: Option<BindAddr>,
 }
 
@@ -310,13 +429,21 @@ pub struct MetricsConfig {
 pub struct Config {
     /// The file it was read from, if any (for messages and reloads).
     pub source: Option<PathBuf>,
+    /// `[server]`.
     pub server: ServerConfig,
+    /// `[lifecycle]`.
     pub lifecycle: LifecycleConfig,
+    /// `[http]`.
     pub http: HttpConfig,
+    /// `[proxy]`.
     pub proxy: ProxyConfig,
+    /// `[tls]`.
     pub tls: TlsConfig,
+    /// `[log]`.
     pub log: LogConfig,
+    /// `[app]`.
     pub app: AppConfig,
+    /// `[metrics]`.
     pub metrics: MetricsConfig,
     /// Where each key that was set got its value.
     pub(crate) origins: Origins,

@@ -1,21 +1,28 @@
 //! `workers = "auto"`: 2 × usable CPUs + 1, where usable CPUs are what this
 //! process may really run on (cgroup quota, CPU affinity), not the host's count.
 
+/// `server.workers`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum WorkerCount {
+    /// 2 × usable CPUs + 1.
     #[default]
     Auto,
+    /// This many.
     Fixed(usize),
 }
 
 /// The resolved count and a sentence saying where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkersResolution {
+    /// Workers `"auto"` means here.
     pub workers: usize,
+    /// CPUs this process may run on.
     pub usable_cpus: usize,
+    /// Where that number came from (cgroup quota, affinity).
     pub explanation: String,
 }
 
+/// What `workers = "auto"` resolves to on this machine, for this process.
 pub fn resolve_auto_workers() -> WorkersResolution {
     // std reads cgroup v2 cpu.max, cgroup v1 cfs quota/period and
     // sched_getaffinity, and returns the smallest; we only explain it.

@@ -11,25 +11,46 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::config::BindAddr;
 
+/// Why a listening socket could not be had.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ListenError {
+    /// `bind` or `listen` failed.
     #[error("cannot bind {addr}: {source}{hint}")]
     Bind {
+        /// The address.
         addr: BindAddr,
+        /// What the OS said.
         #[source]
         source: io::Error,
+        /// What to do about it, if rsvisor knows.
         hint: &'static str,
     },
+    /// A live process accepts on the Unix socket file already.
     #[error("cannot bind {addr}: another process is listening on {}", path.display())]
-    UnixInUse { addr: BindAddr, path: PathBuf },
+    UnixInUse {
+        /// The address.
+        addr: BindAddr,
+        /// The socket file.
+        path: PathBuf,
+    },
+    /// The Unix socket's path is taken by something that is not a socket.
     #[error("cannot bind {addr}: {} exists and is not a socket; refusing to remove it", path.display())]
-    NotASocket { addr: BindAddr, path: PathBuf },
+    NotASocket {
+        /// The address.
+        addr: BindAddr,
+        /// What is there.
+        path: PathBuf,
+    },
+    /// A socket from systemd or the previous master cannot be used.
     #[error("inherited socket: {0}")]
     Inherited(#[source] io::Error),
+    /// `server.socket_mode` or the owner cannot be set on a socket file.
     #[error("cannot set permissions of {}: {source}", path.display())]
     Permissions {
+        /// The socket file.
         path: PathBuf,
+        /// What the OS said.
         #[source]
         source: io::Error,
     },

@@ -18,29 +18,40 @@ pub const CONTROL_FULL: &str = "too many control connections; try again later";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RequestError {
+    /// A word that is not a command.
     #[error("unknown command {0:?}; commands are status, reload, scale N, dump SLOT, stop")]
     Unknown(String),
+    /// `dump` without a slot number.
     #[error("dump needs a slot number (see rsvisor status)")]
     Slot,
+    /// `scale` without a count in range.
     #[error("scale needs a worker count between 1 and {max}", max = crate::config::MAX_WORKERS)]
     WorkerCount,
+    /// More words than the command takes.
     #[error("unexpected words after {0:?}")]
     Trailing(String),
+    /// Bytes that are not UTF-8.
     #[error("request is not UTF-8")]
     NotUtf8,
 }
 
+/// A line a client sends to the control socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
+    /// `status`: the fleet as the master sees it.
     Status,
+    /// `reload`: a health-gated reload; answered when it ends.
     Reload,
+    /// `scale N`: run N workers until the next reload.
     Scale(usize),
     /// Stack dump of the worker in a slot (it is not stopped).
     Dump(usize),
+    /// `stop`: a graceful stop, as on `TERM`.
     Stop,
 }
 
 impl Request {
+    /// Parses one line (without its newline).
     pub fn parse(line: &str) -> Result<Request, RequestError> {
         let mut words = line.split_whitespace();
         let req = match (words.next(), words.next()) {
@@ -60,6 +71,7 @@ impl Request {
         Ok(req)
     }
 
+    /// The line a client sends, newline included.
     pub fn line(&self) -> String {
         match self {
             Request::Status => "status\n".into(),
@@ -71,22 +83,30 @@ impl Request {
     }
 }
 
+/// The master's answer: one JSON line.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Response {
+    /// Whether the request was carried out.
     pub ok: bool,
+    /// Why not, when it was not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The answer to `status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    /// The result of a `reload`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload: Option<ReloadReport>,
+    /// What was done, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The answer to `dump`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forensics: Option<Forensics>,
 }
 
 impl Response {
+    /// A refusal saying why.
     pub fn error(msg: impl Into<String>) -> Response {
         Response {
             ok: false,
@@ -98,6 +118,7 @@ impl Response {
         }
     }
 
+    /// A success saying what was done.
     pub fn message(msg: impl Into<String>) -> Response {
         Response {
             ok: true,
@@ -110,18 +131,28 @@ impl Response {
     }
 }
 
+/// The fleet as the master sees it (`rsvisor status --json`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
+    /// The master's pid.
     pub master_pid: u32,
+    /// rsvisor's version.
     pub version: String,
+    /// What the master is doing.
     pub phase: Phase,
+    /// The generation new workers start with.
     pub generation: u32,
+    /// Workers the master keeps (`server.workers`, then TTIN/TTOU and `scale`).
     pub desired_workers: usize,
+    /// Seconds since the master started.
     pub uptime_seconds: f64,
     /// The addresses the master listens on, as bound (a port 0 resolved).
     pub listeners: Vec<String>,
+    /// Every worker, booting, serving or leaving.
     pub workers: Vec<WorkerStatus>,
+    /// Counts over the fleet's life.
     pub totals: Totals,
+    /// The last reload this master ran, if any.
     pub last_reload: Option<ReloadReport>,
     /// The last binary upgrade this master started (USR2), if any.
     pub last_upgrade: Option<UpgradeReport>,
@@ -137,13 +168,19 @@ pub struct Status {
 /// A worker that exited.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ExitReport {
+    /// Its pid.
     pub pid: u32,
+    /// Its scoreboard slot.
     pub slot: usize,
+    /// Its generation.
     pub generation: u32,
+    /// Why it left.
     pub reason: ExitReason,
     /// How it ended (`exit code 0`, `killed by signal 6 (SIGABRT)`).
     pub status: String,
+    /// Seconds since it exited.
     pub seconds_ago: f64,
+    /// What it was doing, for a worker stopped for missing its heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forensics: Option<Forensics>,
 }
@@ -152,13 +189,19 @@ pub struct ExitReport {
 /// is aborted, or on request (`rsvisor dump`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Forensics {
+    /// The worker's pid.
     pub pid: u32,
+    /// Its scoreboard slot.
     pub slot: usize,
     /// `heartbeat` (missed it), `boot` (not ready in time) or `request`.
     pub trigger: String,
+    /// Milliseconds since its last heartbeat.
     pub silent_ms: u64,
+    /// Its resident memory.
     pub rss_bytes: u64,
+    /// Its open descriptors.
     pub open_fds: u64,
+    /// Its open client connections.
     pub active_connections: u64,
     /// Oldest first.
     pub in_flight: Vec<InFlightRequest>,
@@ -175,18 +218,25 @@ pub struct Forensics {
     pub total_ms: u64,
 }
 
+/// A request a worker was serving.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InFlightRequest {
+    /// The request method.
     pub method: String,
     /// Without the query string.
     pub path: String,
+    /// Milliseconds since its head arrived.
     pub running_ms: u64,
+    /// The client's address.
     pub peer: String,
 }
 
+/// One thread's stack.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ThreadDump {
+    /// Its thread id.
     pub tid: u32,
+    /// Its name.
     pub name: String,
     /// It stamped the last heartbeat.
     pub heartbeat: bool,
@@ -197,29 +247,46 @@ pub struct ThreadDump {
 /// The canary of the reload in progress, against the previous generation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CanaryReport {
+    /// The canary worker's pid.
     pub pid: u32,
     /// Until the window ends (0 once it has passed).
     pub seconds_left: f64,
+    /// Whether it passed (set when the window ends).
     pub passed: bool,
+    /// Requests it answered in the window.
     pub requests: u64,
+    /// Its share of 5xx answers.
     pub ratio_5xx: f64,
+    /// Its p99 latency, once it has answered enough requests.
     pub p99_ms: Option<f64>,
+    /// Requests the previous generation answered in the window.
     pub previous_requests: u64,
+    /// Their share of 5xx answers.
     pub previous_ratio_5xx: f64,
+    /// Their p99 latency.
     pub previous_p99_ms: Option<f64>,
 }
 
+/// One worker as `rsvisor status` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct WorkerStatus {
+    /// Its scoreboard slot.
     pub slot: usize,
+    /// Its pid.
     pub pid: u32,
+    /// Its generation.
     pub generation: u32,
+    /// What it is doing.
     pub state: WorkerState,
+    /// Seconds since it was started.
     pub age_seconds: f64,
+    /// Requests it answered.
     pub requests: u64,
+    /// Its open client connections.
     pub active_connections: u64,
     /// Of those, connections that switched protocols (WebSockets).
     pub upgraded_connections: u64,
+    /// Its resident memory (read each second).
     pub rss_bytes: u64,
     /// CPU time (user + system); in exec mode with what it started.
     pub cpu_seconds: f64,
@@ -235,12 +302,18 @@ pub struct WorkerStatus {
     pub memory_limit_bytes: Option<u64>,
 }
 
+/// Counts over the fleet's life, retired workers included.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Totals {
+    /// Requests answered.
     pub requests: u64,
+    /// Responses by class: 1xx, 2xx, 3xx, 4xx, 5xx.
     pub responses_by_class: [u64; 5],
+    /// Open client connections now.
     pub active_connections: u64,
+    /// Of those, connections that switched protocols (WebSockets).
     pub upgraded_connections: u64,
+    /// Workers that exited.
     pub worker_exits: u64,
     /// Worker exits by reason, since the master started.
     pub exits_by_reason: BTreeMap<ExitReason, u64>,
@@ -255,22 +328,32 @@ pub struct Totals {
     pub latency_bounds_us: Vec<u64>,
 }
 
+/// How a reload ended.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ReloadReport {
+    /// Its result.
     pub result: ReloadResult,
+    /// The generation it started.
     pub generation: u32,
+    /// Seconds since it ended.
     pub seconds_ago: f64,
+    /// How long it took.
     pub duration_ms: u64,
+    /// What happened, in words (why it failed, when it did).
     pub message: String,
 }
 
+/// How a binary upgrade (USR2) ended.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct UpgradeReport {
     /// The new master took over (this master is stopping), or it failed
     /// and this master serves on.
     pub ok: bool,
+    /// The new master's pid.
     pub new_master_pid: u32,
+    /// Seconds since it ended.
     pub seconds_ago: f64,
+    /// What happened, in words.
     pub message: String,
 }
 

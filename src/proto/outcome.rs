@@ -12,13 +12,16 @@ macro_rules! outcome {
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(rename_all = "snake_case")]
         #[non_exhaustive]
+        #[allow(missing_docs)] // a variant without a comment is its label
         pub enum $name {
             $($(#[$vm])* $variant),+
         }
 
         impl $name {
+            /// Every value, in index order.
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
 
+            /// The metrics label and the JSON value.
             pub fn as_str(self) -> &'static str {
                 match self {
                     $($name::$variant => $text),+
