@@ -9,7 +9,10 @@ use axum::Router;
 use rsvisor::{BoxError, WorkerContext};
 
 fn main() -> std::process::ExitCode {
-    rsvisor::program!().main(rsvisor::tower(|_worker: WorkerContext| async {
+    let app = rsvisor::tower(|_worker: WorkerContext| async {
         Ok::<_, BoxError>(Router::new().route("/", get(|| async { "hello world" })))
-    }))
+    });
+    rsvisor::Supervisor::new(app)
+        .program(rsvisor::program!())
+        .run()
 }

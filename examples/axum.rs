@@ -101,7 +101,8 @@ async fn sse(State(state): State<AppState>) -> Sse<impl Stream<Item = Result<Eve
 }
 
 fn main() -> std::process::ExitCode {
-    rsvisor::program!().main(rsvisor::tower(|worker: WorkerContext| async move {
-        Ok::<_, BoxError>(app(worker))
-    }))
+    let app = rsvisor::tower(|worker: WorkerContext| async move { Ok::<_, BoxError>(app(worker)) });
+    rsvisor::Supervisor::new(app)
+        .program(rsvisor::program!())
+        .run()
 }

@@ -298,5 +298,7 @@ fn status(code: StatusCode, msg: String) -> Response {
 }
 
 fn main() -> std::process::ExitCode {
-    rsvisor::program!().main(Demo)
+    rsvisor::Supervisor::new(Demo)
+        .program(rsvisor::program!())
+        .run()
 }

@@ -49,17 +49,15 @@ use cli::top;
 use cli::{client as ctl, Cli, Command};
 use config::{ConfigSource, Overrides};
 
-/// Runs the command line (`serve`, `check`, `status`, `reload`) with `app`
-/// as the service every worker serves. `--help` and `--version` name the
-/// program by the name it was started as; [`program!`] gives them its own
-/// name and version. Returns the process exit code (see [`exit`]).
+/// `Supervisor::new(app).run()`: the command line (`serve`, `check`,
+/// `status`, `reload`, …) with `app` as the service every worker serves.
 pub fn main<A: App>(app: A) -> ExitCode {
-    Program::from_argv0().main(app)
+    Supervisor::new(app).run()
 }
 
 /// The embedding program's name and version, for `--help` and
-/// `--version`: `rsvisor::program!().main(app)` takes them from the binary
-/// being built (its name, its package's version).
+/// `--version`, taken from the binary being built (its name, its package's
+/// version): `Supervisor::new(app).program(rsvisor::program!())`.
 #[macro_export]
 macro_rules! program {
     () => {
@@ -73,12 +71,11 @@ macro_rules! program {
     };
 }
 
-/// How the command line presents itself (see [`program!`]).
+/// The name and version the command line shows (see [`program!`]).
 #[derive(Debug, Clone)]
 pub struct Program {
     name: String,
     version: String,
-    about: Option<String>,
 }
 
 impl Program {
@@ -87,7 +84,6 @@ impl Program {
         Program {
             name: name.into(),
             version: version.into(),
-            about: None,
         }
     }
 
@@ -101,16 +97,10 @@ impl Program {
         Program::new(name, format!("(rsvisor {})", env!("CARGO_PKG_VERSION")))
     }
 
-    /// The one-line description `--help` shows.
-    pub fn about(mut self, about: impl Into<String>) -> Program {
-        self.about = Some(about.into());
-        self
-    }
-
     /// Parses the command line and runs it with `app`.
-    pub fn main<A: App>(self, app: A) -> ExitCode {
+    fn run_command_line<A: App>(self, about: Option<String>, app: A) -> ExitCode {
         use clap::{CommandFactory, FromArgMatches};
-        let about = match self.about {
+        let about = match about {
             Some(about) => Some(about),
             None if self.name != "rsvisor" => Some(format!(
                 "{}: an HTTP service run by the rsvisor pre-fork supervisor (rsvisor {})",
@@ -203,45 +193,85 @@ impl Program {
     }
 }
 
-/// Runs the supervisor from the embedding program's own `main`, with a
-/// configuration it built or loaded: no command line is parsed.
+/// The way in: an app, how the program presents itself, and where its
+/// configuration comes from; [`run`](Supervisor::run) does the rest.
+///
+/// Without a configuration it runs the command line (`serve CONFIG`,
+/// `check`, `status`, `reload`, `top`, `dump`, …):
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     rsvisor::Supervisor::new(rsvisor::StaticFiles)
+///         .program(rsvisor::program!())
+///         .run()
+/// }
+/// ```
+///
+/// With one (built in code, or a file) it serves it, parsing no command
+/// line:
 ///
 /// ```no_run
 /// let mut config = rsvisor::Config::default();
 /// config.server.workers = rsvisor::config::WorkerCount::Fixed(4);
-/// let code = rsvisor::Supervisor::new(rsvisor::StaticFiles, config).run();
+/// let code = rsvisor::Supervisor::new(rsvisor::StaticFiles).config(config).run();
 /// ```
 pub struct Supervisor<A> {
     app: A,
-    source: ConfigSource,
+    program: Program,
+    about: Option<String>,
+    source: Option<ConfigSource>,
 }
 
 impl<A: App> Supervisor<A> {
-    /// With a configuration built in code; a reload (HUP) starts a new
-    /// generation with the same configuration. It is checked by the rules a
-    /// file is (each key's range, the rules between keys): `run` exits 2
+    /// `app` in every worker; the program is named as it was started, and
+    /// its version is rsvisor's.
+    pub fn new(app: A) -> Supervisor<A> {
+        Supervisor {
+            app,
+            program: Program::from_argv0(),
+            about: None,
+            source: None,
+        }
+    }
+
+    /// The name and version `--help` and `--version` show (see
+    /// [`program!`]).
+    pub fn program(mut self, program: Program) -> Supervisor<A> {
+        self.program = program;
+        self
+    }
+
+    /// The one-line description `--help` shows.
+    pub fn about(mut self, about: impl Into<String>) -> Supervisor<A> {
+        self.about = Some(about.into());
+        self
+    }
+
+    /// Serve a configuration built in code; a reload (HUP) starts a new
+    /// generation with the same configuration. It is checked by the rules
+    /// a file is (each key's range, the rules between keys): `run` exits 2
     /// with the key's name when it breaks one.
-    pub fn new(app: A, config: Config) -> Supervisor<A> {
-        Supervisor {
-            app,
-            source: ConfigSource::Fixed(Box::new(config)),
-        }
+    pub fn config(mut self, config: Config) -> Supervisor<A> {
+        self.source = Some(ConfigSource::Fixed(Box::new(config)));
+        self
     }
 
-    /// With a configuration file, read again on every reload.
-    pub fn from_file(app: A, path: impl Into<PathBuf>) -> Supervisor<A> {
-        Supervisor {
-            app,
-            source: ConfigSource::File {
-                path: path.into(),
-                overrides: Overrides::default(),
-            },
-        }
+    /// Serve a configuration file, read again on every reload.
+    pub fn config_file(mut self, path: impl Into<PathBuf>) -> Supervisor<A> {
+        self.source = Some(ConfigSource::File {
+            path: path.into(),
+            overrides: Overrides::default(),
+        });
+        self
     }
 
-    /// Runs the master until it stops; returns its exit code.
+    /// Serves the configuration given, or runs the command line; returns
+    /// the process exit code (see [`exit`]).
     pub fn run(self) -> ExitCode {
-        serve(self.app, self.source, None).into()
+        match self.source {
+            Some(source) => serve(self.app, source, None).into(),
+            None => self.program.run_command_line(self.about, self.app),
+        }
     }
 }
 /// `serve --print-config`: the configuration `serve` would run, as TOML a

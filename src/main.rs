@@ -2,5 +2,7 @@
 //! files from `app.static_dir`, plus health, readiness and metrics).
 
 fn main() -> std::process::ExitCode {
-    rsvisor::program!().main(rsvisor::StaticFiles)
+    rsvisor::Supervisor::new(rsvisor::StaticFiles)
+        .program(rsvisor::program!())
+        .run()
 }
