@@ -25,8 +25,8 @@ struct Known {
 }
 
 /// uvicorn takes the descriptor (`--fd`); hypercorn a `fd://` bind;
-/// gunicorn adopts `LISTEN_FDS` by itself (adding `--bind fd://3` as well
-/// makes it take the socket twice and close it).
+/// gunicorn adopts `LISTEN_FDS` by itself (given `--bind fd://3`, it gets
+/// no `LISTEN_FDS`: see `master::exec`).
 const KNOWN: [Known; 3] = [
     Known {
         name: "uvicorn",

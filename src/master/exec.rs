@@ -425,20 +425,24 @@ fn exec_child(
         "NOTIFY_SOCKET",
         "WATCHDOG_USEC",
         "WATCHDOG_PID",
+        "LISTEN_PID",
+        "LISTEN_FDS",
         "LISTEN_FDNAMES",
     ] {
         os::unset_env(var);
     }
-    let names: Vec<String> = (0..req.listeners.len())
-        .map(|i| format!("bind{i}"))
-        .collect();
     let mut env = vec![
-        ("LISTEN_PID".to_string(), me.clone()),
-        ("LISTEN_FDS".to_string(), req.listeners.len().to_string()),
-        ("LISTEN_FDNAMES".to_string(), names.join(":")),
         ("RSVISOR_WORKER_SLOT".to_string(), req.slot.to_string()),
         ("RSVISOR_GENERATION".to_string(), req.generation.to_string()),
     ];
+    if !names_its_socket(&cfg.app.command) {
+        let names: Vec<String> = (0..req.listeners.len())
+            .map(|i| format!("bind{i}"))
+            .collect();
+        env.push(("LISTEN_PID".to_string(), me.clone()));
+        env.push(("LISTEN_FDS".to_string(), req.listeners.len().to_string()));
+        env.push(("LISTEN_FDNAMES".to_string(), names.join(":")));
+    }
     if let Some(name) = notify {
         env.push(("NOTIFY_SOCKET".into(), name.into()));
         let usec = cfg.lifecycle.timeout.as_micros().to_string();
@@ -453,4 +457,11 @@ fn exec_child(
         return e;
     }
     os::exec_program(&cfg.app.command, &fds, LISTEN_FDS_START, &env)
+}
+
+/// Whether the command says which descriptor to serve (`--bind fd://3`):
+/// then it gets no `LISTEN_FDS`, which servers such as gunicorn adopt as
+/// well, taking the socket twice and closing it.
+fn names_its_socket(command: &[String]) -> bool {
+    command.iter().any(|a| a.contains("fd://"))
 }

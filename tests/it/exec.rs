@@ -749,11 +749,23 @@ fn a_one_line_start_serves_uvicorn() {
     assert!(err.contains("after `--`"), "{err}");
 }
 
-/// gunicorn adopts the socket through LISTEN_FDS by itself (the README's
-/// command adds no `--bind`): two rsvisor workers, each a gunicorn with one
-/// sync worker, serve; a HUP replaces them; TERM stops cleanly (exit 0).
+/// gunicorn adopts the socket through LISTEN_FDS by itself: two rsvisor
+/// workers, each a gunicorn with one worker of its own, serve; a HUP
+/// replaces both; TERM stops them and rsvisor exits 0.
 #[test]
 fn gunicorn_serves_through_listen_fds_and_reloads() {
+    gunicorn_serves_and_reloads(&[]);
+}
+
+/// The same with `--bind fd://3`: rsvisor then sets no LISTEN_FDS, so
+/// gunicorn takes the socket once (it took it twice and failed with "Bad
+/// file descriptor" in every worker).
+#[test]
+fn gunicorn_bound_to_fd_3_serves_and_reloads() {
+    gunicorn_serves_and_reloads(&["--bind", "fd://3"]);
+}
+
+fn gunicorn_serves_and_reloads(bind: &[&str]) {
     if !have_venv() {
         return;
     }
@@ -766,11 +778,12 @@ workers = 2
 [lifecycle]
 graceful_timeout = 10
 [app]
-command = ["{gunicorn}", "--workers", "1", "wsgi_app:app"]
+command = ["{gunicorn}", "--workers", "1", {bind}"wsgi_app:app"]
 cwd = "{{dir}}"
 ready = "log:Booting worker"
 "#,
-        gunicorn = gunicorn.display()
+        gunicorn = gunicorn.display(),
+        bind = bind.iter().map(|a| format!("{a:?}, ")).collect::<String>()
     ));
     std::fs::write(
         b.dir().join("wsgi_app.py"),
