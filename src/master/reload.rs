@@ -15,6 +15,7 @@ use super::{Current, Master};
 use crate::config::material::Loaded;
 use crate::config::ConfigError;
 use crate::net::listen::ListenError;
+use crate::os::procfs;
 use crate::proto::control::{ReloadReport, Response};
 use crate::proto::outcome::{ExitReason, ReloadResult};
 
@@ -127,6 +128,30 @@ impl Master {
         Ok(loaded)
     }
 
+    /// Whether a leaving exec worker of another generation (or a process it
+    /// started) still holds a listening socket: such a program may accept
+    /// for a while after its stop signal (uvicorn does), so a reload is not
+    /// done, and `rsvisor reload` does not return, until it let go of it or
+    /// exited. Forked workers drop their listeners when told to drain.
+    fn old_program_still_accepts(&self) -> bool {
+        let current = self.current.generation;
+        let mut leaving = self
+            .workers
+            .iter()
+            .filter(|w| w.generation != current && w.exec.is_some() && w.leaving())
+            .peekable();
+        if leaving.peek().is_none() {
+            return false;
+        }
+        let inodes = self.sockets.listeners.inodes();
+        let parents = procfs::parents();
+        leaving.any(|w| {
+            procfs::tree(w.pid.as_raw(), &parents)
+                .into_iter()
+                .any(|pid| procfs::holds_socket(pid, &inodes))
+        })
+    }
+
     fn refuse_reload(&mut self, waiters: Vec<ClientId>, why: String, started: Instant) {
         error!("reload refused, still serving with the current configuration: {why}");
         self.finish_reload(ReloadResult::InvalidConfig, started.elapsed(), why, waiters);
@@ -148,7 +173,8 @@ impl Master {
         let old_serving = self
             .workers
             .iter()
-            .any(|w| w.generation != current && !w.leaving());
+            .any(|w| w.generation != current && !w.leaving())
+            || self.old_program_still_accepts();
         let complete = self.ready_count() >= self.current.desired && !old_serving;
         match r.outcome(complete) {
             ReloadOutcome::InProgress => return,

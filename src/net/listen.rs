@@ -308,6 +308,14 @@ impl ListenerSet {
         self.listeners.iter().find(|l| &l.addr == addr)
     }
 
+    /// The sockets' inodes (how /proc names them in a process's fds).
+    pub fn inodes(&self) -> Vec<u64> {
+        self.iter()
+            .filter_map(|l| nix::sys::stat::fstat(l.as_fd()).ok())
+            .map(|st| st.st_ino)
+            .collect()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Listener> {
         self.listeners.iter()
     }

@@ -138,6 +138,25 @@ pub fn tree(pid: i32, parents: &[(i32, i32)]) -> Vec<i32> {
     out
 }
 
+/// Whether the process holds a descriptor of any of these sockets (by
+/// inode, as `fstat` gives it): a process of an old generation that still
+/// does may still accept on it.
+pub fn holds_socket(pid: i32, inodes: &[u64]) -> bool {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        std::fs::read_link(e.path()).is_ok_and(|target| {
+            target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:["))
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|ino| inodes.contains(&ino))
+        })
+    })
+}
+
 /// RSS and CPU time summed over `pids`.
 pub fn tree_usage(pids: &[i32]) -> TreeUsage {
     let ticks = clock_ticks();

@@ -3,6 +3,7 @@
 //! program, with the same health-gated reloads, recycling and crash
 //! handling as forked workers.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -931,4 +932,30 @@ fn reload_follows_the_static_directory_and_the_config_file() {
     // Nothing else changed: no further generation.
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(s.status().unwrap().generation, st.generation);
+}
+
+/// `rsvisor reload` returns only when no process of the previous
+/// generation accepts any more: the next 30 requests all reach the new
+/// one (uvicorn accepts on for a moment after its stop signal).
+#[test]
+fn after_rsvisor_reload_returns_no_request_reaches_the_old_generation() {
+    if !have_venv() {
+        return;
+    }
+    let mut s = uvicorn_server(2, "", "").start();
+    let tcp = s.ready_tcp();
+    for round in 0..3 {
+        let before = s.wait_settled(Duration::from_secs(30));
+        let old: BTreeSet<i32> = before.workers.iter().map(|w| w.pid as i32).collect();
+        let cfg = s.config.display().to_string();
+        let (code, out, err) = run(&rsvisor_bin(), &["reload", &cfg], s.dir.path(), &[]);
+        assert_eq!(code, 0, "{out}{err}");
+        for i in 0..30 {
+            let pid: i32 = get(&tcp, "/pid").unwrap().text().parse().unwrap();
+            assert!(
+                !old.contains(&pid),
+                "round {round}: request {i} after the reload reached old worker {pid}"
+            );
+        }
+    }
 }
