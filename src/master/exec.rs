@@ -15,9 +15,10 @@ use nix::fcntl::OFlag;
 use nix::poll::PollFlags;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::app_output::{escape_controls, LineBudget, Verdict, OUTPUT_LINES_PER_SEC};
+use super::traceback::{Grouper, Output};
 use crate::config::material::Loaded;
 use crate::config::{Config, ReadyRule};
 use crate::os;
@@ -59,6 +60,8 @@ struct Stream {
     buf: Vec<u8>,
     /// The current line was cut at OUTPUT_LINE_MAX; skip to its end.
     cut: bool,
+    /// A Python traceback being collected into one event.
+    traceback: Grouper,
 }
 
 /// Who a line came from, for the log.
@@ -106,6 +109,7 @@ impl ExecIo {
             let (lines, closed) = stream.read();
             let now = os::monotonic_ms();
             let mut dropped = 0;
+            let mut outputs = Vec::new();
             for line in lines {
                 if !self.ready {
                     if let ReadyRule::Log(p) = &ready_rule {
@@ -115,16 +119,14 @@ impl ExecIo {
                         }
                     }
                 }
+                outputs.extend(stream.traceback.push(line));
+            }
+            if closed {
+                outputs.extend(stream.traceback.flush());
+            }
+            for output in outputs {
                 match self.budget.admit(now) {
-                    Verdict::Log => info!(
-                        target: "app",
-                        slot = who.slot,
-                        pid = who.pid,
-                        generation = who.generation,
-                        stream = stream.name,
-                        "{}",
-                        escape_controls(&line)
-                    ),
+                    Verdict::Log => log_output(&output, who, stream.name),
                     Verdict::Drop(say) => {
                         dropped += 1;
                         if let Some(unsaid) = say {
@@ -346,6 +348,7 @@ pub fn spawn(req: ExecRequest<'_>) -> io::Result<(Pid, ExecIo)> {
                 fd,
                 buf: Vec::new(),
                 cut: false,
+                traceback: Grouper::default(),
             };
             Ok((
                 pid,
@@ -457,6 +460,43 @@ fn exec_child(
         return e;
     }
     os::exec_program(&cfg.app.command, &fds, LISTEN_FDS_START, &env)
+}
+
+/// One line, or one traceback, of a worker's output in the log.
+fn log_output(output: &Output, who: Label, stream: &'static str) {
+    match output {
+        Output::Line(line) => info!(
+            target: "app",
+            slot = who.slot,
+            pid = who.pid,
+            generation = who.generation,
+            stream,
+            "{}",
+            escape_controls(line)
+        ),
+        // The frames stay as Python wrote them, one per line; every
+        // line but the first starts with white space, so none can pass
+        // for a record of the log's own.
+        Output::Traceback { exception, frames } => error!(
+            target: "app",
+            slot = who.slot,
+            pid = who.pid,
+            generation = who.generation,
+            stream,
+            traceback = %escape_frames(frames),
+            "{}",
+            escape_controls(exception)
+        ),
+    }
+}
+
+/// [`escape_controls`] for each line of a traceback.
+fn escape_frames(frames: &str) -> String {
+    frames
+        .split('\n')
+        .map(|l| escape_controls(l).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Whether the command says which descriptor to serve (`--bind fd://3`):

@@ -37,6 +37,7 @@ mod spawn;
 mod status;
 mod strays;
 mod ticket_rotation;
+mod traceback;
 mod upgrade;
 mod watch;
 mod worker_handle;

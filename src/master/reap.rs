@@ -73,12 +73,23 @@ impl Master {
         let reason = w.exit_reason();
         self.board.release(w.slot);
         self.board.count_exit(reason);
+        // A program that re-raises the stop signal after a clean shutdown
+        // (uvicorn does) ended as asked.
+        let stopped_as_asked = matches!(
+            (w.leave_how(), how),
+            (Some(LeaveHow::Drain), Ended::Signal(sig)) if sig == w.stop_signal && w.exec.is_some()
+        );
+        let status = if stopped_as_asked {
+            format!("stopped by its stop signal ({})", w.stop_signal)
+        } else {
+            how.to_string()
+        };
         self.inspections.worker_exited(ExitReport {
             pid: w.pid.as_raw() as u32,
             slot: w.slot,
             generation: w.generation,
             reason,
-            status: how.to_string(),
+            status,
             seconds_ago: 0.0,
             forensics: None,
         });
@@ -90,11 +101,7 @@ impl Master {
             (Some(LeaveHow::Abort), _) => {
                 warn!(pid, status = %how, "worker stopped after timeout");
             }
-            // A program that re-raises the stop signal after a clean
-            // shutdown (uvicorn does) ended as asked, too.
-            (Some(LeaveHow::Drain), Ended::Signal(sig))
-                if sig == w.stop_signal && w.exec.is_some() =>
-            {
+            _ if stopped_as_asked => {
                 info!(pid, %reason, "worker exited after draining");
             }
             (Some(_), Ended::Code(0)) => {

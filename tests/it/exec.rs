@@ -881,7 +881,22 @@ fn reload_serves_edits_and_keeps_serving_through_a_broken_one() {
                 .is_some_and(|r| r.result == ReloadResult::Abandoned)
         },
     );
-    assert!(s.log_text().contains("SyntaxError"), "{}", s.log_text());
+    // The traceback is one ERROR event: the exception as its message, the
+    // frames in its `traceback` field; no frame is an event of its own.
+    let log = s.log_text();
+    let event = log
+        .lines()
+        .find(|l| l.contains("ERROR") && l.contains("SyntaxError"))
+        .unwrap_or_else(|| panic!("no ERROR event with the SyntaxError:\n{log}"));
+    assert!(
+        event.contains("traceback=Traceback (most recent call last):"),
+        "{event}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains(" INFO ") && l.contains("File \"")),
+        "{log}"
+    );
     for _ in 0..10 {
         assert_eq!(get(&tcp, "/").unwrap().text(), "v2", "{st:?}");
     }
@@ -957,5 +972,16 @@ fn after_rsvisor_reload_returns_no_request_reaches_the_old_generation() {
                 "round {round}: request {i} after the reload reached old worker {pid}"
             );
         }
+    }
+    // The old processes stopped as asked: none is reported as killed.
+    let st = s.wait_status("six old workers gone", Duration::from_secs(30), |st| {
+        st.recent_exits.len() >= 6
+    });
+    for e in &st.recent_exits {
+        assert!(
+            e.status == "exit code 0 (normal exit)"
+                || e.status.starts_with("stopped by its stop signal"),
+            "{e:?}"
+        );
     }
 }
