@@ -79,6 +79,10 @@ pub enum Source {
 /// One metric.
 pub struct Metric {
     pub name: &'static str,
+    /// Counts what rsvisor's own workers see of requests and connections:
+    /// left out where they see none (exec mode, whose programs serve the
+    /// clients), so that absent means "not known" rather than 0.
+    pub traffic: bool,
     pub kind: Kind,
     pub help: &'static str,
     /// The label and its values, as docs/monitoring.md says them (read by
@@ -106,6 +110,7 @@ fn labelled<T: std::fmt::Display>(
 pub const METRICS: &[Metric] = &[
     Metric {
         name: "rsvisor_build_info",
+        traffic: false,
         kind: Kind::Gauge,
         help: "Version of rsvisor.",
         labels: "`version`",
@@ -113,6 +118,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_http_requests_total",
+        traffic: true,
         kind: Kind::Counter,
         help: "HTTP requests answered by all workers, past and present.",
         labels: "",
@@ -120,6 +126,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_http_responses_total",
+        traffic: true,
         kind: Kind::Counter,
         help: "HTTP responses by status class.",
         labels: "`code` = `1xx`…`5xx`",
@@ -136,6 +143,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_http_requests_by_method_total",
+        traffic: true,
         kind: Kind::Counter,
         help: "HTTP requests by method.",
         labels: "`method` (GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, other)",
@@ -148,6 +156,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_http_response_body_bytes_total",
+        traffic: true,
         kind: Kind::Counter,
         help: "Response body bytes sent.",
         labels: "",
@@ -155,6 +164,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_http_request_duration_seconds",
+        traffic: true,
         kind: Kind::Histogram,
         help: "Time from a request's head to its response's head.",
         labels: "`le` (0.5 ms … 10 s)",
@@ -162,6 +172,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_http_send_timeouts_total",
+        traffic: true,
         kind: Kind::Counter,
         help: "Responses ended because the client took nothing for http.send_timeout.",
         labels: "",
@@ -169,6 +180,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_http_upgrade_idle_timeouts_total",
+        traffic: true,
         kind: Kind::Counter,
         help: "Upgraded connections (WebSockets) closed because no byte moved for \
                http.upgrade_idle_timeout.",
@@ -177,6 +189,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_connection_errors_total",
+        traffic: true,
         kind: Kind::Counter,
         help: "Connections that ended with a protocol or I/O error.",
         labels: "`kind` = http1 (malformed request), http2 (protocol error, our GOAWAY to a \
@@ -192,6 +205,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_accept_errors_total",
+        traffic: true,
         kind: Kind::Counter,
         help: "Failed accept() calls, by reason.",
         labels: "`reason` = descriptors (EMFILE/ENFILE), memory, other",
@@ -206,6 +220,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_tls_handshake_failures_total",
+        traffic: true,
         kind: Kind::Counter,
         help: "Failed TLS handshakes, by reason.",
         labels: "`reason` = timeout, no_certificate, bad_certificate, protocol, io",
@@ -220,6 +235,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_log_lines_suppressed_total",
+        traffic: true,
         kind: Kind::Counter,
         help: "Log lines of the HTTP and TLS libraries (rustls, h2, hyper) a client can cause, \
                left out because the same line was written less than 10 s before.",
@@ -228,6 +244,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_access_log_write_errors_total",
+        traffic: true,
         kind: Kind::Counter,
         help: "Failed writes of access-log lines.",
         labels: "",
@@ -235,6 +252,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_access_log_dropped_lines_total",
+        traffic: true,
         kind: Kind::Counter,
         help: "Access-log lines dropped because the writer could not keep up.",
         labels: "",
@@ -242,6 +260,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_worker_exits_total",
+        traffic: false,
         kind: Kind::Counter,
         help: "Workers that exited, by reason.",
         labels: "`reason` = crash, timeout, max_requests, memory, lifetime, reload, rollback \
@@ -255,6 +274,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_reloads_total",
+        traffic: false,
         kind: Kind::Counter,
         help: "Reloads, by result.",
         labels: "`result` = success, invalid_config, abandoned, rolled_back",
@@ -267,6 +287,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_upgrades_total",
+        traffic: false,
         kind: Kind::Counter,
         help: "Binary upgrades (USR2) completed.",
         labels: "",
@@ -274,6 +295,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_app_output_lines_dropped_total",
+        traffic: false,
         kind: Kind::Counter,
         help: "Exec mode: lines of the workers' output left out of the log (over 1000 lines/s \
                per worker).",
@@ -282,6 +304,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_generation",
+        traffic: false,
         kind: Kind::Gauge,
         help: "Current generation (incremented by each reload).",
         labels: "",
@@ -289,6 +312,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_workers",
+        traffic: false,
         kind: Kind::Gauge,
         help: "Worker processes, by state.",
         labels: "`state` = booting, ready, retiring, draining",
@@ -310,6 +334,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_upgraded_connections",
+        traffic: true,
         kind: Kind::Gauge,
         help: "Open connections that switched protocols (WebSockets), all workers.",
         labels: "",
@@ -317,6 +342,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_worker_active_connections",
+        traffic: true,
         kind: Kind::Gauge,
         help: "Open client connections of the worker in this slot.",
         labels: "`worker`",
@@ -324,6 +350,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_worker_upgraded_connections",
+        traffic: true,
         kind: Kind::Gauge,
         help: "Of those, connections that switched protocols (WebSockets).",
         labels: "`worker`",
@@ -331,6 +358,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_worker_resident_memory_bytes",
+        traffic: false,
         kind: Kind::Gauge,
         help: "Resident memory of the worker in this slot (read by the master each second).",
         labels: "`worker`",
@@ -338,6 +366,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_worker_cpu_seconds",
+        traffic: false,
         kind: Kind::Gauge,
         help: "CPU time of the worker in this slot (and, with app.command, what it started).",
         labels: "`worker`",
@@ -345,6 +374,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_worker_event_loop_lag_seconds",
+        traffic: false,
         kind: Kind::Gauge,
         help: "How late the worker's last heartbeat tick ran.",
         labels: "`worker`",
@@ -352,6 +382,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_worker_heartbeat_age_seconds",
+        traffic: false,
         kind: Kind::Gauge,
         help: "Time since the worker's last heartbeat (absent for an exec worker without \
                WATCHDOG=1).",
@@ -365,6 +396,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_worker_memory_limit_bytes",
+        traffic: false,
         kind: Kind::Gauge,
         help: "lifecycle.max_worker_memory of the worker in this slot (absent when unset).",
         labels: "`worker` (absent when unset: a ratio to 0 would be +Inf)",
@@ -372,6 +404,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_master_resident_memory_bytes",
+        traffic: false,
         kind: Kind::Gauge,
         help: "Resident memory of the master process.",
         labels: "",
@@ -379,6 +412,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_master_cpu_seconds_total",
+        traffic: false,
         kind: Kind::Counter,
         help: "CPU time (user + system) of the master process.",
         labels: "",
@@ -386,6 +420,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_master_start_time_seconds",
+        traffic: false,
         kind: Kind::Gauge,
         help: "Start time of the master process, seconds since the Unix epoch.",
         labels: "",
@@ -393,6 +428,7 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "rsvisor_master_open_fds",
+        traffic: false,
         kind: Kind::Gauge,
         help: "Open file descriptors of the master process.",
         labels: "",
@@ -432,7 +468,9 @@ impl Out {
     }
 }
 
-pub fn render(board: &Board) -> String {
+/// The exposition; `traffic`: whether rsvisor's workers serve the clients
+/// (false in exec mode, where the metrics helper renders it).
+pub fn render(board: &Board, traffic: bool) -> String {
     let scrape = Scrape {
         board,
         totals: board.fleet_totals(),
@@ -446,7 +484,7 @@ pub fn render(board: &Board) -> String {
         master: crate::os::procfs::stats(nix::unistd::getppid().as_raw()),
     };
     let mut o = Out(String::with_capacity(8 * 1024));
-    for m in METRICS {
+    for m in METRICS.iter().filter(|m| traffic || !m.traffic) {
         o.family(m);
         match &m.source {
             Source::One(value) => {
@@ -475,15 +513,17 @@ pub fn render(board: &Board) -> String {
 /// docs/monitoring.md's metrics table.
 #[cfg(test)]
 fn markdown_table() -> String {
-    let mut out = String::from("| metric | type | labels | meaning |\n|---|---|---|---|\n");
+    let mut out =
+        String::from("| metric | type | labels | meaning | exec mode |\n|---|---|---|---|---|\n");
     for m in METRICS {
         let _ = writeln!(
             out,
-            "| `{}` | {} | {} | {} |",
+            "| `{}` | {} | {} | {} | {} |",
             m.name,
             m.kind.as_str(),
             m.labels,
-            m.help
+            m.help,
+            if m.traffic { "absent" } else { "yes" }
         );
     }
     out

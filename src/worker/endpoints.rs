@@ -106,7 +106,10 @@ pub async fn ready<H>(shared: &Shared<H>) -> Response {
 }
 
 fn metrics_response<H>(shared: &Shared<H>) -> Response {
-    let mut resp = Response::new(Body::from(crate::telemetry::metrics::render(shared.board)));
+    let mut resp = Response::new(Body::from(crate::telemetry::metrics::render(
+        shared.board,
+        !shared.sidecar,
+    )));
     resp.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -477,7 +477,10 @@ impl<H> TrackedBody<H> {
             return;
         };
         let shared = &done.shared;
-        shared.slot.add_bytes_sent(self.sent);
+        // The metrics helper's own answers are not the app's traffic.
+        if !shared.sidecar {
+            shared.slot.add_bytes_sent(self.sent);
+        }
         drop(done.app_request);
         let conn = &done.conn;
         conn.request_finished(shared.now_ms());

@@ -346,6 +346,21 @@ fn the_fleets_metrics_health_and_readiness_are_on_metrics_bind() {
         .filter(|l| l.starts_with("rsvisor_worker_cpu_seconds{"))
         .count();
     assert_eq!((workers, ages), (2, 0), "{metrics}");
+    // rsvisor sees no request in exec mode: request and connection
+    // metrics are absent (not 0), and the helper's own scrapes are not
+    // counted as traffic.
+    for _ in 0..5 {
+        get(&m, "/metrics").unwrap();
+    }
+    let metrics = get(&m, "/metrics").unwrap().text();
+    for name in [
+        "rsvisor_http_requests_total",
+        "rsvisor_http_response_body_bytes_total",
+        "rsvisor_http_request_duration_seconds",
+        "rsvisor_worker_active_connections",
+    ] {
+        assert!(!metrics.contains(name), "{name} in exec mode:\n{metrics}");
+    }
     // The status lists the two uvicorn workers, not the sidecar.
     let st = s.status().unwrap();
     assert_eq!(st.workers.len(), 2);
