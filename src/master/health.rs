@@ -52,7 +52,27 @@ impl Master {
         if now >= self.next_memory_check {
             self.next_memory_check = now + MEMORY_CHECK_INTERVAL;
             self.check_memory();
+            self.return_reload_memory();
         }
+    }
+
+    /// Once a reload cycle is over (the last worker of another generation
+    /// is gone), the code it ran once (config loading, forking, reaping,
+    /// the old workers' exits) is unmapped again and freed heap returned,
+    /// so the master's RSS goes back to what its loop uses.
+    fn return_reload_memory(&mut self) {
+        let current = self.current.generation;
+        let Some(last) = &mut self.last_reload else {
+            return;
+        };
+        if last.memory_returned
+            || !matches!(self.lifecycle, super::lifecycle::Lifecycle::Running)
+            || self.workers.iter().any(|w| w.generation != current)
+        {
+            return;
+        }
+        last.memory_returned = true;
+        super::notify::drop_startup_code();
     }
 
     /// Takes in each worker's own report; a worker of the current

@@ -46,12 +46,6 @@ impl Master {
         self.systemd_ready();
     }
 
-    /// After a reload: the code that loaded the new config ran once.
-    pub(super) fn reload_settled(&mut self) {
-        drop_startup_code();
-        self.systemd_ready();
-    }
-
     /// READY=1 with the current status (after the first start and after
     /// every reload, as `Type=notify-reload` expects).
     pub(super) fn systemd_ready(&mut self) {
@@ -93,8 +87,11 @@ impl Master {
 
 /// See `os::drop_code_mappings`: the master's RSS then counts the code of
 /// its loop, not of its start-up or of a reload's config loading.
-fn drop_startup_code() {
+pub(super) fn drop_startup_code() {
     if let Err(e) = crate::os::drop_code_mappings() {
         tracing::debug!(error = %e, "cannot drop start-up code mappings");
     }
+    // What loading the config freed (the parsed PEM files, the previous
+    // generation's material) goes back to the kernel.
+    crate::os::release_free_memory();
 }

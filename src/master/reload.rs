@@ -26,6 +26,9 @@ pub struct LastReload {
     pub at: Instant,
     pub duration: Duration,
     pub message: String,
+    /// The code and heap the reload cycle used were given back, once the
+    /// last worker of another generation was gone (see `health`).
+    pub memory_returned: bool,
 }
 
 impl LastReload {
@@ -331,6 +334,7 @@ impl Master {
             at: Instant::now(),
             duration,
             message,
+            memory_returned: false,
         };
         let ok = result == ReloadResult::Success;
         let resp = Response {
@@ -345,7 +349,7 @@ impl Master {
             self.reply(w, &resp);
         }
         self.last_reload = Some(last);
-        self.reload_settled();
+        self.systemd_ready();
     }
 }
 

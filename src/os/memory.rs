@@ -37,39 +37,39 @@ pub fn release_free_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn release_free_memory() {}
 
-/// Drops this process's page mappings of executable code (the binary's and
-/// the shared libraries' `r-xp` mappings): the pages stay in the page
-/// cache, shared with every other process that maps them, and the ones
-/// still used are mapped again at their next use. The master calls this
-/// once its fleet is up, so that its RSS (what monitoring and the OOM
-/// killer see) holds the code its loop runs, not the code that started it.
+/// Drops this process's page mappings of file-backed code and read-only
+/// data: the `r-xp` mappings of the binary and the shared libraries, and
+/// the `r--p` ones none of whose pages is a private copy (`Anonymous: 0`
+/// in smaps; this leaves out the relocated RELRO pages, which exist only
+/// in this process). The pages stay in the page cache, shared with every
+/// other process that maps them, and the ones still used are mapped again
+/// at their next use. The master calls this once its fleet is up and once
+/// each reload cycle is over, so that its RSS (what monitoring and the
+/// OOM killer see) holds what its loop uses, not what started it.
 /// Returns the bytes of mappings advised.
 pub fn drop_code_mappings() -> io::Result<usize> {
-    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let mut advised = 0;
-    for line in maps.lines() {
-        let mut fields = line.split_whitespace();
-        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
-            continue;
-        };
-        // offset, device, inode, then the path: only file-backed code.
-        let path = fields.nth(3).unwrap_or("");
-        if perms != "r-xp" || !path.starts_with('/') {
+    let mut candidate: Option<(usize, usize)> = None;
+    for line in smaps.lines() {
+        if let Some(range) = mapping_header(line) {
+            candidate = range;
             continue;
         }
-        let Some((start, end)) = range.split_once('-') else {
+        let Some(anon) = line.strip_prefix("Anonymous:") else {
             continue;
         };
-        let (Ok(start), Ok(end)) = (
-            usize::from_str_radix(start, 16),
-            usize::from_str_radix(end, 16),
-        ) else {
+        let Some((start, end)) = candidate.take() else {
             continue;
         };
-        // SAFETY: the range is a whole mapping of this process, read and
-        // execute only and backed by a file: its pages were never written
-        // (no private copies to lose), so MADV_DONTNEED only drops the page
-        // table entries and the next access maps the same file pages again.
+        if anon.split_whitespace().next() != Some("0") {
+            continue;
+        }
+        // SAFETY: the range is a whole mapping of this process, not
+        // writable and backed by a file, with no private copy of any page
+        // (smaps says Anonymous: 0; it cannot gain one, being read-only):
+        // MADV_DONTNEED only drops the page table entries, and the next
+        // access maps the same file pages again.
         let rc =
             unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
         if rc == 0 {
@@ -77,6 +77,26 @@ pub fn drop_code_mappings() -> io::Result<usize> {
         }
     }
     Ok(advised)
+}
+
+/// For a mapping's header line of smaps: `Some(Some(range))` when it is a
+/// file-backed `r-xp` or `r--p` mapping, `Some(None)` for any other
+/// mapping; `None` for the lines that describe a mapping.
+fn mapping_header(line: &str) -> Option<Option<(usize, usize)>> {
+    let mut fields = line.split_whitespace();
+    let range = fields.next()?;
+    let (start, end) = range.split_once('-')?;
+    let (Ok(start), Ok(end)) = (
+        usize::from_str_radix(start, 16),
+        usize::from_str_radix(end, 16),
+    ) else {
+        return None;
+    };
+    let perms = fields.next()?;
+    // offset, device, inode, then the path.
+    let path = fields.nth(3).unwrap_or("");
+    let droppable = matches!(perms, "r-xp" | "r--p") && path.starts_with('/');
+    Some(droppable.then_some((start, end)))
 }
 
 #[cfg(test)]
