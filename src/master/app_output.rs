@@ -39,14 +39,17 @@ impl LineBudget {
         }
     }
 
+    /// One event of `lines` lines (a line, or a traceback): logged whole
+    /// or dropped whole, each of its lines counted against the budget.
     /// `now_ms`: monotonic milliseconds (`os::monotonic_ms`).
-    pub fn admit(&mut self, now_ms: u64) -> Verdict {
+    pub fn admit_lines(&mut self, now_ms: u64, lines: usize) -> Verdict {
         let rate = f64::from(OUTPUT_LINES_PER_SEC);
         let gained = now_ms.saturating_sub(self.refilled_ms) as f64 / 1000.0 * rate;
         self.tokens = (self.tokens + gained).min(rate);
         self.refilled_ms = now_ms;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let cost = lines as f64;
+        if self.tokens >= cost {
+            self.tokens -= cost;
             return Verdict::Log;
         }
         Verdict::Drop(self.drops.admit_at(now_ms))
@@ -76,27 +79,41 @@ mod tests {
     use crate::telemetry::throttle::REPEAT_LOG_INTERVAL;
 
     #[test]
+    fn an_event_of_many_lines_costs_each_line() {
+        let t0 = 1_000;
+        let mut b = LineBudget::new(t0);
+        assert_eq!(
+            b.admit_lines(t0, OUTPUT_LINES_PER_SEC as usize - 10),
+            Verdict::Log
+        );
+        assert!(matches!(b.admit_lines(t0, 20), Verdict::Drop(_)));
+        assert_eq!(b.admit_lines(t0, 10), Verdict::Log);
+    }
+
+    #[test]
     fn a_burst_then_the_rate_then_drops_said_once_per_interval() {
         let t0 = 1_000;
         let mut b = LineBudget::new(t0);
         for _ in 0..OUTPUT_LINES_PER_SEC {
-            assert_eq!(b.admit(t0), Verdict::Log);
+            assert_eq!(b.admit_lines(t0, 1), Verdict::Log);
         }
-        assert_eq!(b.admit(t0), Verdict::Drop(Some(0)));
-        assert_eq!(b.admit(t0), Verdict::Drop(None));
-        assert_eq!(b.admit(t0), Verdict::Drop(None));
+        assert_eq!(b.admit_lines(t0, 1), Verdict::Drop(Some(0)));
+        assert_eq!(b.admit_lines(t0, 1), Verdict::Drop(None));
+        assert_eq!(b.admit_lines(t0, 1), Verdict::Drop(None));
         // 10 ms later: 10 more lines.
         let t1 = t0 + 10;
-        let logged = (0..20).filter(|_| b.admit(t1) == Verdict::Log).count();
+        let logged = (0..20)
+            .filter(|_| b.admit_lines(t1, 1) == Verdict::Log)
+            .count();
         assert_eq!(logged, 10);
         let t2 = t0 + REPEAT_LOG_INTERVAL.as_millis() as u64;
         // The bucket is full again: lines are logged, none said dropped…
-        assert_eq!(b.admit(t2), Verdict::Log);
+        assert_eq!(b.admit_lines(t2, 1), Verdict::Log);
         for _ in 1..OUTPUT_LINES_PER_SEC {
-            b.admit(t2);
+            b.admit_lines(t2, 1);
         }
         // …until it is empty: then the 12 left unsaid are told.
-        assert_eq!(b.admit(t2), Verdict::Drop(Some(12)));
+        assert_eq!(b.admit_lines(t2, 1), Verdict::Drop(Some(12)));
     }
 
     #[test]

@@ -125,10 +125,10 @@ impl ExecIo {
                 outputs.extend(stream.traceback.flush());
             }
             for output in outputs {
-                match self.budget.admit(now) {
+                match self.budget.admit_lines(now, output.lines()) {
                     Verdict::Log => log_output(&output, who, stream.name),
                     Verdict::Drop(say) => {
-                        dropped += 1;
+                        dropped += output.lines() as u64;
                         if let Some(unsaid) = say {
                             warn!(
                                 slot = who.slot,

@@ -22,6 +22,16 @@ pub enum Output {
     Traceback { exception: String, frames: String },
 }
 
+impl Output {
+    /// The lines of output it stands for (what the line budget counts).
+    pub fn lines(&self) -> usize {
+        match self {
+            Output::Line(_) => 1,
+            Output::Traceback { frames, .. } => frames.lines().count() + 1,
+        }
+    }
+}
+
 /// One output stream's traceback in progress.
 #[derive(Debug, Default)]
 pub struct Grouper {
