@@ -226,6 +226,9 @@ pub struct Reload {
     pub waiters: Vec<ClientId>,
     /// `lifecycle.canary`: one worker first, watched before the others.
     pub canary: Option<Box<Canary>>,
+    /// When /proc last said whether a leaving program of the previous
+    /// generation still holds a listening socket, and what it said.
+    pub old_sockets_seen: Option<(Instant, bool)>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -246,6 +249,7 @@ impl Reload {
             previous,
             started,
             failures: 0,
+            old_sockets_seen: None,
             waiters,
             canary: canary.map(|l| Box::new(Canary::new(l))),
         }

@@ -136,23 +136,38 @@ impl Master {
     /// for a while after its stop signal (uvicorn does), so a reload is not
     /// done, and `rsvisor reload` does not return, until it let go of it or
     /// exited. Forked workers drop their listeners when told to drain.
-    fn old_program_still_accepts(&self) -> bool {
+    /// /proc is read at most every [`OLD_SOCKETS_CHECK`] (the loop can wake
+    /// for every line a worker writes); a process that exits ends the
+    /// wait at once, being reaped.
+    fn old_program_still_accepts(&mut self) -> bool {
         let current = self.current.generation;
-        let mut leaving = self
+        let leaving: Vec<i32> = self
             .workers
             .iter()
             .filter(|w| w.generation != current && w.exec.is_some() && w.leaving())
-            .peekable();
-        if leaving.peek().is_none() {
+            .map(|w| w.pid.as_raw())
+            .collect();
+        if leaving.is_empty() {
             return false;
+        }
+        let now = Instant::now();
+        let Some(r) = self.lifecycle.reload_mut() else {
+            return false;
+        };
+        if let Some((at, holds)) = r.old_sockets_seen {
+            if now < at + OLD_SOCKETS_CHECK {
+                return holds;
+            }
         }
         let inodes = self.sockets.listeners.inodes();
         let parents = procfs::parents();
-        leaving.any(|w| {
-            procfs::tree(w.pid.as_raw(), &parents)
+        let holds = leaving.into_iter().any(|pid| {
+            procfs::tree(pid, &parents)
                 .into_iter()
-                .any(|pid| procfs::holds_socket(pid, &inodes))
-        })
+                .any(|p| procfs::holds_socket(p, &inodes))
+        });
+        r.old_sockets_seen = Some((now, holds));
+        holds
     }
 
     fn refuse_reload(&mut self, waiters: Vec<ClientId>, why: String, started: Instant) {
@@ -169,16 +184,21 @@ impl Master {
             self.start_queued_reload();
             return;
         }
-        let Some(r) = self.lifecycle.reload() else {
+        if self.lifecycle.reload().is_none() {
             return;
-        };
+        }
         let current = self.current.generation;
         let old_serving = self
             .workers
             .iter()
-            .any(|w| w.generation != current && !w.leaving())
-            || self.old_program_still_accepts();
-        let complete = self.ready_count() >= self.current.desired && !old_serving;
+            .any(|w| w.generation != current && !w.leaving());
+        // /proc is read only once everything else says the reload is done.
+        let complete = self.ready_count() >= self.current.desired
+            && !old_serving
+            && !self.old_program_still_accepts();
+        let Some(r) = self.lifecycle.reload() else {
+            return;
+        };
         match r.outcome(complete) {
             ReloadOutcome::InProgress => return,
             ReloadOutcome::Done { elapsed } => {
@@ -352,6 +372,10 @@ impl Master {
         self.systemd_ready();
     }
 }
+
+/// How often a reload waiting for old programs to let go of the listening
+/// sockets looks at /proc (the master's tick: the loop wakes that often).
+pub const OLD_SOCKETS_CHECK: Duration = super::MASTER_TICK;
 
 /// Why a reload was refused before any worker changed.
 #[derive(Debug, thiserror::Error)]
