@@ -187,8 +187,7 @@ fn the_deb_installs_serves_reloads_and_purges() {
     }
     // With man installed, verify also checks that Documentation=man:rsvisor(1)
     // finds the packaged page.
-    let man = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("man").is_file()));
+    let man = util::on_path("man");
     let out = Command::new("systemd-analyze")
         .args([
             "verify",

@@ -827,8 +827,7 @@ pub fn have(tool: &str, why: &str) -> bool {
     let found = if tool.contains('/') {
         Path::new(tool).exists()
     } else {
-        std::env::var_os("PATH")
-            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        on_path(tool)
     };
     if !found {
         assert!(
@@ -838,4 +837,10 @@ pub fn have(tool: &str, why: &str) -> bool {
         eprintln!("skipped: {tool} not found ({why})");
     }
     found
+}
+
+/// Whether a program of that name is on PATH.
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
