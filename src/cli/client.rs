@@ -9,8 +9,9 @@ use crate::config::{Config, Overrides};
 use crate::proto::control::{Forensics, Request, Response, Status};
 use crate::proto::exit::Exit;
 
-/// A reload waits for the new generation (and its canary window, added to
-/// this); bounded so a wedged master does not hang a deploy script forever.
+/// A reload waits for the new generation (and its canary window and the old
+/// programs' graceful_timeout, added to this); bounded so a wedged master
+/// does not hang a deploy script forever.
 const RELOAD_WAIT_TIMEOUT: Duration = Duration::from_secs(600);
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -102,7 +103,9 @@ const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(100);
 fn ask(config: &Path, req: Request, timeout: Duration) -> Result<Response, CtlError> {
     let (path, cfg) = socket_of(config)?;
     let timeout = match req {
-        Request::Reload => timeout + cfg.lifecycle.canary,
+        // Exec workers of the old generation may drain for up to
+        // graceful_timeout before the reload counts as done.
+        Request::Reload => timeout + cfg.lifecycle.canary + cfg.lifecycle.graceful_timeout,
         _ => timeout,
     };
     let give_up = std::time::Instant::now() + CONNECT_RETRY;
