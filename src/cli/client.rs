@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::{Config, Overrides};
-use crate::proto::control::{Forensics, Request, Response, Status};
+use crate::proto::control::{Forensics, Request, Response, Status, ThreadDump};
 use crate::proto::exit::Exit;
 
 /// A reload waits for the new generation (and its canary window and the old
@@ -187,6 +187,21 @@ pub fn dump(config: &Path, slot: usize, json: bool) -> Exit {
     }
 }
 
+/// The innermost frame of the thread that was running: the heartbeat's
+/// thread, Python's "Current thread" or py-spy's "active" one, else the
+/// first thread with a stack.
+fn innermost_frame(f: &Forensics) -> Option<&str> {
+    let running = |t: &&ThreadDump| {
+        t.heartbeat || t.name.starts_with("Current thread") || t.name.contains("(active")
+    };
+    let with_stack = || f.threads.iter().filter(|t| !t.frames.is_empty());
+    with_stack()
+        .find(running)
+        .or_else(|| with_stack().next())
+        .and_then(|t| t.frames.first())
+        .map(String::as_str)
+}
+
 /// A dump as a person reads it.
 pub fn forensics_text(f: &Forensics) -> String {
     let mut o = format!(
@@ -201,6 +216,9 @@ pub fn forensics_text(f: &Forensics) -> String {
     );
     if let Some(e) = &f.dump_error {
         o += &format!("{e}\n");
+    }
+    if let Some(how) = &f.stacks {
+        o += &format!("stacks from: {how}\n");
     }
     o += &format!(
         "requests in flight: {}\n",
@@ -366,12 +384,53 @@ pub fn table(s: &Status) -> String {
                 .map_or("no request in flight".into(), |r| {
                     format!("{} {} running {} ms", r.method, r.path, r.running_ms)
                 });
-            let stacks = f.dump_error.as_deref().unwrap_or("stacks obtained");
+            let stacks = match (&f.dump_error, innermost_frame(f)) {
+                (Some(e), _) => e.clone(),
+                (None, Some(frame)) => format!("stuck in {frame}"),
+                (None, None) => "stacks obtained".into(),
+            };
             o += &format!(
-                "    silent {} ms; {oldest}; {stacks} (rsvisor status --json shows them)\n",
+                "    silent {} ms; {oldest}; {stacks} (rsvisor status --json shows the stacks)\n",
                 f.silent_ms
             );
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thread(name: &str, frames: &[&str]) -> ThreadDump {
+        ThreadDump {
+            tid: 0,
+            name: name.into(),
+            heartbeat: false,
+            frames: frames.iter().map(|f| f.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_running_threads_innermost_frame_names_where_a_worker_was_stuck() {
+        let mut f: Forensics = serde_json::from_value(serde_json::json!({
+            "pid": 1, "slot": 0, "trigger": "heartbeat", "silent_ms": 0, "rss_bytes": 0,
+            "open_fds": 0, "active_connections": 0, "in_flight": [], "in_flight_not_shown": 0,
+            "threads": [], "capture_ms": 0, "total_ms": 0
+        }))
+        .unwrap();
+        assert_eq!(innermost_frame(&f), None);
+        // Python's faulthandler lists the other threads before the one
+        // that was running.
+        f.threads = vec![
+            thread("Thread 0x01", &["wait (threading.py:320)"]),
+            thread("Current thread 0x02", &["handler (app.py:3)", "app (app.py:7)"]),
+        ];
+        assert_eq!(innermost_frame(&f), Some("handler (app.py:3)"));
+        f.threads = vec![
+            thread("MainThread (idle, process 5)", &[]),
+            thread("worker (idle, process 5)", &["select (selectors.py:1)"]),
+        ];
+        assert_eq!(innermost_frame(&f), Some("select (selectors.py:1)"));
+    }
 }

@@ -18,6 +18,7 @@ use nix::unistd::Pid;
 use tracing::{debug, error, info, warn};
 
 use super::app_output::{escape_controls, LineBudget, Verdict, OUTPUT_LINES_PER_SEC};
+use super::python_stacks::{FAULTHANDLER_ENV, MAX_STACK_TEXT};
 use super::traceback::{Grouper, Output};
 use crate::config::material::Loaded;
 use crate::config::{Config, ReadyRule};
@@ -52,6 +53,17 @@ pub struct ExecIo {
     /// It has sent `WATCHDOG=1`: its heartbeat is watched from now on.
     pub watchdog: bool,
     budget: LineBudget,
+    /// Set while the worker's Python stacks are collected (after the
+    /// SIGABRT of a hang): its lines go here instead of the log.
+    capture: Option<Captured>,
+}
+
+/// Output lines kept for a forensics report, at most
+/// [`MAX_STACK_TEXT`] bytes.
+#[derive(Debug, Default)]
+struct Captured {
+    lines: Vec<String>,
+    bytes: usize,
 }
 
 struct Stream {
@@ -107,6 +119,18 @@ impl ExecIo {
                 continue;
             }
             let (lines, closed) = stream.read();
+            if let Some(c) = &mut self.capture {
+                for line in lines {
+                    if c.bytes + line.len() <= MAX_STACK_TEXT {
+                        c.bytes += line.len() + 1;
+                        c.lines.push(line);
+                    }
+                }
+                if closed {
+                    *slot = None;
+                }
+                continue;
+            }
             let now = os::monotonic_ms();
             let mut dropped = 0;
             let mut outputs = Vec::new();
@@ -177,6 +201,27 @@ impl ExecIo {
             }
         }
         events
+    }
+
+    /// Reads what is left in its output pipes (the worker was reaped: no
+    /// poll will say so any more).
+    pub fn drain(&mut self, who: Label) -> Vec<ExecEvent> {
+        let all = vec![Some(PollFlags::POLLIN); self.streams.iter().flatten().count()];
+        self.handle(&all, who)
+    }
+
+    /// From now on its output lines are kept for [`ExecIo::take_capture`]
+    /// instead of being logged.
+    pub fn start_capture(&mut self) {
+        self.capture.get_or_insert_with(Captured::default);
+    }
+
+    /// The lines kept since [`ExecIo::start_capture`].
+    pub fn take_capture(&mut self) -> Vec<String> {
+        self.capture
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.lines))
+            .unwrap_or_default()
     }
 
     /// `delay:SECONDS`: ready once it has been alive that long.
@@ -359,6 +404,7 @@ pub fn spawn(req: ExecRequest<'_>) -> io::Result<(Pid, ExecIo)> {
                     ready: false,
                     watchdog: false,
                     budget: LineBudget::new(os::monotonic_ms()),
+                    capture: None,
                 },
             ))
         }
@@ -451,6 +497,11 @@ fn exec_child(
         let usec = cfg.lifecycle.timeout.as_micros().to_string();
         env.push(("WATCHDOG_USEC".into(), usec));
         env.push(("WATCHDOG_PID".into(), me));
+    }
+    // A hung worker's SIGABRT then prints every thread's Python stack
+    // (see `python_stacks`); a setting of the user's own wins.
+    if std::env::var_os(FAULTHANDLER_ENV).is_none() {
+        env.push((FAULTHANDLER_ENV.into(), "1".into()));
     }
     for (k, v) in &cfg.app.env {
         env.push((k.clone(), v.clone()));

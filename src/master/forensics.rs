@@ -22,6 +22,7 @@
 //! [`ABORT_GRACE`]: super::worker_handle::ABORT_GRACE
 
 use std::collections::VecDeque;
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::time::{Duration, Instant};
@@ -31,6 +32,8 @@ use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
 use super::control_socket::ClientId;
+use super::python_stacks::{self, Method, PY_SPY_TIMEOUT};
+use super::worker_handle::ABORT_GRACE;
 use super::Master;
 use crate::os::{self, Fork};
 use crate::proto::control::{ExitReport, Forensics, InFlightRequest, Response, ThreadDump};
@@ -95,6 +98,21 @@ enum Step {
     Capturing {
         deadline: Instant,
     },
+    /// An `app.command` worker: `py-spy dump` runs.
+    Spying {
+        helper: Pid,
+        out: File,
+        deadline: Instant,
+        exited: bool,
+        report: Box<Forensics>,
+    },
+    /// An `app.command` worker was sent SIGABRT: what it writes until it
+    /// exits (handed over when it is reaped) is its faulthandler's stacks.
+    Listening {
+        deadline: Instant,
+        report: Box<Forensics>,
+        lines: Option<Vec<String>>,
+    },
     Symbolizing {
         helper: Pid,
         out: File,
@@ -121,22 +139,27 @@ impl Inspections {
             .iter()
             .map(|j| match &j.step {
                 Step::Capturing { .. } => now + DUMP_POLL,
-                Step::Symbolizing { deadline, .. } => *deadline,
+                Step::Symbolizing { deadline, .. }
+                | Step::Spying { deadline, .. }
+                | Step::Listening { deadline, .. } => *deadline,
             })
             .min()
     }
 
-    /// Whether `pid` is a symbolizing helper the master started.
+    /// Whether `pid` is a helper (symbolizer, py-spy) the master started.
     pub fn is_helper(&self, pid: Pid) -> bool {
-        self.jobs
-            .iter()
-            .any(|j| matches!(&j.step, Step::Symbolizing { helper, .. } if *helper == pid))
+        self.jobs.iter().any(|j| match &j.step {
+            Step::Symbolizing { helper, .. } | Step::Spying { helper, .. } => *helper == pid,
+            _ => false,
+        })
     }
 
-    /// A child was reaped: true if it was a symbolizing helper.
+    /// A child was reaped: true if it was a helper.
     pub fn helper_exited(&mut self, pid: Pid) -> bool {
         for j in &mut self.jobs {
-            if let Step::Symbolizing { helper, exited, .. } = &mut j.step {
+            if let Step::Symbolizing { helper, exited, .. } | Step::Spying { helper, exited, .. } =
+                &mut j.step
+            {
                 if *helper == pid {
                     *exited = true;
                     return true;
@@ -144,6 +167,17 @@ impl Inspections {
             }
         }
         false
+    }
+
+    /// An `app.command` worker was reaped: the output it left, if its
+    /// stacks were being listened for.
+    pub fn program_output(&mut self, pid: Pid, output: Vec<String>) {
+        for j in &mut self.jobs {
+            if let (true, Step::Listening { lines, .. }) = (j.pid == pid, &mut j.step) {
+                *lines = Some(output);
+                return;
+            }
+        }
     }
 
     /// A worker was reaped: remembered, with its forensics if there are.
@@ -196,20 +230,18 @@ impl Master {
             job.waiters.extend(waiter);
             if trigger.aborts() && !job.trigger.aborts() {
                 job.trigger = trigger;
-                w.abort_after(now + DUMP_TIMEOUT);
+                let at = match &job.step {
+                    Step::Spying { deadline, .. } => *deadline,
+                    _ => now + DUMP_TIMEOUT,
+                };
+                w.abort_after(at);
             }
             return;
         }
         if w.exec.is_some() {
             // Another program: it has no dump handler (the signal would
             // kill it) and no in-flight table.
-            let report = self.facts_only(index, trigger, now);
-            if let Some(w) = self.workers.get_mut(index) {
-                if trigger.aborts() {
-                    w.abort();
-                }
-            }
-            return self.finish(report, trigger, waiter.into_iter().collect(), "");
+            return self.inspect_program(index, trigger, waiter.into_iter().collect(), now);
         }
         if trigger.aborts() {
             w.abort_after(now + DUMP_TIMEOUT);
@@ -258,15 +290,21 @@ impl Master {
         let mut i = 0;
         while i < self.inspections.jobs.len() {
             let job = &self.inspections.jobs[i];
+            let gone = !self.workers.iter().any(|w| w.pid == job.pid);
             let done = match &job.step {
                 Step::Capturing { deadline } => {
                     let answered = self.board.dumps[job.slot].answers(job.request).len();
-                    let gone = !self.workers.iter().any(|w| w.pid == job.pid);
                     answered >= job.sent.len() || now >= *deadline || gone
                 }
                 Step::Symbolizing {
                     exited, deadline, ..
+                }
+                | Step::Spying {
+                    exited, deadline, ..
                 } => *exited || now >= *deadline,
+                Step::Listening {
+                    deadline, lines, ..
+                } => lines.is_some() || gone || now >= *deadline,
             };
             if !done {
                 i += 1;
@@ -276,6 +314,8 @@ impl Master {
             match job.step {
                 Step::Capturing { .. } => self.captured(job, now),
                 Step::Symbolizing { .. } => self.symbolized(job),
+                Step::Spying { .. } => self.spied(job, now),
+                Step::Listening { .. } => self.listened(job),
             }
         }
     }
@@ -284,7 +324,7 @@ impl Master {
     /// helper started.
     fn captured(&mut self, job: Job, now: Instant) {
         let captured = self.board.dumps[job.slot].answers(job.request);
-        let mut report = self.facts(&job, now);
+        let mut report = self.facts(job.pid, job.slot, job.trigger, job.started, now);
         report.capture_ms = now.duration_since(job.started).as_millis() as u64;
         if captured.len() < job.sent.len() {
             let state = crate::os::procfs::state(job.pid.as_raw());
@@ -321,6 +361,7 @@ impl Master {
                 warn!(error = %e, "cannot start the symbolizer; showing raw addresses");
                 let threads = raw_threads(&captured, &job.sent, job.heartbeat_tid);
                 report.threads = threads;
+                report.stacks = Some(Method::SignalHandler.as_str().into());
                 let text = threads_text(&report.threads, &job.notes);
                 self.finish(report, job.trigger, job.waiters, &text);
             }
@@ -371,20 +412,28 @@ impl Master {
         // In the order they were signalled: the heartbeat's thread first.
         threads.sort_by_key(|t| job.sent.iter().position(|(tid, _)| *tid == t.tid));
         report.threads = threads;
+        report.stacks = Some(Method::SignalHandler.as_str().into());
         let text = threads_text(&report.threads, &job.notes);
         self.finish(*report, job.trigger, job.waiters, &text);
     }
 
     /// What can be read without the worker's help.
-    fn facts(&self, job: &Job, now: Instant) -> Forensics {
-        let slot = self.board.slot(job.slot);
+    fn facts(
+        &self,
+        pid: Pid,
+        slot_index: usize,
+        trigger: Trigger,
+        started: Instant,
+        now: Instant,
+    ) -> Forensics {
+        let slot = self.board.slot(slot_index);
         let now_ms = os::monotonic_ms();
-        let (requests, not_shown) = self.board.in_flight[job.slot].snapshot();
-        let stats = crate::os::procfs::stats(job.pid.as_raw());
+        let (requests, not_shown) = self.board.in_flight[slot_index].snapshot();
+        let stats = crate::os::procfs::stats(pid.as_raw());
         Forensics {
-            pid: job.pid.as_raw() as u32,
-            slot: job.slot,
-            trigger: job.trigger.as_str().into(),
+            pid: pid.as_raw() as u32,
+            slot: slot_index,
+            trigger: trigger.as_str().into(),
             silent_ms: now_ms.saturating_sub(slot.heartbeat_ms()),
             rss_bytes: stats.as_ref().map_or(0, |s| s.rss_bytes),
             open_fds: stats.as_ref().map_or(0, |s| s.open_fds),
@@ -400,20 +449,40 @@ impl Master {
                 .collect(),
             in_flight_not_shown: not_shown,
             threads: Vec::new(),
+            stacks: None,
             dump_error: None,
             capture_ms: 0,
-            total_ms: now.duration_since(job.started).as_millis() as u64,
+            total_ms: now.duration_since(started).as_millis() as u64,
         }
     }
 
-    /// An exec worker: what /proc says, no stacks.
-    fn facts_only(&self, index: usize, trigger: Trigger, now: Instant) -> Forensics {
-        let w = &self.workers[index];
-        let job = Job {
-            pid: w.pid,
-            slot: w.slot,
+    /// An `app.command` worker: py-spy from the outside if it is
+    /// installed; if the worker is aborted, what its faulthandler prints
+    /// after the SIGABRT.
+    fn inspect_program(
+        &mut self,
+        index: usize,
+        trigger: Trigger,
+        waiters: Vec<ClientId>,
+        now: Instant,
+    ) {
+        let Some(w) = self.workers.get(index) else {
+            return;
+        };
+        let (pid, slot) = (w.pid, w.slot);
+        let app = &w.config.app;
+        let path = app.env.get("PATH").map(OsStr::new);
+        let py_spy = python_stacks::find_py_spy(&app.command, app.cwd.as_deref(), path);
+        let mut report = self.facts(pid, slot, trigger, now, now);
+        if !w.has_heartbeat() {
+            // It never sent WATCHDOG=1: there is no heartbeat to be late.
+            report.silent_ms = 0;
+        }
+        let mut job = Job {
+            pid,
+            slot,
             trigger,
-            waiters: Vec::new(),
+            waiters,
             started: now,
             request: 0,
             sent: Vec::new(),
@@ -421,9 +490,152 @@ impl Master {
             notes: Vec::new(),
             step: Step::Capturing { deadline: now },
         };
-        let mut f = self.facts(&job, now);
-        f.dump_error = Some("no stacks for an app.command worker (another program)".into());
-        f
+        let spying = match &py_spy {
+            Some(p) => python_stacks::spawn_py_spy(p, pid.as_raw())
+                .map_err(|e| format!("cannot run {}: {e}", p.display())),
+            None => Err(
+                "py-spy is not installed (pip install py-spy in the app's environment \
+                         gives Python stacks of a live worker)"
+                    .into(),
+            ),
+        };
+        match spying {
+            Ok((helper, out)) => {
+                if trigger.aborts() {
+                    if let Some(w) = self.workers.get_mut(index) {
+                        w.abort_after(now + PY_SPY_TIMEOUT);
+                    }
+                }
+                job.step = Step::Spying {
+                    helper,
+                    out,
+                    deadline: now + PY_SPY_TIMEOUT,
+                    exited: false,
+                    report: Box::new(report),
+                };
+                self.inspections.jobs.push(job);
+            }
+            Err(why) if trigger.aborts() => {
+                job.notes.push(why);
+                if let Some(w) = self.workers.get_mut(index) {
+                    w.abort();
+                }
+                self.listen(job, report, now);
+            }
+            Err(why) => {
+                report.dump_error = Some(why);
+                self.finish(report, trigger, job.waiters, "");
+            }
+        }
+    }
+
+    /// py-spy is done (or late, and killed): its stacks are in the report;
+    /// a worker that is aborted gets its SIGABRT now.
+    fn spied(&mut self, mut job: Job, now: Instant) {
+        let step = std::mem::replace(&mut job.step, Step::Capturing { deadline: now });
+        let Step::Spying {
+            helper,
+            out,
+            exited,
+            mut report,
+            ..
+        } = step
+        else {
+            return;
+        };
+        if !exited {
+            // Reaped by the reap step like any other child.
+            let _ = kill(helper, Signal::SIGKILL);
+        }
+        let text = python_stacks::read_output(out);
+        let threads = python_stacks::parse_py_spy(&text);
+        report.capture_ms = now.duration_since(job.started).as_millis() as u64;
+        if threads.is_empty() {
+            let said = text.lines().find(|l| !l.trim().is_empty());
+            job.notes.push(match (exited, said) {
+                (false, _) => format!(
+                    "py-spy dump did not finish within {} ms",
+                    PY_SPY_TIMEOUT.as_millis()
+                ),
+                (true, Some(line)) => format!("py-spy dump: {}", line.trim()),
+                (true, None) => "py-spy dump printed nothing".into(),
+            });
+        } else {
+            report.threads = threads;
+            report.stacks = Some(Method::PySpy.as_str().into());
+        }
+        let worker = self.workers.iter_mut().find(|w| w.pid == job.pid);
+        match worker {
+            Some(w) if job.trigger.aborts() => {
+                w.abort_now();
+                self.listen(job, *report, now);
+            }
+            _ => self.conclude_program(job, *report, Vec::new()),
+        }
+    }
+
+    /// The worker was sent SIGABRT: its output is kept for the report
+    /// until it exits, or until it is killed.
+    fn listen(&mut self, job: Job, report: Forensics, now: Instant) {
+        if let Some(io) = self
+            .workers
+            .iter_mut()
+            .find(|w| w.pid == job.pid)
+            .and_then(|w| w.exec.as_mut())
+        {
+            io.start_capture();
+        }
+        self.inspections.jobs.push(Job {
+            step: Step::Listening {
+                deadline: now + ABORT_GRACE + super::MASTER_TICK,
+                report: Box::new(report),
+                lines: None,
+            },
+            ..job
+        });
+    }
+
+    /// The aborted worker exited (or is about to be killed): what it wrote.
+    fn listened(&mut self, mut job: Job) {
+        let step = std::mem::replace(
+            &mut job.step,
+            Step::Capturing {
+                deadline: job.started,
+            },
+        );
+        let Step::Listening { report, lines, .. } = step else {
+            return;
+        };
+        let lines = lines.unwrap_or_else(|| {
+            self.workers
+                .iter_mut()
+                .find(|w| w.pid == job.pid)
+                .and_then(|w| w.exec.as_mut())
+                .map(|io| io.take_capture())
+                .unwrap_or_default()
+        });
+        self.conclude_program(job, *report, lines);
+    }
+
+    /// An `app.command` worker's report: py-spy's stacks, else those its
+    /// faulthandler printed, else why there are none.
+    fn conclude_program(&mut self, job: Job, mut report: Forensics, output: Vec<String>) {
+        if report.threads.is_empty() {
+            let threads = python_stacks::parse_faulthandler(&output);
+            if threads.is_empty() {
+                let mut why = job.notes.join("; ");
+                if job.trigger.aborts() {
+                    why += "; the program printed no Python stacks after SIGABRT (not Python, \
+                            PYTHONFAULTHANDLER turned off, or its own SIGABRT handler)";
+                }
+                report.dump_error = Some(why.trim_start_matches("; ").to_string());
+            } else {
+                report.threads = threads;
+                report.stacks = Some(Method::Faulthandler.as_str().into());
+            }
+        }
+        let text = threads_text(&report.threads, &job.notes);
+        self.finish(report, job.trigger, job.waiters, &text);
     }
 
     /// Logs the report once, answers who asked, and keeps it.
@@ -448,6 +660,7 @@ impl Master {
                     active_connections = f.active_connections,
                     in_flight = %requests,
                     dump = %dump,
+                    stacks = f.stacks.as_deref().unwrap_or("none"),
                     capture_ms = f.capture_ms,
                     bytes = text.len(),
                     backtrace = %text,
@@ -689,6 +902,7 @@ mod tests {
             }],
             in_flight_not_shown: 2,
             threads: vec![],
+            stacks: None,
             dump_error: None,
             capture_ms: 1,
             total_ms: 2,

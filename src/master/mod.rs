@@ -29,6 +29,7 @@ mod lifecycle;
 mod notify;
 mod output;
 mod progress;
+mod python_stacks;
 mod reap;
 mod reload;
 mod retire;

@@ -8,6 +8,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
+use super::exec::{ExecEvent, Label};
 use super::worker_handle::{LeaveHow, WorkerHandle};
 use super::Master;
 use crate::proto::control::ExitReport;
@@ -55,7 +56,8 @@ impl Master {
             };
             match self.workers.iter().position(|w| w.pid == pid) {
                 Some(idx) => {
-                    let w = self.workers.remove(idx);
+                    let mut w = self.workers.remove(idx);
+                    self.read_last_output(&mut w);
                     self.worker_exited(w, how);
                 }
                 None if self.sidecar.as_ref().is_some_and(|s| s.pid == pid) => {
@@ -65,6 +67,29 @@ impl Master {
                 None => self.other_child_exited(pid, how),
             }
         }
+    }
+
+    /// What an exec worker wrote just before it ended (a traceback, the
+    /// stacks its SIGABRT printed) is still in its pipes: no poll will say
+    /// so once it is reaped.
+    fn read_last_output(&mut self, w: &mut WorkerHandle) {
+        let Some(io) = &mut w.exec else {
+            return;
+        };
+        let label = Label {
+            slot: w.slot,
+            pid: w.pid.as_raw(),
+            generation: w.generation,
+        };
+        for event in io.drain(label) {
+            if let ExecEvent::OutputDropped(n) = event {
+                self.board
+                    .header
+                    .app_output_dropped
+                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.inspections.program_output(w.pid, io.take_capture());
     }
 
     fn worker_exited(&mut self, w: WorkerHandle, how: Ended) {

@@ -281,12 +281,16 @@ impl WorkerHandle {
 
     /// Sends the SIGABRT that [`Self::abort_after`] held back.
     pub fn abort_now(&mut self) {
-        let pid = self.pid;
-        if let Stage::Leaving(l) = &mut self.stage {
-            if l.abort_at.take().is_some() && !l.killed {
+        let due = match &mut self.stage {
+            Stage::Leaving(l) if l.abort_at.is_some() && !l.killed => {
+                l.abort_at = None;
                 l.kill_at = Instant::now() + ABORT_GRACE;
-                let _ = kill(pid, Signal::SIGABRT);
+                true
             }
+            _ => false,
+        };
+        if due {
+            self.send(Signal::SIGABRT);
         }
     }
 
@@ -351,8 +355,16 @@ impl WorkerHandle {
     }
 
     fn send(&self, sig: Signal) {
+        // An app.command worker's SIGABRT goes to its whole process group,
+        // so that every Python process of it (gunicorn's workers under
+        // their arbiter) prints its stacks before it ends.
+        let target = if sig == Signal::SIGABRT && self.exec.is_some() {
+            Pid::from_raw(-self.pid.as_raw())
+        } else {
+            self.pid
+        };
         // ESRCH: it is already gone and will be reaped; nothing to do.
-        let _ = kill(self.pid, sig);
+        let _ = kill(target, sig);
     }
 }
 

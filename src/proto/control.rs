@@ -209,6 +209,11 @@ pub struct Forensics {
     pub in_flight_not_shown: u64,
     /// The heartbeat's thread first.
     pub threads: Vec<ThreadDump>,
+    /// How the stacks were obtained: `rsvisor dump signal` (a forked
+    /// worker), `py-spy dump` or `Python faulthandler (SIGABRT)` (an
+    /// `app.command` worker); absent when there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacks: Option<String>,
     /// Why the stacks are missing or incomplete, if they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dump_error: Option<String>,
@@ -234,7 +239,8 @@ pub struct InFlightRequest {
 /// One thread's stack.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ThreadDump {
-    /// Its thread id.
+    /// Its thread id (0 when the source does not say: Python's
+    /// faulthandler names threads by their pthread handle instead).
     pub tid: u32,
     /// Its name.
     pub name: String,

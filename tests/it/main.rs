@@ -18,6 +18,7 @@ mod idle_conns;
 mod layers;
 mod monitoring;
 mod observability;
+mod python_forensics;
 mod slow_readers;
 mod static_files;
 mod supervisor;
