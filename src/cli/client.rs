@@ -424,7 +424,10 @@ mod tests {
         // that was running.
         f.threads = vec![
             thread("Thread 0x01", &["wait (threading.py:320)"]),
-            thread("Current thread 0x02", &["handler (app.py:3)", "app (app.py:7)"]),
+            thread(
+                "Current thread 0x02",
+                &["handler (app.py:3)", "app (app.py:7)"],
+            ),
         ];
         assert_eq!(innermost_frame(&f), Some("handler (app.py:3)"));
         f.threads = vec![

@@ -21,29 +21,44 @@ struct Known {
     listen_flags: &'static [&'static str],
     /// Added at the end; `{fd}` is the descriptor.
     add: &'static [&'static str],
+    /// Arguments that set the server's own process count…
+    workers_flags: &'static [&'static str],
+    /// …and, when none is given, what makes it serve in the process
+    /// rsvisor started (rsvisor is the process manager: a server that
+    /// forks its own workers by default would add a layer of processes
+    /// that rsvisor neither counts nor drains).
+    in_process: &'static [&'static str],
     ready: &'static str,
 }
 
-/// uvicorn takes the descriptor (`--fd`); hypercorn a `fd://` bind;
-/// gunicorn adopts `LISTEN_FDS` by itself (given `--bind fd://3`, it gets
-/// no `LISTEN_FDS`: see `master::exec`).
+/// uvicorn takes the descriptor (`--fd`); hypercorn a `fd://` bind, and
+/// `--workers 0` to serve in its own process (by default it starts one
+/// worker process through multiprocessing, and a resource tracker); gunicorn
+/// adopts `LISTEN_FDS` by itself (given `--bind fd://3`, it gets no
+/// `LISTEN_FDS`: see `master::exec`) and always runs an arbiter.
 const KNOWN: [Known; 3] = [
     Known {
         name: "uvicorn",
         listen_flags: &["--fd", "--uds", "--host", "--port"],
         add: &["--fd", "{fd}"],
+        workers_flags: &[],
+        in_process: &[],
         ready: "log:Application startup complete",
     },
     Known {
         name: "hypercorn",
         listen_flags: &["--bind", "-b"],
         add: &["--bind", "fd://{fd}"],
+        workers_flags: &["--workers", "-w"],
+        in_process: &["--workers", "0"],
         ready: "log:Running on",
     },
     Known {
         name: "gunicorn",
         listen_flags: &[],
         add: &[],
+        workers_flags: &[],
+        in_process: &[],
         ready: "log:Booting worker",
     },
 ];
@@ -77,13 +92,18 @@ pub fn adapt(command: &[String]) -> Adapted {
             ready: None,
         };
     };
-    let says_where = command.iter().any(|a| {
-        k.listen_flags
-            .iter()
-            .any(|f| a == f || a.starts_with(&format!("{f}=")))
-    });
-    if !placeholder && !says_where {
+    let given = |flags: &[&str]| {
+        command.iter().any(|a| {
+            flags
+                .iter()
+                .any(|f| a == f || a.starts_with(&format!("{f}=")))
+        })
+    };
+    if !placeholder && !given(k.listen_flags) {
         out.extend(k.add.iter().map(|a| a.replace("{fd}", &fd)));
+    }
+    if !given(k.workers_flags) {
+        out.extend(k.in_process.iter().map(|a| a.to_string()));
     }
     Adapted {
         command: out,
@@ -107,8 +127,11 @@ mod tests {
         let a = adapt(&words("/srv/.venv/bin/hypercorn app:app"));
         assert_eq!(
             a.command,
-            words("/srv/.venv/bin/hypercorn app:app --bind fd://3")
+            words("/srv/.venv/bin/hypercorn app:app --bind fd://3 --workers 0")
         );
+        // Its own process count, when given, is left alone.
+        let a = adapt(&words("hypercorn -w 2 app:app"));
+        assert_eq!(a.command, words("hypercorn -w 2 app:app --bind fd://3"));
         let a = adapt(&words("python3 -m uvicorn app:app --workers 1"));
         assert_eq!(
             a.command,
@@ -124,7 +147,10 @@ mod tests {
         let a = adapt(&words("uvicorn --fd {fd} app:app"));
         assert_eq!(a.command, words("uvicorn --fd 3 app:app"));
         let a = adapt(&words("hypercorn --bind {socket} app:app"));
-        assert_eq!(a.command, words("hypercorn --bind fd://3 app:app"));
+        assert_eq!(
+            a.command,
+            words("hypercorn --bind fd://3 app:app --workers 0")
+        );
         let a = adapt(&words("uvicorn --port=9000 app:app"));
         assert_eq!(a.command, words("uvicorn --port=9000 app:app"));
         let a = adapt(&words("node server.js {fd}"));

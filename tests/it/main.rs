@@ -19,6 +19,7 @@ mod layers;
 mod monitoring;
 mod observability;
 mod python_forensics;
+mod recipes;
 mod slow_readers;
 mod static_files;
 mod supervisor;
