@@ -6,7 +6,8 @@
 use super::convert::*;
 use super::value::Val;
 use super::{
-    AccessFormat, ClientAuth, Config, LogFormat, ReadyRule, ValueError, WorkerCount, MAX_WORKERS,
+    AccessFormat, AppMode, ClientAuth, Config, LogFormat, ReadyRule, ValueError, WorkerCount,
+    MAX_WORKERS,
 };
 
 pub type Setter = fn(&mut Config, &Val) -> Result<(), ValueError>;
@@ -417,8 +418,9 @@ pub const KEYS: &[Key] = &[
          first `WATCHDOG=1` on (`WATCHDOG_USEC` is `lifecycle.timeout`) those pings are its \
          heartbeat; `\"log:REGEX\"` — a line of its output matches (uvicorn: \
          `\"log:Application startup complete\"`); `\"delay:SECONDS\"` — it stayed alive that long \
-         (the weakest: it proves nothing about serving). Not ready within `lifecycle.timeout` is a \
-         boot failure",
+         (the weakest: it proves nothing about serving); `\"socket\"` — proxy mode: its socket \
+         accepts a connection (proxy mode's default; with another rule, proxy mode also waits for \
+         the socket). Not ready within `lifecycle.timeout` is a boot failure",
         set |c, v| c.app.ready = ready_rule(v)?,
         get |c| q(&c.app.ready.show())),
     key!("app"."stop_signal" = r#""TERM""#,
@@ -429,6 +431,48 @@ pub const KEYS: &[Key] = &[
          group) are logged, sent `TERM`, and killed at the end of `graceful_timeout`",
         set |c, v| c.app.stop_signal = stop_signal(v)?,
         get |c| q(c.app.stop_signal.name())),
+    key!("app"."mode" = r#""direct""#,
+    "how clients reach the processes of `app.command`: `\"direct\"` — each process accepts \
+     on the listening sockets itself (descriptors 3, 4, …); `\"proxy\"` — rsvisor's own \
+     workers (`app.front_workers`) accept the clients, serve HTTP/1.1, HTTP/2, TLS and every \
+     `[http]` limit, and forward each request over a Unix socket to the app process with \
+     the fewest requests in flight; `{socket}` in `app.command` is that process's socket \
+     path (`uvicorn --uds {socket} main:app`, `gunicorn --bind unix:{socket} wsgi:app`), and \
+     rsvisor counts, times and logs every request. `server.workers` is the number of app \
+     processes",
+    set |c, v| c.app.mode = match one_of(v, &["direct", "proxy"])? {
+        "proxy" => AppMode::Proxy,
+        _ => AppMode::Direct,
+    },
+    get |c| q(match c.app.mode {
+        AppMode::Direct => "direct",
+        AppMode::Proxy => "proxy",
+    })),
+    key!("app"."front_workers" = r#""auto""#,
+        "proxy mode: rsvisor workers in front of the app processes (1–128), or `\"auto\"` = the \
+         usable CPUs, at most 4",
+        set |c, v| c.app.front_workers = match v {
+            Val::Str(s) if s == "auto" => None,
+            other => Some(int_in(other, 1, MAX_WORKERS as i64)? as usize),
+        },
+        get |c| c.app.front_workers.map_or_else(|| q("auto"), |n| n.to_string())),
+    key!("app"."max_concurrency" = "0",
+        "proxy mode: most requests in flight per app process (0 = unlimited); `1` gives \
+         gunicorn's sync-worker semantics without its head-of-line blocking: waiting requests \
+         queue in rsvisor, not behind a slow one",
+        set |c, v| c.app.max_concurrency = int_in(v, 0, i64::MAX)? as u64,
+        get |c| c.app.max_concurrency.to_string()),
+    key!("app"."queue_timeout" = "30",
+        "proxy mode: how long a request may wait for an app process to take it (none ready, or \
+         all at `max_concurrency`) before it is answered `503`",
+        set |c, v| c.app.queue_timeout = seconds(v, false)?,
+        get |c| secs(c.app.queue_timeout)),
+    key!("app"."socket_dir" = r#""""#,
+        "proxy mode: where rsvisor creates the private directory (mode 0700, owned by \
+         `server.user`) that holds the app processes' sockets; removed when rsvisor exits \
+         (default: the system's temporary directory, `$TMPDIR` or `/tmp`)",
+        set |c, v| c.app.socket_dir = opt_path(v)?,
+        get |c| q_path(&c.app.socket_dir)),
     key!("metrics"."enabled" = "true",
         "serve Prometheus metrics of the whole fleet (when `false`, workers also skip the \
          per-request metric counters)",
@@ -454,6 +498,9 @@ fn ready_rule(v: &Val) -> Result<ReadyRule, ValueError> {
     if s == "notify" {
         return Ok(ReadyRule::Notify);
     }
+    if s == "socket" {
+        return Ok(ReadyRule::Socket);
+    }
     if let Some(re) = s.strip_prefix("log:") {
         if re.is_empty() {
             return Err("`log:` needs a regular expression, e.g. \"log:startup complete\"".into());
@@ -465,7 +512,10 @@ fn ready_rule(v: &Val) -> Result<ReadyRule, ValueError> {
     if let Some(n) = s.strip_prefix("delay:") {
         return Ok(ReadyRule::Delay(seconds(&Val::Str(n.into()), false)?));
     }
-    Err(format!("{s:?} is not one of \"notify\", \"log:REGEX\", \"delay:SECONDS\"").into())
+    Err(
+        format!("{s:?} is not one of \"notify\", \"log:REGEX\", \"delay:SECONDS\", \"socket\"")
+            .into(),
+    )
 }
 
 fn stop_signal(v: &Val) -> Result<super::StopSignal, ValueError> {

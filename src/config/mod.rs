@@ -25,6 +25,8 @@ pub use workers::{resolve_auto_workers, WorkerCount, WorkersResolution};
 /// Upper bound for `server.workers`: the scoreboard holds twice this many
 /// slots so that a full rolling reload always finds room for replacements.
 pub const MAX_WORKERS: usize = 128;
+/// The most front workers `app.front_workers = "auto"` gives in proxy mode.
+pub const MAX_AUTO_FRONT_WORKERS: usize = 4;
 
 /// Where the master listens. Parsed from `HOST:PORT`, `[V6]:PORT` or `unix:/path`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -341,6 +343,33 @@ pub struct AppConfig {
     pub ready: ReadyRule,
     /// Exec mode: the signal that asks a worker to drain and exit.
     pub stop_signal: StopSignal,
+    /// `app.mode`: how clients reach `app.command`'s processes.
+    pub mode: AppMode,
+    /// `app.front_workers`: proxy mode's rsvisor workers in front of the
+    /// app processes (`None`: automatic, see [`Config::front_count`]).
+    pub front_workers: Option<usize>,
+    /// `app.max_concurrency`: proxy mode: requests in flight per app
+    /// process (0 = unlimited).
+    pub max_concurrency: u64,
+    /// `app.queue_timeout`: proxy mode: how long a request may wait for an
+    /// app process to take it before it is answered 503.
+    pub queue_timeout: Duration,
+    /// `app.socket_dir`: proxy mode: where the app processes' sockets live
+    /// (in a private directory rsvisor creates there); `None`: the system's
+    /// temporary directory.
+    pub socket_dir: Option<PathBuf>,
+}
+
+/// `app.mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AppMode {
+    /// Each app process accepts on the listening sockets itself.
+    #[default]
+    Direct,
+    /// rsvisor's own workers accept the clients and forward each request
+    /// to an app process over its Unix socket.
+    Proxy,
 }
 
 /// When an exec-mode worker counts as ready (`app.ready`).
@@ -354,6 +383,8 @@ pub enum ReadyRule {
     Log(LogPattern),
     /// It has stayed alive this long (the weakest).
     Delay(Duration),
+    /// Proxy mode (its default): its socket accepts a connection.
+    Socket,
 }
 
 /// A regular expression from `app.ready = "log:…"`.
@@ -380,6 +411,7 @@ impl ReadyRule {
             ReadyRule::Notify => "notify".into(),
             ReadyRule::Log(p) => format!("log:{}", p.0.as_str()),
             ReadyRule::Delay(d) => format!("delay:{}", convert::secs(*d)),
+            ReadyRule::Socket => "socket".into(),
         }
     }
 }
@@ -526,6 +558,11 @@ impl Config {
                 cwd: None,
                 ready: ReadyRule::default(),
                 stop_signal: StopSignal::default(),
+                mode: AppMode::Direct,
+                front_workers: None,
+                max_concurrency: 0,
+                queue_timeout: Duration::ZERO,
+                socket_dir: None,
             },
             metrics: MetricsConfig {
                 enabled: false,
@@ -724,6 +761,23 @@ impl Config {
     /// Exec mode: workers run `app.command` instead of the built-in app.
     pub fn exec_mode(&self) -> bool {
         !self.app.command.is_empty()
+    }
+
+    /// Proxy mode: rsvisor's workers serve the clients and forward to the
+    /// app processes.
+    pub fn proxy_mode(&self) -> bool {
+        self.exec_mode() && self.app.mode == AppMode::Proxy
+    }
+
+    /// Proxy mode's front workers: `app.front_workers`, or as many as the
+    /// usable CPUs, at most [`MAX_AUTO_FRONT_WORKERS`] (forwarding is light
+    /// next to the app's own work).
+    pub fn front_count(&self) -> usize {
+        self.app.front_workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_AUTO_FRONT_WORKERS)
+        })
     }
 
     /// Whether connections on `addr` are TLS.

@@ -8,7 +8,7 @@ use toml::de::{DeTable, DeValue};
 use super::error::{ConfigError, Origin};
 use super::keys::{self, SECTIONS};
 use super::value::Val;
-use super::{Config, Origins, Overrides};
+use super::{AppMode, Config, Origins, Overrides, ReadyRule};
 
 pub const ENV_PREFIX: &str = "RSVISOR_";
 
@@ -40,6 +40,9 @@ pub fn build(
         };
         let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         resolve_relative_paths(&mut cfg, &dir);
+    }
+    if cfg.proxy_mode() && cfg.origins.get("app.ready") == Origin::Default {
+        cfg.app.ready = ReadyRule::Socket;
     }
     validate(&cfg)?;
     Ok(cfg)
@@ -311,13 +314,15 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 .into(),
         ));
     }
+    check_app_mode(cfg)?;
     if cfg.exec_mode() {
-        if cfg.lifecycle.max_requests > 0 {
+        if cfg.lifecycle.max_requests > 0 && !cfg.proxy_mode() {
             return Err(fail(
                 "lifecycle.max_requests",
-                "cannot work with app.command: the app serves its requests itself and \
-                 rsvisor cannot count them; recycle by lifecycle.max_worker_lifetime or \
-                 lifecycle.max_worker_memory instead"
+                "cannot work with app.command in direct mode: the app serves its requests \
+                 itself and rsvisor cannot count them; use app.mode = \"proxy\" (rsvisor \
+                 forwards and counts every request), or recycle by \
+                 lifecycle.max_worker_lifetime or lifecycle.max_worker_memory"
                     .into(),
             ));
         }
@@ -340,6 +345,71 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 format!("{mbind} is also in server.bind; use a separate address"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// `app.mode` against the command's placeholders and the socket paths.
+fn check_app_mode(cfg: &Config) -> Result<(), ConfigError> {
+    use crate::net::app_socket::{self, FD_PLACEHOLDER, MAX_SOCKET_PATH, SOCKET_PLACEHOLDER};
+    let fail = |key: &str, message: String| ConfigError::Invalid {
+        origin: cfg.origins.get(key),
+        key: key.to_string(),
+        message,
+    };
+    let names = |p: &str| cfg.app.command.iter().any(|a| a.contains(p));
+    let proxy = cfg.app.mode == AppMode::Proxy;
+    if proxy && !cfg.exec_mode() {
+        return Err(fail(
+            "app.mode",
+            "\"proxy\" forwards to the processes of app.command, which is not set".into(),
+        ));
+    }
+    if !proxy {
+        if names(SOCKET_PLACEHOLDER) {
+            return Err(fail(
+                "app.command",
+                "{socket} is an app process's own socket in proxy mode; set app.mode = \"proxy\", \
+                 or use {fd} (the inherited descriptor) in direct mode"
+                    .into(),
+            ));
+        }
+        if cfg.app.ready == ReadyRule::Socket {
+            return Err(fail(
+                "app.ready",
+                "\"socket\" is proxy mode's rule (app.mode = \"proxy\")".into(),
+            ));
+        }
+        return Ok(());
+    }
+    if names(FD_PLACEHOLDER) || names("fd://") {
+        return Err(fail(
+            "app.command",
+            "in proxy mode an app process gets no listening descriptor: it listens on {socket} \
+             (uvicorn --uds {socket}, gunicorn --bind unix:{socket}, hypercorn --bind unix:{socket})"
+                .into(),
+        ));
+    }
+    if !names(SOCKET_PLACEHOLDER) {
+        return Err(fail(
+            "app.command",
+            "proxy mode needs {socket} where the app process should listen (uvicorn --uds \
+             {socket} main:app, gunicorn --bind unix:{socket} wsgi:app, hypercorn --bind \
+             unix:{socket} main:app)"
+                .into(),
+        ));
+    }
+    let base = app_socket::base_dir(cfg.app.socket_dir.as_deref());
+    let longest = app_socket::longest_path(&base);
+    if longest > MAX_SOCKET_PATH {
+        return Err(fail(
+            "app.socket_dir",
+            format!(
+                "{} makes socket paths of up to {longest} bytes; a Unix socket's path holds at \
+                 most {MAX_SOCKET_PATH}: choose a shorter directory",
+                base.display()
+            ),
+        ));
     }
     Ok(())
 }

@@ -66,7 +66,12 @@ mod tests {
         let exec = "[lifecycle]\nmax_worker_lifetime = 60\nmax_worker_lifetime_jitter = 5\n\
                     [app]\ncommand = [\"uvicorn\", \"--fd\", \"3\"]\ncwd = \"/srv/app\"\n\
                     ready = \"log:startup complete\"\nstop_signal = \"INT\"\n";
-        let configs = [parse(text), parse(exec)];
+        // And proxy mode's.
+        let proxy = "[lifecycle]\nmax_requests = 100\n\
+                     [app]\nmode = \"proxy\"\ncommand = [\"uvicorn\", \"--uds\", \"{socket}\"]\n\
+                     front_workers = 3\nmax_concurrency = 1\nqueue_timeout = 5\n\
+                     socket_dir = \"/run/app\"\nready = \"socket\"\n";
+        let configs = [parse(text), parse(exec), parse(proxy)];
         for cfg in &configs {
             assert_eq!(*cfg, parse(&cfg.render()));
         }

@@ -25,7 +25,7 @@ impl Master {
                 Signal::SIGTTOU => self.scale_to(self.current.desired.saturating_sub(times)),
                 Signal::SIGUSR1 => {
                     info!("USR1: workers reopen their access logs");
-                    for w in &self.workers {
+                    for w in self.workers.iter().chain(&self.helpers) {
                         w.signal(Signal::SIGUSR1);
                     }
                 }
@@ -133,7 +133,7 @@ impl Master {
         let was = self.lifecycle.stop(StopKind::Quick, false);
         self.left(was);
         self.sockets.listeners.close_all();
-        for w in self.workers.iter_mut().chain(&mut self.sidecar) {
+        for w in self.workers.iter_mut().chain(&mut self.helpers) {
             w.quick_stop();
         }
     }

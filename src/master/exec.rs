@@ -9,7 +9,8 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
 use nix::poll::PollFlags;
@@ -22,8 +23,16 @@ use super::python_stacks::{FAULTHANDLER_ENV, MAX_STACK_TEXT};
 use super::traceback::{Grouper, Output};
 use crate::config::material::Loaded;
 use crate::config::{Config, ReadyRule};
+use crate::net::app_socket::{FD_PLACEHOLDER, SOCKET_PLACEHOLDER};
 use crate::os;
 use crate::os::systemd::LISTEN_FDS_START;
+
+/// Read by uvicorn and gunicorn: the peers whose `X-Forwarded-*` headers
+/// they believe.
+pub const FORWARDED_ALLOW_IPS_ENV: &str = "FORWARDED_ALLOW_IPS";
+
+/// Proxy mode: how often the master tries a booting process's socket.
+pub const SOCKET_POLL: Duration = Duration::from_millis(20);
 
 /// Longest line of a worker's output kept whole; longer ones are cut.
 pub const OUTPUT_LINE_MAX: usize = 16 * 1024;
@@ -53,6 +62,10 @@ pub struct ExecIo {
     /// It has sent `WATCHDOG=1`: its heartbeat is watched from now on.
     pub watchdog: bool,
     budget: LineBudget,
+    /// Proxy mode: its socket, which must accept before it is ready.
+    socket: Option<PathBuf>,
+    /// Ready to serve was seen once (it stays so).
+    socket_accepted: bool,
     /// Set while the worker's Python stacks are collected (after the
     /// SIGABRT of a hang): its lines go here instead of the log.
     capture: Option<Captured>,
@@ -224,6 +237,28 @@ impl ExecIo {
             .unwrap_or_default()
     }
 
+    /// Whether its readiness rule is met and, in proxy mode, its socket
+    /// accepts a connection (looked at only once the rule is met).
+    pub fn ready_to_serve(&mut self) -> bool {
+        if !self.socket_accepted {
+            let rule = self.ready || self.rule == ReadyRule::Socket;
+            self.socket_accepted =
+                rule && self.socket.as_deref().is_none_or(os::unix_socket_accepts);
+        }
+        self.socket_accepted
+    }
+
+    /// Proxy mode: still waiting for its socket (the master looks again
+    /// every [`SOCKET_POLL`]).
+    pub fn awaiting_socket(&self) -> bool {
+        self.socket.is_some() && !self.socket_accepted
+    }
+
+    /// Proxy mode: its socket's path.
+    pub fn socket(&self) -> Option<&Path> {
+        self.socket.as_deref()
+    }
+
     /// `delay:SECONDS`: ready once it has been alive that long.
     pub fn delay_elapsed(&mut self, spawned_at: Instant) -> bool {
         if let ReadyRule::Delay(d) = self.rule {
@@ -351,6 +386,8 @@ pub struct ExecRequest<'a> {
     /// This worker's own copies of the listening sockets, in bind order.
     pub listeners: Vec<OwnedFd>,
     pub master_pid: Pid,
+    /// Proxy mode: where the program must listen (`{socket}`).
+    pub socket: Option<PathBuf>,
 }
 
 /// Forks and executes `app.command`; returns the pid and the master's end.
@@ -404,6 +441,8 @@ pub fn spawn(req: ExecRequest<'_>) -> io::Result<(Pid, ExecIo)> {
                     ready: false,
                     watchdog: false,
                     budget: LineBudget::new(os::monotonic_ms()),
+                    socket: req.socket.clone(),
+                    socket_accepted: false,
                     capture: None,
                 },
             ))
@@ -484,7 +523,7 @@ fn exec_child(
         ("RSVISOR_WORKER_SLOT".to_string(), req.slot.to_string()),
         ("RSVISOR_GENERATION".to_string(), req.generation.to_string()),
     ];
-    if !names_its_socket(&cfg.app.command) {
+    if !names_its_socket(&cfg.app.command) && !req.listeners.is_empty() {
         let names: Vec<String> = (0..req.listeners.len())
             .map(|i| format!("bind{i}"))
             .collect();
@@ -498,6 +537,12 @@ fn exec_child(
         env.push(("WATCHDOG_USEC".into(), usec));
         env.push(("WATCHDOG_PID".into(), me));
     }
+    // Proxy mode: only rsvisor can reach the private socket, so uvicorn
+    // and gunicorn may trust the X-Forwarded-* headers it sets (they
+    // trust none from a Unix-socket peer by default).
+    if req.socket.is_some() && std::env::var_os(FORWARDED_ALLOW_IPS_ENV).is_none() {
+        env.push((FORWARDED_ALLOW_IPS_ENV.into(), "*".into()));
+    }
     // A hung worker's SIGABRT then prints every thread's Python stack
     // (see `python_stacks`); a setting of the user's own wins.
     if std::env::var_os(FAULTHANDLER_ENV).is_none() {
@@ -510,7 +555,8 @@ fn exec_child(
     if let Err(e) = os::unblock_all_signals() {
         return e;
     }
-    os::exec_program(&cfg.app.command, &fds, LISTEN_FDS_START, &env)
+    let command = with_placeholders(&cfg.app.command, req.socket.as_deref());
+    os::exec_program(&command, &fds, LISTEN_FDS_START, &env)
 }
 
 /// One line, or one traceback, of a worker's output in the log.
@@ -548,6 +594,20 @@ fn escape_frames(frames: &str) -> String {
         .map(|l| escape_controls(l).into_owned())
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `{socket}` (proxy mode: the process's socket path) and `{fd}` (direct
+/// mode: the first inherited descriptor) written in the command.
+fn with_placeholders(command: &[String], socket: Option<&Path>) -> Vec<String> {
+    let fd = LISTEN_FDS_START.to_string();
+    let socket = socket.map(|p| p.display().to_string()).unwrap_or_default();
+    command
+        .iter()
+        .map(|a| {
+            a.replace(SOCKET_PLACEHOLDER, &socket)
+                .replace(FD_PLACEHOLDER, &fd)
+        })
+        .collect()
 }
 
 /// Whether the command says which descriptor to serve (`--bind fd://3`):

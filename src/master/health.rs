@@ -86,8 +86,8 @@ impl Master {
                 self.backoff.succeeded();
             }
         }
-        if let Some(s) = &mut self.sidecar {
-            s.observe(self.board.slot(s.slot).state(), now);
+        for h in &mut self.helpers {
+            h.observe(self.board.slot(h.slot).state(), now);
         }
     }
 
@@ -128,7 +128,7 @@ impl Master {
             };
             self.inspect(i, trigger, None);
         }
-        if let Some(s) = &mut self.sidecar {
+        for s in &mut self.helpers {
             if !s.leaving() && (s.has_heartbeat() || s.booting()) {
                 let slot = self.board.slot(s.slot);
                 let silent = Duration::from_millis(now_ms.saturating_sub(slot.heartbeat_ms()));
@@ -136,7 +136,8 @@ impl Master {
                 if verdict(s.booting(), s.spawned_at.elapsed(), silent, limit) != Verdict::Healthy {
                     error!(
                         pid = s.pid.as_raw(),
-                        "metrics sidecar stopped answering; aborting it"
+                        "{} stopped answering; aborting it",
+                        super::spawn::role_name(s.role)
                     );
                     s.abort();
                 }
@@ -169,7 +170,7 @@ impl Master {
         } else {
             Vec::new()
         };
-        if let Some(s) = &self.sidecar {
+        for s in &self.helpers {
             let usage = crate::os::procfs::tree_usage(&[s.pid.as_raw()]);
             self.board.slot(s.slot).set_rss(usage.rss_bytes);
         }

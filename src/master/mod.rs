@@ -53,6 +53,7 @@ use tracing::info;
 
 use crate::config::material::Loaded;
 use crate::config::{BindAddr, ConfigSource};
+use crate::net::app_socket::RunDir;
 use crate::net::listen::{ListenError, ListenerSet};
 use crate::os::pidfile::Pidfile;
 use crate::os::systemd::Notifier;
@@ -99,6 +100,9 @@ struct Fixed {
     /// and kept across reloads.
     extra_binds: Vec<BindAddr>,
     started: Instant,
+    /// Proxy mode: the directory of the app processes' sockets (made
+    /// when the first one starts, removed when the master exits).
+    run_dir: Option<RunDir>,
 }
 
 /// The sockets and files the master owns (until a binary upgrade hands
@@ -150,9 +154,10 @@ pub struct Master {
     systemd: Systemd,
     /// Workers the last plan asked for, started by the spawn step.
     pending_spawns: usize,
-    /// Exec mode: the process that serves `metrics.bind`.
-    sidecar: Option<WorkerHandle>,
-    sidecar_not_before: Instant,
+    /// Proxy mode's front workers, or exec mode's sidecar that serves
+    /// `metrics.bind`.
+    helpers: Vec<WorkerHandle>,
+    helpers_not_before: Instant,
     next_memory_check: Instant,
     /// When the master makes the next TLS session-ticket key.
     next_ticket_rotation: Instant,
@@ -231,6 +236,7 @@ impl Master {
                 args: setup.args,
                 extra_binds: setup.extra_binds,
                 started: now,
+                run_dir: None,
             },
             board,
             signals,
@@ -260,8 +266,8 @@ impl Master {
                 upgrade_pipe: setup.upgrade_pipe,
             },
             pending_spawns: 0,
-            sidecar: None,
-            sidecar_not_before: now,
+            helpers: Vec::new(),
+            helpers_not_before: now,
             next_memory_check: now,
             next_ticket_rotation: first_rotation,
             inspections: forensics::Inspections::default(),
@@ -349,7 +355,7 @@ impl Master {
     fn next_wakeup(&self) -> Duration {
         let now = Instant::now();
         let mut deadline = now + MASTER_TICK;
-        for w in self.workers.iter().chain(&self.sidecar) {
+        for w in self.workers.iter().chain(&self.helpers) {
             if let Some(at) = w.kill_deadline() {
                 deadline = deadline.min(at);
             }
@@ -359,6 +365,9 @@ impl Master {
             if let Some(at) = w.settle_deadline() {
                 deadline = deadline.min(at);
             }
+            if w.booting() && w.exec.as_ref().is_some_and(|e| e.awaiting_socket()) {
+                deadline = deadline.min(now + exec::SOCKET_POLL);
+            }
         }
         if let Some(at) = self.strays.next_deadline() {
             deadline = deadline.min(at);
@@ -366,8 +375,8 @@ impl Master {
         if let Some(at) = self.inspections.next_deadline(now) {
             deadline = deadline.min(at);
         }
-        if self.sidecar.is_none() && self.sidecar_not_before > now {
-            deadline = deadline.min(self.sidecar_not_before);
+        if self.helpers_not_before > now {
+            deadline = deadline.min(self.helpers_not_before);
         }
         if !self.backoff.may_spawn(now) {
             deadline = deadline.min(self.backoff.not_before());

@@ -1,6 +1,7 @@
 //! Step 1b (exec mode): what the workers' programs said: their output
 //! lines go to the log; `READY=1`, a matching line or the delay of
-//! `app.ready` makes a worker ready; `WATCHDOG=1` is a heartbeat. The
+//! `app.ready` makes a worker ready (in proxy mode, once its socket accepts
+//! too); `WATCHDOG=1` is a heartbeat. The
 //! master writes these into the worker's slot, as a forked worker would.
 
 use std::time::Instant;
@@ -18,6 +19,7 @@ impl Master {
     pub(super) fn read_workers(&mut self, revents: &ExecRevents) {
         let now = Instant::now();
         for w in &mut self.workers {
+            let leaving = w.leaving();
             let Some(io) = &mut w.exec else {
                 continue;
             };
@@ -34,16 +36,17 @@ impl Master {
                 events.push(ExecEvent::Ready);
             }
             let slot = self.board.slot(w.slot);
+            // Its rule met (and in proxy mode its socket accepting).
+            if slot.state() == SlotState::Booting && !leaving && io.ready_to_serve() {
+                slot.set_state(SlotState::Ready);
+                tracing::debug!(
+                    pid = label.pid,
+                    waited_ms = now.duration_since(w.spawned_at).as_millis() as u64,
+                    "exec worker ready"
+                );
+            }
             for e in events {
                 match e {
-                    ExecEvent::Ready if slot.state() == SlotState::Booting && !w.leaving() => {
-                        slot.set_state(SlotState::Ready);
-                        tracing::debug!(
-                            pid = label.pid,
-                            waited_ms = now.duration_since(w.spawned_at).as_millis() as u64,
-                            "exec worker ready"
-                        );
-                    }
                     ExecEvent::Ready => {}
                     ExecEvent::Beat => slot.beat(crate::os::monotonic_ms(), 0),
                     ExecEvent::OutputDropped(n) => {

@@ -11,7 +11,7 @@ impl Master {
     pub(super) fn track_progress(&mut self) -> Option<Exit> {
         if self.lifecycle.draining_to_exit()
             && self.workers.is_empty()
-            && self.sidecar.is_none()
+            && self.helpers.is_empty()
             && self.strays.is_empty()
         {
             info!("all workers gone; master exiting");

@@ -60,9 +60,7 @@ impl Master {
                     self.read_last_output(&mut w);
                     self.worker_exited(w, how);
                 }
-                None if self.sidecar.as_ref().is_some_and(|s| s.pid == pid) => {
-                    self.sidecar_exited(how)
-                }
+                None if self.helpers.iter().any(|h| h.pid == pid) => self.helper_exited(pid, how),
                 None if self.inspections.helper_exited(pid) => {}
                 None => self.other_child_exited(pid, how),
             }
@@ -90,6 +88,10 @@ impl Master {
             }
         }
         self.inspections.program_output(w.pid, io.take_capture());
+        // Proxy mode: its socket file (the name is not used again).
+        if let Some(path) = io.socket() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     fn worker_exited(&mut self, w: WorkerHandle, how: Ended) {
@@ -204,7 +206,7 @@ impl Master {
             let pid = Pid::from_raw(pid);
             self.workers
                 .iter()
-                .chain(&self.sidecar)
+                .chain(&self.helpers)
                 .any(|w| w.pid == pid)
                 || self.lifecycle.upgrade().is_some_and(|u| u.pid == pid)
                 // The new master of a binary upgrade stays our child
@@ -241,25 +243,27 @@ impl Master {
         }
     }
 
-    /// The metrics sidecar ended: it is started again (after a pause)
-    /// unless the master is stopping.
-    fn sidecar_exited(&mut self, how: Ended) {
-        let Some(s) = self.sidecar.take() else {
+    /// A helper (front worker, metrics sidecar) ended: it is started
+    /// again (after a pause) unless the master is stopping.
+    fn helper_exited(&mut self, pid: Pid, how: Ended) {
+        let Some(i) = self.helpers.iter().position(|h| h.pid == pid) else {
             return;
         };
+        let s = self.helpers.remove(i);
         self.board.release(s.slot);
+        let what = super::spawn::role_name(s.role);
         if s.leaving() || !self.lifecycle.serving() {
-            info!(pid = s.pid.as_raw(), status = %how, "metrics sidecar exited");
+            info!(pid = s.pid.as_raw(), status = %how, "{what} exited");
         } else {
-            warn!(pid = s.pid.as_raw(), status = %how, "metrics sidecar died; starting it again");
+            warn!(pid = s.pid.as_raw(), status = %how, "{what} died; starting it again");
         }
         // Replaced at once after a reload; after a crash, after a pause.
         let pause = if s.leaving() {
             std::time::Duration::ZERO
         } else {
-            super::spawn::SIDECAR_RESTART_DELAY
+            super::spawn::HELPER_RESTART_DELAY
         };
-        self.sidecar_not_before = Instant::now() + pause;
+        self.helpers_not_before = Instant::now() + pause;
     }
 }
 

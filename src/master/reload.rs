@@ -13,11 +13,12 @@ use super::control_socket::ClientId;
 use super::lifecycle::{Lifecycle, Reload, ReloadAdmission, ReloadOutcome};
 use super::{Current, Master};
 use crate::config::material::Loaded;
-use crate::config::ConfigError;
+use crate::config::{Config, ConfigError, ReadyRule, WorkerCount};
 use crate::net::listen::ListenError;
 use crate::os::procfs;
 use crate::proto::control::{ReloadReport, Response};
 use crate::proto::outcome::{ExitReason, ReloadResult};
+use crate::worker::WorkerRole;
 
 /// The result of the last reload, for `rsvisor status`.
 pub struct LastReload {
@@ -216,11 +217,7 @@ impl Master {
                     None => format!("generation {current} serving"),
                 };
                 self.finish_reload(ReloadResult::Success, elapsed, msg, r.waiters);
-                // The sidecar serves the old config's metrics.bind: replace it.
-                if let Some(s) = &mut self.sidecar {
-                    let graceful = s.config.lifecycle.graceful_timeout;
-                    s.drain(ExitReason::Reload, graceful);
-                }
+                self.replace_helpers();
             }
             ReloadOutcome::Abandon { failures } => {
                 let Some(r) = self.lifecycle.end_reload() else {
@@ -240,6 +237,34 @@ impl Master {
             }
         }
         self.start_queued_reload();
+    }
+
+    /// After a successful reload: the sidecar serves the old config's
+    /// `metrics.bind` and is replaced; proxy mode's front workers are
+    /// replaced only when what they serve changed (anything but the app
+    /// processes' own keys, or certificates that may have been renewed),
+    /// so that a reload of the app leaves every client connection open.
+    fn replace_helpers(&mut self) {
+        let new = &self.current.loaded.config;
+        let mut replaced = false;
+        for h in &mut self.helpers {
+            let stale = match h.role {
+                WorkerRole::Front => {
+                    new.tls.cert.is_some() || front_view(&h.config) != front_view(new)
+                }
+                _ => true,
+            };
+            if stale && !h.leaving() {
+                let graceful = h.config.lifecycle.graceful_timeout;
+                h.drain(ExitReason::Reload, graceful);
+                replaced = true;
+            }
+        }
+        if replaced {
+            // At once: a front that drains stops accepting now.
+            self.helpers_not_before = Instant::now();
+            self.spawn_helpers();
+        }
     }
 
     /// Starts the canary's window once it is ready, samples it, and says
@@ -371,6 +396,22 @@ impl Master {
         self.last_reload = Some(last);
         self.systemd_ready();
     }
+}
+
+/// A configuration without what only the app processes use: two configs
+/// with the same view need no new front workers.
+fn front_view(c: &Config) -> Config {
+    let mut v = c.clone();
+    v.source = None;
+    v.origins = Default::default();
+    v.server.workers = WorkerCount::Auto;
+    v.app.command.clear();
+    v.app.env.clear();
+    v.app.cwd = None;
+    v.app.ready = ReadyRule::Socket;
+    v.app.stop_signal = Default::default();
+    v.lifecycle.canary = Duration::ZERO;
+    v
 }
 
 /// How often a reload waiting for old programs to let go of the listening

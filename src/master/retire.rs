@@ -14,7 +14,7 @@ use crate::shm::scoreboard::{Board, SlotState};
 impl Master {
     pub(super) fn cull_and_retire(&mut self) {
         let now = Instant::now();
-        for w in self.workers.iter_mut().chain(&mut self.sidecar) {
+        for w in self.workers.iter_mut().chain(&mut self.helpers) {
             if w.escalate(now) {
                 warn!(pid = w.pid.as_raw(), "worker did not exit in time; SIGKILL");
             }
@@ -22,7 +22,7 @@ impl Master {
         if self.lifecycle.close_listeners_due(now) {
             info!("closing listeners; draining workers");
             self.sockets.listeners.close_all();
-            for w in self.workers.iter_mut().chain(&mut self.sidecar) {
+            for w in self.workers.iter_mut().chain(&mut self.helpers) {
                 let graceful = w.config.lifecycle.graceful_timeout;
                 w.drain(ExitReason::Shutdown, graceful);
                 mark_draining(self.board, w);
@@ -50,7 +50,12 @@ impl Master {
             .and_then(|r| r.canary.as_ref())
             .filter(|c| c.holds_back())
             .map(|_| 1);
-        let plan = fleet::plan(self.current.desired, &seen, limit);
+        // An app.command canary runs beside the old processes instead of
+        // taking one's place: a process started again would load the code
+        // on disk, which is the release under test, so a rollback must find
+        // every old process still running.
+        let extra = usize::from(limit.is_some() && self.current.loaded.config.exec_mode());
+        let plan = fleet::plan(self.current.desired + extra, &seen, limit);
         for i in plan.drain {
             let w = &mut self.workers[i];
             let why = match w.retiring() {

@@ -13,11 +13,12 @@ use tracing::{debug, error};
 
 use crate::config::material::Loaded;
 use crate::config::BindAddr;
+use crate::net::app_socket::{self, RunDir};
 use crate::net::listen::ListenerSet;
 use crate::os::{self, Fork};
 use crate::proto::exit::WorkerExit;
 use crate::shm::scoreboard::{Board, SlotKind};
-use crate::worker::{BootListener, ListenRole, SetupError, WorkerBoot, WorkerMain};
+use crate::worker::{BootListener, ListenRole, SetupError, WorkerBoot, WorkerMain, WorkerRole};
 
 use super::exec;
 use super::worker_handle::WorkerHandle;
@@ -31,7 +32,7 @@ struct SpawnRequest<'a> {
     board: &'static Board,
     listeners: Vec<BootListener>,
     nudge: OwnedFd,
-    sidecar: bool,
+    role: WorkerRole,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,8 @@ pub enum SpawnError {
     NotBound(BindAddr),
     #[error("fork failed: {0}")]
     Fork(#[source] std::io::Error),
+    #[error("cannot create the directory of the app sockets (app.socket_dir): {0}")]
+    RunDir(#[source] std::io::Error),
 }
 
 impl Master {
@@ -58,7 +61,7 @@ impl Master {
         if !self.lifecycle.serving() {
             return;
         }
-        self.spawn_sidecar();
+        self.spawn_helpers();
         if !self.backoff.may_spawn(now) {
             return;
         }
@@ -75,8 +78,31 @@ impl Master {
         let slot = self.board.free_slot().ok_or(SpawnError::NoSlot)?;
         let loaded = &self.current.loaded;
         let generation = self.current.generation;
-        let listeners = worker_listeners(loaded, &self.sockets.listeners, Listeners::App)?;
+        // A proxy-mode app process listens on its own socket instead.
+        let listeners = if loaded.config.proxy_mode() {
+            Vec::new()
+        } else {
+            worker_listeners(loaded, &self.sockets.listeners, Listeners::App)?
+        };
         let memory_limit = loaded.config.lifecycle.max_worker_memory.unwrap_or(0);
+        let socket = if loaded.config.proxy_mode() {
+            if self.fixed.run_dir.is_none() {
+                let base = app_socket::base_dir(loaded.config.app.socket_dir.as_deref());
+                let owner = loaded.material.run_as.as_ref().map(|r| (r.uid, r.gid));
+                let dir = RunDir::create(&base, owner).map_err(SpawnError::RunDir)?;
+                self.fixed.run_dir = Some(dir);
+            }
+            let dir = self.fixed.run_dir.as_ref().map(RunDir::path);
+            let path = dir.map(|d| app_socket::socket_path(d, slot, generation));
+            // One left by a process of this slot and generation that died.
+            if let Some(p) = &path {
+                let _ = std::fs::remove_file(p);
+            }
+            path
+        } else {
+            None
+        };
+        let loaded = &self.current.loaded;
         let handle = if loaded.config.exec_mode() {
             self.board.claim(slot, generation);
             self.board.slot(slot).set_memory_limit(memory_limit);
@@ -87,6 +113,7 @@ impl Master {
                 generation,
                 listeners: listeners.into_iter().map(|l| l.fd).collect(),
                 master_pid: nix::unistd::getpid(),
+                socket,
             };
             let (pid, io) = exec::spawn(req).map_err(|e| {
                 self.board.release(slot);
@@ -104,7 +131,7 @@ impl Master {
                 board: self.board,
                 listeners,
                 nudge,
-                sidecar: false,
+                role: WorkerRole::App,
             })?;
             WorkerHandle::new(pid, slot, generation, loaded.config.clone())
         };
@@ -116,31 +143,36 @@ impl Master {
         Ok(())
     }
 
-    /// Exec mode with `metrics.bind`: keeps the sidecar that serves it
-    /// running (the app's own program owns the main port).
-    pub(super) fn spawn_sidecar(&mut self) {
+    /// Keeps the helper workers running: proxy mode's front workers, or
+    /// exec mode's sidecar that serves `metrics.bind` (the app's own
+    /// program owns the main port).
+    pub(super) fn spawn_helpers(&mut self) {
         let config = &self.current.loaded.config;
-        if self.sidecar.is_some()
-            || !self.lifecycle.serving()
-            || !config.exec_mode()
-            || config.metrics.bind.is_none()
-            || Instant::now() < self.sidecar_not_before
-        {
+        let (role, want) = helpers_of(config);
+        let staying = self.helpers.iter().filter(|h| !h.leaving()).count();
+        if !self.lifecycle.serving() || Instant::now() < self.helpers_not_before {
             return;
         }
-        match self.start_sidecar() {
-            Ok(h) => self.sidecar = Some(h),
-            Err(e) => {
-                error!("cannot start the metrics sidecar: {e}");
-                self.sidecar_not_before = Instant::now() + SIDECAR_RESTART_DELAY;
+        for _ in staying..want {
+            match self.start_helper(role) {
+                Ok(h) => self.helpers.push(h),
+                Err(e) => {
+                    error!("cannot start a {}: {e}", role_name(role));
+                    self.helpers_not_before = Instant::now() + HELPER_RESTART_DELAY;
+                    return;
+                }
             }
         }
     }
 
-    fn start_sidecar(&mut self) -> Result<WorkerHandle, SpawnError> {
+    fn start_helper(&mut self, role: WorkerRole) -> Result<WorkerHandle, SpawnError> {
         let slot = self.board.free_slot().ok_or(SpawnError::NoSlot)?;
         let loaded = &self.current.loaded;
-        let listeners = worker_listeners(loaded, &self.sockets.listeners, Listeners::Sidecar)?;
+        let which = match role {
+            WorkerRole::Front => Listeners::Front,
+            _ => Listeners::Sidecar,
+        };
+        let listeners = worker_listeners(loaded, &self.sockets.listeners, which)?;
         let nudge = self.signals.nudge_fd().map_err(SpawnError::Nudge)?;
         let pid = spawn(SpawnRequest {
             entry: self.fixed.entry.as_ref(),
@@ -150,22 +182,44 @@ impl Master {
             board: self.board,
             listeners,
             nudge,
-            sidecar: true,
+            role,
         })?;
-        self.board.slot(slot).set_kind(SlotKind::Sidecar);
-        debug!(pid = pid.as_raw(), slot, "metrics sidecar started");
-        Ok(WorkerHandle::new(
-            pid,
-            slot,
-            self.current.generation,
-            loaded.config.clone(),
-        ))
+        let kind = match role {
+            WorkerRole::Front => SlotKind::Front,
+            _ => SlotKind::Sidecar,
+        };
+        self.board.slot(slot).set_kind(kind);
+        debug!(pid = pid.as_raw(), slot, "{} started", role_name(role));
+        Ok(
+            WorkerHandle::new(pid, slot, self.current.generation, loaded.config.clone())
+                .with_role(role),
+        )
     }
 }
 
-/// How long a sidecar that could not start (or died) waits to be started
-/// again.
-pub const SIDECAR_RESTART_DELAY: Duration = Duration::from_secs(1);
+/// Which helpers a configuration has, and how many.
+pub(super) fn helpers_of(config: &crate::config::Config) -> (WorkerRole, usize) {
+    if config.proxy_mode() {
+        (WorkerRole::Front, config.front_count())
+    } else if config.exec_mode() && config.metrics.bind.is_some() {
+        (WorkerRole::Sidecar, 1)
+    } else {
+        (WorkerRole::Sidecar, 0)
+    }
+}
+
+/// How the log names a helper.
+pub(super) fn role_name(role: WorkerRole) -> &'static str {
+    match role {
+        WorkerRole::Front => "front worker",
+        WorkerRole::Sidecar => "metrics sidecar",
+        WorkerRole::App => "worker",
+    }
+}
+
+/// How long a helper (front worker, sidecar) that could not start, or
+/// died, waits to be started again.
+pub const HELPER_RESTART_DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Listeners {
@@ -173,6 +227,9 @@ enum Listeners {
     App,
     /// Exec mode's sidecar: `metrics.bind` only.
     Sidecar,
+    /// Proxy mode's front workers: `server.bind` and `metrics.bind`, as
+    /// forked app workers have them.
+    Front,
 }
 
 /// The worker's own descriptors for the listening sockets of its config,
@@ -183,7 +240,8 @@ fn worker_listeners(
     which: Listeners,
 ) -> Result<Vec<BootListener>, SpawnError> {
     let config = &loaded.config;
-    let exec = config.exec_mode();
+    // Front workers serve like forked app workers.
+    let exec = config.exec_mode() && which != Listeners::Front;
     let metrics_role = if exec {
         ListenRole::Sidecar
     } else {
@@ -199,7 +257,7 @@ fn worker_listeners(
         .server
         .bind
         .iter()
-        .filter(|_| which == Listeners::App)
+        .filter(|_| which != Listeners::Sidecar)
         .map(|a| {
             let role = if config.bind_uses_tls(a) {
                 ListenRole::Tls
@@ -262,7 +320,7 @@ fn spawn(req: SpawnRequest<'_>) -> Result<Pid, SpawnError> {
                 listeners,
                 wake: req.nudge,
                 master_pid,
-                sidecar: req.sidecar,
+                role: req.role,
             };
             child_main(req.entry, boot)
         }

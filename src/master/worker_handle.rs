@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::proto::outcome::ExitReason;
 use crate::proto::state::WorkerState;
 use crate::shm::scoreboard::SlotState;
+use crate::worker::WorkerRole;
 
 /// After SIGABRT for a missed heartbeat, how long before SIGKILL.
 pub const ABORT_GRACE: Duration = Duration::from_secs(1);
@@ -93,6 +94,8 @@ pub struct WorkerHandle {
     pub exec: Option<ExecIo>,
     /// What asks it to drain: TERM, or `app.stop_signal` in exec mode.
     pub stop_signal: Signal,
+    /// What a forked worker runs (an app worker, or a helper).
+    pub role: WorkerRole,
 }
 
 impl WorkerHandle {
@@ -113,8 +116,15 @@ impl WorkerHandle {
             lifetime,
             exec: None,
             stop_signal: Signal::SIGTERM,
+            role: WorkerRole::App,
             config,
         }
+    }
+
+    /// A helper worker (front worker, metrics sidecar).
+    pub fn with_role(mut self, role: WorkerRole) -> WorkerHandle {
+        self.role = role;
+        self
     }
 
     /// An exec-mode worker: `app.command` with its output and notify socket.

@@ -80,3 +80,26 @@ pub fn describe_socket(fd: RawFd) -> Option<String> {
         addr.as_pathname().map(|p| format!("unix:{}", p.display()))
     }
 }
+
+/// Whether a process listens on the Unix stream socket at `path`: a
+/// non-blocking connect (never waits, whatever the listener does) that
+/// succeeds, or finds its backlog full.
+pub fn unix_socket_accepts(path: &std::path::Path) -> bool {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let Ok(addr) = UnixAddr::new(path) else {
+        return false;
+    };
+    let Ok(fd) = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    use std::os::fd::AsRawFd;
+    matches!(
+        connect(fd.as_raw_fd(), &addr),
+        Ok(()) | Err(nix::errno::Errno::EAGAIN)
+    )
+}

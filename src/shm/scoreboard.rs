@@ -69,6 +69,9 @@ pub enum SlotKind {
     App = 0,
     /// The exec-mode helper that serves `metrics.bind`: not an app worker.
     Sidecar = 1,
+    /// Proxy mode: an rsvisor worker that serves the clients and forwards
+    /// to the app processes (whose slots are `App`).
+    Front = 2,
 }
 
 shared_plain! {
@@ -305,6 +308,9 @@ shared_plain! {
         /// HTTP/1.1 connection after its next response (clients reconnect,
         /// and may reach another worker).
         shed_epoch: AtomicU32,
+        /// Proxy mode, an app process's slot: requests the front workers
+        /// have forwarded to it and not finished.
+        outstanding: AtomicU64,
         pub counters: Counters,
     }
 }
@@ -395,6 +401,7 @@ impl Board {
         s.unwatched.store(0, Relaxed);
         s.nudge_at.store(0, Relaxed);
         s.shed_epoch.store(0, Relaxed);
+        s.outstanding.store(0, Relaxed);
         // A killed worker leaves its last requests behind.
         self.in_flight[index].clear();
         s.state.store(SlotState::Booting as u32, Release);
@@ -562,8 +569,39 @@ impl Slot {
     pub fn kind(&self) -> SlotKind {
         match self.kind.load(Relaxed) {
             1 => SlotKind::Sidecar,
+            2 => SlotKind::Front,
             _ => SlotKind::App,
         }
+    }
+
+    /// The pid of the process in this slot (0 while it is being started).
+    pub fn pid(&self) -> u32 {
+        self.pid.load(Relaxed)
+    }
+
+    /// The generation the process in this slot belongs to.
+    pub fn generation(&self) -> u32 {
+        self.generation.load(Relaxed)
+    }
+
+    /// Proxy mode: requests in flight to this app process.
+    pub fn outstanding(&self) -> u64 {
+        self.outstanding.load(Acquire)
+    }
+
+    /// Proxy mode: takes one more request for this app process unless it
+    /// has `max` in flight already (`max` 0: no limit).
+    pub fn try_take_request(&self, max: u64) -> bool {
+        self.outstanding
+            .fetch_update(AcqRel, Acquire, |n| (max == 0 || n < max).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Proxy mode: a request taken by [`Slot::try_take_request`] ended.
+    pub fn request_done(&self) {
+        let _ = self
+            .outstanding
+            .fetch_update(AcqRel, Acquire, |n| n.checked_sub(1));
     }
 
     pub fn set_kind(&self, kind: SlotKind) {

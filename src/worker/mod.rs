@@ -50,6 +50,7 @@ mod clock;
 mod conn;
 mod conn_info;
 mod endpoints;
+mod front;
 mod h2_frames;
 mod heartbeat;
 mod park;
@@ -117,8 +118,19 @@ pub(crate) struct WorkerBoot {
     /// Write end of the master's wake-up pipe.
     pub wake: OwnedFd,
     pub master_pid: Pid,
-    /// Exec mode's helper that serves `metrics.bind`, not an app worker.
-    pub sidecar: bool,
+    /// What the process is for.
+    pub role: WorkerRole,
+}
+
+/// What a forked worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WorkerRole {
+    /// The app.
+    App,
+    /// Exec mode's helper that serves `metrics.bind`: no app code.
+    Sidecar,
+    /// Proxy mode: serves the clients and forwards to the app processes.
+    Front,
 }
 
 /// Type-erased entry point, so the master need not be generic over the app.
@@ -172,11 +184,16 @@ pub(crate) struct AppWorker<A>(pub A);
 
 impl<A: App> WorkerMain for AppWorker<A> {
     fn run(&self, boot: WorkerBoot) -> WorkerExit {
-        if boot.sidecar {
+        match boot.role {
             // Exec mode's helper: no app code runs in it.
-            run(&sidecar::SidecarApp, boot)
-        } else {
-            run(&self.0, boot)
+            WorkerRole::Sidecar => run(&sidecar::SidecarApp, boot),
+            WorkerRole::Front => {
+                let base = crate::net::app_socket::base_dir(boot.config.app.socket_dir.as_deref());
+                let run_dir =
+                    crate::net::app_socket::run_dir(&base, boot.master_pid.as_raw() as u32);
+                run(&front::ProxyApp::new(boot.board, run_dir), boot)
+            }
+            WorkerRole::App => run(&self.0, boot),
         }
     }
 }
@@ -250,7 +267,7 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> Result<WorkerExit, SetupErr
             wake: boot.wake,
             access_log,
             readiness: readiness::Readiness::new(ctx.take_checks()),
-            sidecar: boot.sidecar,
+            sidecar: boot.role == WorkerRole::Sidecar,
         },
     ));
     tokio::spawn(clock::run_clock(shared.clock.clone()));

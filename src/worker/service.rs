@@ -241,7 +241,12 @@ fn finish<H: Handler>(
     let slot = shared.slot;
     let status = resp.status().as_u16();
     let latency_us = crate::os::monotonic_us().saturating_sub(ctx.start_us);
-    let served = if shared.sidecar {
+    // A proxied answer is counted for the app process behind it.
+    let attributed = resp
+        .extensions()
+        .get::<super::front::Attributed>()
+        .is_some();
+    let served = if shared.sidecar || attributed {
         0
     } else if shared.config.metrics.enabled {
         slot.record(status, ctx.method, latency_us)

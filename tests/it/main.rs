@@ -18,6 +18,7 @@ mod idle_conns;
 mod layers;
 mod monitoring;
 mod observability;
+mod proxy_mode;
 mod python_forensics;
 mod recipes;
 mod slow_readers;

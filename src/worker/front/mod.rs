@@ -1,0 +1,431 @@
+//! Proxy mode's front worker: an rsvisor worker whose app forwards each
+//! request to an app process (`app.command`) over that process's Unix
+//! socket. Everything before the forward is the native worker's (HTTP/1.1,
+//! HTTP/2, TLS, every `[http]` limit and timeout, the access log, metrics,
+//! `/health` and `/ready`); this module only chooses the process
+//! ([`route`]), reads the request body whole (bounded by
+//! `http.max_body_bytes`, so that a slow upload never holds an app
+//! process), sends the request with the client's address, scheme and host
+//! in `X-Forwarded-*`, and streams the answer back. An upgrade
+//! (WebSocket) is tunnelled both ways and holds its process's count until
+//! it closes.
+
+mod route;
+mod upstream;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request as HttpRequest, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tracing::warn;
+
+use crate::app::{App, Body, BoxError, ClientInfo, Handler, Request, Response, WorkerContext};
+use crate::config::Config;
+use crate::shm::scoreboard::{method_class, Board};
+use crate::telemetry::throttle::Throttle;
+
+use route::{Permit, Router};
+use upstream::Upstream;
+
+/// Headers that describe one hop, never forwarded as they are.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Forwarding headers a client may have sent: replaced by what rsvisor
+/// knows (after its `[proxy]` rules), so the app can trust them.
+const FORWARDED: [&str; 4] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+
+/// App processes a request may be offered to when the chosen one turns
+/// out not to listen any more.
+const CONNECT_ATTEMPTS: u32 = 3;
+
+/// Failed forwards (the app process refused the connection, broke it, or
+/// answered garbage): said once per interval.
+static UPSTREAM_ERRORS: Throttle = Throttle::new();
+
+/// The app of a front worker.
+pub struct ProxyApp {
+    board: &'static Board,
+    run_dir: PathBuf,
+}
+
+impl ProxyApp {
+    pub fn new(board: &'static Board, run_dir: PathBuf) -> ProxyApp {
+        ProxyApp { board, run_dir }
+    }
+}
+
+impl App for ProxyApp {
+    type Handler = Front;
+
+    async fn startup(&self, worker: &WorkerContext) -> Result<Front, BoxError> {
+        let config: &Config = &worker.config;
+        let board = self.board;
+        // `/ready` of a front says whether a request would be served.
+        worker.readiness_check("app_processes", move || async move {
+            match route::ready_count(board) {
+                0 => Err("no app process is ready".into()),
+                _ => Ok(()),
+            }
+        });
+        Ok(Front {
+            board: self.board,
+            router: Router::new(self.board, config.app.max_concurrency),
+            upstream: upstream::client(self.run_dir.clone()),
+            queue_timeout: config.app.queue_timeout,
+            recycle: (config.lifecycle.max_requests > 0).then_some((
+                config.lifecycle.max_requests,
+                config.lifecycle.max_requests_jitter,
+            )),
+            answer_timeout: config.lifecycle.timeout,
+        })
+    }
+}
+
+/// Forwards one front worker's requests.
+pub struct Front {
+    board: &'static Board,
+    router: Router,
+    upstream: Upstream,
+    queue_timeout: Duration,
+    /// `lifecycle.max_requests` and its jitter, counted per app process.
+    recycle: Option<(u64, u64)>,
+    /// How long an app process may take to start answering.
+    answer_timeout: Duration,
+}
+
+impl Handler for Front {
+    async fn call(&self, req: Request) -> Response {
+        let queued = tokio::time::Instant::now();
+        let started_us = crate::os::monotonic_us();
+        let (mut parts, body) = req.into_parts();
+        let method = method_class(&parts.method);
+        let client = body.client().clone();
+        let upgrade = parts
+            .extensions
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .filter(|_| parts.headers.contains_key(header::UPGRADE));
+        // A body error is answered 413, 408 or 400 by the server itself.
+        let body = match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return answer(e.status(), "request body not read\n"),
+        };
+        let headers = forwarded_headers(&parts, &client, upgrade.is_some());
+        let deadline = queued + self.queue_timeout;
+        let mut attempts = 0;
+        let (permit, sent) = loop {
+            let Some(permit) = self.router.acquire(deadline).await else {
+                let mut r = answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no app process could take the request within app.queue_timeout\n",
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
+            };
+            let target = permit.target();
+            let mut out = HttpRequest::new(Full::new(body.clone()));
+            *out.method_mut() = parts.method.clone();
+            *out.uri_mut() = match app_uri(&upstream::authority(target), &parts.uri) {
+                Some(u) => u,
+                None => return answer(StatusCode::BAD_REQUEST, "bad request target\n"),
+            };
+            *out.headers_mut() = headers.clone();
+            let sent = tokio::time::timeout(self.answer_timeout, self.upstream.request(out)).await;
+            attempts += 1;
+            match sent {
+                // No connection was made (the process stopped listening as
+                // it was chosen: it drains): nothing was sent, so another
+                // process may take the request.
+                Ok(Err(e)) if e.is_connect() && attempts < CONNECT_ATTEMPTS => continue,
+                sent => break (permit, sent),
+            }
+        };
+        let target = permit.target();
+        // Counted for the app process that answered (its requests, status
+        // classes and latency in `status`, `/metrics` and its canary
+        // judgement), not for this front.
+        let attribute = |resp: Response| {
+            let latency_us = crate::os::monotonic_us().saturating_sub(started_us);
+            let slot = self.board.slot(target.slot);
+            let served = slot.record(resp.status().as_u16(), method, latency_us);
+            if self
+                .recycle
+                .is_some_and(|(base, jitter)| served >= request_limit(base, jitter, slot.pid()))
+            {
+                // Replaced once a new process is ready; it serves on
+                // (last choice of the router) until then.
+                slot.mark_retiring();
+            }
+            let mut resp = resp;
+            resp.extensions_mut().insert(Attributed);
+            resp
+        };
+        let mut resp = match sent {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                if let Some(unsaid) = UPSTREAM_ERRORS.admit() {
+                    warn!(
+                        slot = target.slot,
+                        generation = target.generation,
+                        error = %e,
+                        repeated = unsaid,
+                        "proxy: the app process failed the request; answered 502"
+                    );
+                }
+                return attribute(answer(
+                    StatusCode::BAD_GATEWAY,
+                    "the app process failed the request\n",
+                ));
+            }
+            Err(_) => {
+                return attribute(answer(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the app process did not answer within lifecycle.timeout\n",
+                ))
+            }
+        };
+        if let (Some(client_side), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, resp.status()) {
+            let app_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(client_side, app_side, permit));
+            let (parts, _) = resp.into_parts();
+            return attribute(Response::from_parts(parts, Body::empty()));
+        }
+        strip_hop_by_hop(resp.headers_mut(), false);
+        let (parts, incoming) = resp.into_parts();
+        attribute(Response::from_parts(
+            parts,
+            Body::stream(Held {
+                incoming,
+                _permit: permit,
+            }),
+        ))
+    }
+}
+
+/// An app process's `max_requests` plus its share of the jitter: derived
+/// from its pid, so that every front worker computes the same limit.
+fn request_limit(base: u64, jitter: u64, pid: u32) -> u64 {
+    let spread = (u64::from(pid).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % (jitter + 1);
+    base + spread
+}
+
+/// Marks a response already counted for the app process that answered
+/// it: the front worker's own counters leave it out.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attributed;
+
+fn answer(status: StatusCode, text: &'static str) -> Response {
+    let mut r = Response::new(Body::from(text));
+    *r.status_mut() = status;
+    r
+}
+
+/// The request target as the app process sees it: path and query.
+fn app_uri(authority: &str, uri: &Uri) -> Option<Uri> {
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(pq)
+        .build()
+        .ok()
+}
+
+/// The request's headers for the app: hop-by-hop ones left out (the
+/// upgrade's kept for an upgrade), `Host` kept (from the HTTP/2
+/// `:authority` when there is no header), `X-Forwarded-For`/`-Proto`/
+/// `-Host` set from what rsvisor knows of the client.
+fn forwarded_headers(
+    parts: &http::request::Parts,
+    client: &ClientInfo,
+    upgrade: bool,
+) -> HeaderMap {
+    let mut h = parts.headers.clone();
+    strip_hop_by_hop(&mut h, upgrade);
+    for name in FORWARDED {
+        h.remove(name);
+    }
+    let host = h
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|a| a.as_str().parse().ok()));
+    if let Some(host) = &host {
+        h.insert(header::HOST, host.clone());
+    }
+    if let Some(ip) = client.addr.map(|a| a.ip().to_string()) {
+        if let Ok(v) = HeaderValue::from_str(&ip) {
+            h.insert(HeaderName::from_static("x-forwarded-for"), v);
+        }
+    }
+    h.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(client.scheme),
+    );
+    let fwd_host = client
+        .host
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+        .or(host);
+    if let Some(v) = fwd_host {
+        h.insert(HeaderName::from_static("x-forwarded-host"), v);
+    }
+    h
+}
+
+/// Removes hop-by-hop headers and those `Connection` names; for an
+/// upgrade, `Connection: upgrade` and `Upgrade` stay.
+fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<String> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    for name in named.iter().map(String::as_str).chain(HOP_BY_HOP) {
+        let keep = upgrade && matches!(name, "upgrade" | "connection");
+        if !keep {
+            h.remove(name);
+        }
+    }
+    if upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Copies an upgraded connection both ways until either side closes.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    app: hyper::upgrade::OnUpgrade,
+    _permit: Permit,
+) {
+    if let (Ok(c), Ok(a)) = (client.await, app.await) {
+        let (mut c, mut a) = (TokioIo::new(c), TokioIo::new(a));
+        let _ = tokio::io::copy_bidirectional(&mut c, &mut a).await;
+    }
+}
+
+/// The app's response body, holding its process's count until it ends.
+struct Held {
+    incoming: hyper::body::Incoming,
+    _permit: Permit,
+}
+
+impl http_body::Body for Held {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.incoming).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.incoming.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_stay_behind_and_the_client_is_forwarded() {
+        let req = HttpRequest::builder()
+            .uri("/a?b=1")
+            .header("host", "example.com")
+            .header("connection", "keep-alive, x-secret")
+            .header("x-secret", "1")
+            .header("te", "trailers")
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("accept", "*/*")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let client = ClientInfo {
+            addr: Some("192.0.2.7:5000".parse().unwrap()),
+            scheme: "https",
+            host: None,
+        };
+        let h = forwarded_headers(&parts, &client, false);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+        assert_eq!(h["host"], "example.com");
+        assert_eq!(h["accept"], "*/*");
+        for gone in ["connection", "x-secret", "te"] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+        assert_eq!(
+            app_uri("s1g2", &parts.uri).unwrap().to_string(),
+            "http://s1g2/a?b=1"
+        );
+    }
+
+    #[test]
+    fn an_upgrade_keeps_its_headers() {
+        let req = HttpRequest::builder()
+            .uri("http://example.com/ws")
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let h = forwarded_headers(&parts, &ClientInfo::default(), true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["host"], "example.com");
+        assert!(!h.contains_key("x-forwarded-for"));
+    }
+
+    #[test]
+    fn the_least_busy_ready_process_takes_the_request_within_its_limit() {
+        use crate::shm::scoreboard::SlotState;
+        let board = Board::create().unwrap();
+        let router = Router::new(board, 1);
+        assert!(router.try_acquire().is_none(), "nothing ready");
+        for (slot, pid) in [(0, 100), (1, 101)] {
+            board.claim(slot, 1);
+            board.slot(slot).set_pid(pid);
+            board.slot(slot).set_state(SlotState::Ready);
+        }
+        let a = router.try_acquire().expect("one");
+        let b = router.try_acquire().expect("the other");
+        assert_ne!(a.target().slot, b.target().slot);
+        // Both at max_concurrency = 1.
+        assert!(router.try_acquire().is_none());
+        drop(a);
+        let c = router.try_acquire().expect("freed");
+        assert_ne!(c.target().slot, b.target().slot);
+        // A draining process takes nothing new.
+        drop((b, c));
+        board.slot(0).set_state(SlotState::Draining);
+        for _ in 0..3 {
+            assert_eq!(router.try_acquire().expect("slot 1").target().slot, 1);
+        }
+    }
+}

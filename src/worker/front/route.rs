@@ -1,0 +1,128 @@
+//! Which app process takes a request: the ready one with the fewest
+//! requests in flight (counted in the scoreboard, across every front
+//! worker), below `app.max_concurrency`; ties are broken in turn. When none
+//! can take it (none ready: starting, or all crashed; or all at their
+//! limit) the request waits in rsvisor, never in an app process's queue,
+//! until one can or `app.queue_timeout` passes.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::shm::scoreboard::{Board, SlotKind, SlotState, SLOT_CAPACITY};
+
+/// How often a waiting request looks again, at first…
+const QUEUE_POLL_MIN: Duration = Duration::from_millis(1);
+/// …and at most.
+const QUEUE_POLL_MAX: Duration = Duration::from_millis(10);
+
+/// The app process a request was given to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub slot: usize,
+    pub generation: u32,
+}
+
+/// One request counted against an app process; uncounted when dropped
+/// (the response's body ended, or the request failed).
+pub struct Permit {
+    board: &'static Board,
+    target: Target,
+    pid: u32,
+}
+
+impl Permit {
+    pub fn target(&self) -> Target {
+        self.target
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let slot = self.board.slot(self.target.slot);
+        // The process is gone and its slot reused: its count was reset.
+        if slot.pid() == self.pid {
+            slot.request_done();
+        }
+    }
+}
+
+/// App processes that take requests now.
+pub fn ready_count(board: &Board) -> usize {
+    (0..SLOT_CAPACITY)
+        .filter(|i| {
+            let s = board.slot(*i);
+            s.kind() == SlotKind::App && s.state() == SlotState::Ready
+        })
+        .count()
+}
+
+/// Picks app processes for one front worker.
+pub struct Router {
+    board: &'static Board,
+    max_concurrency: u64,
+    turn: AtomicUsize,
+}
+
+impl Router {
+    pub fn new(board: &'static Board, max_concurrency: u64) -> Router {
+        Router {
+            board,
+            max_concurrency,
+            turn: AtomicUsize::new(0),
+        }
+    }
+
+    /// An app process for the request, waiting until `deadline` at most.
+    pub async fn acquire(&self, deadline: Instant) -> Option<Permit> {
+        let mut pause = QUEUE_POLL_MIN;
+        loop {
+            if let Some(p) = self.try_acquire() {
+                return Some(p);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(QUEUE_POLL_MAX);
+        }
+    }
+
+    /// The least busy ready app process that can take one more request
+    /// (one that reached `max_requests` only when no other can).
+    pub fn try_acquire(&self) -> Option<Permit> {
+        let mut ready: Vec<((bool, u64), usize)> = (0..SLOT_CAPACITY)
+            .filter_map(|i| {
+                let s = self.board.slot(i);
+                let state = s.state();
+                let open = s.kind() == SlotKind::App
+                    && matches!(state, SlotState::Ready | SlotState::Retiring)
+                    && s.pid() != 0;
+                // One that reached max_requests is the last choice.
+                open.then(|| ((state == SlotState::Retiring, s.outstanding()), i))
+            })
+            .collect();
+        if ready.is_empty() {
+            return None;
+        }
+        // Equal loads are taken in turn, not always the first slot.
+        let n = ready.len();
+        let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
+        ready.rotate_left(start);
+        ready.sort_by_key(|(load, _)| *load);
+        ready.into_iter().find_map(|(_, i)| {
+            let s = self.board.slot(i);
+            let pid = s.pid();
+            s.try_take_request(self.max_concurrency).then(|| Permit {
+                board: self.board,
+                target: Target {
+                    slot: i,
+                    generation: s.generation(),
+                },
+                pid,
+            })
+        })
+    }
+}

@@ -1,0 +1,324 @@
+//! Proxy mode (`app.mode = "proxy"`): rsvisor's front workers serve the
+//! clients and forward to real uvicorn and gunicorn processes (from PyPI,
+//! in tests/.venv) over their Unix sockets. Reloads under load fail no
+//! request, a broken release is abandoned with the old code serving, a
+//! release that answers 500 is rolled back by the canary, every request is
+//! counted, and `max_concurrency = 1` keeps a slow upload away from a sync
+//! worker.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+fn venv_bin(program: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/.venv/bin")
+        .join(program)
+}
+
+fn have_venv() -> bool {
+    ["uvicorn", "gunicorn"].iter().all(|p| {
+        have(
+            &venv_bin(p).display().to_string(),
+            "scripts/deps installs it from PyPI into tests/.venv",
+        )
+    })
+}
+
+/// An ASGI app that answers `/` with `version` (and `status`), `/pid` with
+/// its pid, `/xff` with the forwarding headers it received, `/client` with
+/// the client uvicorn saw, `/slow` after 3 s.
+fn asgi_app(version: &str, status: u16) -> String {
+    format!(
+        r#"import asyncio, os
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    headers = dict(scope["headers"])
+    path = scope["path"]
+    code = 200
+    if path == "/pid":
+        body = str(os.getpid()).encode()
+    elif path == "/xff":
+        body = b"|".join(headers.get(h, b"-") for h in (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"connection"))
+    elif path == "/client":
+        body = ("%s|%s" % ((scope.get("client") or ("none",))[0], scope["scheme"])).encode()
+    elif path == "/slow":
+        await asyncio.sleep(3)
+        body = b"slow"
+    else:
+        body = b"{version}"
+        code = {status}
+    await send({{"type": "http.response.start", "status": code, "headers": [(b"content-length", str(len(body)).encode())]}})
+    await send({{"type": "http.response.body", "body": body}})
+"#
+    )
+}
+
+/// rsvisor in proxy mode in front of `workers` uvicorn processes;
+/// `extra` goes at the end (more keys of `[app]`, or other sections).
+fn uvicorn_proxy(workers: usize, lifecycle: &str, extra: &str) -> ServerBuilder {
+    let uvicorn = venv_bin("uvicorn").display().to_string();
+    let b = ServerBuilder::new(rsvisor_bin()).config(&format!(
+        r#"
+[server]
+bind = ["127.0.0.1:0"]
+workers = {workers}
+[lifecycle]
+graceful_timeout = 10
+{lifecycle}
+[app]
+mode = "proxy"
+front_workers = 2
+command = [{uvicorn:?}, "--uds", "{{socket}}", "--no-access-log", "app:app"]
+cwd = "{{dir}}"
+{extra}
+"#
+    ));
+    std::fs::write(b.dir().join("app.py"), asgi_app("v1", 200)).unwrap();
+    b
+}
+
+fn reload(s: &Server) -> (i32, String) {
+    let cfg = s.config.display().to_string();
+    let (code, out, err) = run(&rsvisor_bin(), &["reload", &cfg], s.dir.path(), &[]);
+    (code, format!("{out}{err}"))
+}
+
+#[test]
+fn uvicorn_behind_the_front_reloads_under_load_without_a_failed_request() {
+    if !have_venv() {
+        return;
+    }
+    let mut s = uvicorn_proxy(2, "", "").start();
+    let tcp = s.ready_tcp();
+    s.wait_settled(Duration::from_secs(30));
+    assert_eq!(get(&tcp, "/").unwrap().text(), "v1");
+    // The app is told who the client is, and no hop-by-hop header.
+    assert_eq!(get(&tcp, "/xff").unwrap().text(), "127.0.0.1|http|test|-");
+    // …which uvicorn believes on the private socket (FORWARDED_ALLOW_IPS).
+    assert_eq!(get(&tcp, "/client").unwrap().text(), "127.0.0.1|http");
+
+    let load = Load::start(&tcp, 4, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut old: BTreeSet<i32> = BTreeSet::new();
+    for round in 2..=3 {
+        let before = s.status().expect("status");
+        old.extend(before.workers.iter().map(|w| w.pid as i32));
+        std::fs::write(
+            s.dir.path().join("app.py"),
+            asgi_app(&format!("v{round}"), 200),
+        )
+        .unwrap();
+        let (code, out) = reload(&s);
+        assert_eq!(code, 0, "{out}\n{}", s.log_text());
+        // rsvisor reload returned: only the new code answers.
+        for _ in 0..30 {
+            let r = get(&tcp, "/").unwrap();
+            assert_eq!(r.text(), format!("v{round}"), "{}", s.log_text());
+        }
+    }
+    let stats = load.finish();
+    stats.assert_all_ok(200);
+    let st = s.wait_status("the old processes gone", Duration::from_secs(30), |st| {
+        st.workers.iter().all(|w| !old.contains(&(w.pid as i32)))
+    });
+    // Every proxied request is counted, for the app process that answered.
+    let metrics = get(&tcp, "/metrics").unwrap().text();
+    let total = metric(&metrics, "rsvisor_http_requests_total");
+    assert!(total >= stats.ok as f64, "{total} < {}", stats.ok);
+    assert!(st.workers.iter().any(|w| w.requests > 0), "{st:?}");
+    eprintln!(
+        "proxy mode: {} requests through two reloads, 0 failed, {} app pids",
+        stats.ok,
+        stats.pids.len()
+    );
+    s.signal(Signal::SIGTERM);
+    assert_eq!(s.expect_exit(Duration::from_secs(30)).code(), Some(0));
+}
+
+#[test]
+fn a_release_that_cannot_import_is_abandoned_and_no_request_fails() {
+    if !have_venv() {
+        return;
+    }
+    let mut s = uvicorn_proxy(2, "", "").start();
+    let tcp = s.ready_tcp();
+    s.wait_settled(Duration::from_secs(30));
+    let load = Load::start(&tcp, 4, Duration::from_secs(60));
+    std::fs::write(s.dir.path().join("app.py"), "import no_such_module\n").unwrap();
+    let (code, out) = reload(&s);
+    assert_eq!(code, 5, "{out}");
+    assert!(out.contains("abandoned"), "{out}");
+    let stats = load.finish();
+    stats.assert_all_ok(50);
+    assert_eq!(get(&tcp, "/").unwrap().text(), "v1");
+}
+
+#[test]
+fn a_release_that_answers_500_is_rolled_back_by_the_canary() {
+    if !have_venv() {
+        return;
+    }
+    let mut s = uvicorn_proxy(2, "canary = 30", "").start();
+    let tcp = s.ready_tcp();
+    s.wait_settled(Duration::from_secs(30));
+    std::fs::write(s.dir.path().join("app.py"), asgi_app("broken", 500)).unwrap();
+    let traffic = {
+        let tcp = tcp.clone();
+        std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(40);
+            while Instant::now() < deadline {
+                match get(&tcp, "/") {
+                    Ok(r) => answers.push(r.status),
+                    Err(_) => answers.push(0),
+                }
+                if answers.len() > 20
+                    && answers[answers.len() - 20..].iter().all(|c| *c == 200)
+                    && answers.contains(&500)
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            answers
+        })
+    };
+    let (code, out) = reload(&s);
+    assert_eq!(code, 5, "{out}");
+    assert!(out.contains("rolled_back"), "{out}");
+    let answers = traffic.join().unwrap();
+    let errors = answers.iter().filter(|c| **c == 500).count();
+    assert!(!answers.contains(&0), "a request got no answer");
+    assert!(
+        errors > 0 && errors < 200,
+        "{errors} answers 500 of {}",
+        answers.len()
+    );
+    for _ in 0..20 {
+        assert_eq!(get(&tcp, "/").unwrap().text(), "v1");
+    }
+}
+
+#[test]
+fn a_queue_that_waits_too_long_is_answered_503_and_a_slow_upload_holds_no_sync_worker() {
+    if !have_venv() {
+        return;
+    }
+    let gunicorn = venv_bin("gunicorn").display().to_string();
+    let b = ServerBuilder::new(rsvisor_bin()).config(&format!(
+        r#"
+[server]
+bind = ["127.0.0.1:0"]
+workers = 1
+[app]
+mode = "proxy"
+front_workers = 1
+max_concurrency = 1
+queue_timeout = 1
+command = [{gunicorn:?}, "--workers", "1", "--bind", "unix:{{socket}}", "wsgi:app"]
+cwd = "{{dir}}"
+"#
+    ));
+    std::fs::write(
+        b.dir().join("wsgi.py"),
+        "import time\n\ndef app(environ, start_response):\n    \
+         if environ['PATH_INFO'] == '/slow':\n        time.sleep(3)\n    \
+         body = environ['wsgi.input'].read() or b'ok'\n    \
+         start_response('200 OK', [('Content-Length', str(len(body)))])\n    \
+         return [body]\n",
+    )
+    .unwrap();
+    let mut s = b.start();
+    let tcp = s.ready_tcp();
+    s.wait_settled(Duration::from_secs(30));
+    assert_eq!(get(&tcp, "/").unwrap().text(), "ok");
+
+    // A client uploads one byte every 100 ms: the body is read by rsvisor,
+    // so the only gunicorn worker stays free.
+    let upload = {
+        let tcp = tcp.clone();
+        std::thread::spawn(move || {
+            let mut c = tcp.connect().unwrap();
+            c.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n")
+                .unwrap();
+            for _ in 0..20 {
+                std::thread::sleep(Duration::from_millis(100));
+                c.write_all(b"u").unwrap();
+            }
+            let mut out = Vec::new();
+            let _ = c.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    assert_eq!(get(&tcp, "/").unwrap().text(), "ok");
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "a GET waited {took:?} behind an upload"
+    );
+    let uploaded = upload.join().unwrap();
+    assert!(uploaded.ends_with("uuuuuuuuuuuuuuuuuuuu"), "{uploaded}");
+
+    // One slow request holds the only process (max_concurrency = 1): the
+    // next waits in rsvisor, and gets 503 after queue_timeout.
+    let slow = {
+        let tcp = tcp.clone();
+        std::thread::spawn(move || get(&tcp, "/slow").map(|r| r.status))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    let r = get(&tcp, "/").unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    assert_eq!(slow.join().unwrap().unwrap(), 200);
+}
+
+#[test]
+fn proxy_configs_that_would_fail_are_refused_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &str); 5] = [
+        (
+            "mode = \"proxy\"\ncommand = [\"uvicorn\", \"app:app\"]",
+            "proxy mode needs {socket}",
+        ),
+        (
+            "mode = \"proxy\"\ncommand = [\"uvicorn\", \"--fd\", \"{fd}\", \"--uds\", \"{socket}\", \"app:app\"]",
+            "gets no listening descriptor",
+        ),
+        (
+            "command = [\"uvicorn\", \"--uds\", \"{socket}\", \"app:app\"]",
+            "{socket} is an app process's own socket in proxy mode",
+        ),
+        ("mode = \"proxy\"", "which is not set"),
+        (
+            "mode = \"proxy\"\ncommand = [\"uvicorn\", \"--uds\", \"{socket}\", \"app:app\"]\nsocket_dir = \"/tmp/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"",
+            "choose a shorter directory",
+        ),
+    ];
+    for (app, want) in cases {
+        let cfg = dir.path().join("app.toml");
+        std::fs::write(&cfg, format!("[app]\n{app}\n")).unwrap();
+        let (code, _, err) = run(
+            &rsvisor_bin(),
+            &["check", &cfg.display().to_string()],
+            dir.path(),
+            &[],
+        );
+        assert_eq!(code, 2, "{app}: {err}");
+        assert!(err.contains(want), "{app}: {err}");
+        assert!(err.contains("app.toml:"), "{err}");
+    }
+}
