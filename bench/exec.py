@@ -1,12 +1,17 @@
 """bench/run exec: a Python ASGI app (bench/apps/asgi_hello.py), 2 workers,
-run three ways in the same run (loopback; servers pinned to CPU 1, load to
+run these ways in the same run (loopback; servers pinned to CPU 1, load to
 CPU 0):
 
-- rsvisor exec mode: `uvicorn --fd 3` as `app.command`;
+- rsvisor proxy mode: one front worker, `uvicorn --uds {socket}` behind it;
+- rsvisor direct mode: `uvicorn --fd 3` (and `serve_fd.py`) as `app.command`;
 - gunicorn -k uvicorn.workers.UvicornWorker;
+- nginx -> gunicorn -k uvicorn.workers.UvicornWorker over a Unix socket
+  (hello world only: a HUP would reach nginx, not the app);
 - uvicorn --workers 2.
 
-Measures hello-world req/s and p99 (target: rsvisor >= 1.0x gunicorn),
+Measures hello-world req/s, p99 and CPU per request of all the server's
+processes (targets: direct >= 1.0x gunicorn; proxy >= 1.0x nginx ->
+gunicorn and >= 0.85x direct),
 failed requests over 5 HUPs under load (a load generator that never
 retries, 32 connections), a HUP to code that cannot import (failed
 requests, time until the server serves normally), the master's RSS and
@@ -24,7 +29,8 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lib import ROOT, Server, children, free_port, median, rss_kib, wrk_with_cpu  # noqa: E402
+from lib import (ROOT, Server, children, free_port, median, nginx_server,  # noqa: E402
+                 rss_kib, wrk_with_cpu)
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 VENV = os.path.join(ROOT, "bench", ".venv", "bin")
@@ -47,7 +53,7 @@ UVICORN_FD = '["{v}/uvicorn", "--fd", "3", "--no-access-log", "--log-level", "wa
 SERVE_FD = '["{v}/python", "serve_fd.py", "asgi_hello:app"]'
 
 
-def rsvisor(port, d, command=UVICORN_FD):
+def rsvisor(port, d, command=UVICORN_FD, mode=""):
     cfg = os.path.join(d, "app.toml")
     with open(cfg, "w") as f:
         f.write(f"""[server]
@@ -61,7 +67,7 @@ access_log = ""
 [app]
 command = {command.format(v=VENV)}
 cwd = "{d}"
-ready = "delay:0.5"
+{mode or 'ready = "delay:0.5"'}
 """)
     return Server("rsvisor-exec", [RSVISOR, "serve", cfg], port, cpus=SERVER_CPU)
 
@@ -80,10 +86,69 @@ def uvicorn(port, d):
                   port, cpus=SERVER_CPU, cwd=d)
 
 
-SERVERS = (("rsvisor + uvicorn --fd 3", rsvisor),
+UVICORN_UDS = ('["{v}/uvicorn", "--uds", "{{socket}}", "--no-access-log", "--log-level", '
+               '"warning", "asgi_hello:app"]')
+
+
+def rsvisor_proxy(port, d):
+    return rsvisor(port, d, UVICORN_UDS, 'mode = "proxy"\nfront_workers = 1')
+
+
+class NginxGunicorn:
+    """nginx (2 workers, keep-alive upstream) in front of gunicorn +
+    UvicornWorker on a Unix socket: the deployment gunicorn's docs advise."""
+
+    def __init__(self, port, d):
+        sock = os.path.join(d, "gunicorn.sock")
+        self.port = port
+        self.app = Server("gunicorn-behind-nginx",
+                          [os.path.join(VENV, "gunicorn"), "-w", "2", "-k",
+                           "uvicorn.workers.UvicornWorker", "-b", f"unix:{sock}",
+                           "--log-level", "warning", "asgi_hello:app"],
+                          port, cpus=SERVER_CPU, cwd=d)
+        self.front = nginx_server("nginx-to-gunicorn", port, os.path.join(d, "nginx"), f"""
+    upstream app {{ server unix:{sock}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+        }}
+    }}""", SERVER_CPU)
+        self.name = "nginx -> gunicorn"
+
+    @property
+    def pid(self):
+        return self.front.pid
+
+    def url(self, path="/"):
+        return self.front.url(path)
+
+    def wait_ready(self, path="/", timeout=30.0):
+        return self.front.wait_ready(path, timeout)
+
+    def tree(self):
+        return self.front.tree() + self.app.tree()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.front.__exit__(*exc)
+        self.app.__exit__(*exc)
+
+
+SERVERS = (("rsvisor proxy + uvicorn --uds", rsvisor_proxy),
+           ("rsvisor + uvicorn --fd 3", rsvisor),
            ("rsvisor + uvicorn (serve_fd.py)", lambda p, d: rsvisor(p, d, SERVE_FD)),
            ("gunicorn + UvicornWorker", gunicorn),
+           ("nginx -> gunicorn + UvicornWorker (unix socket)", NginxGunicorn),
            ("uvicorn --workers 2", uvicorn))
+# What a HUP means for these: the app is reloaded.
+RELOADABLE = tuple(s for s in SERVERS if not s[0].startswith("nginx"))
 
 
 def hello():
@@ -101,6 +166,7 @@ def hello():
                 rss[name] = rss_kib(s.pid) / 1024
     return {name: {"rps": median([r["rps"] for r in rs]),
                    "p99_ms": median([r["p99_ms"] for r in rs]),
+                   "cpu_us": median([r["cpu_us_per_req"] for r in rs]),
                    "errors": sum(r["errors"] for r in rs),
                    "start_ms": median(starts[name]),
                    "master_rss_mib": rss[name]}
@@ -115,7 +181,7 @@ def loadgen(url, conns, secs):
 def hups_under_load():
     out = {}
     secs = 12
-    for name, make in SERVERS:
+    for name, make in RELOADABLE:
         port = free_port()
         with make(port, app_dir()) as s:
             s.wait_ready("/")
@@ -133,7 +199,7 @@ def broken_reload():
     """HUP after the app's module was replaced by one that cannot import."""
     out = {}
     secs = 10
-    for name, make in SERVERS:
+    for name, make in RELOADABLE:
         port = free_port()
         d = app_dir()
         with make(port, d) as s:
@@ -167,25 +233,31 @@ def main():
     g = h["gunicorn + UvicornWorker"]["rps"]
     lines = [f"Servers pinned to CPU {SERVER_CPU}, load to CPU {LOAD_CPU}; the same ASGI app; "
              f"median of {ROUNDS} rounds of {SECS} s (wrk -c64).", "",
-             "| 2 workers | req/s | × gunicorn | p99 ms | errors | start → first 200 ms | master RSS MiB |",
-             "|---|---|---|---|---|---|---|"]
+             "| 2 app processes | req/s | × gunicorn | p99 ms | CPU µs/req (all processes) | errors | start → first 200 ms | master RSS MiB |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, _ in SERVERS:
         x = h[name]
+        cpu = "–" if x["cpu_us"] is None else f"{x['cpu_us']:.0f}"
         lines.append(f"| {name} | {x['rps']:,.0f} | {x['rps'] / g:.2f} | {x['p99_ms']:.2f} | "
-                     f"{x['errors']} | {x['start_ms']:.0f} | {x['master_rss_mib']:.1f} |")
+                     f"{cpu} | {x['errors']} | {x['start_ms']:.0f} | {x['master_rss_mib']:.1f} |")
     lines += ["", "| 5 HUPs under load (32 connections, no retries) | requests | failed |",
               "|---|---|---|"]
-    for name, _ in SERVERS:
+    for name, _ in RELOADABLE:
         lines.append(f"| {name} | {r[name]['ok']:,} | {r[name]['failed']} |")
     lines += ["", "| HUP to code that cannot import, under load | requests | failed | "
               "seconds with no answer | serving afterwards |", "|---|---|---|---|---|"]
-    for name, _ in SERVERS:
+    for name, _ in RELOADABLE:
         x = b[name]
         lines.append(f"| {name} | {x['ok']:,} | {x['failed']} | {x['dead_seconds']} | "
                      f"{'yes' if x['alive_after'] else '**no**'} |")
     fd = h["rsvisor + uvicorn --fd 3"]["rps"] / g
     best = h["rsvisor + uvicorn (serve_fd.py)"]["rps"] / g
+    px = h["rsvisor proxy + uvicorn --uds"]["rps"]
+    vs_nginx = px / h["nginx -> gunicorn + UvicornWorker (unix socket)"]["rps"]
+    vs_direct = px / h["rsvisor + uvicorn --fd 3"]["rps"]
     lines += ["", "| target | measured | |", "|---|---|---|",
+              f"| proxy req/s ≥ 1.0 × nginx → gunicorn | {vs_nginx:.2f} | {'met' if vs_nginx >= 1.0 else '**missed**'} |",
+              f"| proxy req/s ≥ 0.85 × direct | {vs_direct:.2f} | {'met' if vs_direct >= 0.85 else '**missed**'} |",
               f"| req/s ≥ 1.0 × gunicorn (serve_fd.py) | {best:.2f} | {'met' if best >= 1.0 else '**missed**'} |",
               f"| req/s ≥ 1.0 × gunicorn (uvicorn --fd 3) | {fd:.2f} | {'met' if fd >= 1.0 else '**missed**'} |"]
     text = "\n".join(lines) + "\n"

@@ -347,7 +347,15 @@ pub fn table(s: &Status) -> String {
         "{:<4} {:<7} {:<3} {:<8} {:<6} {:>9} {:>5} {:>10} {:>7} {:>9}\n",
         "SLOT", "PID", "GEN", "STATE", "AGE", "REQUESTS", "CONNS", "RSS", "CPU", "HEARTBEAT"
     );
-    for w in &s.workers {
+    let fronts_title = (!s.fronts.is_empty()).then_some(
+        "front workers (proxy mode; their requests are counted for the app process that \
+         answered):\n",
+    );
+    for (i, w) in s.workers.iter().chain(&s.fronts).enumerate() {
+        if i == s.workers.len() {
+            o += "\n";
+            o += fronts_title.unwrap_or_default();
+        }
         o += &format!(
             "{:<4} {:<7} {:<3} {:<8} {:<6} {:>9} {:>5} {:>10} {:>6.1}s {:>9}\n",
             w.slot,

@@ -61,6 +61,9 @@ pub enum Trigger {
     Boot,
     /// `rsvisor dump`: the worker is not stopped.
     Request,
+    /// Proxy mode: a request to the app process got no answer within
+    /// `lifecycle.timeout`.
+    Stalled,
 }
 
 impl Trigger {
@@ -69,6 +72,7 @@ impl Trigger {
             Trigger::Heartbeat => "heartbeat",
             Trigger::Boot => "boot",
             Trigger::Request => "request",
+            Trigger::Stalled => "stalled",
         }
     }
 

@@ -99,6 +99,24 @@ impl Master {
                 hung.push((i, verdict));
             }
         }
+        let stalled: Vec<usize> = self
+            .workers
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.exec.is_some() && self.board.slot(w.slot).take_stalled())
+            .filter(|(_, w)| !w.leaving())
+            .map(|(i, _)| i)
+            .collect();
+        for i in stalled {
+            let w = &self.workers[i];
+            error!(
+                pid = w.pid.as_raw(),
+                outstanding = self.board.slot(w.slot).outstanding(),
+                "app process left a request unanswered for lifecycle.timeout (answered 504); \
+                 dumping its stacks, then SIGABRT, SIGKILL 1 s later"
+            );
+            self.inspect(i, Trigger::Stalled, None);
+        }
         for (i, verdict) in hung {
             let w = &self.workers[i];
             let slot = self.board.slot(w.slot);

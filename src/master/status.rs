@@ -1,35 +1,40 @@
 //! `rsvisor status`: the fleet as the master sees it.
 
+use super::worker_handle::WorkerHandle;
 use super::Master;
 use crate::proto::control::{CanaryReport, Status, Totals, UpgradeReport, WorkerStatus};
 use crate::proto::outcome::{ExitReason, ReloadResult};
+use crate::worker::WorkerRole;
 
 impl Master {
     pub(super) fn status(&self) -> Status {
         let now_ms = crate::os::monotonic_ms();
-        let workers: Vec<WorkerStatus> = self
-            .workers
+        let row = |w: &WorkerHandle| {
+            let slot = self.board.slot(w.slot);
+            WorkerStatus {
+                slot: w.slot,
+                pid: w.pid.as_raw() as u32,
+                generation: w.generation,
+                state: w.state(),
+                age_seconds: w.spawned_at.elapsed().as_secs_f64(),
+                requests: slot.served(),
+                active_connections: slot.active_connections(),
+                upgraded_connections: slot.upgraded_connections(),
+                rss_bytes: slot.rss(),
+                cpu_seconds: slot.cpu_seconds(),
+                seconds_since_heartbeat: slot
+                    .watched()
+                    .then(|| now_ms.saturating_sub(slot.heartbeat_ms()) as f64 / 1000.0),
+                loop_lag_ms: slot.loop_lag_us() as f64 / 1000.0,
+                memory_limit_bytes: slot.memory_limit(),
+            }
+        };
+        let workers: Vec<WorkerStatus> = self.workers.iter().map(row).collect();
+        let fronts: Vec<WorkerStatus> = self
+            .helpers
             .iter()
-            .map(|w| {
-                let slot = self.board.slot(w.slot);
-                WorkerStatus {
-                    slot: w.slot,
-                    pid: w.pid.as_raw() as u32,
-                    generation: w.generation,
-                    state: w.state(),
-                    age_seconds: w.spawned_at.elapsed().as_secs_f64(),
-                    requests: slot.served(),
-                    active_connections: slot.active_connections(),
-                    upgraded_connections: slot.upgraded_connections(),
-                    rss_bytes: slot.rss(),
-                    cpu_seconds: slot.cpu_seconds(),
-                    seconds_since_heartbeat: slot
-                        .watched()
-                        .then(|| now_ms.saturating_sub(slot.heartbeat_ms()) as f64 / 1000.0),
-                    loop_lag_ms: slot.loop_lag_us() as f64 / 1000.0,
-                    memory_limit_bytes: slot.memory_limit(),
-                }
-            })
+            .filter(|h| h.role == WorkerRole::Front)
+            .map(row)
             .collect();
         let totals = self.board.fleet_totals();
         let exits_by_reason = ExitReason::ALL
@@ -56,8 +61,16 @@ impl Master {
             totals: Totals {
                 requests: totals.requests,
                 responses_by_class: totals.status,
-                active_connections: workers.iter().map(|w| w.active_connections).sum(),
-                upgraded_connections: workers.iter().map(|w| w.upgraded_connections).sum(),
+                active_connections: workers
+                    .iter()
+                    .chain(&fronts)
+                    .map(|w| w.active_connections)
+                    .sum(),
+                upgraded_connections: workers
+                    .iter()
+                    .chain(&fronts)
+                    .map(|w| w.upgraded_connections)
+                    .sum(),
                 worker_exits: ExitReason::ALL.iter().map(|r| self.board.exits(*r)).sum(),
                 exits_by_reason,
                 reloads_by_result,
@@ -65,6 +78,7 @@ impl Master {
                 latency_bounds_us: crate::shm::scoreboard::LATENCY_BOUNDS_US.to_vec(),
             },
             workers,
+            fronts,
             last_reload: self.last_reload.as_ref().map(|r| r.report()),
             last_upgrade: self.last_upgrade.as_ref().map(|(at, r)| UpgradeReport {
                 seconds_ago: at.elapsed().as_secs_f64(),

@@ -148,8 +148,13 @@ pub struct Status {
     pub uptime_seconds: f64,
     /// The addresses the master listens on, as bound (a port 0 resolved).
     pub listeners: Vec<String>,
-    /// Every worker, booting, serving or leaving.
+    /// Every worker, booting, serving or leaving (in proxy mode: the app
+    /// processes).
     pub workers: Vec<WorkerStatus>,
+    /// Proxy mode: the front workers that serve the clients (their
+    /// requests are counted for the app process that answered).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fronts: Vec<WorkerStatus>,
     /// Counts over the fleet's life.
     pub totals: Totals,
     /// The last reload this master ran, if any.

@@ -311,6 +311,10 @@ shared_plain! {
         /// Proxy mode, an app process's slot: requests the front workers
         /// have forwarded to it and not finished.
         outstanding: AtomicU64,
+        /// Proxy mode, an app process's slot: 1 once a front worker gave
+        /// up waiting for its answer (`lifecycle.timeout`); the master
+        /// then dumps and replaces it.
+        stalled: AtomicU32,
         pub counters: Counters,
     }
 }
@@ -402,6 +406,7 @@ impl Board {
         s.nudge_at.store(0, Relaxed);
         s.shed_epoch.store(0, Relaxed);
         s.outstanding.store(0, Relaxed);
+        s.stalled.store(0, Relaxed);
         // A killed worker leaves its last requests behind.
         self.in_flight[index].clear();
         s.state.store(SlotState::Booting as u32, Release);
@@ -595,6 +600,18 @@ impl Slot {
         self.outstanding
             .fetch_update(AcqRel, Acquire, |n| (max == 0 || n < max).then_some(n + 1))
             .is_ok()
+    }
+
+    /// Proxy mode: a request to this app process got no answer within
+    /// `lifecycle.timeout`.
+    pub fn mark_stalled(&self) {
+        self.stalled.store(1, Release);
+    }
+
+    /// Master: whether a request to this app process went unanswered since
+    /// it last asked.
+    pub fn take_stalled(&self) -> bool {
+        self.stalled.swap(0, AcqRel) == 1
     }
 
     /// Proxy mode: a request taken by [`Slot::try_take_request`] ended.

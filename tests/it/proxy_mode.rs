@@ -96,7 +96,9 @@ fn uvicorn_behind_the_front_reloads_under_load_without_a_failed_request() {
     }
     let mut s = uvicorn_proxy(2, "", "").start();
     let tcp = s.ready_tcp();
-    s.wait_settled(Duration::from_secs(30));
+    let st = s.wait_settled(Duration::from_secs(30));
+    // Two app processes behind two front workers, both shown.
+    assert_eq!((st.workers.len(), st.fronts.len()), (2, 2), "{st:?}");
     assert_eq!(get(&tcp, "/").unwrap().text(), "v1");
     // The app is told who the client is, and no hop-by-hop header.
     assert_eq!(get(&tcp, "/xff").unwrap().text(), "127.0.0.1|http|test|-");
@@ -321,4 +323,69 @@ fn proxy_configs_that_would_fail_are_refused_by_check() {
         assert!(err.contains(want), "{app}: {err}");
         assert!(err.contains("app.toml:"), "{err}");
     }
+}
+
+/// An async handler that blocks uvicorn's event loop: its request gets 504
+/// after `lifecycle.timeout`, the forensics event names the Python
+/// function and the request, and a fresh process serves.
+#[test]
+fn a_process_whose_event_loop_is_blocked_gets_504_forensics_and_a_replacement() {
+    if !have_venv() {
+        return;
+    }
+    let b = uvicorn_proxy(1, "timeout = 2", "[log]\nformat = \"json\"");
+    std::fs::write(
+        b.dir().join("app.py"),
+        "import os, time\n\n\
+         def blocks_the_event_loop():\n    time.sleep(60)\n\n\
+         async def app(scope, receive, send):\n\
+         \x20   if scope['type'] != 'http':\n        return\n\
+         \x20   if scope['path'] == '/block':\n        blocks_the_event_loop()\n\
+         \x20   body = str(os.getpid()).encode()\n\
+         \x20   await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n\
+         \x20   await send({'type': 'http.response.body', 'body': body})\n",
+    )
+    .unwrap();
+    let mut s = b.start();
+    let tcp = s.ready_tcp();
+    s.wait_settled(Duration::from_secs(30));
+    let first = get(&tcp, "/").unwrap().text();
+    let t0 = Instant::now();
+    let r = get(&tcp, "/block?secret=1").unwrap();
+    assert_eq!(r.status, 504);
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let event = loop {
+        let found = s
+            .log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| {
+                v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("worker forensics"))
+            });
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no forensics:\n{}", s.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let f = &event["fields"];
+    assert_eq!(f["trigger"], "stalled", "{event}");
+    let stacks = f["backtrace"].as_str().unwrap();
+    assert!(stacks.contains("blocks_the_event_loop ("), "{stacks}");
+    let in_flight = f["in_flight"].as_str().unwrap();
+    assert!(in_flight.starts_with("GET /block ("), "{in_flight}");
+    // A fresh process answers.
+    let st = s.wait_status("the replacement", Duration::from_secs(30), |st| {
+        settled(st) && st.workers.iter().all(|w| w.pid.to_string() != first)
+    });
+    let now = get(&tcp, "/").unwrap();
+    assert_eq!(now.status, 200);
+    assert_ne!(now.text(), first, "{st:?}");
 }

@@ -337,6 +337,7 @@ mod tests {
             phase: Phase::Running,
             generation: 1,
             desired_workers: workers.len(),
+            fronts: Vec::new(),
             uptime_seconds: 10.0,
             listeners: vec![],
             workers,

@@ -25,6 +25,7 @@ use tracing::warn;
 
 use crate::app::{App, Body, BoxError, ClientInfo, Handler, Request, Response, WorkerContext};
 use crate::config::Config;
+use crate::shm::inflight::PeerAddr;
 use crate::shm::scoreboard::{method_class, Board};
 use crate::telemetry::throttle::Throttle;
 
@@ -130,7 +131,7 @@ impl Handler for Front {
         let deadline = queued + self.queue_timeout;
         let mut attempts = 0;
         let (permit, sent) = loop {
-            let Some(permit) = self.router.acquire(deadline).await else {
+            let Some(mut permit) = self.router.acquire(deadline).await else {
                 let mut r = answer(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "no app process could take the request within app.queue_timeout\n",
@@ -140,6 +141,8 @@ impl Handler for Front {
                 return r;
             };
             let target = permit.target();
+            let peer = client.addr.map_or(PeerAddr::Unknown, PeerAddr::Ip);
+            permit.track(parts.method.as_str(), parts.uri.path(), peer);
             let mut out = HttpRequest::new(Full::new(body.clone()));
             *out.method_mut() = parts.method.clone();
             *out.uri_mut() = match app_uri(&upstream::authority(target), &parts.uri) {
@@ -195,10 +198,13 @@ impl Handler for Front {
                 ));
             }
             Err(_) => {
+                // Hung (an event loop blocked, a deadlock): the master
+                // dumps its stacks and replaces it.
+                permit.stalled();
                 return attribute(answer(
                     StatusCode::GATEWAY_TIMEOUT,
                     "the app process did not answer within lifecycle.timeout\n",
-                ))
+                ));
             }
         };
         if let (Some(client_side), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, resp.status()) {

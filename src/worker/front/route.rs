@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::shm::inflight::PeerAddr;
 use crate::shm::scoreboard::{Board, SlotKind, SlotState, SLOT_CAPACITY};
 
 /// How often a waiting request looks again, at first…
@@ -30,20 +31,44 @@ pub struct Permit {
     board: &'static Board,
     target: Target,
     pid: u32,
+    /// Its entry in the app process's in-flight table (what a dump of a
+    /// hung process shows), once tracked.
+    entry: Option<Option<usize>>,
 }
 
 impl Permit {
     pub fn target(&self) -> Target {
         self.target
     }
+
+    /// Lists the request among the app process's requests in flight.
+    pub fn track(&mut self, method: &str, path: &str, peer: PeerAddr) {
+        let table = &self.board.in_flight[self.target.slot];
+        self.entry = Some(table.begin(method, path, peer, crate::os::monotonic_ms()));
+    }
+
+    /// The app process did not answer in time: the master is told, and
+    /// the request stays counted and listed in flight (what the dump of
+    /// the process shows) until the process is gone and its slot reset.
+    pub fn stalled(mut self) {
+        let slot = self.board.slot(self.target.slot);
+        if slot.pid() == self.pid {
+            slot.mark_stalled();
+        }
+        self.pid = 0;
+    }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         let slot = self.board.slot(self.target.slot);
-        // The process is gone and its slot reused: its count was reset.
-        if slot.pid() == self.pid {
+        // The process is gone and its slot reused: its count and table
+        // were reset (and a stalled request's are left for that).
+        if self.pid != 0 && slot.pid() == self.pid {
             slot.request_done();
+            if let Some(entry) = self.entry {
+                self.board.in_flight[self.target.slot].end(entry);
+            }
         }
     }
 }
@@ -122,6 +147,7 @@ impl Router {
                     generation: s.generation(),
                 },
                 pid,
+                entry: None,
             })
         })
     }
