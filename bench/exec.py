@@ -100,6 +100,8 @@ class NginxGunicorn:
 
     def __init__(self, port, d):
         sock = os.path.join(d, "gunicorn.sock")
+        # nginx's workers run as an unprivileged user: they must reach it.
+        os.chmod(d, 0o755)
         self.port = port
         self.app = Server("gunicorn-behind-nginx",
                           [os.path.join(VENV, "gunicorn"), "-w", "2", "-k",

@@ -56,6 +56,7 @@ impl Material {
         let tls = load_tls(cfg)?;
         check_static_dir(cfg, run_as.as_ref())?;
         check_command(cfg)?;
+        check_socket_dir(cfg)?;
         Ok(Material { tls, run_as })
     }
 }
@@ -210,6 +211,33 @@ fn check_command(cfg: &Config) -> Result<(), ConfigError> {
         cfg,
         "app.command",
         format!("program {program:?} is not found in PATH ({search}); give its path"),
+    ))
+}
+
+/// Proxy mode: the master makes the private directory of the app sockets
+/// inside `app.socket_dir` when the first app process starts; one that is
+/// missing, not a directory or not writable would fail every start.
+fn check_socket_dir(cfg: &Config) -> Result<(), ConfigError> {
+    if !cfg.proxy_mode() {
+        return Ok(());
+    }
+    let base = crate::net::app_socket::base_dir(cfg.app.socket_dir.as_deref());
+    let writable = base.is_dir()
+        && nix::unistd::access(
+            &base,
+            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+        )
+        .is_ok();
+    if writable {
+        return Ok(());
+    }
+    Err(invalid(
+        cfg,
+        "app.socket_dir",
+        format!(
+            "{} is not a directory rsvisor can create its socket directory in",
+            base.display()
+        ),
     ))
 }
 

@@ -123,11 +123,25 @@ impl Master {
             let silent = now_ms.saturating_sub(slot.heartbeat_ms());
             let trigger = match verdict {
                 Verdict::BootTimedOut => {
+                    // Proxy mode: say which socket never accepted.
+                    let socket = w
+                        .exec
+                        .as_ref()
+                        .filter(|e| e.awaiting_socket())
+                        .and_then(|e| e.socket())
+                        .map(|p| p.display().to_string());
                     error!(
                         pid = w.pid.as_raw(),
                         waited_ms = w.spawned_at.elapsed().as_millis() as u64,
-                        "worker did not become ready within lifecycle.timeout; dumping its \
-                         stacks, then SIGABRT"
+                        socket,
+                        "worker did not become ready within lifecycle.timeout{}; dumping its \
+                         stacks, then SIGABRT",
+                        if socket.is_some() {
+                            " (its socket never accepted a connection: does app.command \
+                             listen on {socket}?)"
+                        } else {
+                            ""
+                        }
                     );
                     Trigger::Boot
                 }

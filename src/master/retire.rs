@@ -38,7 +38,14 @@ impl Master {
             .iter()
             .map(|w| fleet::Seen {
                 current_generation: w.generation == current,
-                booting: w.booting(),
+                // A worker of an earlier generation that said it was
+                // ready serves (an exec worker settles for READY_SETTLE
+                // first): it is kept until a new one covers for it.
+                booting: if w.generation == current {
+                    w.booting()
+                } else {
+                    w.awaiting_ready()
+                },
                 retiring: w.retiring().is_some(),
                 leaving: w.leaving(),
                 connections: self.board.slot(w.slot).active_connections(),

@@ -13,13 +13,13 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::http_edge::make_pki;
 use crate::util::*;
 
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
-type Ws = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
+pub(crate) type Ws = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
 
 /// Opens a WebSocket to `path` over TCP or a Unix socket.
-async fn ws_connect(t: &Target, path: &str) -> Ws {
+pub(crate) async fn ws_connect(t: &Target, path: &str) -> Ws {
     let io: Box<dyn Io> = match t {
         Target::Tcp(a) => Box::new(tokio::net::TcpStream::connect(a).await.expect("connect")),
         Target::Unix(p) => Box::new(tokio::net::UnixStream::connect(p).await.expect("connect")),
@@ -33,7 +33,7 @@ async fn ws_connect(t: &Target, path: &str) -> Ws {
 }
 
 /// Sends `text`, returns the answer.
-async fn ws_ask(ws: &mut Ws, text: &str) -> String {
+pub(crate) async fn ws_ask(ws: &mut Ws, text: &str) -> String {
     ws.send(Message::text(text)).await.expect("send");
     loop {
         match tokio::time::timeout(IO_TIMEOUT, ws.next()).await {
@@ -45,7 +45,7 @@ async fn ws_ask(ws: &mut Ws, text: &str) -> String {
 }
 
 /// What a socket saw at its end: the close code, or how it was cut.
-async fn ws_end(ws: &mut Ws, within: Duration) -> Result<CloseCode, String> {
+pub(crate) async fn ws_end(ws: &mut Ws, within: Duration) -> Result<CloseCode, String> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         match tokio::time::timeout_at(deadline, ws.next()).await {

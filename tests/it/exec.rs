@@ -193,6 +193,36 @@ fn a_reload_to_code_that_cannot_import_keeps_the_old_generation() {
     assert_eq!(get(&tcp, "/").unwrap().status, 200);
 }
 
+/// The same HUP sent as soon as the first workers answer, before they have
+/// been up `READY_SETTLE` (when a deploy follows a start, or a reload):
+/// workers that answer are never drained for a generation that cannot
+/// start.
+#[test]
+fn a_broken_reload_right_after_the_workers_answer_keeps_them_serving() {
+    if !have_venv() {
+        return;
+    }
+    let mut s = uvicorn_server(2, "", "").start();
+    let tcp = s.tcp_addr();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&tcp, "/").map(|r| r.status).ok() != Some(200) {
+        assert!(Instant::now() < deadline, "{}", s.log_text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::write(
+        s.dir.path().join("asgi_app.py"),
+        "raise ImportError('broken on purpose')\n",
+    )
+    .unwrap();
+    let load = Load::start(&tcp, 4, Duration::from_secs(60));
+    let cfg = s.config.display().to_string();
+    let (code, _, err) = run(&rsvisor_bin(), &["reload", &cfg], s.dir.path(), &[]);
+    let stats = load.finish();
+    assert_eq!(code, 5, "{err}");
+    stats.assert_all_ok(20);
+    assert_eq!(get(&tcp, "/").unwrap().status, 200);
+}
+
 #[test]
 fn a_notify_worker_is_ready_at_ready_1_and_replaced_when_its_watchdog_stops() {
     if !have_venv() {

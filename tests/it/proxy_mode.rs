@@ -291,7 +291,11 @@ cwd = "{{dir}}"
 #[test]
 fn proxy_configs_that_would_fail_are_refused_by_check() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, &str); 5] = [
+    let cases: [(&str, &str); 6] = [
+        (
+            "mode = \"proxy\"\ncommand = [\"/bin/sh\", \"{socket}\"]\nsocket_dir = \"/nonexistent/run\"",
+            "is not a directory rsvisor can create its socket directory in",
+        ),
         (
             "mode = \"proxy\"\ncommand = [\"uvicorn\", \"app:app\"]",
             "proxy mode needs {socket}",
@@ -388,4 +392,185 @@ fn a_process_whose_event_loop_is_blocked_gets_504_forensics_and_a_replacement() 
     let now = get(&tcp, "/").unwrap();
     assert_eq!(now.status, 200);
     assert_ne!(now.text(), first, "{st:?}");
+}
+
+/// A WebSocket and a stream of server-sent events through the front: the
+/// events arrive as uvicorn writes them, the socket echoes, and on a
+/// reload the old process closes it with a close frame (not a cut).
+#[test]
+fn websockets_and_streams_pass_through_and_are_closed_cleanly_on_a_reload() {
+    use crate::apps::{ws_ask, ws_connect, ws_end};
+    if !have_venv() {
+        return;
+    }
+    let b = uvicorn_proxy(1, "", "");
+    std::fs::write(
+        b.dir().join("app.py"),
+        "import asyncio\n\n\
+         async def app(scope, receive, send):\n\
+         \x20   if scope['type'] == 'websocket':\n\
+         \x20       await receive()\n\
+         \x20       await send({'type': 'websocket.accept'})\n\
+         \x20       while True:\n\
+         \x20           m = await receive()\n\
+         \x20           if m['type'] != 'websocket.receive':\n\
+         \x20               return\n\
+         \x20           await send({'type': 'websocket.send', 'text': 'echo:' + m.get('text', '')})\n\
+         \x20   if scope['type'] != 'http':\n        return\n\
+         \x20   await send({'type': 'http.response.start', 'status': 200, 'headers': [(b'content-type', b'text/event-stream')]})\n\
+         \x20   await send({'type': 'http.response.body', 'body': b'data: 1\\n\\n', 'more_body': True})\n\
+         \x20   await asyncio.sleep(2)\n\
+         \x20   await send({'type': 'http.response.body', 'body': b'data: 2\\n\\n'})\n",
+    )
+    .unwrap();
+    let mut s = b.start();
+    let tcp = s.ready_tcp();
+    s.wait_settled(Duration::from_secs(30));
+
+    // The first event arrives before the handler sleeps through its second.
+    let mut c = tcp.connect().unwrap();
+    c.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let t0 = Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("data: 1") {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "stream ended early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t0.elapsed()
+    );
+
+    let rt = rt();
+    rt.block_on(async {
+        let mut ws = ws_connect(&tcp, "/ws").await;
+        assert_eq!(ws_ask(&mut ws, "hi").await, "echo:hi");
+        let cfg = s.config.display().to_string();
+        let dir = s.dir.path().to_path_buf();
+        let reload =
+            tokio::task::spawn_blocking(move || run(&rsvisor_bin(), &["reload", &cfg], &dir, &[]));
+        let end = ws_end(&mut ws, Duration::from_secs(30)).await;
+        assert!(end.is_ok(), "{end:?}");
+        let (code, out, err) = reload.await.unwrap();
+        assert_eq!(code, 0, "{out}{err}");
+        // A new socket reaches the new process.
+        let mut ws = ws_connect(&tcp, "/ws").await;
+        assert_eq!(ws_ask(&mut ws, "again").await, "echo:again");
+    });
+}
+
+/// An app process that never listens on its socket: a boot timeout that
+/// says so, and the master gives up (exit 3) instead of looping.
+#[test]
+fn an_app_that_never_creates_its_socket_times_out_with_a_clear_message() {
+    if !have_venv() {
+        return;
+    }
+    let python = venv_bin("python").display().to_string();
+    let mut s = ServerBuilder::new(rsvisor_bin())
+        .config(&format!(
+            r#"
+[server]
+bind = ["127.0.0.1:0"]
+workers = 1
+[lifecycle]
+timeout = 2
+[app]
+mode = "proxy"
+front_workers = 1
+command = [{python:?}, "-c", "import sys, time; time.sleep(600)", "{{socket}}"]
+"#
+        ))
+        .start();
+    let st = s.expect_exit(Duration::from_secs(30));
+    assert_eq!(st.code(), Some(3), "{}", s.log_text());
+    let log = s.log_text();
+    assert!(
+        log.contains("its socket never accepted a connection") && log.contains("app-"),
+        "{log}"
+    );
+}
+
+/// A raw app on its socket that answers garbage to `/garbage` and dies in
+/// the middle of `/die`'s body: a 502 for the first request only, a cut
+/// stream for the second (never a complete-looking answer), both counted,
+/// and the next requests served.
+#[test]
+fn garbage_and_a_death_mid_response_cost_only_their_own_request() {
+    if !have_venv() {
+        return;
+    }
+    let python = venv_bin("python").display().to_string();
+    let b = ServerBuilder::new(rsvisor_bin()).config(&format!(
+        r#"
+[server]
+bind = ["127.0.0.1:0"]
+workers = 1
+[app]
+mode = "proxy"
+front_workers = 1
+command = [{python:?}, "raw.py", "{{socket}}"]
+cwd = "{{dir}}"
+"#
+    ));
+    std::fs::write(
+        b.dir().join("raw.py"),
+        r#"import os, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = c.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    if not data:
+        # rsvisor's readiness probe: a connection that sends nothing.
+        c.close()
+        continue
+    path = data.split(b" ")[1]
+    if path == b"/garbage":
+        c.sendall(b"this is not HTTP\r\n\r\n")
+    elif path == b"/die":
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+        os._exit(1)
+    else:
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    c.close()
+"#,
+    )
+    .unwrap();
+    let mut s = b.start();
+    let tcp = s.ready_tcp();
+    s.wait_settled(Duration::from_secs(30));
+    assert_eq!(get(&tcp, "/").unwrap().text(), "ok");
+    assert_eq!(get(&tcp, "/garbage").unwrap().status, 502);
+    assert_eq!(get(&tcp, "/").unwrap().text(), "ok");
+    // The body stops at 10 of 100 bytes: the connection is cut.
+    let mut c = tcp.connect().unwrap();
+    c.write_all(b"GET /die HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("0123456789"), "{text}");
+    // The process that died is replaced, and serves.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&tcp, "/").map(|r| r.text()).ok().as_deref() != Some("ok") {
+        assert!(Instant::now() < deadline, "{}", s.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let metrics = get(&tcp, "/metrics").unwrap().text();
+    assert!(
+        metric(&metrics, "rsvisor_http_responses_total{code=\"5xx\"}") >= 1.0,
+        "{metrics}"
+    );
 }
