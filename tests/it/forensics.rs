@@ -32,18 +32,7 @@ fn events(s: &Server, prefix: &str) -> Vec<serde_json::Value> {
 
 /// Waits for the forensics event of a worker that was aborted.
 fn wait_event(s: &mut Server, timeout: Duration) -> serde_json::Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(e) = events(s, "worker forensics").pop() {
-            return e;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no forensics event:\n{}",
-            s.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_json_event(s, "worker forensics", timeout)
 }
 
 #[test]

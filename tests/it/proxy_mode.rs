@@ -362,23 +362,7 @@ fn a_process_whose_event_loop_is_blocked_gets_504_forensics_and_a_replacement() 
         took >= Duration::from_secs(2) && took < Duration::from_secs(6),
         "{took:?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let event = loop {
-        let found = s
-            .log_text()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|v| {
-                v["fields"]["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("worker forensics"))
-            });
-        if let Some(e) = found {
-            break e;
-        }
-        assert!(Instant::now() < deadline, "no forensics:\n{}", s.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let event = wait_json_event(&s, "worker forensics", Duration::from_secs(20));
     let f = &event["fields"];
     assert_eq!(f["trigger"], "stalled", "{event}");
     let stacks = f["backtrace"].as_str().unwrap();
@@ -573,4 +557,58 @@ while True:
         metric(&metrics, "rsvisor_http_responses_total{code=\"5xx\"}") >= 1.0,
         "{metrics}"
     );
+}
+
+/// The same hang in a gunicorn sync worker (under its arbiter, which
+/// handles SIGABRT itself): py-spy reads the worker's stack.
+#[test]
+fn a_hung_gunicorn_sync_view_is_dumped_through_its_arbiter() {
+    if !have_venv()
+        || !have(
+            &venv_bin("py-spy").display().to_string(),
+            "scripts/deps installs it from PyPI into tests/.venv",
+        )
+    {
+        return;
+    }
+    let gunicorn = venv_bin("gunicorn").display().to_string();
+    let b = ServerBuilder::new(rsvisor_bin()).config(&format!(
+        r#"
+[server]
+bind = ["127.0.0.1:0"]
+workers = 1
+[lifecycle]
+timeout = 2
+[log]
+format = "json"
+[app]
+mode = "proxy"
+front_workers = 1
+command = [{gunicorn:?}, "--workers", "1", "--bind", "unix:{{socket}}", "wsgi:app"]
+cwd = "{{dir}}"
+"#
+    ));
+    std::fs::write(
+        b.dir().join("wsgi.py"),
+        "import time\n\ndef stuck_in_the_view():\n    time.sleep(60)\n\n\
+         def app(environ, start_response):\n\
+         \x20   if environ['PATH_INFO'] == '/block':\n        stuck_in_the_view()\n\
+         \x20   start_response('200 OK', [('Content-Length', '2')])\n\
+         \x20   return [b'ok']\n",
+    )
+    .unwrap();
+    let mut s = b.start();
+    let tcp = s.ready_tcp();
+    assert_eq!(get(&tcp, "/block").unwrap().status, 504);
+    let event = wait_json_event(&s, "worker forensics", Duration::from_secs(20));
+    let f = &event["fields"];
+    assert_eq!(f["stacks"], "py-spy dump", "{event}");
+    let stacks = f["backtrace"].as_str().unwrap();
+    assert!(stacks.contains("stuck_in_the_view (wsgi.py:4)"), "{stacks}");
+    // Replaced: the next request is answered.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&tcp, "/").map(|r| r.text()).ok().as_deref() != Some("ok") {
+        assert!(Instant::now() < deadline, "{}", s.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

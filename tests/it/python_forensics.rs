@@ -33,31 +33,6 @@ def wait_for_the_database():\n    time.sleep(600)\n\n\
 wait_for_the_database()\n\n\
 async def app(scope, receive, send):\n    pass\n";
 
-/// The JSON log's forensics event, once there is one.
-fn forensics_event(s: &Server, timeout: Duration) -> serde_json::Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let found = s
-            .log_text()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|v| {
-                v["fields"]["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("worker forensics"))
-            });
-        if let Some(e) = found {
-            return e;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no forensics event:\n{}",
-            s.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Python's own lines about the abort went into the event, not the log.
 fn assert_no_stray_faulthandler_lines(s: &Server) {
     let log = s.log_text();
@@ -99,7 +74,7 @@ fn a_python_app_stuck_at_startup_is_dumped_by_py_spy_before_it_is_killed() {
     );
     std::fs::write(b.dir().join("stuck.py"), STUCK_AT_IMPORT).unwrap();
     let mut s = b.start();
-    let event = forensics_event(&s, Duration::from_secs(30));
+    let event = wait_json_event(&s, "worker forensics", Duration::from_secs(30));
     let f = &event["fields"];
     assert_eq!(event["level"], "ERROR", "{event}");
     assert_eq!(f["trigger"], "boot", "{event}");
@@ -132,7 +107,7 @@ fn without_py_spy_the_stacks_python_prints_at_sigabrt_are_the_report() {
     std::os::unix::fs::symlink(&real, b.dir().join("python")).unwrap();
     std::fs::write(b.dir().join("stuck.py"), STUCK_AT_IMPORT).unwrap();
     let mut s = b.start();
-    let event = forensics_event(&s, Duration::from_secs(30));
+    let event = wait_json_event(&s, "worker forensics", Duration::from_secs(30));
     let f = &event["fields"];
     assert_eq!(f["stacks"], "Python faulthandler (SIGABRT)", "{event}");
     assert_eq!(f["dump"], "obtained", "{event}");

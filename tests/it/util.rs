@@ -844,3 +844,29 @@ pub fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
+
+/// The first event of a JSON log (`log.format = "json"`) whose message
+/// starts with `prefix`, waiting for it up to `timeout`.
+pub fn wait_json_event(s: &Server, prefix: &str, timeout: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let found = s
+            .log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| {
+                v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(prefix))
+            });
+        if let Some(e) = found {
+            return e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {prefix:?} event:\n{}",
+            s.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -6,6 +6,7 @@
 //! until one can or `app.queue_timeout` passes.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -83,11 +84,21 @@ pub fn ready_count(board: &Board) -> usize {
         .count()
 }
 
+/// How long a front worker reuses its list of app-process slots before it
+/// scans the scoreboard again (a process that became ready waits at most
+/// this long for its first request; one that stops taking requests is
+/// seen at once, from its own slot).
+pub const CANDIDATES_REFRESH_MS: u64 = 20;
+
 /// Picks app processes for one front worker.
 pub struct Router {
     board: &'static Board,
     max_concurrency: u64,
     turn: AtomicUsize,
+    /// The slots that held app processes at the last scan, and when it was
+    /// (monotonic ms): scanning every slot of the scoreboard costs a cache
+    /// miss per slot, on every request.
+    candidates: Mutex<(u64, Vec<usize>)>,
 }
 
 impl Router {
@@ -96,6 +107,7 @@ impl Router {
             board,
             max_concurrency,
             turn: AtomicUsize::new(0),
+            candidates: Mutex::new((0, Vec::new())),
         }
     }
 
@@ -118,37 +130,57 @@ impl Router {
     /// The least busy ready app process that can take one more request
     /// (one that reached `max_requests` only when no other can).
     pub fn try_acquire(&self) -> Option<Permit> {
-        let mut ready: Vec<((bool, u64), usize)> = (0..SLOT_CAPACITY)
-            .filter_map(|i| {
+        let now = crate::os::monotonic_ms();
+        let mut cached = self.candidates.lock().unwrap_or_else(|e| e.into_inner());
+        if now >= cached.0 + CANDIDATES_REFRESH_MS || cached.1.is_empty() {
+            *cached = (now, self.scan());
+        }
+        let n = cached.1.len();
+        // Equal loads are taken in turn, not always the first slot.
+        let start = self.turn.fetch_add(1, Ordering::Relaxed);
+        // At most a few passes: a slot taken by another front between the
+        // look and the take is looked at again.
+        for _ in 0..3 {
+            let mut best: Option<((bool, u64), usize)> = None;
+            for k in 0..n {
+                let i = cached.1[(start + k) % n];
                 let s = self.board.slot(i);
                 let state = s.state();
                 let open = s.kind() == SlotKind::App
                     && matches!(state, SlotState::Ready | SlotState::Retiring)
                     && s.pid() != 0;
                 // One that reached max_requests is the last choice.
-                open.then(|| ((state == SlotState::Retiring, s.outstanding()), i))
-            })
-            .collect();
-        if ready.is_empty() {
-            return None;
-        }
-        // Equal loads are taken in turn, not always the first slot.
-        let n = ready.len();
-        let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
-        ready.rotate_left(start);
-        ready.sort_by_key(|(load, _)| *load);
-        ready.into_iter().find_map(|(_, i)| {
+                let load = (state == SlotState::Retiring, s.outstanding());
+                let full = self.max_concurrency != 0 && load.1 >= self.max_concurrency;
+                if open && !full && best.is_none_or(|(b, _)| load < b) {
+                    best = Some((load, i));
+                }
+            }
+            let (_, i) = best?;
             let s = self.board.slot(i);
             let pid = s.pid();
-            s.try_take_request(self.max_concurrency).then(|| Permit {
-                board: self.board,
-                target: Target {
-                    slot: i,
-                    generation: s.generation(),
-                },
-                pid,
-                entry: None,
+            if s.try_take_request(self.max_concurrency) {
+                return Some(Permit {
+                    board: self.board,
+                    target: Target {
+                        slot: i,
+                        generation: s.generation(),
+                    },
+                    pid,
+                    entry: None,
+                });
+            }
+        }
+        None
+    }
+
+    /// Every slot that holds an app process now.
+    fn scan(&self) -> Vec<usize> {
+        (0..SLOT_CAPACITY)
+            .filter(|i| {
+                let s = self.board.slot(*i);
+                s.kind() == SlotKind::App && s.state() != SlotState::Free
             })
-        })
+            .collect()
     }
 }
