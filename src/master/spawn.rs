@@ -78,31 +78,19 @@ impl Master {
         let slot = self.board.free_slot().ok_or(SpawnError::NoSlot)?;
         let loaded = &self.current.loaded;
         let generation = self.current.generation;
-        // A proxy-mode app process listens on its own socket instead.
-        let listeners = if loaded.config.proxy_mode() {
-            Vec::new()
-        } else {
-            worker_listeners(loaded, &self.sockets.listeners, Listeners::App)?
-        };
         let memory_limit = loaded.config.lifecycle.max_worker_memory.unwrap_or(0);
-        let socket = if loaded.config.proxy_mode() {
-            if self.fixed.run_dir.is_none() {
-                let base = app_socket::base_dir(loaded.config.app.socket_dir.as_deref());
-                let owner = loaded.material.run_as.as_ref().map(|r| (r.uid, r.gid));
-                let dir = RunDir::create(&base, owner).map_err(SpawnError::RunDir)?;
-                self.fixed.run_dir = Some(dir);
-            }
-            let dir = self.fixed.run_dir.as_ref().map(RunDir::path);
-            let path = dir.map(|d| app_socket::socket_path(d, slot, generation));
+        // A proxy-mode app process listens on its own socket instead of
+        // the inherited listeners.
+        let (listeners, socket) = if loaded.config.proxy_mode() {
+            let dir = run_dir(&mut self.fixed.run_dir, loaded)?;
+            let path = app_socket::socket_path(dir, slot, generation);
             // One left by a process of this slot and generation that died.
-            if let Some(p) = &path {
-                let _ = std::fs::remove_file(p);
-            }
-            path
+            let _ = std::fs::remove_file(&path);
+            (Vec::new(), Some(path))
         } else {
-            None
+            let l = worker_listeners(loaded, &self.sockets.listeners, Listeners::App)?;
+            (l, None)
         };
-        let loaded = &self.current.loaded;
         let handle = if loaded.config.exec_mode() {
             self.board.claim(slot, generation);
             self.board.slot(slot).set_memory_limit(memory_limit);
@@ -195,6 +183,23 @@ impl Master {
                 .with_role(role),
         )
     }
+}
+
+/// Proxy mode: the directory of the app sockets, made when the first app
+/// process starts.
+fn run_dir<'a>(
+    dir: &'a mut Option<RunDir>,
+    loaded: &Loaded,
+) -> Result<&'a std::path::Path, SpawnError> {
+    let dir = match dir {
+        Some(d) => d,
+        none => {
+            let base = app_socket::base_dir(loaded.config.app.socket_dir.as_deref());
+            let owner = loaded.material.run_as.as_ref().map(|r| (r.uid, r.gid));
+            none.insert(RunDir::create(&base, owner).map_err(SpawnError::RunDir)?)
+        }
+    };
+    Ok(dir.path())
 }
 
 /// Which helpers a configuration has, and how many.

@@ -427,6 +427,12 @@ impl Board {
 
     /// Sum of every counter ever recorded: retired workers plus live slots.
     /// Consistent with respect to folding (a seqlock read).
+    /// Whether some app worker takes requests (the fleet's `/ready`, and
+    /// a proxy-mode front's).
+    pub fn app_serving(&self) -> bool {
+        self.slots.iter().any(Slot::serves_app)
+    }
+
     pub fn fleet_totals(&self) -> CountersSnapshot {
         loop {
             let before = self.header.fold_seq.load(Acquire);
@@ -628,6 +634,13 @@ impl Slot {
     /// Serving the app (not the sidecar) and not free.
     pub fn is_app_worker(&self) -> bool {
         self.state() != SlotState::Free && self.kind() == SlotKind::App
+    }
+
+    /// An app worker that takes requests: ready, or retiring (it serves
+    /// until its replacement is ready).
+    pub fn serves_app(&self) -> bool {
+        self.kind() == SlotKind::App
+            && matches!(self.state(), SlotState::Ready | SlotState::Retiring)
     }
 
     pub fn set_cpu_seconds(&self, secs: f64) {

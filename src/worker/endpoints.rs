@@ -64,16 +64,11 @@ pub fn builtin<H: Handler>(shared: &Shared<H>, role: ListenRole, req: &Request) 
 /// The sidecar's `/ready`: the fleet serves (at least one app worker is
 /// ready) and is not stopping.
 fn fleet_ready<H>(shared: &Shared<H>) -> Response {
-    use crate::shm::scoreboard::SlotState;
     if shared.board.is_stopping() {
         let body = readiness::json("draining", &Vec::new());
         return json(StatusCode::SERVICE_UNAVAILABLE, body);
     }
-    let serving =
-        shared.board.slots.iter().any(|s| {
-            s.is_app_worker() && matches!(s.state(), SlotState::Ready | SlotState::Retiring)
-        });
-    if serving {
+    if shared.board.app_serving() {
         json(StatusCode::OK, readiness::json("ready", &Vec::new()))
     } else {
         json(

@@ -16,22 +16,17 @@ fn repo() -> PathBuf {
 }
 
 fn uvicorn() -> PathBuf {
-    repo().join("tests/.venv/bin/uvicorn")
+    venv_bin("uvicorn")
 }
 
 /// uvicorn, gunicorn and the Python the test apps run on, which
 /// `scripts/deps` installs into tests/.venv.
 fn have_venv() -> bool {
-    ["uvicorn", "gunicorn", "python"].iter().all(|p| {
-        have(
-            &repo().join("tests/.venv/bin").join(p).display().to_string(),
-            "scripts/deps installs it from PyPI into tests/.venv",
-        )
-    })
+    have_in_venv(&["uvicorn", "gunicorn", "python"])
 }
 
 fn python() -> PathBuf {
-    repo().join("tests/.venv/bin/python")
+    venv_bin("python")
 }
 
 /// An rsvisor running uvicorn on the ASGI app copied into its directory;
@@ -815,7 +810,7 @@ fn gunicorn_serves_and_reloads(bind: &[&str]) {
     if !have_venv() {
         return;
     }
-    let gunicorn = repo().join("tests/.venv/bin/gunicorn");
+    let gunicorn = venv_bin("gunicorn");
     let b = ServerBuilder::new(rsvisor_bin()).config(&format!(
         r#"
 [server]

@@ -8,24 +8,12 @@
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-fn venv_bin(program: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/.venv/bin")
-        .join(program)
-}
-
 fn have_venv() -> bool {
-    ["uvicorn", "gunicorn"].iter().all(|p| {
-        have(
-            &venv_bin(p).display().to_string(),
-            "scripts/deps installs it from PyPI into tests/.venv",
-        )
-    })
+    have_in_venv(&["uvicorn", "gunicorn"])
 }
 
 /// An ASGI app that answers `/` with `version` (and `status`), `/pid` with
@@ -563,12 +551,7 @@ while True:
 /// handles SIGABRT itself): py-spy reads the worker's stack.
 #[test]
 fn a_hung_gunicorn_sync_view_is_dumped_through_its_arbiter() {
-    if !have_venv()
-        || !have(
-            &venv_bin("py-spy").display().to_string(),
-            "scripts/deps installs it from PyPI into tests/.venv",
-        )
-    {
+    if !have_in_venv(&["gunicorn", "py-spy"]) {
         return;
     }
     let gunicorn = venv_bin("gunicorn").display().to_string();

@@ -5,26 +5,15 @@
 //! `PYTHONFAULTHANDLER=1`); `rsvisor dump` shows a live worker's Python
 //! stack, through gunicorn's arbiter too, and leaves it serving.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-fn venv_bin(program: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/.venv/bin")
-        .join(program)
-}
-
 /// uvicorn, gunicorn, py-spy and Python, which `scripts/deps` installs
 /// into tests/.venv.
 fn have_venv() -> bool {
-    ["uvicorn", "gunicorn", "py-spy", "python"].iter().all(|p| {
-        have(
-            &venv_bin(p).display().to_string(),
-            "scripts/deps installs it from PyPI into tests/.venv",
-        )
-    })
+    have_in_venv(&["uvicorn", "gunicorn", "py-spy", "python"])
 }
 
 /// A module that blocks at import, in a function the report must name.

@@ -44,13 +44,7 @@ fn proxy_recipes() -> Vec<String> {
 }
 
 fn have_servers() -> bool {
-    let venv = repo().join("tests/.venv/bin");
-    ["uvicorn", "gunicorn", "hypercorn"].iter().all(|t| {
-        have(
-            &venv.join(t).display().to_string(),
-            "scripts/deps installs it from PyPI into tests/.venv",
-        )
-    })
+    have_in_venv(&["uvicorn", "gunicorn", "hypercorn"])
 }
 
 /// `PATH` with tests/.venv/bin first, as an activated virtual environment.

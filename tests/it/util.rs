@@ -870,3 +870,22 @@ pub fn wait_json_event(s: &Server, prefix: &str, timeout: Duration) -> serde_jso
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A program of tests/.venv (uvicorn, gunicorn, py-spy…, which
+/// `scripts/deps` installs from PyPI).
+pub fn venv_bin(program: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/.venv/bin")
+        .join(program)
+}
+
+/// Whether every one of `programs` is in tests/.venv (a test skips,
+/// saying why, when one is missing).
+pub fn have_in_venv(programs: &[&str]) -> bool {
+    programs.iter().all(|p| {
+        have(
+            &venv_bin(p).display().to_string(),
+            "scripts/deps installs it from PyPI into tests/.venv",
+        )
+    })
+}

@@ -80,9 +80,9 @@ impl App for ProxyApp {
         let board = self.board;
         // `/ready` of a front says whether a request would be served.
         worker.readiness_check("app_processes", move || async move {
-            match route::ready_count(board) {
-                0 => Err("no app process is ready".into()),
-                _ => Ok(()),
+            match board.app_serving() {
+                true => Ok(()),
+                false => Err("no app process is ready".into()),
             }
         });
         Ok(Front {
@@ -127,7 +127,12 @@ impl Handler for Front {
             Ok(b) => b.to_bytes(),
             Err(e) => return answer(e.status(), "request body not read\n"),
         };
-        let headers = forwarded_headers(&parts, &client, upgrade.is_some());
+        let headers = forwarded_headers(
+            std::mem::take(&mut parts.headers),
+            &parts.uri,
+            &client,
+            upgrade.is_some(),
+        );
         let deadline = queued + self.queue_timeout;
         let mut attempts = 0;
         let (permit, sent) = loop {
@@ -258,12 +263,7 @@ fn app_uri(authority: &str, uri: &Uri) -> Option<Uri> {
 /// upgrade's kept for an upgrade), `Host` kept (from the HTTP/2
 /// `:authority` when there is no header), `X-Forwarded-For`/`-Proto`/
 /// `-Host` set from what rsvisor knows of the client.
-fn forwarded_headers(
-    parts: &http::request::Parts,
-    client: &ClientInfo,
-    upgrade: bool,
-) -> HeaderMap {
-    let mut h = parts.headers.clone();
+fn forwarded_headers(mut h: HeaderMap, uri: &Uri, client: &ClientInfo, upgrade: bool) -> HeaderMap {
     strip_hop_by_hop(&mut h, upgrade);
     for name in FORWARDED {
         h.remove(name);
@@ -271,7 +271,7 @@ fn forwarded_headers(
     let host = h
         .get(header::HOST)
         .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| a.as_str().parse().ok()));
+        .or_else(|| uri.authority().and_then(|a| a.as_str().parse().ok()));
     if let Some(host) = &host {
         h.insert(header::HOST, host.clone());
     }
@@ -377,7 +377,7 @@ mod tests {
             scheme: "https",
             host: None,
         };
-        let h = forwarded_headers(&parts, &client, false);
+        let h = forwarded_headers(parts.headers.clone(), &parts.uri, &client, false);
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "example.com");
@@ -401,7 +401,12 @@ mod tests {
             .body(())
             .unwrap();
         let (parts, ()) = req.into_parts();
-        let h = forwarded_headers(&parts, &ClientInfo::default(), true);
+        let h = forwarded_headers(
+            parts.headers.clone(),
+            &parts.uri,
+            &ClientInfo::default(),
+            true,
+        );
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["host"], "example.com");

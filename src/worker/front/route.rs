@@ -74,16 +74,6 @@ impl Drop for Permit {
     }
 }
 
-/// App processes that take requests now.
-pub fn ready_count(board: &Board) -> usize {
-    (0..SLOT_CAPACITY)
-        .filter(|i| {
-            let s = board.slot(*i);
-            s.kind() == SlotKind::App && s.state() == SlotState::Ready
-        })
-        .count()
-}
-
 /// How long a front worker reuses its list of app-process slots before it
 /// scans the scoreboard again (a process that became ready waits at most
 /// this long for its first request; one that stops taking requests is
@@ -145,12 +135,9 @@ impl Router {
             for k in 0..n {
                 let i = cached.1[(start + k) % n];
                 let s = self.board.slot(i);
-                let state = s.state();
-                let open = s.kind() == SlotKind::App
-                    && matches!(state, SlotState::Ready | SlotState::Retiring)
-                    && s.pid() != 0;
+                let open = s.serves_app() && s.pid() != 0;
                 // One that reached max_requests is the last choice.
-                let load = (state == SlotState::Retiring, s.outstanding());
+                let load = (s.state() == SlotState::Retiring, s.outstanding());
                 let full = self.max_concurrency != 0 && load.1 >= self.max_concurrency;
                 if open && !full && best.is_none_or(|(b, _)| load < b) {
                     best = Some((load, i));
