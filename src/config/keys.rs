@@ -388,7 +388,9 @@ pub const KEYS: &[Key] = &[
         get |c| q(&c.app.health_path)),
     key!("app"."ready_path" = r#""/ready""#,
         "readiness: `200 {\"status\":\"ready\",\"checks\":{…}}`; `503` while the server is \
-         stopping or the worker draining, or when one of the app's readiness checks fails",
+         stopping or the worker draining, or when one of the app's readiness checks fails. Proxy \
+         mode: also the path rsvisor probes on a new app process's socket (ready when answered \
+         below 500, so a 404 counts; answer 503 to hold traffic back)",
         set |c, v| c.app.ready_path = url_path(v)?,
         get |c| q(&c.app.ready_path)),
     key!("app"."env" = "{}",
@@ -419,8 +421,9 @@ pub const KEYS: &[Key] = &[
          heartbeat; `\"log:REGEX\"` — a line of its output matches (uvicorn: \
          `\"log:Application startup complete\"`); `\"delay:SECONDS\"` — it stayed alive that long \
          (the weakest: it proves nothing about serving); `\"socket\"` — proxy mode: its socket \
-         accepts a connection (proxy mode's default; with another rule, proxy mode also waits for \
-         the socket). Not ready within `lifecycle.timeout` is a boot failure",
+         accepts a connection (proxy mode's default). In proxy mode, once the rule is met, \
+         rsvisor also sends `GET app.ready_path` over the socket and waits for an answer below \
+         500. Not ready within `lifecycle.timeout` is a boot failure",
         set |c, v| c.app.ready = ready_rule(v)?,
         get |c| q(&c.app.ready.show())),
     key!("app"."stop_signal" = r#""TERM""#,

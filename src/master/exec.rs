@@ -23,6 +23,7 @@ use super::python_stacks::{FAULTHANDLER_ENV, MAX_STACK_TEXT};
 use super::traceback::{Grouper, Output};
 use crate::config::material::Loaded;
 use crate::config::{Config, ReadyRule};
+use crate::net::app_probe::{answer_is_ready, Probe, ProbeError, ProbeState, PROBE_RETRY};
 use crate::net::app_socket::{FD_PLACEHOLDER, SOCKET_PLACEHOLDER};
 use crate::os;
 use crate::os::systemd::LISTEN_FDS_START;
@@ -62,13 +63,45 @@ pub struct ExecIo {
     /// It has sent `WATCHDOG=1`: its heartbeat is watched from now on.
     pub watchdog: bool,
     budget: LineBudget,
-    /// Proxy mode: its socket, which must accept before it is ready.
+    /// Proxy mode: its socket, where `GET app.ready_path` must be
+    /// answered before it is ready.
     socket: Option<PathBuf>,
+    ready_path: String,
+    /// How far the proxy-mode probe got.
+    probing: Probing,
     /// Ready to serve was seen once (it stays so).
     socket_accepted: bool,
     /// Set while the worker's Python stacks are collected (after the
     /// SIGABRT of a hang): its lines go here instead of the log.
     capture: Option<Captured>,
+}
+
+/// Proxy mode: how far a booting process's readiness probe got.
+#[derive(Debug)]
+enum Probing {
+    /// Its socket has not accepted a connection yet.
+    Connecting,
+    /// `GET app.ready_path` was sent.
+    Sent(Probe),
+    /// The last probe was refused or not answered below 500 (`last`
+    /// says how); the next is sent at `at`.
+    Retrying { at: Instant, last: String },
+}
+
+/// Sends a probe, or says when to try again; `last` is what the
+/// previous probe found (kept while the socket is not listening).
+fn start_probe(socket: &Path, ready_path: &str, now: Instant, last: Option<String>) -> Probing {
+    match Probe::start(socket, ready_path) {
+        Ok(p) => Probing::Sent(p),
+        Err(ProbeError::NotListening) => match last {
+            Some(last) => Probing::Retrying { at: now, last },
+            None => Probing::Connecting,
+        },
+        Err(e) => Probing::Retrying {
+            at: now + PROBE_RETRY,
+            last: e.to_string(),
+        },
+    }
 }
 
 /// Output lines kept for a forensics report, at most
@@ -237,21 +270,56 @@ impl ExecIo {
             .unwrap_or_default()
     }
 
-    /// Whether its readiness rule is met and, in proxy mode, its socket
-    /// accepts a connection (looked at only once the rule is met).
-    pub fn ready_to_serve(&mut self) -> bool {
-        if !self.socket_accepted {
-            let rule = self.ready || self.rule == ReadyRule::Socket;
-            self.socket_accepted =
-                rule && self.socket.as_deref().is_none_or(os::unix_socket_accepts);
+    /// Whether its readiness rule is met and, in proxy mode, the app
+    /// answered `GET app.ready_path` over its socket below 500 (probed
+    /// only once the rule is met; never waits).
+    pub fn ready_to_serve(&mut self, now: Instant) -> bool {
+        if self.socket_accepted || !(self.ready || self.rule == ReadyRule::Socket) {
+            return self.socket_accepted;
         }
+        let Some(socket) = self.socket.as_deref() else {
+            self.socket_accepted = true;
+            return true;
+        };
+        self.probing = match std::mem::replace(&mut self.probing, Probing::Connecting) {
+            Probing::Connecting => start_probe(socket, &self.ready_path, now, None),
+            Probing::Retrying { at, last } if now >= at => {
+                start_probe(socket, &self.ready_path, now, Some(last))
+            }
+            waiting @ Probing::Retrying { .. } => waiting,
+            Probing::Sent(mut probe) => match probe.poll(now) {
+                ProbeState::Pending => Probing::Sent(probe),
+                ProbeState::Answered(code) if answer_is_ready(code) => {
+                    self.socket_accepted = true;
+                    Probing::Connecting
+                }
+                ProbeState::Answered(code) => Probing::Retrying {
+                    at: now + PROBE_RETRY,
+                    last: format!("GET {} over its socket answered {code}", self.ready_path),
+                },
+                ProbeState::Failed(why) => Probing::Retrying {
+                    at: now + PROBE_RETRY,
+                    last: format!("GET {} over its socket: {why}", self.ready_path),
+                },
+            },
+        };
         self.socket_accepted
     }
 
-    /// Proxy mode: still waiting for its socket (the master looks again
-    /// every [`SOCKET_POLL`]).
+    /// Proxy mode: still waiting for its socket or its probe's answer
+    /// (the master looks again every [`SOCKET_POLL`]).
     pub fn awaiting_socket(&self) -> bool {
         self.socket.is_some() && !self.socket_accepted
+    }
+
+    /// Proxy mode, for a boot timeout's message: what the probe last
+    /// found (`None`: its socket never accepted a connection).
+    pub fn probe_outcome(&self) -> Option<&str> {
+        match &self.probing {
+            Probing::Retrying { last, .. } => Some(last),
+            Probing::Sent(_) => Some("the app never answered the readiness probe"),
+            _ => None,
+        }
     }
 
     /// Proxy mode: its socket's path.
@@ -442,6 +510,8 @@ pub fn spawn(req: ExecRequest<'_>) -> io::Result<(Pid, ExecIo)> {
                     watchdog: false,
                     budget: LineBudget::new(os::monotonic_ms()),
                     socket: req.socket.clone(),
+                    ready_path: cfg.app.ready_path.clone(),
+                    probing: Probing::Connecting,
                     socket_accepted: false,
                     capture: None,
                 },

@@ -123,25 +123,25 @@ impl Master {
             let silent = now_ms.saturating_sub(slot.heartbeat_ms());
             let trigger = match verdict {
                 Verdict::BootTimedOut => {
-                    // Proxy mode: say which socket never accepted.
-                    let socket = w
-                        .exec
-                        .as_ref()
-                        .filter(|e| e.awaiting_socket())
+                    // Proxy mode: say how far its socket and probe got.
+                    let waiting = w.exec.as_ref().filter(|e| e.awaiting_socket());
+                    let socket = waiting
                         .and_then(|e| e.socket())
                         .map(|p| p.display().to_string());
+                    let probe = waiting.and_then(|e| e.probe_outcome());
+                    let why = match (&socket, probe) {
+                        (Some(_), Some(probe)) => format!(" ({probe})"),
+                        (Some(_), None) => " (its socket never accepted a connection: does \
+                                            app.command listen on {socket}?)"
+                            .to_string(),
+                        (None, _) => String::new(),
+                    };
                     error!(
                         pid = w.pid.as_raw(),
                         waited_ms = w.spawned_at.elapsed().as_millis() as u64,
                         socket,
-                        "worker did not become ready within lifecycle.timeout{}; dumping its \
-                         stacks, then SIGABRT",
-                        if socket.is_some() {
-                            " (its socket never accepted a connection: does app.command \
-                             listen on {socket}?)"
-                        } else {
-                            ""
-                        }
+                        "worker did not become ready within lifecycle.timeout{why}; dumping \
+                         its stacks, then SIGABRT",
                     );
                     Trigger::Boot
                 }

@@ -37,7 +37,7 @@ impl Master {
             }
             let slot = self.board.slot(w.slot);
             // Its rule met (and in proxy mode its socket accepting).
-            if slot.state() == SlotState::Booting && !leaving && io.ready_to_serve() {
+            if slot.state() == SlotState::Booting && !leaving && io.ready_to_serve(now) {
                 slot.set_state(SlotState::Ready);
                 tracing::debug!(
                     pid = label.pid,

@@ -81,25 +81,22 @@ pub fn describe_socket(fd: RawFd) -> Option<String> {
     }
 }
 
-/// Whether a process listens on the Unix stream socket at `path`: a
-/// non-blocking connect (never waits, whatever the listener does) that
-/// succeeds, or finds its backlog full.
-pub fn unix_socket_accepts(path: &std::path::Path) -> bool {
+/// A non-blocking connection to the Unix stream socket at `path`, made
+/// without waiting whatever the listener does; `None` when nothing
+/// listens there or its backlog is full.
+pub fn unix_connect_nonblocking(path: &std::path::Path) -> Option<OwnedFd> {
     use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-    let Ok(addr) = UnixAddr::new(path) else {
-        return false;
-    };
-    let Ok(fd) = socket(
+    use std::os::fd::AsRawFd;
+    let addr = UnixAddr::new(path).ok()?;
+    let fd = socket(
         AddressFamily::Unix,
         SockType::Stream,
         SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
         None,
-    ) else {
-        return false;
-    };
-    use std::os::fd::AsRawFd;
-    matches!(
-        connect(fd.as_raw_fd(), &addr),
-        Ok(()) | Err(nix::errno::Errno::EAGAIN)
     )
+    .ok()?;
+    // A Unix stream connect completes at once or fails with EAGAIN (a
+    // full backlog): there is no connection in progress to wait for.
+    connect(fd.as_raw_fd(), &addr).ok()?;
+    Some(fd)
 }

@@ -18,7 +18,8 @@ fn have_venv() -> bool {
 
 /// An ASGI app that answers `/` with `version` (and `status`), `/pid` with
 /// its pid, `/xff` with the forwarding headers it received, `/client` with
-/// the client uvicorn saw, `/slow` after 3 s.
+/// the client uvicorn saw, `/slow` after 3 s, `/ready` (rsvisor's probe)
+/// with 503 while a file `hold` exists beside it, else 200.
 fn asgi_app(version: &str, status: u16) -> String {
     format!(
         r#"import asyncio, os
@@ -38,6 +39,9 @@ async def app(scope, receive, send):
     elif path == "/slow":
         await asyncio.sleep(3)
         body = b"slow"
+    elif path == "/ready":
+        body = b"ready"
+        code = 503 if os.path.exists("hold") else 200
     else:
         body = b"{version}"
         code = {status}
@@ -129,6 +133,45 @@ fn uvicorn_behind_the_front_reloads_under_load_without_a_failed_request() {
     );
     s.signal(Signal::SIGTERM);
     assert_eq!(s.expect_exit(Duration::from_secs(30)).code(), Some(0));
+}
+
+/// A new process takes requests only once its app answers rsvisor's
+/// `GET /ready` below 500: while its `/ready` says 503 the old
+/// generation answers everything, and the reload completes once it
+/// says 200.
+#[test]
+fn a_new_process_takes_requests_only_once_its_app_answers_the_ready_probe() {
+    if !have_venv() {
+        return;
+    }
+    let mut s = uvicorn_proxy(1, "", "").start();
+    let tcp = s.ready_tcp();
+    s.wait_settled(Duration::from_secs(30));
+    let hold = s.dir.path().join("hold");
+    std::fs::write(&hold, "").unwrap();
+    std::fs::write(s.dir.path().join("app.py"), asgi_app("v2", 200)).unwrap();
+    let cfg = s.config.display().to_string();
+    let dir = s.dir.path().to_path_buf();
+    let reloading = std::thread::spawn(move || run(&rsvisor_bin(), &["reload", &cfg], &dir, &[]));
+    // Long past the new process's start (uvicorn listens within a second).
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut answers = 0;
+    while Instant::now() < until {
+        assert_eq!(get(&tcp, "/").unwrap().text(), "v1", "{}", s.log_text());
+        answers += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !reloading.is_finished(),
+        "the reload ended while the new app said 503"
+    );
+    std::fs::remove_file(&hold).unwrap();
+    let (code, out, err) = reloading.join().unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(answers > 10);
+    for _ in 0..10 {
+        assert_eq!(get(&tcp, "/").unwrap().text(), "v2");
+    }
 }
 
 #[test]
@@ -504,7 +547,6 @@ while True:
             break
         data += chunk
     if not data:
-        # rsvisor's readiness probe: a connection that sends nothing.
         c.close()
         continue
     path = data.split(b" ")[1]
@@ -524,6 +566,13 @@ while True:
     s.wait_settled(Duration::from_secs(30));
     assert_eq!(get(&tcp, "/").unwrap().text(), "ok");
     assert_eq!(get(&tcp, "/garbage").unwrap().status, 502);
+    assert_eq!(get(&tcp, "/").unwrap().text(), "ok");
+    // An app that answers without reading a body bigger than the socket's
+    // buffers: that request is answered (its answer, or 502 when the
+    // closed socket cut the body's write first), the next ones served.
+    let big = vec![b'x'; 2 << 20];
+    let status = request(&tcp, "POST", "/noread", &big).unwrap().status;
+    assert!(status == 200 || status == 502, "{status}");
     assert_eq!(get(&tcp, "/").unwrap().text(), "ok");
     // The body stops at 10 of 100 bytes: the connection is cut.
     let mut c = tcp.connect().unwrap();
@@ -545,6 +594,58 @@ while True:
         metric(&metrics, "rsvisor_http_responses_total{code=\"5xx\"}") >= 1.0,
         "{metrics}"
     );
+    // Over HTTP/2 the death resets that stream only: the connection
+    // carries the next request once a new process serves.
+    let Target::Tcp(addr) = tcp.clone() else {
+        unreachable!()
+    };
+    let (head, body, after) = rt().block_on(async {
+        let conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(conn).await.unwrap();
+        tokio::spawn(conn);
+        let get = |path: &str| {
+            let client = client.clone();
+            let uri = format!("http://{addr}{path}");
+            async move {
+                let mut client = client.ready().await.map_err(|e| e.to_string())?;
+                let req = http::Request::get(uri).body(()).unwrap();
+                let (resp, _) = client.send_request(req, true).map_err(|e| e.to_string())?;
+                let resp = resp.await.map_err(|e| e.to_string())?;
+                let status = resp.status().as_u16();
+                let mut body = resp.into_body();
+                let mut got = Vec::new();
+                while let Some(chunk) = body.data().await {
+                    match chunk {
+                        Ok(c) => got.extend_from_slice(&c),
+                        Err(e) => return Ok((status, Err((e.is_reset(), got)))),
+                    }
+                }
+                Ok::<_, String>((status, Ok(got)))
+            }
+        };
+        let died = tokio::time::timeout(Duration::from_secs(20), get("/die"))
+            .await
+            .expect("an answer to /die over HTTP/2")
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let after = loop {
+            let r = get("/").await.unwrap();
+            if r.0 == 200 || Instant::now() > deadline {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        (died.0, died.1, after)
+    });
+    assert_eq!(head, 200);
+    match body {
+        Err((reset, got)) => {
+            assert!(reset, "the stream ended by a reset");
+            assert!(got.len() < 100, "{} bytes", got.len());
+        }
+        Ok(got) => panic!("a cut body looked complete: {got:?}"),
+    }
+    assert_eq!(after, (200, Ok(b"ok".to_vec())), "{}", s.log_text());
 }
 
 /// The same hang in a gunicorn sync worker (under its arbiter, which
