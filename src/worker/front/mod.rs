@@ -439,4 +439,51 @@ mod tests {
             assert_eq!(router.try_acquire().expect("slot 1").target().slot, 1);
         }
     }
+
+    /// Fifty requests wait for one process that takes one at a time: each
+    /// is served as the one before gives its permit back, in order of
+    /// arrival, and the waiting costs a few looks, not fifty waiters
+    /// polling.
+    #[test]
+    fn waiting_requests_are_woken_in_turn_without_polling_each() {
+        use crate::shm::scoreboard::SlotState;
+        let board = Board::create().unwrap();
+        board.claim(0, 1);
+        board.slot(0).set_pid(100);
+        board.slot(0).set_state(SlotState::Ready);
+        let router = std::sync::Arc::new(Router::new(board, 1));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let order = rt.block_on(async {
+            let held = router.try_acquire().expect("free");
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+            let served = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let mut tasks = Vec::new();
+            for i in 0..50 {
+                let (router, served) = (router.clone(), served.clone());
+                tasks.push(tokio::spawn(async move {
+                    let p = router.acquire(deadline).await.expect("served in time");
+                    served.lock().unwrap().push(i);
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    drop(p);
+                }));
+                // Each is waiting before the next arrives.
+                tokio::task::yield_now().await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            drop(held);
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let order = served.lock().unwrap().clone();
+            order
+        });
+        assert_eq!(order, (0..50).collect::<Vec<_>>());
+        let looks = router.looks();
+        // Each waiter looks when it arrives and when woken (about 100);
+        // fifty pollers would have looked thousands of times.
+        assert!(looks < 400, "{looks} looks");
+    }
 }

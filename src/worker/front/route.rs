@@ -4,17 +4,24 @@
 //! can take it (none ready: starting, or all crashed; or all at their
 //! limit) the request waits in rsvisor, never in an app process's queue,
 //! until one can or `app.queue_timeout` passes.
+//!
+//! Waiting requests are served in order of arrival, and waiting costs
+//! nearly nothing however many wait: a request finished by this front
+//! wakes the first waiter at once; requests finished by other fronts are
+//! seen by the first waiter alone, which looks again every 1–10 ms.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::shm::inflight::PeerAddr;
 use crate::shm::scoreboard::{Board, SlotKind, SlotState, SLOT_CAPACITY};
 
-/// How often a waiting request looks again, at first…
+/// How often the first waiting request looks again, at first…
 const QUEUE_POLL_MIN: Duration = Duration::from_millis(1);
 /// …and at most.
 const QUEUE_POLL_MAX: Duration = Duration::from_millis(10);
@@ -35,6 +42,79 @@ pub struct Permit {
     /// Its entry in the app process's in-flight table (what a dump of a
     /// hung process shows), once tracked.
     entry: Option<Option<usize>>,
+    queue: Arc<Queue>,
+}
+
+/// The requests of one front worker that wait for an app process, in
+/// order of arrival. Only the first looks at the scoreboard (on a timer,
+/// and when woken); the others sleep until they are first.
+#[derive(Default)]
+struct Queue {
+    waiters: Mutex<VecDeque<Arc<Notify>>>,
+    /// `waiters.len()`, read without the lock on every request.
+    len: AtomicUsize,
+    /// Looks taken by waiters (for tests: waiting must not spin).
+    #[cfg(test)]
+    looks: std::sync::atomic::AtomicU64,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Notify>>> {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes the first waiter, if any wait.
+    fn wake_first(&self) {
+        if self.len.load(Ordering::Acquire) > 0 {
+            if let Some(first) = self.lock().front() {
+                first.notify_one();
+            }
+        }
+    }
+
+    /// Queues a waiter at the end.
+    fn join(&self) -> Waiter<'_> {
+        let me = Arc::new(Notify::new());
+        let mut q = self.lock();
+        q.push_back(me.clone());
+        self.len.store(q.len(), Ordering::Release);
+        Waiter {
+            queue: self,
+            woken: me,
+        }
+    }
+}
+
+/// One waiting request's place; given up when it leaves (served, timed
+/// out, or its client gone), waking the next if it was first.
+struct Waiter<'a> {
+    queue: &'a Queue,
+    woken: Arc<Notify>,
+}
+
+impl Waiter<'_> {
+    fn first(&self) -> bool {
+        self.queue
+            .lock()
+            .front()
+            .is_some_and(|f| Arc::ptr_eq(f, &self.woken))
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        let mut q = self.queue.lock();
+        let Some(at) = q.iter().position(|w| Arc::ptr_eq(w, &self.woken)) else {
+            return;
+        };
+        q.remove(at);
+        self.queue.len.store(q.len(), Ordering::Release);
+        if at == 0 {
+            if let Some(next) = q.front() {
+                next.notify_one();
+            }
+        }
+    }
 }
 
 impl Permit {
@@ -70,6 +150,7 @@ impl Drop for Permit {
             if let Some(entry) = self.entry {
                 self.board.in_flight[self.target.slot].end(entry);
             }
+            self.queue.wake_first();
         }
     }
 }
@@ -89,6 +170,7 @@ pub struct Router {
     /// (monotonic ms): scanning every slot of the scoreboard costs a cache
     /// miss per slot, on every request.
     candidates: Mutex<(u64, Vec<usize>)>,
+    queue: Arc<Queue>,
 }
 
 impl Router {
@@ -98,22 +180,46 @@ impl Router {
             max_concurrency,
             turn: AtomicUsize::new(0),
             candidates: Mutex::new((0, Vec::new())),
+            queue: Arc::default(),
         }
     }
 
     /// An app process for the request, waiting until `deadline` at most.
     pub async fn acquire(&self, deadline: Instant) -> Option<Permit> {
-        let mut pause = QUEUE_POLL_MIN;
-        loop {
+        // Requests already waiting come first.
+        if self.queue.len.load(Ordering::Acquire) == 0 {
             if let Some(p) = self.try_acquire() {
                 return Some(p);
+            }
+        }
+        let me = self.queue.join();
+        let mut pause = QUEUE_POLL_MIN;
+        loop {
+            let first = me.first();
+            if first {
+                #[cfg(test)]
+                self.queue.looks.fetch_add(1, Ordering::Relaxed);
+                if let Some(p) = self.try_acquire() {
+                    return Some(p);
+                }
             }
             let now = Instant::now();
             if now >= deadline {
                 return None;
             }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(QUEUE_POLL_MAX);
+            // A permit given back by this front wakes the first at once;
+            // one given back by another front is seen on its timer.
+            let until = if first {
+                deadline.min(now + pause)
+            } else {
+                deadline
+            };
+            tokio::select! {
+                _ = me.woken.notified() => {}
+                _ = tokio::time::sleep_until(until) => {
+                    pause = (pause * 2).min(QUEUE_POLL_MAX);
+                }
+            }
         }
     }
 
@@ -155,10 +261,17 @@ impl Router {
                     },
                     pid,
                     entry: None,
+                    queue: self.queue.clone(),
                 });
             }
         }
         None
+    }
+
+    /// Looks taken by waiting requests.
+    #[cfg(test)]
+    pub fn looks(&self) -> u64 {
+        self.queue.looks.load(Ordering::Relaxed)
     }
 
     /// Every slot that holds an app process now.
