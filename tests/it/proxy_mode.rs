@@ -409,6 +409,24 @@ fn a_process_whose_event_loop_is_blocked_gets_504_forensics_and_a_replacement() 
     assert_ne!(now.text(), first, "{st:?}");
 }
 
+/// An ASGI app whose WebSocket echoes each message (`echo:TEXT`), and
+/// whose HTTP answer is a stream of two server-sent events 2 s apart.
+const ECHO_AND_EVENTS_APP: &str = "import asyncio\n\n\
+     async def app(scope, receive, send):\n\
+     \x20   if scope['type'] == 'websocket':\n\
+     \x20       await receive()\n\
+     \x20       await send({'type': 'websocket.accept'})\n\
+     \x20       while True:\n\
+     \x20           m = await receive()\n\
+     \x20           if m['type'] != 'websocket.receive':\n\
+     \x20               return\n\
+     \x20           await send({'type': 'websocket.send', 'text': 'echo:' + m.get('text', '')})\n\
+     \x20   if scope['type'] != 'http':\n        return\n\
+     \x20   await send({'type': 'http.response.start', 'status': 200, 'headers': [(b'content-type', b'text/event-stream')]})\n\
+     \x20   await send({'type': 'http.response.body', 'body': b'data: 1\\n\\n', 'more_body': True})\n\
+     \x20   await asyncio.sleep(2)\n\
+     \x20   await send({'type': 'http.response.body', 'body': b'data: 2\\n\\n'})\n";
+
 /// A WebSocket and a stream of server-sent events through the front: the
 /// events arrive as uvicorn writes them, the socket echoes, and on a
 /// reload the old process closes it with a close frame (not a cut).
@@ -419,25 +437,7 @@ fn websockets_and_streams_pass_through_and_are_closed_cleanly_on_a_reload() {
         return;
     }
     let b = uvicorn_proxy(1, "", "");
-    std::fs::write(
-        b.dir().join("app.py"),
-        "import asyncio\n\n\
-         async def app(scope, receive, send):\n\
-         \x20   if scope['type'] == 'websocket':\n\
-         \x20       await receive()\n\
-         \x20       await send({'type': 'websocket.accept'})\n\
-         \x20       while True:\n\
-         \x20           m = await receive()\n\
-         \x20           if m['type'] != 'websocket.receive':\n\
-         \x20               return\n\
-         \x20           await send({'type': 'websocket.send', 'text': 'echo:' + m.get('text', '')})\n\
-         \x20   if scope['type'] != 'http':\n        return\n\
-         \x20   await send({'type': 'http.response.start', 'status': 200, 'headers': [(b'content-type', b'text/event-stream')]})\n\
-         \x20   await send({'type': 'http.response.body', 'body': b'data: 1\\n\\n', 'more_body': True})\n\
-         \x20   await asyncio.sleep(2)\n\
-         \x20   await send({'type': 'http.response.body', 'body': b'data: 2\\n\\n'})\n",
-    )
-    .unwrap();
+    std::fs::write(b.dir().join("app.py"), ECHO_AND_EVENTS_APP).unwrap();
     let mut s = b.start();
     let tcp = s.ready_tcp();
     s.wait_settled(Duration::from_secs(30));
@@ -480,6 +480,41 @@ fn websockets_and_streams_pass_through_and_are_closed_cleanly_on_a_reload() {
 
 /// An app process that never listens on its socket: a boot timeout that
 /// says so, and the master gives up (exit 3) instead of looping.
+/// A proxied WebSocket on which nothing moves is closed at
+/// `http.upgrade_idle_timeout` and counted, like a native one; one that
+/// keeps talking stays open.
+#[test]
+fn a_proxied_websocket_that_moves_nothing_is_closed_at_upgrade_idle_timeout() {
+    use crate::apps::{ws_ask, ws_connect, ws_end};
+    if !have_venv() {
+        return;
+    }
+    let b = uvicorn_proxy(1, "", "[http]\nupgrade_idle_timeout = 2\n");
+    std::fs::write(b.dir().join("app.py"), ECHO_AND_EVENTS_APP).unwrap();
+    let mut s = b.start();
+    let tcp = s.ready_tcp();
+    s.wait_settled(Duration::from_secs(30));
+    rt().block_on(async {
+        let mut silent = ws_connect(&tcp, "/ws").await;
+        let mut talker = ws_connect(&tcp, "/ws").await;
+        let t0 = tokio::time::Instant::now();
+        while t0.elapsed() < Duration::from_secs(6) {
+            assert_eq!(ws_ask(&mut talker, "hi").await, "echo:hi");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let end = ws_end(&mut silent, Duration::from_secs(10)).await;
+        assert!(end.is_err(), "the silent socket ended with {end:?}");
+        assert!(!format!("{end:?}").contains("still open"), "{end:?}");
+        assert_eq!(ws_ask(&mut talker, "still").await, "echo:still");
+    });
+    let metrics = get(&tcp, "/metrics").unwrap().text();
+    assert_eq!(
+        metric(&metrics, "rsvisor_http_upgrade_idle_timeouts_total"),
+        1.0,
+        "{metrics}"
+    );
+}
+
 #[test]
 fn an_app_that_never_creates_its_socket_times_out_with_a_clear_message() {
     if !have_venv() {
