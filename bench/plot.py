@@ -52,3 +52,54 @@ def reload_svg(results, path):
     parts.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(parts) + "\n")
+
+
+COLORS = ["#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e"]
+CW, CH, CL, CR, CT, CB = 560, 300, 70, 150, 36, 46
+
+
+def curve_svg(title, xlabel, ylabel, series, path, log_x=True):
+    """A line chart: `series` maps a name to [(x, y)] (y None = no point);
+    x on a log scale when `log_x` (the scales of bench/run scale are
+    1, 10, 100…). One colour per series, named at the right."""
+    import math
+    xs = sorted({x for pts in series.values() for x, y in pts if y is not None})
+    ys = [y for pts in series.values() for _, y in pts if y is not None]
+    if not xs or not ys:
+        return
+    fx = (lambda v: math.log10(v)) if log_x else (lambda v: v)  # noqa: E731
+    x0, x1 = fx(xs[0]), fx(xs[-1])
+    span = (x1 - x0) or 1
+    ymax = max(ys) * 1.1 or 1
+    w, h = CW - CL - CR, CH - CT - CB
+    px = lambda v: CL + w * (fx(v) - x0) / span  # noqa: E731
+    py = lambda v: CT + h - h * v / ymax  # noqa: E731
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{CW}" height="{CH}" '
+           f'font-family="sans-serif" viewBox="0 0 {CW} {CH}">',
+           f'<rect width="{CW}" height="{CH}" fill="white"/>',
+           f'<text x="{CL}" y="20" font-size="13" font-weight="bold">{title}</text>']
+    for frac in (0, 0.25, 0.5, 0.75, 1.0):
+        v = ymax * frac
+        out.append(f'<line x1="{CL}" x2="{CL + w}" y1="{py(v):.1f}" y2="{py(v):.1f}" stroke="#ddd"/>')
+        label = f"{v:,.0f}" if ymax >= 10 else f"{v:.2f}"
+        out.append(f'<text x="{CL - 6}" y="{py(v) + 4:.1f}" font-size="10" text-anchor="end">{label}</text>')
+    for x in xs:
+        out.append(f'<text x="{px(x):.1f}" y="{CT + h + 14}" font-size="10" text-anchor="middle">{x:,}</text>')
+    out.append(f'<text x="{CL + w / 2:.0f}" y="{CH - 10}" font-size="11" text-anchor="middle">{xlabel}</text>')
+    out.append(f'<text x="14" y="{CT + h / 2:.0f}" font-size="11" text-anchor="middle" '
+               f'transform="rotate(-90 14 {CT + h / 2:.0f})">{ylabel}</text>')
+    for i, (name, pts) in enumerate(series.items()):
+        c = COLORS[i % len(COLORS)]
+        pts = [(x, y) for x, y in pts if y is not None]
+        line = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
+        out.append(f'<polyline points="{line}" fill="none" stroke="{c}" stroke-width="2"/>')
+        for x, y in pts:
+            out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{c}">'
+                       f'<title>{name}: {y:,.2f} at {x:,}</title></circle>')
+        ly = CT + 14 + 18 * i
+        out.append(f'<line x1="{CL + w + 12}" x2="{CL + w + 30}" y1="{ly - 4}" y2="{ly - 4}" '
+                   f'stroke="{c}" stroke-width="2"/>')
+        out.append(f'<text x="{CL + w + 34}" y="{ly}" font-size="11">{name}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
