@@ -12,7 +12,7 @@ every step bounded):
 - `/metrics` scrape time against workers.
 
 The descriptor limit is raised for this run only. Writes
-bench/results-scale.md, bench/scale-*.svg and the section of
+bench/results-scale.md, bench/scale-NAME.svg and the section of
 bench/README.md between `<!-- scale:start -->` and `<!-- scale:end -->`.
 """
 
@@ -177,7 +177,7 @@ def report(mem, thr, fl):
         "### 13. How the cost grows (`bench/run scale`)",
         "",
         f"Measured {day} on {bench.machine()}; servers on CPU 1, clients on CPU 0,",
-        "loopback. Plots: `bench/scale-*.svg`.",
+        "loopback. Plots below (`bench/scale-memory.svg` and five more).",
         "",
         "**Memory against idle connections** (2 workers each; each connection "
         f"answered once and held {conns.HOLD_S:.0f} s; RSS of all server processes; "
