@@ -470,6 +470,13 @@ pub const KEYS: &[Key] = &[
          all at `max_concurrency`) before it is answered `503`",
         set |c, v| c.app.queue_timeout = seconds(v, false)?,
         get |c| secs(c.app.queue_timeout)),
+    key!("app"."body_buffer" = "65536",
+        "proxy mode: request bodies up to this size (bytes, or `\"64KiB\"`) are held in memory \
+         before they are forwarded; larger ones go to an unnamed temporary file in the run \
+         directory under `socket_dir`, so many large uploads at once cost disk, not memory \
+         (bodies stay bounded by `http.max_body_bytes`)",
+        set |c, v| c.app.body_buffer = opt_size(v)?.unwrap_or(0),
+        get |c| c.app.body_buffer.to_string()),
     key!("app"."socket_dir" = r#""""#,
         "proxy mode: where rsvisor creates the private directory (mode 0700, owned by \
          `server.user`) that holds the app processes' sockets; removed when rsvisor exits \

@@ -354,6 +354,9 @@ pub struct AppConfig {
     /// `app.queue_timeout`: proxy mode: how long a request may wait for an
     /// app process to take it before it is answered 503.
     pub queue_timeout: Duration,
+    /// `app.body_buffer`: proxy mode: request bodies larger than this go
+    /// to a temporary file before they are forwarded.
+    pub body_buffer: u64,
     /// `app.socket_dir`: proxy mode: where the app processes' sockets live
     /// (in a private directory rsvisor creates there); `None`: the system's
     /// temporary directory.
@@ -562,6 +565,7 @@ impl Config {
                 front_workers: None,
                 max_concurrency: 0,
                 queue_timeout: Duration::ZERO,
+                body_buffer: 0,
                 socket_dir: None,
             },
             metrics: MetricsConfig {

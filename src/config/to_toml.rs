@@ -69,7 +69,7 @@ mod tests {
         // And proxy mode's.
         let proxy = "[lifecycle]\nmax_requests = 100\n\
                      [app]\nmode = \"proxy\"\ncommand = [\"uvicorn\", \"--uds\", \"{socket}\"]\n\
-                     front_workers = 3\nmax_concurrency = 1\nqueue_timeout = 5\n\
+                     front_workers = 3\nmax_concurrency = 1\nqueue_timeout = 5\nbody_buffer = \"1MiB\"\n\
                      socket_dir = \"/run/app\"\nready = \"socket\"\n";
         let configs = [parse(text), parse(exec), parse(proxy)];
         for cfg in &configs {

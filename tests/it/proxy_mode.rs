@@ -18,7 +18,8 @@ fn have_venv() -> bool {
 
 /// An ASGI app that answers `/` with `version` (and `status`), `/pid` with
 /// its pid, `/xff` with the forwarding headers it received, `/client` with
-/// the client uvicorn saw, `/slow` after 3 s, `/ready` (rsvisor's probe)
+/// the client uvicorn saw, `/slow` after 3 s, `/upload` with the length
+/// and SHA-256 of the body it read, `/ready` (rsvisor's probe)
 /// with 503 while a file `hold` exists beside it, else 200.
 fn asgi_app(version: &str, status: u16) -> String {
     format!(
@@ -39,6 +40,15 @@ async def app(scope, receive, send):
     elif path == "/slow":
         await asyncio.sleep(3)
         body = b"slow"
+    elif path == "/upload":
+        got = b""
+        while True:
+            m = await receive()
+            got += m.get("body", b"")
+            if not m.get("more_body"):
+                break
+        import hashlib
+        body = ("%d|%s" % (len(got), hashlib.sha256(got).hexdigest())).encode()
     elif path == "/ready":
         body = b"ready"
         code = 503 if os.path.exists("hold") else 200
@@ -133,6 +143,52 @@ fn uvicorn_behind_the_front_reloads_under_load_without_a_failed_request() {
     );
     s.signal(Signal::SIGTERM);
     assert_eq!(s.expect_exit(Duration::from_secs(30)).code(), Some(0));
+}
+
+/// Request bodies above `app.body_buffer` wait in an unnamed temporary
+/// file and reach the app whole, with their length; smaller ones too;
+/// nothing is left in the run directory.
+#[test]
+fn large_bodies_wait_in_an_unnamed_file_and_reach_the_app_whole() {
+    if !have_venv() {
+        return;
+    }
+    let mut s = uvicorn_proxy(1, "", "body_buffer = 4096\nsocket_dir = \"{dir}\"\n").start();
+    let tcp = s.ready_tcp();
+    s.wait_settled(Duration::from_secs(30));
+    for len in [0usize, 100, 4096, 4097, 3 << 20] {
+        let body: Vec<u8> = (0..len).map(|i| (i * 7 % 253) as u8).collect();
+        let r = request(&tcp, "POST", "/upload", &body).unwrap();
+        assert_eq!(r.status, 200, "{len}: {}", r.text());
+        let want = format!("{len}|{}", sha256_hex(&body));
+        assert_eq!(r.text(), want, "{len} bytes");
+    }
+    let run_dirs: Vec<_> = std::fs::read_dir(s.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("rsvisor-"))
+        .collect();
+    assert_eq!(run_dirs.len(), 1);
+    for e in std::fs::read_dir(run_dirs[0].path()).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(name.ends_with(".sock"), "left behind: {name}");
+    }
+}
+
+/// SHA-256 of `data`, in hex, from Python's hashlib (what the app uses).
+fn sha256_hex(data: &[u8]) -> String {
+    let mut child = std::process::Command::new(venv_bin("python"))
+        .args([
+            "-c",
+            "import hashlib,sys;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// A new process takes requests only once its app answers rsvisor's

@@ -5,12 +5,13 @@
 //! `/health` and `/ready`); this module only chooses the process
 //! ([`route`]), reads the request body whole (bounded by
 //! `http.max_body_bytes`, so that a slow upload never holds an app
-//! process), sends the request with the client's address, scheme and host
+//! process; above `app.body_buffer` into a temporary file, [`spool`]), sends the request with the client's address, scheme and host
 //! in `X-Forwarded-*`, and streams the answer back. An upgrade
 //! (WebSocket) is tunnelled both ways and holds its process's count until
 //! it closes.
 
 mod route;
+mod spool;
 mod upstream;
 
 use std::path::PathBuf;
@@ -19,7 +20,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request as HttpRequest, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tracing::warn;
 
@@ -30,6 +30,7 @@ use crate::shm::scoreboard::{method_class, Board};
 use crate::telemetry::throttle::Throttle;
 
 use route::{Permit, Router};
+use spool::SpoolError;
 use upstream::Upstream;
 
 /// Headers that describe one hop, never forwarded as they are.
@@ -59,6 +60,8 @@ const CONNECT_ATTEMPTS: u32 = 3;
 /// Failed forwards (the app process refused the connection, broke it, or
 /// answered garbage): said once per interval.
 static UPSTREAM_ERRORS: Throttle = Throttle::new();
+/// Failures to spool a request body to its temporary file.
+static SPOOL_ERRORS: Throttle = Throttle::new();
 
 /// The app of a front worker.
 pub struct ProxyApp {
@@ -95,6 +98,8 @@ impl App for ProxyApp {
                 config.lifecycle.max_requests_jitter,
             )),
             answer_timeout: config.lifecycle.timeout,
+            body_buffer: usize::try_from(config.app.body_buffer).unwrap_or(usize::MAX),
+            run_dir: self.run_dir.clone(),
         })
     }
 }
@@ -109,6 +114,10 @@ pub struct Front {
     recycle: Option<(u64, u64)>,
     /// How long an app process may take to start answering.
     answer_timeout: Duration,
+    /// `app.body_buffer`: larger request bodies wait in a file.
+    body_buffer: usize,
+    /// Where those files are made (unnamed).
+    run_dir: PathBuf,
 }
 
 impl Handler for Front {
@@ -122,10 +131,11 @@ impl Handler for Front {
             .extensions
             .remove::<hyper::upgrade::OnUpgrade>()
             .filter(|_| parts.headers.contains_key(header::UPGRADE));
-        // A body error is answered 413, 408 or 400 by the server itself.
-        let body = match body.collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => return answer(e.status(), "request body not read\n"),
+        let body = match spool::read(body, self.body_buffer, &self.run_dir).await {
+            Ok(b) => b,
+            // Answered 413, 408 or 400 by the server itself.
+            Err(SpoolError::Body(e)) => return answer(e.status(), "request body not read\n"),
+            Err(SpoolError::File(e)) => return spool_failed(&e),
         };
         let headers = forwarded_headers(
             std::mem::take(&mut parts.headers),
@@ -148,7 +158,11 @@ impl Handler for Front {
             let target = permit.target();
             let peer = client.addr.map_or(PeerAddr::Unknown, PeerAddr::Ip);
             permit.track(parts.method.as_str(), parts.uri.path(), peer);
-            let mut out = HttpRequest::new(Full::new(body.clone()));
+            let outgoing = match body.to_body() {
+                Ok(b) => b,
+                Err(e) => return spool_failed(&e),
+            };
+            let mut out = HttpRequest::new(outgoing);
             *out.method_mut() = parts.method.clone();
             *out.uri_mut() = match app_uri(&upstream::authority(target), &parts.uri) {
                 Some(u) => u,
@@ -228,6 +242,22 @@ impl Handler for Front {
             }),
         ))
     }
+}
+
+/// A request body that could not be kept in a temporary file (the disk
+/// is full, the run directory gone): said once per interval.
+fn spool_failed(e: &std::io::Error) -> Response {
+    if let Some(unsaid) = SPOOL_ERRORS.admit() {
+        warn!(
+            error = %e,
+            repeated = unsaid,
+            "proxy: cannot keep a request body in a temporary file (app.body_buffer); answered 500"
+        );
+    }
+    answer(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the request body could not be kept\n",
+    )
 }
 
 /// An app process's `max_requests` plus its share of the jitter: derived

@@ -14,9 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::Uri;
-use http_body_util::Full;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -29,7 +27,7 @@ use crate::net::app_socket;
 /// keep-alive timeout (5 s), so that the front closes it first.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub type Upstream = Client<AppConnector, Full<Bytes>>;
+pub type Upstream = Client<AppConnector, super::spool::Outgoing>;
 
 /// The client of one front worker.
 pub fn client(run_dir: PathBuf) -> Upstream {
