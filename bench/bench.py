@@ -479,18 +479,19 @@ def report(h, st, cl, rl, rc, fa, fp):
     return "\n".join(lines) + "\n"
 
 
-def update_readme(table):
+def update_readme(table, marker="bench"):
+    """Replaces bench/README.md's text between `<!-- MARKER:start -->` and
+    `<!-- MARKER:end -->` (added at the end when missing)."""
     path = os.path.join(ROOT, "bench", "README.md")
     with open(path) as f:
         text = f.read()
-    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     if start not in text or end not in text:
-        return
-    before = text.split(start)[0]
-    after = text.split(end)[1]
-    body = table
+        text = text.rstrip("\n") + f"\n\n{start}\n{end}\n"
+    before, rest = text.split(start, 1)
+    after = rest.split(end, 1)[1]
     with open(path, "w") as f:
-        f.write(before + start + "\n" + body + end + after)
+        f.write(before + start + "\n" + table + end + after)
 
 
 def prepare_static():

@@ -244,19 +244,6 @@ def plots(mem, thr, fl):
                    os.path.join(b, "scale-scrape.svg"))
 
 
-def update_readme(section):
-    path = os.path.join(ROOT, "bench", "README.md")
-    with open(path) as fh:
-        text = fh.read()
-    start, end = "<!-- scale:start -->", "<!-- scale:end -->"
-    if start not in text or end not in text:
-        text = text.rstrip("\n") + f"\n\n{start}\n{end}\n"
-    before, rest = text.split(start, 1)
-    after = rest.split(end, 1)[1]
-    with open(path, "w") as fh:
-        fh.write(before + start + "\n" + section + end + after)
-
-
 def main():
     raise_nofile(max(IDLE_STEPS + CONC_STEPS) + 2000)
     mem = memory_curve()
@@ -266,7 +253,7 @@ def main():
     section = report(mem, thr, fl)
     with open(os.path.join(ROOT, "bench", "results-scale.md"), "w") as fh:
         fh.write(section)
-    update_readme(section)
+    bench.update_readme(section, "scale")
     print(section)
 
 

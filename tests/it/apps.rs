@@ -578,24 +578,34 @@ fn a_websocket_that_moves_nothing_is_closed_at_upgrade_idle_timeout() {
     let mut s =
         demo("[server]\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n[http]\nupgrade_idle_timeout = 2\n")
             .start();
-    let tcp = s.ready_tcp();
+    silent_websocket_is_closed_and_talker_kept(&s.ready_tcp(), "");
+}
+
+/// With `http.upgrade_idle_timeout = 2`: of two WebSockets at `/ws` (an
+/// echo that prefixes its answers with `echo`), the one that moves
+/// nothing is closed and counted, the one asking every 0.5 s for three
+/// times the limit stays open.
+pub fn silent_websocket_is_closed_and_talker_kept(tcp: &Target, echo: &str) {
     rt().block_on(async {
-        let mut silent = ws_connect(&tcp, "/ws").await;
-        let mut talker = ws_connect(&tcp, "/ws").await;
+        let mut silent = ws_connect(tcp, "/ws").await;
+        let mut talker = ws_connect(tcp, "/ws").await;
         let t0 = tokio::time::Instant::now();
-        // 6 s of a question every 0.5 s: three times the idle limit.
         while t0.elapsed() < Duration::from_secs(6) {
-            assert_eq!(ws_ask(&mut talker, "hi").await, "hi");
+            assert_eq!(ws_ask(&mut talker, "hi").await, format!("{echo}hi"));
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let end = ws_end(&mut silent, Duration::from_secs(10)).await;
         assert!(end.is_err(), "the silent socket ended with {end:?}");
         assert!(!format!("{end:?}").contains("still open"), "{end:?}");
-        assert_eq!(ws_ask(&mut talker, "still here").await, "still here");
+        assert_eq!(
+            ws_ask(&mut talker, "still here").await,
+            format!("{echo}still here")
+        );
     });
-    let metrics = get(&tcp, "/metrics").unwrap().text();
+    let metrics = get(tcp, "/metrics").unwrap().text();
     assert_eq!(
         metric(&metrics, "rsvisor_http_upgrade_idle_timeouts_total"),
-        1.0
+        1.0,
+        "{metrics}"
     );
 }

@@ -492,11 +492,8 @@ fn websockets_and_streams_pass_through_and_are_closed_cleanly_on_a_reload() {
     if !have_venv() {
         return;
     }
-    let b = uvicorn_proxy(1, "", "");
-    std::fs::write(b.dir().join("app.py"), ECHO_AND_EVENTS_APP).unwrap();
-    let mut s = b.start();
+    let mut s = echo_app_behind_the_front("");
     let tcp = s.ready_tcp();
-    s.wait_settled(Duration::from_secs(30));
 
     // The first event arrives before the handler sleeps through its second.
     let mut c = tcp.connect().unwrap();
@@ -541,34 +538,21 @@ fn websockets_and_streams_pass_through_and_are_closed_cleanly_on_a_reload() {
 /// keeps talking stays open.
 #[test]
 fn a_proxied_websocket_that_moves_nothing_is_closed_at_upgrade_idle_timeout() {
-    use crate::apps::{ws_ask, ws_connect, ws_end};
     if !have_venv() {
         return;
     }
-    let b = uvicorn_proxy(1, "", "[http]\nupgrade_idle_timeout = 2\n");
+    let mut s = echo_app_behind_the_front("[http]\nupgrade_idle_timeout = 2\n");
+    crate::apps::silent_websocket_is_closed_and_talker_kept(&s.ready_tcp(), "echo:");
+}
+
+/// One uvicorn process serving [`ECHO_AND_EVENTS_APP`] behind the front.
+fn echo_app_behind_the_front(extra: &str) -> Server {
+    let b = uvicorn_proxy(1, "", extra);
     std::fs::write(b.dir().join("app.py"), ECHO_AND_EVENTS_APP).unwrap();
     let mut s = b.start();
-    let tcp = s.ready_tcp();
+    s.ready_tcp();
     s.wait_settled(Duration::from_secs(30));
-    rt().block_on(async {
-        let mut silent = ws_connect(&tcp, "/ws").await;
-        let mut talker = ws_connect(&tcp, "/ws").await;
-        let t0 = tokio::time::Instant::now();
-        while t0.elapsed() < Duration::from_secs(6) {
-            assert_eq!(ws_ask(&mut talker, "hi").await, "echo:hi");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        let end = ws_end(&mut silent, Duration::from_secs(10)).await;
-        assert!(end.is_err(), "the silent socket ended with {end:?}");
-        assert!(!format!("{end:?}").contains("still open"), "{end:?}");
-        assert_eq!(ws_ask(&mut talker, "still").await, "echo:still");
-    });
-    let metrics = get(&tcp, "/metrics").unwrap().text();
-    assert_eq!(
-        metric(&metrics, "rsvisor_http_upgrade_idle_timeouts_total"),
-        1.0,
-        "{metrics}"
-    );
+    s
 }
 
 #[test]
