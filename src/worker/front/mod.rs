@@ -5,8 +5,9 @@
 //! `/health` and `/ready`); this module only chooses the process
 //! ([`route`]), reads the request body whole (bounded by
 //! `http.max_body_bytes`, so that a slow upload never holds an app
-//! process; above `app.body_buffer` into a temporary file, [`spool`]), sends the request with the client's address, scheme and host
-//! in `X-Forwarded-*`, and streams the answer back. An upgrade
+//! process; above `app.body_buffer` into a temporary file, [`spool`]),
+//! sends the request with the client's address, scheme and host in
+//! `X-Forwarded-*`, and streams the answer back. An upgrade
 //! (WebSocket) is tunnelled both ways and holds its process's count until
 //! it closes.
 
