@@ -69,8 +69,9 @@ pub struct ExecIo {
     ready_path: String,
     /// How far the proxy-mode probe got.
     probing: Probing,
-    /// Ready to serve was seen once (it stays so).
-    socket_accepted: bool,
+    /// Ready to serve was seen once (its rule met and, in proxy mode, its
+    /// app answered the probe); it stays so.
+    serving: bool,
     /// Set while the worker's Python stacks are collected (after the
     /// SIGABRT of a hang): its lines go here instead of the log.
     capture: Option<Captured>,
@@ -274,11 +275,11 @@ impl ExecIo {
     /// answered `GET app.ready_path` over its socket below 500 (probed
     /// only once the rule is met; never waits).
     pub fn ready_to_serve(&mut self, now: Instant) -> bool {
-        if self.socket_accepted || !(self.ready || self.rule == ReadyRule::Socket) {
-            return self.socket_accepted;
+        if self.serving || !(self.ready || self.rule == ReadyRule::Socket) {
+            return self.serving;
         }
         let Some(socket) = self.socket.as_deref() else {
-            self.socket_accepted = true;
+            self.serving = true;
             return true;
         };
         self.probing = match std::mem::replace(&mut self.probing, Probing::Connecting) {
@@ -290,7 +291,7 @@ impl ExecIo {
             Probing::Sent(mut probe) => match probe.poll(now) {
                 ProbeState::Pending => Probing::Sent(probe),
                 ProbeState::Answered(code) if answer_is_ready(code) => {
-                    self.socket_accepted = true;
+                    self.serving = true;
                     Probing::Connecting
                 }
                 ProbeState::Answered(code) => Probing::Retrying {
@@ -303,13 +304,13 @@ impl ExecIo {
                 },
             },
         };
-        self.socket_accepted
+        self.serving
     }
 
     /// Proxy mode: still waiting for its socket or its probe's answer
     /// (the master looks again every [`SOCKET_POLL`]).
     pub fn awaiting_socket(&self) -> bool {
-        self.socket.is_some() && !self.socket_accepted
+        self.socket.is_some() && !self.serving
     }
 
     /// Proxy mode, for a boot timeout's message: what the probe last
@@ -512,7 +513,7 @@ pub fn spawn(req: ExecRequest<'_>) -> io::Result<(Pid, ExecIo)> {
                     socket: req.socket.clone(),
                     ready_path: cfg.app.ready_path.clone(),
                     probing: Probing::Connecting,
-                    socket_accepted: false,
+                    serving: false,
                     capture: None,
                 },
             ))

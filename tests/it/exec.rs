@@ -171,18 +171,8 @@ fn a_reload_to_code_that_cannot_import_keeps_the_old_generation() {
     let mut s = uvicorn_server(2, "", "").start();
     let tcp = s.ready_tcp();
     let before = s.worker_pids();
-    std::fs::write(
-        s.dir.path().join("asgi_app.py"),
-        "raise ImportError('broken on purpose')\n",
-    )
-    .unwrap();
-    let load = Load::start(&tcp, 4, Duration::from_secs(60));
-    let cfg = s.config.display().to_string();
-    let (code, _, err) = run(&rsvisor_bin(), &["reload", &cfg], s.dir.path(), &[]);
-    let stats = load.finish();
-    assert_eq!(code, 5, "{err}");
+    let err = broken_reload_under_load(&s, &tcp);
     assert!(err.contains("abandoned"), "{err}");
-    stats.assert_all_ok(20);
     assert_eq!(s.worker_pids(), before, "the old workers serve on");
     assert!(s.log_text().contains("broken on purpose"));
     assert_eq!(get(&tcp, "/").unwrap().status, 200);
@@ -204,18 +194,26 @@ fn a_broken_reload_right_after_the_workers_answer_keeps_them_serving() {
         assert!(Instant::now() < deadline, "{}", s.log_text());
         std::thread::sleep(Duration::from_millis(10));
     }
+    broken_reload_under_load(&s, &tcp);
+    assert_eq!(get(&tcp, "/").unwrap().status, 200);
+}
+
+/// Replaces the app with one that cannot import and reloads while four
+/// clients send requests: the reload exits 5 and every request (at least
+/// 20) is answered. Returns what `rsvisor reload` wrote to stderr.
+fn broken_reload_under_load(s: &Server, tcp: &Target) -> String {
     std::fs::write(
         s.dir.path().join("asgi_app.py"),
         "raise ImportError('broken on purpose')\n",
     )
     .unwrap();
-    let load = Load::start(&tcp, 4, Duration::from_secs(60));
+    let load = Load::start(tcp, 4, Duration::from_secs(60));
     let cfg = s.config.display().to_string();
     let (code, _, err) = run(&rsvisor_bin(), &["reload", &cfg], s.dir.path(), &[]);
     let stats = load.finish();
     assert_eq!(code, 5, "{err}");
     stats.assert_all_ok(20);
-    assert_eq!(get(&tcp, "/").unwrap().status, 200);
+    err
 }
 
 #[test]

@@ -17,19 +17,6 @@ timeout = 2
 format = "json"
 "#;
 
-/// The JSON log events whose message starts with `prefix`.
-fn events(s: &Server, prefix: &str) -> Vec<serde_json::Value> {
-    s.log_text()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| {
-            v["fields"]["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with(prefix))
-        })
-        .collect()
-}
-
 /// Waits for the forensics event of a worker that was aborted.
 fn wait_event(s: &mut Server, timeout: Duration) -> serde_json::Value {
     wait_json_event(s, "worker forensics", timeout)
@@ -97,7 +84,7 @@ fn a_hung_worker_is_dumped_then_replaced() {
         "{metrics}"
     );
     // One event, not one per tick.
-    assert_eq!(events(&s, "worker forensics").len(), 1);
+    assert_eq!(json_events(&s, "worker forensics").len(), 1);
 }
 
 #[test]

@@ -85,6 +85,26 @@ cwd = "{{dir}}"
     b
 }
 
+/// rsvisor in proxy mode with one front worker and one app process
+/// running `command` (a TOML array) in the test's directory; `sections`
+/// go before `[app]`, `app_keys` into it.
+fn one_process(command: &str, sections: &str, app_keys: &str) -> ServerBuilder {
+    ServerBuilder::new(rsvisor_bin()).config(&format!(
+        r#"
+[server]
+bind = ["127.0.0.1:0"]
+workers = 1
+{sections}
+[app]
+mode = "proxy"
+front_workers = 1
+command = {command}
+cwd = "{{dir}}"
+{app_keys}
+"#
+    ))
+}
+
 fn reload(s: &Server) -> (i32, String) {
     let cfg = s.config.display().to_string();
     let (code, out, err) = run(&rsvisor_bin(), &["reload", &cfg], s.dir.path(), &[]);
@@ -300,20 +320,11 @@ fn a_queue_that_waits_too_long_is_answered_503_and_a_slow_upload_holds_no_sync_w
         return;
     }
     let gunicorn = venv_bin("gunicorn").display().to_string();
-    let b = ServerBuilder::new(rsvisor_bin()).config(&format!(
-        r#"
-[server]
-bind = ["127.0.0.1:0"]
-workers = 1
-[app]
-mode = "proxy"
-front_workers = 1
-max_concurrency = 1
-queue_timeout = 1
-command = [{gunicorn:?}, "--workers", "1", "--bind", "unix:{{socket}}", "wsgi:app"]
-cwd = "{{dir}}"
-"#
-    ));
+    let b = one_process(
+        &format!(r#"[{gunicorn:?}, "--workers", "1", "--bind", "unix:{{socket}}", "wsgi:app"]"#),
+        "",
+        "max_concurrency = 1\nqueue_timeout = 1",
+    );
     std::fs::write(
         b.dir().join("wsgi.py"),
         "import time\n\ndef app(environ, start_response):\n    \
@@ -561,21 +572,12 @@ fn an_app_that_never_creates_its_socket_times_out_with_a_clear_message() {
         return;
     }
     let python = venv_bin("python").display().to_string();
-    let mut s = ServerBuilder::new(rsvisor_bin())
-        .config(&format!(
-            r#"
-[server]
-bind = ["127.0.0.1:0"]
-workers = 1
-[lifecycle]
-timeout = 2
-[app]
-mode = "proxy"
-front_workers = 1
-command = [{python:?}, "-c", "import sys, time; time.sleep(600)", "{{socket}}"]
-"#
-        ))
-        .start();
+    let mut s = one_process(
+        &format!(r#"[{python:?}, "-c", "import sys, time; time.sleep(600)", "{{socket}}"]"#),
+        "[lifecycle]\ntimeout = 2",
+        "",
+    )
+    .start();
     let st = s.expect_exit(Duration::from_secs(30));
     assert_eq!(st.code(), Some(3), "{}", s.log_text());
     let log = s.log_text();
@@ -595,18 +597,7 @@ fn garbage_and_a_death_mid_response_cost_only_their_own_request() {
         return;
     }
     let python = venv_bin("python").display().to_string();
-    let b = ServerBuilder::new(rsvisor_bin()).config(&format!(
-        r#"
-[server]
-bind = ["127.0.0.1:0"]
-workers = 1
-[app]
-mode = "proxy"
-front_workers = 1
-command = [{python:?}, "raw.py", "{{socket}}"]
-cwd = "{{dir}}"
-"#
-    ));
+    let b = one_process(&format!(r#"[{python:?}, "raw.py", "{{socket}}"]"#), "", "");
     std::fs::write(
         b.dir().join("raw.py"),
         r#"import os, socket, sys
@@ -731,22 +722,11 @@ fn a_hung_gunicorn_sync_view_is_dumped_through_its_arbiter() {
         return;
     }
     let gunicorn = venv_bin("gunicorn").display().to_string();
-    let b = ServerBuilder::new(rsvisor_bin()).config(&format!(
-        r#"
-[server]
-bind = ["127.0.0.1:0"]
-workers = 1
-[lifecycle]
-timeout = 2
-[log]
-format = "json"
-[app]
-mode = "proxy"
-front_workers = 1
-command = [{gunicorn:?}, "--workers", "1", "--bind", "unix:{{socket}}", "wsgi:app"]
-cwd = "{{dir}}"
-"#
-    ));
+    let b = one_process(
+        &format!(r#"[{gunicorn:?}, "--workers", "1", "--bind", "unix:{{socket}}", "wsgi:app"]"#),
+        "[lifecycle]\ntimeout = 2\n[log]\nformat = \"json\"",
+        "",
+    );
     std::fs::write(
         b.dir().join("wsgi.py"),
         "import time\n\ndef stuck_in_the_view():\n    time.sleep(60)\n\n\

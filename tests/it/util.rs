@@ -845,21 +845,26 @@ pub fn on_path(program: &str) -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
-/// The first event of a JSON log (`log.format = "json"`) whose message
-/// starts with `prefix`, waiting for it up to `timeout`.
+/// The events of a JSON log (`log.format = "json"`) whose message starts
+/// with `prefix`, oldest first.
+pub fn json_events(s: &Server, prefix: &str) -> Vec<serde_json::Value> {
+    s.log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(prefix))
+        })
+        .collect()
+}
+
+/// The first event of a JSON log whose message starts with `prefix`,
+/// waiting for it up to `timeout`.
 pub fn wait_json_event(s: &Server, prefix: &str, timeout: Duration) -> serde_json::Value {
     let deadline = Instant::now() + timeout;
     loop {
-        let found = s
-            .log_text()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|v| {
-                v["fields"]["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with(prefix))
-            });
-        if let Some(e) = found {
+        if let Some(e) = json_events(s, prefix).into_iter().next() {
             return e;
         }
         assert!(
