@@ -43,6 +43,14 @@ const CONTROL_SOCKET_MODE: u32 = 0o600;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientId(u64);
 
+#[cfg(test)]
+impl ClientId {
+    /// A client that never connected, for the core's tests.
+    pub fn for_test(n: u64) -> ClientId {
+        ClientId(n)
+    }
+}
+
 pub struct ControlServer {
     listener: Listener,
     clients: Vec<Client>,

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
+use super::core::Event;
 use super::forensics::Trigger;
 use super::worker_handle::{Report, WorkerHandle};
 use super::Master;
@@ -52,27 +53,7 @@ impl Master {
         if now >= self.next_memory_check {
             self.next_memory_check = now + MEMORY_CHECK_INTERVAL;
             self.check_memory();
-            self.return_reload_memory();
         }
-    }
-
-    /// Once a reload cycle is over (the last worker of another generation
-    /// is gone), the code it ran once (config loading, forking, reaping,
-    /// the old workers' exits) is unmapped again and freed heap returned,
-    /// so the master's RSS goes back to what its loop uses.
-    fn return_reload_memory(&mut self) {
-        let current = self.current.generation;
-        let Some(last) = &mut self.last_reload else {
-            return;
-        };
-        if last.memory_returned
-            || !matches!(self.lifecycle, super::lifecycle::Lifecycle::Running)
-            || self.workers.iter().any(|w| w.generation != current)
-        {
-            return;
-        }
-        last.memory_returned = true;
-        super::notify::drop_startup_code();
     }
 
     /// Takes in each worker's own report; a worker of the current
@@ -80,11 +61,15 @@ impl Master {
     /// a run of boot failures.
     fn observe_workers(&mut self) {
         let now = Instant::now();
+        let mut settled = Vec::new();
         for w in &mut self.workers {
-            let report = w.observe(self.board.slot(w.slot).state(), now);
-            if report == Report::Settled && w.generation == self.current.generation {
-                self.backoff.succeeded();
+            if w.observe(self.board.slot(w.slot).state(), now) == Report::Settled {
+                settled.push(w.generation);
             }
+        }
+        for generation in settled {
+            // Settling never leads to an exit by itself.
+            let _ = self.step(Event::Settled { generation });
         }
         for h in &mut self.helpers {
             h.observe(self.board.slot(h.slot).state(), now);

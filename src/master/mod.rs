@@ -1,38 +1,38 @@
 //! The master: one thread, no tokio. It owns the listening sockets and the
 //! scoreboard, forks workers and keeps the fleet at the desired size.
 //!
-//! Its state is grouped by who may change it: what is fixed for its life
-//! (`Fixed`), the sockets and files it owns (`Sockets`), the generation new
-//! workers start with (`Current`), the workers (`WorkerHandle`, each with
-//! its stage), what it is doing (`Lifecycle`: running, reloading,
-//! upgrading, stopping), the boot backoff, and what it tells systemd.
+//! It is a shell around a core (`core`): the core decides (what to start,
+//! drain, answer, when to exit) from events and a fake-able clock, and
+//! does no I/O; the shell reads the world into events and carries out the
+//! core's effects (`effects`). The shell's own state is what touches the
+//! world: what is fixed for its life (`Fixed`), the sockets and files it
+//! owns (`Sockets`), the workers (`WorkerHandle`, each with its stage and
+//! kill deadline), and what it tells systemd.
 //!
 //! Its loop runs the same steps in the same order every time, one module
 //! each: dispatch queued signals and control requests (`dispatch`), and
 //! what a new master of a binary upgrade said (`upgrade`) → read the
 //! workers' reports and check heartbeats, boot deadlines and memory
 //! (`health`) → reap children (`reap`) → collect stack dumps of hung
-//! workers (`forensics`) → cull/retire (`retire`) → spawn
-//! (`spawn`) → track progress (`progress`) → tell systemd (`notify`) →
-//! wait for a signal, a worker's nudge, a control client or the next tick.
+//! workers (`forensics`) → escalate overdue stops → the core's tick:
+//! drains, spawns (`spawn`), reload progress, the exit (`effects`) → tell
+//! systemd (`notify`) → wait for a signal, a worker's nudge, a control
+//! client or the next deadline.
 
 mod app_output;
-mod backoff;
 mod canary;
 mod control_socket;
+mod core;
 mod dispatch;
+mod effects;
 mod exec;
-mod fleet;
 mod forensics;
 mod health;
-mod lifecycle;
 mod notify;
 mod output;
-mod progress;
 mod python_stacks;
 mod reap;
 mod reload;
-mod retire;
 mod signal_queue;
 mod spawn;
 mod status;
@@ -62,10 +62,8 @@ use crate::shm::scoreboard::Board;
 use crate::telemetry::logging::LogHandle;
 use crate::worker::WorkerMain;
 
-use backoff::BootBackoff;
-use control_socket::{ClientId, ControlServer, Revents};
-use lifecycle::Lifecycle;
-use reload::LastReload;
+use control_socket::{ControlServer, Revents};
+use core::Core;
 use signal_queue::SignalQueue;
 use worker_handle::WorkerHandle;
 
@@ -111,15 +109,9 @@ struct Sockets {
     listeners: ListenerSet,
     control: Option<ControlServer>,
     pidfile: Option<Pidfile>,
-}
-
-/// The generation new workers start with.
-#[derive(Clone)]
-pub struct Current {
-    loaded: Loaded,
-    generation: u32,
-    /// Workers it should have (`server.workers`, then TTIN / TTOU).
-    desired: usize,
+    /// When /proc last said whether a leaving program of another
+    /// generation still holds a listening socket, and what it said.
+    old_holders_seen: Option<(Instant, bool)>,
 }
 
 /// What the master tells systemd, and when.
@@ -127,8 +119,6 @@ struct Systemd {
     notifier: Notifier,
     last_status: String,
     next_watchdog: Instant,
-    /// READY=1 was sent (all initial workers were ready once).
-    initial_ready: bool,
     /// In a master started by a binary upgrade: where to say "ready".
     upgrade_pipe: Option<OwnedFd>,
 }
@@ -139,21 +129,12 @@ pub struct Master {
     signals: SignalQueue,
     log: LogHandle,
     sockets: Sockets,
-    current: Current,
+    /// The decisions: generation, lifecycle, backoff, reload results.
+    core: Core,
     /// Oldest first.
     workers: Vec<WorkerHandle>,
-    lifecycle: Lifecycle,
-    backoff: BootBackoff,
-    /// A reload was asked for while a reload or upgrade ran; these
-    /// clients wait for it.
-    queued_reload: Option<Vec<ClientId>>,
-    last_reload: Option<LastReload>,
-    /// The highest generation number given out.
-    last_generation: u32,
     last_upgrade: Option<(Instant, UpgradeReport)>,
     systemd: Systemd,
-    /// Workers the last plan asked for, started by the spawn step.
-    pending_spawns: usize,
     /// Proxy mode's front workers, or exec mode's sidecar that serves
     /// `metrics.bind`.
     helpers: Vec<WorkerHandle>,
@@ -209,7 +190,6 @@ impl Master {
             (None, Some(path)) => Some(ControlServer::bind(path).map_err(MasterError::Control)?),
             (None, None) => None,
         };
-        let desired = config.worker_count();
         board.set_generation(1);
         board.header.master_started_ms.store(
             crate::os::monotonic_ms(),
@@ -245,27 +225,17 @@ impl Master {
                 listeners: setup.listeners,
                 control,
                 pidfile: setup.pidfile,
+                old_holders_seen: None,
             },
-            current: Current {
-                loaded: setup.loaded,
-                generation: 1,
-                desired,
-            },
+            core: Core::new(setup.loaded, now),
             workers: Vec::new(),
-            lifecycle: Lifecycle::Running,
-            backoff: BootBackoff::new(now),
-            queued_reload: None,
-            last_reload: None,
-            last_generation: 1,
             last_upgrade: None,
             systemd: Systemd {
                 notifier: Notifier::from_env(),
                 last_status: String::new(),
                 next_watchdog: now,
-                initial_ready: false,
                 upgrade_pipe: setup.upgrade_pipe,
             },
-            pending_spawns: 0,
             helpers: Vec::new(),
             helpers_not_before: now,
             next_memory_check: now,
@@ -285,23 +255,27 @@ impl Master {
             .collect();
         info!(
             pid = std::process::id(),
-            workers = self.current.desired,
+            workers = self.core.current().desired,
             listen = %addrs.join(", "),
             "rsvisor master starting"
         );
         let mut woke = Wakeup::default();
         loop {
-            self.dispatch(&woke.control);
+            if let Some(code) = self.dispatch(&woke.control) {
+                return code;
+            }
             self.read_workers(&woke.exec);
-            self.check_upgrade(woke.upgrade);
+            if let Some(code) = self.check_upgrade(woke.upgrade) {
+                return code;
+            }
             self.check_health();
             self.rotate_ticket_keys();
             self.reap_children();
             self.stop_strays();
             self.progress_inspections();
-            self.cull_and_retire();
-            self.spawn_workers();
-            if let Some(code) = self.track_progress() {
+            self.escalate();
+            self.spawn_helpers();
+            if let Some(code) = self.tick() {
                 return code;
             }
             self.notify_systemd();
@@ -329,7 +303,7 @@ impl Master {
             }
         }
         let upgrade_at = fds.len();
-        if let Some(up) = self.lifecycle.upgrade() {
+        if let Some(up) = self.core.lifecycle().upgrade() {
             fds.push((up.pipe_fd(), nix::poll::PollFlags::POLLIN));
         }
         let revents = self.signals.wait(timeout, &fds);
@@ -378,15 +352,7 @@ impl Master {
         if self.helpers_not_before > now {
             deadline = deadline.min(self.helpers_not_before);
         }
-        if !self.backoff.may_spawn(now) {
-            deadline = deadline.min(self.backoff.not_before());
-        }
-        if let Some(c) = self.lifecycle.reload().and_then(|r| r.canary.as_ref()) {
-            if c.watching() {
-                deadline = deadline.min(now + canary::CANARY_TICK);
-            }
-        }
-        if let Some(at) = self.lifecycle.close_deadline() {
+        if let Some(at) = self.core.next_deadline(now) {
             deadline = deadline.min(at);
         }
         if self.systemd.notifier.watchdog_interval().is_some() {

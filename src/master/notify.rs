@@ -13,7 +13,7 @@ pub const WATCHDOG_STALE_HEARTBEAT: Duration = Duration::from_secs(2);
 
 impl Master {
     pub(super) fn notify_systemd(&mut self) {
-        if !self.systemd.notifier.enabled() || self.lifecycle.handed_over() {
+        if !self.systemd.notifier.enabled() || self.core.lifecycle().handed_over() {
             return;
         }
         let status = self.status_line();
@@ -35,7 +35,6 @@ impl Master {
     /// Every initial worker is ready: this master serves. Started by a
     /// binary upgrade, it also takes over as the service's main process.
     pub(super) fn initial_ready(&mut self) {
-        self.systemd.initial_ready = true;
         drop_startup_code();
         if self.systemd.upgrade_pipe.is_some() {
             self.systemd
@@ -56,7 +55,7 @@ impl Master {
 
     pub(super) fn status_line(&self) -> String {
         let ready = self.ready_count();
-        let reload = match &self.last_reload {
+        let reload = match self.core.last_reload() {
             Some(r) if r.result == ReloadResult::Success => format!("; last reload: {}", r.result),
             // Why it failed, where an operator looks first.
             Some(r) => format!("; last reload: {} ({})", r.result, r.message),
@@ -64,7 +63,8 @@ impl Master {
         };
         format!(
             "{ready}/{} workers ready, generation {}{reload}",
-            self.current.desired, self.current.generation
+            self.core.current().desired,
+            self.core.current().generation
         )
     }
 

@@ -8,39 +8,12 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
+use super::core::{Ended, Event, Exited};
 use super::exec::{ExecEvent, Label};
 use super::worker_handle::{LeaveHow, WorkerHandle};
 use super::Master;
 use crate::proto::control::ExitReport;
 use crate::proto::exit::WorkerExit;
-use crate::proto::outcome::ExitReason;
-
-/// How a child ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ended {
-    Code(i32),
-    Signal(Signal),
-}
-
-impl std::fmt::Display for Ended {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Ended::Code(c) => {
-                let meaning =
-                    WorkerExit::from_code(*c).map_or("unexpected exit code", WorkerExit::describe);
-                write!(f, "exit code {c} ({meaning})")
-            }
-            Ended::Signal(s) => write!(f, "killed by signal {} ({s})", *s as i32),
-        }
-    }
-}
-
-/// Whether a worker that ended this way failed to boot: it never became
-/// ready, belonged to the generation being started, and was not asked to
-/// leave for another reason than its boot deadline.
-pub fn boot_failure(was_ready: bool, current_generation: bool, reason: ExitReason) -> bool {
-    !was_ready && current_generation && matches!(reason, ExitReason::Crash | ExitReason::Timeout)
-}
 
 impl Master {
     pub(super) fn reap_children(&mut self) {
@@ -137,7 +110,7 @@ impl Master {
             (Some(_), _) => {
                 warn!(pid, %reason, status = %how, "worker ended");
             }
-            (None, _) if !self.lifecycle.serving() => {
+            (None, _) if !self.core.lifecycle().serving() => {
                 info!(pid, status = %how, "worker exited during shutdown");
             }
             (None, _) => {
@@ -150,45 +123,22 @@ impl Master {
                 );
             }
         }
-        if let Some(canary) = self
-            .lifecycle
-            .reload_mut()
-            .and_then(|r| r.canary.as_mut())
-            .filter(|c| c.is_canary(w.pid))
-        {
-            if matches!(reason, ExitReason::Crash | ExitReason::Timeout) {
-                let why = match reason {
-                    ExitReason::Timeout => "missed its heartbeat and was killed",
-                    _ => "exited unexpectedly",
-                };
-                canary.lost(format!("the canary (pid {pid}) {why}: {how}"));
-            }
-        }
-        let current = w.generation == self.current.generation;
-        if boot_failure(was_ready, current, reason) && self.lifecycle.serving() {
-            // An exec worker that dies before it is ready failed in the
-            // app's own startup (an import error, a missing program). One
-            // that said it was ready and died soon after is backed off,
-            // but is no proof that the app cannot start at all.
-            let in_startup = w.ready_at.is_none()
-                && (how == Ended::Code(WorkerExit::AppStartupFailed.code()) || w.exec.is_some());
-            let delay = self.backoff.failed(Instant::now(), in_startup);
-            let what = if w.ready_at.is_some() {
-                "worker exited right after it said it was ready: a failed start"
-            } else {
-                "worker failed during boot"
-            };
-            warn!(
-                pid,
-                failures_in_a_row = self.backoff.failures(),
-                retry_in = ?delay,
-                "{what}"
-            );
-            if let Some(r) = self.lifecycle.reload_mut() {
-                r.boot_failed();
-            }
-        }
-        self.close_unused_listeners();
+        // An exec worker that dies before it is ready failed in the app's
+        // own startup (an import error, a missing program). One that said
+        // it was ready and died soon after is backed off, but is no proof
+        // that the app cannot start at all.
+        let in_app_startup = w.ready_at.is_none()
+            && (how == Ended::Code(WorkerExit::AppStartupFailed.code()) || w.exec.is_some());
+        // Reaping never leads to an exit by itself: the tick decides that.
+        let _ = self.step(Event::Exited(Exited {
+            pid: w.pid,
+            generation: w.generation,
+            reason,
+            settled: was_ready,
+            said_ready: w.ready_at.is_some(),
+            in_app_startup,
+            ended: how,
+        }));
     }
 }
 
@@ -208,7 +158,7 @@ impl Master {
                 .iter()
                 .chain(&self.helpers)
                 .any(|w| w.pid == pid)
-                || self.lifecycle.upgrade().is_some_and(|u| u.pid == pid)
+                || self.core.lifecycle().upgrade().is_some_and(|u| u.pid == pid)
                 // The new master of a binary upgrade stays our child
                 // after it took over (or while a failed one is killed).
                 || self
@@ -252,7 +202,7 @@ impl Master {
         let s = self.helpers.remove(i);
         self.board.release(s.slot);
         let what = super::spawn::role_name(s.role);
-        if s.leaving() || !self.lifecycle.serving() {
+        if s.leaving() || !self.core.lifecycle().serving() {
             info!(pid = s.pid.as_raw(), status = %how, "{what} exited");
         } else {
             warn!(pid = s.pid.as_raw(), status = %how, "{what} died; starting it again");
@@ -264,20 +214,5 @@ impl Master {
             super::spawn::HELPER_RESTART_DELAY
         };
         self.helpers_not_before = Instant::now() + pause;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_unready_workers_of_the_current_generation_fail_to_boot() {
-        assert!(boot_failure(false, true, ExitReason::Crash));
-        assert!(boot_failure(false, true, ExitReason::Timeout));
-        assert!(!boot_failure(true, true, ExitReason::Crash));
-        assert!(!boot_failure(false, false, ExitReason::Crash));
-        assert!(!boot_failure(false, true, ExitReason::Reload));
-        assert!(!boot_failure(false, true, ExitReason::ScaleDown));
     }
 }

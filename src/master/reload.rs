@@ -1,119 +1,27 @@
-//! Reloads: validate the new configuration, bind new addresses, start a
-//! new generation; finish when it is fully ready, or give up and restore
-//! the previous generation when its workers cannot boot.
+//! What a reload needs from the world (the core decides the rest): the
+//! new configuration loaded and its addresses bound, whether a leaving
+//! program still accepts on a listening socket, the canary's samples, and
+//! new helpers once a reload is done.
 
 use std::time::{Duration, Instant};
 
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use nix::unistd::Pid;
 
-use super::canary::{Limits, Verdict};
-use super::control_socket::ClientId;
-use super::lifecycle::{Lifecycle, Reload, ReloadAdmission, ReloadOutcome};
-use super::{Current, Master};
+use super::canary::Verdict;
+use super::Master;
 use crate::config::material::Loaded;
 use crate::config::{Config, ConfigError, ReadyRule, WorkerCount};
 use crate::net::listen::ListenError;
 use crate::os::procfs;
-use crate::proto::control::{ReloadReport, Response};
-use crate::proto::outcome::{ExitReason, ReloadResult};
+use crate::proto::outcome::ExitReason;
 use crate::worker::WorkerRole;
 
-/// The result of the last reload, for `rsvisor status`.
-pub struct LastReload {
-    pub result: ReloadResult,
-    pub generation: u32,
-    pub at: Instant,
-    pub duration: Duration,
-    pub message: String,
-    /// The code and heap the reload cycle used were given back, once the
-    /// last worker of another generation was gone (see `health`).
-    pub memory_returned: bool,
-}
-
-impl LastReload {
-    pub fn report(&self) -> ReloadReport {
-        ReloadReport {
-            result: self.result,
-            generation: self.generation,
-            seconds_ago: self.at.elapsed().as_secs_f64(),
-            duration_ms: self.duration.as_millis() as u64,
-            message: self.message.clone(),
-        }
-    }
-}
-
 impl Master {
-    /// HUP or `rsvisor reload`: start a reload now, or queue it behind the
-    /// reload or upgrade in progress (never interleave two).
-    pub(super) fn request_reload(&mut self, waiter: Option<ClientId>) {
-        match self.lifecycle.admit_reload() {
-            ReloadAdmission::Start => self.start_reload(waiter.into_iter().collect()),
-            ReloadAdmission::Queue => {
-                info!("reload requested during a reload or upgrade: queued until it finishes");
-                let queue = self.queued_reload.get_or_insert_with(Vec::new);
-                queue.extend(waiter);
-            }
-            ReloadAdmission::Refuse => {
-                info!("reload ignored: stopping");
-                if let Some(w) = waiter {
-                    self.reply(w, &Response::error("stopping; not reloading"));
-                }
-            }
-        }
-    }
-
-    /// Runs a reload that waited for the previous one (or an upgrade).
-    pub(super) fn start_queued_reload(&mut self) {
-        if let Some(waiters) = self.queued_reload.take() {
-            self.start_reload(waiters);
-        }
-    }
-
-    /// Starts a reload, or refuses it (invalid config, address that cannot
-    /// be bound) leaving everything as it was.
-    fn start_reload(&mut self, waiters: Vec<ClientId>) {
-        info!(config = %self.fixed.source.describe(), "reloading configuration");
-        self.systemd.notifier.reloading();
-        let started = Instant::now();
-        let new = match self.load_new_config() {
-            Ok(l) => l,
-            Err(why) => return self.refuse_reload(waiters, why.to_string(), started),
-        };
-        self.log.apply(&new.config.log);
-        let previous = self.current.clone();
-        // Numbers are never reused: a rolled-back generation's workers may
-        // still be draining when the next one starts.
-        self.last_generation += 1;
-        let canary = Limits::of(&new.config.lifecycle);
-        self.current = Current {
-            generation: self.last_generation,
-            desired: new.config.worker_count(),
-            loaded: new,
-        };
-        self.board.set_generation(self.current.generation);
-        self.lifecycle = Lifecycle::Reloading(Reload::new(previous, started, waiters, canary));
-        self.backoff.reset(Instant::now());
-        match canary {
-            Some(c) => info!(
-                generation = self.current.generation,
-                workers = self.current.desired,
-                canary_s = c.window.as_secs_f64(),
-                "new generation starting with one canary worker, watched before the others \
-                 are replaced"
-            ),
-            None => info!(
-                generation = self.current.generation,
-                workers = self.current.desired,
-                "new generation starting; old workers retire as replacements become ready"
-            ),
-        }
-    }
-
     /// The new configuration, with what it refers to loaded and its new
     /// addresses bound.
-    fn load_new_config(&mut self) -> Result<Loaded, ReloadError> {
+    pub(super) fn load_new_config(&mut self) -> Result<Loaded, ReloadError> {
         let mut config = self.fixed.source.load()?;
         for extra in &self.fixed.extra_binds {
             if !config.server.bind.contains(extra) {
@@ -140,8 +48,12 @@ impl Master {
     /// /proc is read at most every [`OLD_SOCKETS_CHECK`] (the loop can wake
     /// for every line a worker writes); a process that exits ends the
     /// wait at once, being reaped.
-    fn old_program_still_accepts(&mut self) -> bool {
-        let current = self.current.generation;
+    pub(super) fn old_program_still_accepts(&mut self) -> bool {
+        if self.core.lifecycle().reload().is_none() {
+            self.sockets.old_holders_seen = None;
+            return false;
+        }
+        let current = self.core.current().generation;
         let leaving: Vec<i32> = self
             .workers
             .iter()
@@ -152,10 +64,7 @@ impl Master {
             return false;
         }
         let now = Instant::now();
-        let Some(r) = self.lifecycle.reload_mut() else {
-            return false;
-        };
-        if let Some((at, holds)) = r.old_sockets_seen {
+        if let Some((at, holds)) = self.sockets.old_holders_seen {
             if now < at + OLD_SOCKETS_CHECK {
                 return holds;
             }
@@ -167,76 +76,8 @@ impl Master {
                 .into_iter()
                 .any(|p| procfs::holds_socket(p, &inodes))
         });
-        r.old_sockets_seen = Some((now, holds));
+        self.sockets.old_holders_seen = Some((now, holds));
         holds
-    }
-
-    fn refuse_reload(&mut self, waiters: Vec<ClientId>, why: String, started: Instant) {
-        error!("reload refused, still serving with the current configuration: {why}");
-        self.finish_reload(ReloadResult::InvalidConfig, started.elapsed(), why, waiters);
-        self.start_queued_reload();
-    }
-
-    /// Ends a reload that is done, must be abandoned, or whose canary
-    /// failed.
-    pub(super) fn progress_reload(&mut self) {
-        if let Some(why) = self.watch_canary() {
-            self.roll_back(why);
-            self.start_queued_reload();
-            return;
-        }
-        if self.lifecycle.reload().is_none() {
-            return;
-        }
-        let current = self.current.generation;
-        let old_serving = self
-            .workers
-            .iter()
-            .any(|w| w.generation != current && !w.leaving());
-        // /proc is read only once everything else says the reload is done.
-        let complete = self.ready_count() >= self.current.desired
-            && !old_serving
-            && !self.old_program_still_accepts();
-        let Some(r) = self.lifecycle.reload() else {
-            return;
-        };
-        match r.outcome(complete) {
-            ReloadOutcome::InProgress => return,
-            ReloadOutcome::Done { elapsed } => {
-                let Some(r) = self.lifecycle.end_reload() else {
-                    return;
-                };
-                info!(
-                    generation = current,
-                    elapsed_ms = elapsed.as_millis() as u64,
-                    "reload complete: every worker is of the new generation"
-                );
-                let note = r.canary.as_ref().and_then(|c| c.note.as_deref());
-                let msg = match note {
-                    Some(n) => format!("generation {current} serving; {n}"),
-                    None => format!("generation {current} serving"),
-                };
-                self.finish_reload(ReloadResult::Success, elapsed, msg, r.waiters);
-                self.replace_helpers();
-            }
-            ReloadOutcome::Abandon { failures } => {
-                let Some(r) = self.lifecycle.end_reload() else {
-                    return;
-                };
-                error!(
-                    failures,
-                    "RELOAD ABANDONED: new workers could not start; \
-                     the previous generation keeps serving"
-                );
-                self.restore(r.previous);
-                let msg = format!(
-                    "{failures} new workers failed to boot; generation {} keeps serving",
-                    self.current.generation
-                );
-                self.finish_reload(ReloadResult::Abandoned, r.started.elapsed(), msg, r.waiters);
-            }
-        }
-        self.start_queued_reload();
     }
 
     /// After a successful reload: the sidecar serves the old config's
@@ -244,8 +85,8 @@ impl Master {
     /// replaced only when what they serve changed (anything but the app
     /// processes' own keys, or certificates that may have been renewed),
     /// so that a reload of the app leaves every client connection open.
-    fn replace_helpers(&mut self) {
-        let new = &self.current.loaded.config;
+    pub(super) fn replace_helpers(&mut self) {
+        let new = &self.core.current().loaded.config;
         let mut replaced = false;
         for h in &mut self.helpers {
             let stale = match h.role {
@@ -269,8 +110,8 @@ impl Master {
 
     /// Starts the canary's window once it is ready, samples it, and says
     /// why it failed, if it did.
-    fn watch_canary(&mut self) -> Option<String> {
-        let current = self.current.generation;
+    pub(super) fn watch_canary(&mut self) -> Option<String> {
+        let current = self.core.current().generation;
         let now = Instant::now();
         let board = self.board;
         let live: Vec<(Pid, usize)> = self.workers.iter().map(|w| (w.pid, w.slot)).collect();
@@ -285,7 +126,7 @@ impl Master {
             .filter(|w| w.generation != current && !w.leaving() && !w.booting())
             .map(|w| (w.pid, w.slot))
             .collect();
-        let canary = self.lifecycle.reload_mut()?.canary.as_mut()?;
+        let canary = self.core.canary_mut()?;
         if !canary.holds_back() {
             return None;
         }
@@ -320,81 +161,6 @@ impl Master {
                 None
             }
         }
-    }
-
-    /// The canary failed: the previous generation is current again, and
-    /// the new generation's workers are drained (the fleet plan starts
-    /// their replacements of the previous generation).
-    fn roll_back(&mut self, why: String) {
-        let Some(r) = self.lifecycle.end_reload() else {
-            return;
-        };
-        let rejected = self.current.generation;
-        error!(
-            generation = rejected,
-            "RELOAD ROLLED BACK: {why}; generation {} keeps serving", r.previous.generation
-        );
-        self.restore(r.previous);
-        for w in &mut self.workers {
-            if w.generation == rejected && !w.leaving() {
-                info!(pid = w.pid.as_raw(), "draining the canary");
-                let graceful = w.config.lifecycle.graceful_timeout;
-                w.drain(ExitReason::Rollback, graceful);
-                super::retire::mark_draining(self.board, w);
-            }
-        }
-        let msg = format!(
-            "{why}; generation {} keeps serving",
-            self.current.generation
-        );
-        self.finish_reload(
-            ReloadResult::RolledBack,
-            r.started.elapsed(),
-            msg,
-            r.waiters,
-        );
-    }
-
-    /// Makes a reload's previous generation current again.
-    fn restore(&mut self, previous: Current) {
-        self.log.apply(&previous.loaded.config.log);
-        self.current = previous;
-        self.board.set_generation(self.current.generation);
-        // The new generation's addresses stay while its workers do.
-        self.close_unused_listeners();
-        self.backoff.reset(Instant::now());
-    }
-
-    fn finish_reload(
-        &mut self,
-        result: ReloadResult,
-        duration: Duration,
-        message: String,
-        waiters: Vec<ClientId>,
-    ) {
-        self.board.count_reload(result);
-        let last = LastReload {
-            result,
-            generation: self.current.generation,
-            at: Instant::now(),
-            duration,
-            message,
-            memory_returned: false,
-        };
-        let ok = result == ReloadResult::Success;
-        let resp = Response {
-            ok,
-            error: (!ok).then(|| format!("reload {result}: {}", last.message)),
-            status: None,
-            reload: Some(last.report()),
-            message: None,
-            forensics: None,
-        };
-        for w in waiters {
-            self.reply(w, &resp);
-        }
-        self.last_reload = Some(last);
-        self.systemd_ready();
     }
 }
 

@@ -20,6 +20,7 @@ use crate::proto::exit::WorkerExit;
 use crate::shm::scoreboard::{Board, SlotKind};
 use crate::worker::{BootListener, ListenRole, SetupError, WorkerBoot, WorkerMain, WorkerRole};
 
+use super::core::Event;
 use super::exec;
 use super::worker_handle::WorkerHandle;
 use super::Master;
@@ -56,19 +57,14 @@ pub enum SpawnError {
 }
 
 impl Master {
-    pub(super) fn spawn_workers(&mut self) {
-        let now = Instant::now();
-        if !self.lifecycle.serving() {
-            return;
-        }
-        self.spawn_helpers();
-        if !self.backoff.may_spawn(now) {
-            return;
-        }
-        for _ in 0..std::mem::take(&mut self.pending_spawns) {
+    /// Starts `n` workers of the current generation; the first failure
+    /// pauses spawning (the core's backoff).
+    pub(super) fn spawn_workers(&mut self, n: usize) {
+        for _ in 0..n {
             if let Err(e) = self.spawn_one() {
                 error!("cannot start a worker: {e}");
-                self.backoff.pause(now);
+                // A failed start never leads to an exit by itself.
+                let _ = self.step(Event::SpawnFailed);
                 return;
             }
         }
@@ -76,8 +72,8 @@ impl Master {
 
     fn spawn_one(&mut self) -> Result<(), SpawnError> {
         let slot = self.board.free_slot().ok_or(SpawnError::NoSlot)?;
-        let loaded = &self.current.loaded;
-        let generation = self.current.generation;
+        let loaded = &self.core.current().loaded;
+        let generation = self.core.current().generation;
         let memory_limit = loaded.config.lifecycle.max_worker_memory.unwrap_or(0);
         // A proxy-mode app process listens on its own socket instead of
         // the inherited listeners.
@@ -135,10 +131,10 @@ impl Master {
     /// exec mode's sidecar that serves `metrics.bind` (the app's own
     /// program owns the main port).
     pub(super) fn spawn_helpers(&mut self) {
-        let config = &self.current.loaded.config;
+        let config = &self.core.current().loaded.config;
         let (role, want) = helpers_of(config);
         let staying = self.helpers.iter().filter(|h| !h.leaving()).count();
-        if !self.lifecycle.serving() || Instant::now() < self.helpers_not_before {
+        if !self.core.lifecycle().serving() || Instant::now() < self.helpers_not_before {
             return;
         }
         for _ in staying..want {
@@ -155,7 +151,8 @@ impl Master {
 
     fn start_helper(&mut self, role: WorkerRole) -> Result<WorkerHandle, SpawnError> {
         let slot = self.board.free_slot().ok_or(SpawnError::NoSlot)?;
-        let loaded = &self.current.loaded;
+        let current = self.core.current();
+        let loaded = &current.loaded;
         let which = match role {
             WorkerRole::Front => Listeners::Front,
             _ => Listeners::Sidecar,
@@ -166,7 +163,7 @@ impl Master {
             entry: self.fixed.entry.as_ref(),
             loaded,
             slot,
-            generation: self.current.generation,
+            generation: current.generation,
             board: self.board,
             listeners,
             nudge,
@@ -178,10 +175,7 @@ impl Master {
         };
         self.board.slot(slot).set_kind(kind);
         debug!(pid = pid.as_raw(), slot, "{} started", role_name(role));
-        Ok(
-            WorkerHandle::new(pid, slot, self.current.generation, loaded.config.clone())
-                .with_role(role),
-        )
+        Ok(WorkerHandle::new(pid, slot, current.generation, loaded.config.clone()).with_role(role))
     }
 }
 

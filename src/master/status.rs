@@ -48,9 +48,9 @@ impl Master {
         Status {
             master_pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            phase: self.lifecycle.phase(),
-            generation: self.current.generation,
-            desired_workers: self.current.desired,
+            phase: self.core.lifecycle().phase(),
+            generation: self.core.current().generation,
+            desired_workers: self.core.current().desired,
             uptime_seconds: self.fixed.started.elapsed().as_secs_f64(),
             listeners: self
                 .sockets
@@ -79,7 +79,7 @@ impl Master {
             },
             workers,
             fronts,
-            last_reload: self.last_reload.as_ref().map(|r| r.report()),
+            last_reload: self.core.last_reload().map(|r| r.report()),
             last_upgrade: self.last_upgrade.as_ref().map(|(at, r)| UpgradeReport {
                 seconds_ago: at.elapsed().as_secs_f64(),
                 ..r.clone()
@@ -90,7 +90,7 @@ impl Master {
     }
 
     fn canary_report(&self) -> Option<CanaryReport> {
-        let c = self.lifecycle.reload()?.canary.as_ref()?;
+        let c = self.core.lifecycle().reload()?.canary.as_ref()?;
         let p = c.progress(std::time::Instant::now())?;
         let ms = |us: f64| us / 1000.0;
         Some(CanaryReport {

@@ -13,7 +13,13 @@ impl Master {
         if now < self.next_ticket_rotation {
             return;
         }
-        let lifetime = self.current.loaded.config.tls.session_ticket_lifetime;
+        let lifetime = self
+            .core
+            .current()
+            .loaded
+            .config
+            .tls
+            .session_ticket_lifetime;
         self.next_ticket_rotation = now + lifetime;
         match crate::tls::rotate_ticket_keys() {
             Ok(true) => info!(

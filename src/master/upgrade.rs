@@ -15,12 +15,13 @@ use nix::fcntl::OFlag;
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
-use super::lifecycle::{judge_upgrade, Lifecycle, Upgrade, UpgradeVerdict};
-use super::reap::Ended;
+use super::core::lifecycle::{judge_upgrade, Upgrade, UpgradeVerdict};
+use super::core::{Ended, Event};
 use super::Master;
 use crate::os::systemd::LISTEN_FDS_START;
 use crate::os::{self, Fork};
 use crate::proto::control::UpgradeReport;
+use crate::proto::exit::Exit;
 
 /// `LISTEN_FDNAMES` name of the inherited control socket.
 pub const FD_NAME_CONTROL: &str = "rsvisor-control";
@@ -33,15 +34,12 @@ pub const FD_NAME_LISTENER: &str = "rsvisor-listener";
 pub const UPGRADE_FROM_ENV: &str = "RSVISOR_UPGRADE_FROM";
 
 impl Master {
-    pub(super) fn start_upgrade(&mut self) {
-        if !self.lifecycle.may_upgrade() {
-            warn!("USR2 ignored: the master is stopping, reloading or upgrading already");
-            return;
-        }
+    /// The core admitted a USR2 (the master runs, settled).
+    pub(super) fn start_upgrade(&mut self) -> Option<Exit> {
         if self.systemd.upgrade_pipe.is_some() {
             // Started by a USR2 itself: the old master has not handed over.
             warn!("USR2 ignored: this master is still taking over from the previous one");
-            return;
+            return None;
         }
         match self.spawn_new_master() {
             Ok(up) => {
@@ -50,9 +48,12 @@ impl Master {
                     exe = %self.fixed.exe.display(),
                     "USR2: started the new binary; old workers serve until it is ready"
                 );
-                self.lifecycle = Lifecycle::Upgrading(up);
+                self.step(Event::UpgradeStarted(up))
             }
-            Err(e) => error!("USR2: cannot start the new binary: {e}"),
+            Err(e) => {
+                error!("USR2: cannot start the new binary: {e}");
+                None
+            }
         }
     }
 
@@ -114,45 +115,63 @@ impl Master {
                     pid,
                     read,
                     now,
-                    now + self.current.loaded.config.lifecycle.timeout,
+                    now + self.core.current().loaded.config.lifecycle.timeout,
                 ))
             }
         }
     }
 
     /// Reads what the new master said and applies [`judge_upgrade`].
-    pub(super) fn check_upgrade(&mut self, pipe_readable: bool) {
-        let Some(up) = self.lifecycle.upgrade_mut() else {
-            return;
-        };
+    pub(super) fn check_upgrade(&mut self, pipe_readable: bool) -> Option<Exit> {
+        let up = self.core.upgrade_mut()?;
         if pipe_readable {
             up.read_pipe();
         }
         match judge_upgrade(&up.said, up.closed, Instant::now() >= up.deadline) {
-            UpgradeVerdict::Waiting => {}
-            UpgradeVerdict::Ready => self.upgrade_succeeded(),
-            UpgradeVerdict::Failed(why) => self.upgrade_failed(why),
+            UpgradeVerdict::Waiting => None,
+            UpgradeVerdict::Ready => self.step(Event::UpgradeEnded {
+                ready: true,
+                why: String::new(),
+            }),
+            UpgradeVerdict::Failed(why) => self.step(Event::UpgradeEnded {
+                ready: false,
+                why: why.into(),
+            }),
         }
     }
 
     /// The reap step found a child that is not a worker: the new master of
     /// an upgrade, if it is that one.
     pub(super) fn other_child_exited(&mut self, pid: Pid, how: Ended) {
-        if self.lifecycle.upgrade().map(|u| u.pid) == Some(pid) {
-            let msg = format!("the new master exited ({how})");
-            self.upgrade_failed(&msg);
+        if self.core.lifecycle().upgrade().map(|u| u.pid) == Some(pid) {
+            // An upgrade's failure never leads to an exit by itself.
+            let _ = self.step(Event::UpgradeEnded {
+                ready: false,
+                why: format!("the new master exited ({how})"),
+            });
         }
     }
 
-    fn upgrade_failed(&mut self, why: &str) {
-        let Some(up) = self.lifecycle.end_upgrade() else {
+    /// The core ended an upgrade: a failed one's new master is killed and
+    /// this master takes its place again; a ready one's owns the socket
+    /// files and the pidfile now.
+    pub(super) fn upgrade_over(&mut self, up: Upgrade, ready: bool, message: String) {
+        self.last_upgrade = Some((
+            Instant::now(),
+            UpgradeReport {
+                ok: ready,
+                new_master_pid: up.pid.as_raw() as u32,
+                seconds_ago: 0.0,
+                message,
+            },
+        ));
+        if ready {
+            self.sockets.listeners.hand_over_files();
+            if let Some(c) = &mut self.sockets.control {
+                c.hand_over_file();
+            }
             return;
-        };
-        error!(
-            new_master = up.pid.as_raw(),
-            "UPGRADE FAILED: {why}; this master keeps serving"
-        );
-        self.record_upgrade(&up, false, format!("{why}; this master keeps serving"));
+        }
         up.kill();
         if let Some(p) = &self.sockets.pidfile {
             if let Err(e) = p.rewrite() {
@@ -163,35 +182,6 @@ impl Master {
         self.systemd
             .notifier
             .send(&format!("MAINPID={}", std::process::id()));
-        self.start_queued_reload();
-    }
-
-    fn upgrade_succeeded(&mut self) {
-        let Some(up) = self.lifecycle.end_upgrade() else {
-            return;
-        };
-        info!(
-            new_master = up.pid.as_raw(),
-            elapsed_ms = up.started.elapsed().as_millis() as u64,
-            "upgrade complete: the new master serves; this one drains and exits"
-        );
-        self.record_upgrade(&up, true, "the new master serves".into());
-        // The new master owns the socket files and the pidfile now.
-        self.sockets.listeners.hand_over_files();
-        if let Some(c) = &mut self.sockets.control {
-            c.hand_over_file();
-        }
-        self.graceful_stop("handing over to the new master", true);
-    }
-
-    fn record_upgrade(&mut self, up: &Upgrade, ok: bool, message: String) {
-        let report = UpgradeReport {
-            ok,
-            new_master_pid: up.pid.as_raw() as u32,
-            seconds_ago: 0.0,
-            message,
-        };
-        self.last_upgrade = Some((Instant::now(), report));
     }
 
     /// In a master started by an upgrade: tell the old one we are ready.

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::canary::{Canary, Limits};
-use super::control_socket::ClientId;
+use super::super::canary::{Canary, Limits};
+use super::super::control_socket::ClientId;
 use super::Current;
 use crate::proto::state::Phase;
 
@@ -226,9 +226,6 @@ pub struct Reload {
     pub waiters: Vec<ClientId>,
     /// `lifecycle.canary`: one worker first, watched before the others.
     pub canary: Option<Box<Canary>>,
-    /// When /proc last said whether a leaving program of the previous
-    /// generation still holds a listening socket, and what it said.
-    pub old_sockets_seen: Option<(Instant, bool)>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -249,7 +246,6 @@ impl Reload {
             previous,
             started,
             failures: 0,
-            old_sockets_seen: None,
             waiters,
             canary: canary.map(|l| Box::new(Canary::new(l))),
         }
@@ -261,8 +257,12 @@ impl Reload {
 
     /// `complete`: the new generation is fully ready and no old worker
     /// still serves.
-    pub fn outcome(&self, complete: bool) -> ReloadOutcome {
-        judge(self.failures, complete, self.started.elapsed())
+    pub fn outcome(&self, complete: bool, now: Instant) -> ReloadOutcome {
+        judge(
+            self.failures,
+            complete,
+            now.saturating_duration_since(self.started),
+        )
     }
 }
 
