@@ -57,6 +57,7 @@ impl Master {
     /// worker.
     fn dump(&mut self, client: ClientId, slot: usize) {
         let worker = self
+            .fleet
             .workers
             .iter()
             .position(|w| w.slot == slot && !w.leaving());

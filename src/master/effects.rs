@@ -26,6 +26,7 @@ impl Master {
         let old_program_accepts = self.old_program_still_accepts();
         let board = self.board;
         let members: Vec<Member> = self
+            .fleet
             .workers
             .iter()
             .map(|w| Member {
@@ -42,8 +43,8 @@ impl Master {
             .collect();
         self.step(Event::Tick(World {
             members: &members,
-            helpers: self.helpers.len(),
-            strays: !self.strays.is_empty(),
+            helpers: self.fleet.helpers.len(),
+            strays: !self.fleet.strays.is_empty(),
             old_program_accepts,
             canary_failed,
         }))
@@ -66,7 +67,7 @@ impl Master {
                 Effect::Reply { to, response } => self.reply(to, &response),
                 Effect::SetGeneration(g) => self.board.set_generation(g),
                 Effect::SetStopping => self.board.set_stopping(),
-                Effect::ApplyLog(log) => self.log.apply(&log),
+                Effect::ApplyLog(log) => self.fixed.log.apply(&log),
                 Effect::CountReload(result) => self.board.count_reload(result),
                 Effect::NotifyReloading => self.systemd.notifier.reloading(),
                 Effect::NotifyStopping => self.systemd.notifier.stopping(),
@@ -74,31 +75,31 @@ impl Master {
                 Effect::InitialReady => self.initial_ready(),
                 Effect::Spawn(n) => self.spawn_workers(n),
                 Effect::Drain { pid, reason } => {
-                    if let Some(w) = self.workers.iter_mut().find(|w| w.pid == pid) {
+                    if let Some(w) = self.fleet.workers.iter_mut().find(|w| w.pid == pid) {
                         let graceful = w.config.lifecycle.graceful_timeout;
                         w.drain(reason, graceful);
                         mark_draining(self.board, w);
                     }
                 }
                 Effect::DrainAll(reason) => {
-                    for w in self.workers.iter_mut().chain(&mut self.helpers) {
+                    for w in self.fleet.workers.iter_mut().chain(&mut self.fleet.helpers) {
                         let graceful = w.config.lifecycle.graceful_timeout;
                         w.drain(reason, graceful);
                         mark_draining(self.board, w);
                     }
                 }
                 Effect::QuickStopAll => {
-                    for w in self.workers.iter_mut().chain(&mut self.helpers) {
+                    for w in self.fleet.workers.iter_mut().chain(&mut self.fleet.helpers) {
                         w.quick_stop();
                     }
                 }
                 Effect::QuickStopWorkers => {
-                    for w in &mut self.workers {
+                    for w in &mut self.fleet.workers {
                         w.quick_stop();
                     }
                 }
                 Effect::Forward(sig) => {
-                    for w in self.workers.iter().chain(&self.helpers) {
+                    for w in self.fleet.workers.iter().chain(&self.fleet.helpers) {
                         w.signal(sig);
                     }
                 }
@@ -110,11 +111,7 @@ impl Master {
                         return Some(code);
                     }
                 }
-                Effect::UpgradeOver {
-                    upgrade,
-                    ready,
-                    message,
-                } => self.upgrade_over(upgrade, ready, message),
+                Effect::UpgradeOver { upgrade, ready } => self.upgrade_over(upgrade, ready),
                 Effect::KillUpgrade(upgrade) => upgrade.kill(),
                 Effect::ReturnMemory => super::notify::drop_startup_code(),
                 Effect::Exit(code) => return Some(code),
@@ -127,7 +124,7 @@ impl Master {
     /// the SIGABRT a stack dump held back, then SIGKILL.
     pub(super) fn escalate(&mut self) {
         let now = Instant::now();
-        for w in self.workers.iter_mut().chain(&mut self.helpers) {
+        for w in self.fleet.workers.iter_mut().chain(&mut self.fleet.helpers) {
             if w.escalate(now) {
                 warn!(pid = w.pid.as_raw(), "worker did not exit in time; SIGKILL");
             }
@@ -138,7 +135,7 @@ impl Master {
     /// any live worker uses any more (addresses removed by a reload).
     fn close_unused_listeners(&mut self) {
         let mut keep = self.core.current().loaded.config.listen_addrs();
-        for w in &self.workers {
+        for w in &self.fleet.workers {
             keep.extend(w.config.listen_addrs());
         }
         let keep: Vec<&crate::config::BindAddr> = keep.iter().collect();
@@ -147,7 +144,8 @@ impl Master {
 
     /// Workers of the current generation serving and staying.
     pub(super) fn ready_count(&self) -> usize {
-        self.workers
+        self.fleet
+            .workers
             .iter()
             .filter(|w| w.serving() && w.generation == self.core.current().generation)
             .count()

@@ -221,15 +221,21 @@ impl Inspections {
 }
 
 impl Master {
-    /// Starts a dump of `self.workers[index]`; a heartbeat or boot trigger
+    /// Starts a dump of `self.fleet.workers[index]`; a heartbeat or boot trigger
     /// also aborts it (once its stacks are in, or after [`DUMP_TIMEOUT`]).
     pub(super) fn inspect(&mut self, index: usize, trigger: Trigger, waiter: Option<ClientId>) {
         let now = Instant::now();
-        let Some(w) = self.workers.get_mut(index) else {
+        let Some(w) = self.fleet.workers.get_mut(index) else {
             return;
         };
         let pid = w.pid;
-        if let Some(job) = self.inspections.jobs.iter_mut().find(|j| j.pid == pid) {
+        if let Some(job) = self
+            .fleet
+            .inspections
+            .jobs
+            .iter_mut()
+            .find(|j| j.pid == pid)
+        {
             // Already being dumped (on request): it now ends in an abort.
             job.waiters.extend(waiter);
             if trigger.aborts() && !job.trigger.aborts() {
@@ -272,7 +278,7 @@ impl Master {
                 sent.push((t.tid as u32, t.name));
             }
         }
-        self.inspections.jobs.push(Job {
+        self.fleet.inspections.jobs.push(Job {
             pid,
             slot,
             trigger,
@@ -292,9 +298,9 @@ impl Master {
     pub(super) fn progress_inspections(&mut self) {
         let now = Instant::now();
         let mut i = 0;
-        while i < self.inspections.jobs.len() {
-            let job = &self.inspections.jobs[i];
-            let gone = !self.workers.iter().any(|w| w.pid == job.pid);
+        while i < self.fleet.inspections.jobs.len() {
+            let job = &self.fleet.inspections.jobs[i];
+            let gone = !self.fleet.workers.iter().any(|w| w.pid == job.pid);
             let done = match &job.step {
                 Step::Capturing { deadline } => {
                     let answered = self.board.dumps[job.slot].answers(job.request).len();
@@ -314,7 +320,7 @@ impl Master {
                 i += 1;
                 continue;
             }
-            let job = self.inspections.jobs.remove(i);
+            let job = self.fleet.inspections.jobs.remove(i);
             match job.step {
                 Step::Capturing { .. } => self.captured(job, now),
                 Step::Symbolizing { .. } => self.symbolized(job),
@@ -341,7 +347,7 @@ impl Master {
             ));
         }
         if job.trigger.aborts() {
-            if let Some(w) = self.workers.iter_mut().find(|w| w.pid == job.pid) {
+            if let Some(w) = self.fleet.workers.iter_mut().find(|w| w.pid == job.pid) {
                 w.abort_now();
             }
         }
@@ -350,7 +356,7 @@ impl Master {
             return self.finish(report, job.trigger, job.waiters, &text);
         }
         match spawn_symbolizer(&captured) {
-            Ok((helper, out)) => self.inspections.jobs.push(Job {
+            Ok((helper, out)) => self.fleet.inspections.jobs.push(Job {
                 step: Step::Symbolizing {
                     helper,
                     out,
@@ -470,7 +476,7 @@ impl Master {
         waiters: Vec<ClientId>,
         now: Instant,
     ) {
-        let Some(w) = self.workers.get(index) else {
+        let Some(w) = self.fleet.workers.get(index) else {
             return;
         };
         let (pid, slot) = (w.pid, w.slot);
@@ -506,7 +512,7 @@ impl Master {
         match spying {
             Ok((helper, out)) => {
                 if trigger.aborts() {
-                    if let Some(w) = self.workers.get_mut(index) {
+                    if let Some(w) = self.fleet.workers.get_mut(index) {
                         w.abort_after(now + PY_SPY_TIMEOUT);
                     }
                 }
@@ -517,11 +523,11 @@ impl Master {
                     exited: false,
                     report: Box::new(report),
                 };
-                self.inspections.jobs.push(job);
+                self.fleet.inspections.jobs.push(job);
             }
             Err(why) if trigger.aborts() => {
                 job.notes.push(why);
-                if let Some(w) = self.workers.get_mut(index) {
+                if let Some(w) = self.fleet.workers.get_mut(index) {
                     w.abort();
                 }
                 self.listen(job, report, now);
@@ -568,7 +574,7 @@ impl Master {
             report.threads = threads;
             report.stacks = Some(Method::PySpy.as_str().into());
         }
-        let worker = self.workers.iter_mut().find(|w| w.pid == job.pid);
+        let worker = self.fleet.workers.iter_mut().find(|w| w.pid == job.pid);
         match worker {
             Some(w) if job.trigger.aborts() => {
                 w.abort_now();
@@ -582,6 +588,7 @@ impl Master {
     /// until it exits, or until it is killed.
     fn listen(&mut self, job: Job, report: Forensics, now: Instant) {
         if let Some(io) = self
+            .fleet
             .workers
             .iter_mut()
             .find(|w| w.pid == job.pid)
@@ -589,7 +596,7 @@ impl Master {
         {
             io.start_capture();
         }
-        self.inspections.jobs.push(Job {
+        self.fleet.inspections.jobs.push(Job {
             step: Step::Listening {
                 deadline: now + ABORT_GRACE + super::MASTER_TICK,
                 report: Box::new(report),
@@ -611,7 +618,8 @@ impl Master {
             return;
         };
         let lines = lines.unwrap_or_else(|| {
-            self.workers
+            self.fleet
+                .workers
                 .iter_mut()
                 .find(|w| w.pid == job.pid)
                 .and_then(|w| w.exec.as_mut())
@@ -685,7 +693,7 @@ impl Master {
         for w in waiters {
             self.reply(w, &resp);
         }
-        self.inspections.file(f, trigger);
+        self.fleet.inspections.file(f, trigger);
     }
 }
 

@@ -50,8 +50,8 @@ impl Master {
         self.observe_workers();
         self.check_heartbeats();
         let now = Instant::now();
-        if now >= self.next_memory_check {
-            self.next_memory_check = now + MEMORY_CHECK_INTERVAL;
+        if now >= self.schedule.next_memory_check {
+            self.schedule.next_memory_check = now + MEMORY_CHECK_INTERVAL;
             self.check_memory();
         }
     }
@@ -62,7 +62,7 @@ impl Master {
     fn observe_workers(&mut self) {
         let now = Instant::now();
         let mut settled = Vec::new();
-        for w in &mut self.workers {
+        for w in &mut self.fleet.workers {
             if w.observe(self.board.slot(w.slot).state(), now) == Report::Settled {
                 settled.push(w.generation);
             }
@@ -71,7 +71,7 @@ impl Master {
             // Settling never leads to an exit by itself.
             let _ = self.step(Event::Settled { generation });
         }
-        for h in &mut self.helpers {
+        for h in &mut self.fleet.helpers {
             h.observe(self.board.slot(h.slot).state(), now);
         }
     }
@@ -79,12 +79,13 @@ impl Master {
     fn check_heartbeats(&mut self) {
         let now_ms = crate::os::monotonic_ms();
         let mut hung = Vec::new();
-        for (i, w) in self.workers.iter().enumerate() {
+        for (i, w) in self.fleet.workers.iter().enumerate() {
             if let Some(verdict) = self.judge_heartbeat(w, now_ms) {
                 hung.push((i, verdict));
             }
         }
         let stalled: Vec<usize> = self
+            .fleet
             .workers
             .iter()
             .enumerate()
@@ -93,7 +94,7 @@ impl Master {
             .map(|(i, _)| i)
             .collect();
         for i in stalled {
-            let w = &self.workers[i];
+            let w = &self.fleet.workers[i];
             error!(
                 pid = w.pid.as_raw(),
                 outstanding = self.board.slot(w.slot).outstanding(),
@@ -103,7 +104,7 @@ impl Master {
             self.inspect(i, Trigger::Stalled, None);
         }
         for (i, verdict) in hung {
-            let w = &self.workers[i];
+            let w = &self.fleet.workers[i];
             let slot = self.board.slot(w.slot);
             let silent = now_ms.saturating_sub(slot.heartbeat_ms());
             let trigger = match verdict {
@@ -145,7 +146,7 @@ impl Master {
             };
             self.inspect(i, trigger, None);
         }
-        for s in &mut self.helpers {
+        for s in &mut self.fleet.helpers {
             if !s.leaving() && (s.has_heartbeat() || s.booting()) {
                 let slot = self.board.slot(s.slot);
                 let silent = Duration::from_millis(now_ms.saturating_sub(slot.heartbeat_ms()));
@@ -182,16 +183,16 @@ impl Master {
         let now = Instant::now();
         // Exec workers are measured with what they started (gunicorn's
         // own workers, say): one look at every process's parent.
-        let parents = if self.workers.iter().any(|w| w.exec.is_some()) {
+        let parents = if self.fleet.workers.iter().any(|w| w.exec.is_some()) {
             crate::os::procfs::parents()
         } else {
             Vec::new()
         };
-        for s in &self.helpers {
+        for s in &self.fleet.helpers {
             let usage = crate::os::procfs::tree_usage(&[s.pid.as_raw()]);
             self.board.slot(s.slot).set_rss(usage.rss_bytes);
         }
-        for w in &mut self.workers {
+        for w in &mut self.fleet.workers {
             let pids = match w.exec {
                 Some(_) => crate::os::procfs::tree(w.pid.as_raw(), &parents),
                 None => vec![w.pid.as_raw()],

@@ -57,7 +57,6 @@ use crate::net::app_socket::RunDir;
 use crate::net::listen::{ListenError, ListenerSet};
 use crate::os::pidfile::Pidfile;
 use crate::os::systemd::Notifier;
-use crate::proto::control::UpgradeReport;
 use crate::shm::scoreboard::Board;
 use crate::telemetry::logging::LogHandle;
 use crate::worker::WorkerMain;
@@ -98,6 +97,7 @@ struct Fixed {
     /// and kept across reloads.
     extra_binds: Vec<BindAddr>,
     started: Instant,
+    log: LogHandle,
     /// Proxy mode: the directory of the app processes' sockets (made
     /// when the first one starts, removed when the master exits).
     run_dir: Option<RunDir>,
@@ -125,27 +125,38 @@ struct Systemd {
 
 pub struct Master {
     fixed: Fixed,
+    /// The scoreboard every worker writes to.
     board: &'static Board,
     signals: SignalQueue,
-    log: LogHandle,
     sockets: Sockets,
     /// The decisions: generation, lifecycle, backoff, reload results.
     core: Core,
-    /// Oldest first.
-    workers: Vec<WorkerHandle>,
-    last_upgrade: Option<(Instant, UpgradeReport)>,
+    /// The processes: workers, helpers, dumps in progress, strays.
+    fleet: Fleet,
     systemd: Systemd,
+    schedule: Schedule,
+}
+
+/// The master's child processes and what it follows of them.
+struct Fleet {
+    /// App workers, oldest first.
+    workers: Vec<WorkerHandle>,
     /// Proxy mode's front workers, or exec mode's sidecar that serves
     /// `metrics.bind`.
     helpers: Vec<WorkerHandle>,
     helpers_not_before: Instant,
-    next_memory_check: Instant,
-    /// When the master makes the next TLS session-ticket key.
-    next_ticket_rotation: Instant,
     /// Stack dumps in progress, and the last workers that exited.
     inspections: forensics::Inspections,
     /// Processes the app started that outlived their worker.
     strays: strays::Strays,
+}
+
+/// The shell's own periodic work.
+struct Schedule {
+    /// When every worker's RSS and CPU are next read from /proc.
+    next_memory_check: Instant,
+    /// When the master makes the next TLS session-ticket key.
+    next_ticket_rotation: Instant,
 }
 
 /// Everything `Master::new` needs.
@@ -216,11 +227,11 @@ impl Master {
                 args: setup.args,
                 extra_binds: setup.extra_binds,
                 started: now,
+                log: setup.log,
                 run_dir: None,
             },
             board,
             signals,
-            log: setup.log,
             sockets: Sockets {
                 listeners: setup.listeners,
                 control,
@@ -228,20 +239,23 @@ impl Master {
                 old_holders_seen: None,
             },
             core: Core::new(setup.loaded, now),
-            workers: Vec::new(),
-            last_upgrade: None,
+            fleet: Fleet {
+                workers: Vec::new(),
+                helpers: Vec::new(),
+                helpers_not_before: now,
+                inspections: forensics::Inspections::default(),
+                strays: strays::Strays::new(crate::os::procfs::children(std::process::id() as i32)),
+            },
             systemd: Systemd {
                 notifier: Notifier::from_env(),
                 last_status: String::new(),
                 next_watchdog: now,
                 upgrade_pipe: setup.upgrade_pipe,
             },
-            helpers: Vec::new(),
-            helpers_not_before: now,
-            next_memory_check: now,
-            next_ticket_rotation: first_rotation,
-            inspections: forensics::Inspections::default(),
-            strays: strays::Strays::new(crate::os::procfs::children(std::process::id() as i32)),
+            schedule: Schedule {
+                next_memory_check: now,
+                next_ticket_rotation: first_rotation,
+            },
         })
     }
 
@@ -295,7 +309,7 @@ impl Master {
             .unwrap_or_default();
         let control = fds.len();
         let mut exec_counts = Vec::new();
-        for w in &self.workers {
+        for w in &self.fleet.workers {
             if let Some(io) = &w.exec {
                 let mine = io.interest();
                 exec_counts.push((w.pid, mine.len()));
@@ -329,7 +343,7 @@ impl Master {
     fn next_wakeup(&self) -> Duration {
         let now = Instant::now();
         let mut deadline = now + MASTER_TICK;
-        for w in self.workers.iter().chain(&self.helpers) {
+        for w in self.fleet.workers.iter().chain(&self.fleet.helpers) {
             if let Some(at) = w.kill_deadline() {
                 deadline = deadline.min(at);
             }
@@ -343,14 +357,14 @@ impl Master {
                 deadline = deadline.min(now + exec::SOCKET_POLL);
             }
         }
-        if let Some(at) = self.strays.next_deadline() {
+        if let Some(at) = self.fleet.strays.next_deadline() {
             deadline = deadline.min(at);
         }
-        if let Some(at) = self.inspections.next_deadline(now) {
+        if let Some(at) = self.fleet.inspections.next_deadline(now) {
             deadline = deadline.min(at);
         }
-        if self.helpers_not_before > now {
-            deadline = deadline.min(self.helpers_not_before);
+        if self.fleet.helpers_not_before > now {
+            deadline = deadline.min(self.fleet.helpers_not_before);
         }
         if let Some(at) = self.core.next_deadline(now) {
             deadline = deadline.min(at);

@@ -72,7 +72,8 @@ impl Master {
     fn healthy_workers(&self) -> usize {
         let now = crate::os::monotonic_ms();
         let stale = WATCHDOG_STALE_HEARTBEAT.as_millis() as u64;
-        self.workers
+        self.fleet
+            .workers
             .iter()
             .filter(|w| {
                 let slot = self.board.slot(w.slot);

@@ -18,7 +18,7 @@ pub type ExecRevents = Vec<(Pid, Vec<Option<nix::poll::PollFlags>>)>;
 impl Master {
     pub(super) fn read_workers(&mut self, revents: &ExecRevents) {
         let now = Instant::now();
-        for w in &mut self.workers {
+        for w in &mut self.fleet.workers {
             let leaving = w.leaving();
             let Some(io) = &mut w.exec else {
                 continue;

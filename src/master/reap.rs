@@ -27,14 +27,16 @@ impl Master {
                 WaitStatus::Signaled(pid, sig, _) => (pid, Ended::Signal(sig)),
                 _ => continue,
             };
-            match self.workers.iter().position(|w| w.pid == pid) {
+            match self.fleet.workers.iter().position(|w| w.pid == pid) {
                 Some(idx) => {
-                    let mut w = self.workers.remove(idx);
+                    let mut w = self.fleet.workers.remove(idx);
                     self.read_last_output(&mut w);
                     self.worker_exited(w, how);
                 }
-                None if self.helpers.iter().any(|h| h.pid == pid) => self.helper_exited(pid, how),
-                None if self.inspections.helper_exited(pid) => {}
+                None if self.fleet.helpers.iter().any(|h| h.pid == pid) => {
+                    self.helper_exited(pid, how)
+                }
+                None if self.fleet.inspections.helper_exited(pid) => {}
                 None => self.other_child_exited(pid, how),
             }
         }
@@ -60,7 +62,9 @@ impl Master {
                     .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        self.inspections.program_output(w.pid, io.take_capture());
+        self.fleet
+            .inspections
+            .program_output(w.pid, io.take_capture());
         // Proxy mode: its socket file (the name is not used again).
         if let Some(path) = io.socket() {
             let _ = std::fs::remove_file(path);
@@ -84,7 +88,7 @@ impl Master {
         } else {
             how.to_string()
         };
-        self.inspections.worker_exited(ExitReport {
+        self.fleet.inspections.worker_exited(ExitReport {
             pid: w.pid.as_raw() as u32,
             slot: w.slot,
             generation: w.generation,
@@ -95,7 +99,8 @@ impl Master {
         });
         let pid = w.pid.as_raw();
         let now = Instant::now();
-        self.strays
+        self.fleet
+            .strays
             .worker_exited(pid, w.slot, w.exec.is_some(), w.leftovers_deadline(now));
         match (w.leave_how(), how) {
             (Some(LeaveHow::Abort), _) => {
@@ -147,27 +152,27 @@ impl Master {
     /// SIGKILL at the end of their worker's graceful_timeout.
     pub(super) fn stop_strays(&mut self) {
         let now = Instant::now();
-        if !self.strays.due(now) {
+        if !self.fleet.strays.due(now) {
             return;
         }
         let table = crate::os::procfs::processes();
         let me = std::process::id() as i32;
         let known = |pid: i32| {
             let pid = Pid::from_raw(pid);
-            self.workers
+            self.fleet.workers
                 .iter()
-                .chain(&self.helpers)
+                .chain(&self.fleet.helpers)
                 .any(|w| w.pid == pid)
                 || self.core.lifecycle().upgrade().is_some_and(|u| u.pid == pid)
                 // The new master of a binary upgrade stays our child
                 // after it took over (or while a failed one is killed).
                 || self
-                    .last_upgrade
-                    .as_ref()
-                    .is_some_and(|(_, r)| r.new_master_pid as i32 == pid.as_raw())
-                || self.inspections.is_helper(pid)
+                    .core
+                    .last_upgrade()
+                    .is_some_and(|r| r.new_master_pid as i32 == pid.as_raw())
+                || self.fleet.inspections.is_helper(pid)
         };
-        let actions = self.strays.sweep(now, me, &table, known);
+        let actions = self.fleet.strays.sweep(now, me, &table, known);
         for a in actions {
             let (worker, slot) = a.worker.map_or((None, None), |(p, s)| (Some(p), Some(s)));
             if a.found {
@@ -196,10 +201,10 @@ impl Master {
     /// A helper (front worker, metrics sidecar) ended: it is started
     /// again (after a pause) unless the master is stopping.
     fn helper_exited(&mut self, pid: Pid, how: Ended) {
-        let Some(i) = self.helpers.iter().position(|h| h.pid == pid) else {
+        let Some(i) = self.fleet.helpers.iter().position(|h| h.pid == pid) else {
             return;
         };
-        let s = self.helpers.remove(i);
+        let s = self.fleet.helpers.remove(i);
         self.board.release(s.slot);
         let what = super::spawn::role_name(s.role);
         if s.leaving() || !self.core.lifecycle().serving() {
@@ -213,6 +218,6 @@ impl Master {
         } else {
             super::spawn::HELPER_RESTART_DELAY
         };
-        self.helpers_not_before = Instant::now() + pause;
+        self.fleet.helpers_not_before = Instant::now() + pause;
     }
 }

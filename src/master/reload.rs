@@ -55,6 +55,7 @@ impl Master {
         }
         let current = self.core.current().generation;
         let leaving: Vec<i32> = self
+            .fleet
             .workers
             .iter()
             .filter(|w| w.generation != current && w.exec.is_some() && w.leaving())
@@ -88,7 +89,7 @@ impl Master {
     pub(super) fn replace_helpers(&mut self) {
         let new = &self.core.current().loaded.config;
         let mut replaced = false;
-        for h in &mut self.helpers {
+        for h in &mut self.fleet.helpers {
             let stale = match h.role {
                 WorkerRole::Front => {
                     new.tls.cert.is_some() || front_view(&h.config) != front_view(new)
@@ -103,7 +104,7 @@ impl Master {
         }
         if replaced {
             // At once: a front that drains stops accepting now.
-            self.helpers_not_before = Instant::now();
+            self.fleet.helpers_not_before = Instant::now();
             self.spawn_helpers();
         }
     }
@@ -114,13 +115,15 @@ impl Master {
         let current = self.core.current().generation;
         let now = Instant::now();
         let board = self.board;
-        let live: Vec<(Pid, usize)> = self.workers.iter().map(|w| (w.pid, w.slot)).collect();
+        let live: Vec<(Pid, usize)> = self.fleet.workers.iter().map(|w| (w.pid, w.slot)).collect();
         let ready = self
+            .fleet
             .workers
             .iter()
             .find(|w| w.generation == current && w.serving())
             .map(|w| (w.pid, w.slot));
         let previous: Vec<(Pid, usize)> = self
+            .fleet
             .workers
             .iter()
             .filter(|w| w.generation != current && !w.leaving() && !w.booting())

@@ -123,7 +123,7 @@ impl Master {
             pid = handle.pid.as_raw(),
             slot, generation, "worker started"
         );
-        self.workers.push(handle);
+        self.fleet.workers.push(handle);
         Ok(())
     }
 
@@ -133,16 +133,16 @@ impl Master {
     pub(super) fn spawn_helpers(&mut self) {
         let config = &self.core.current().loaded.config;
         let (role, want) = helpers_of(config);
-        let staying = self.helpers.iter().filter(|h| !h.leaving()).count();
-        if !self.core.lifecycle().serving() || Instant::now() < self.helpers_not_before {
+        let staying = self.fleet.helpers.iter().filter(|h| !h.leaving()).count();
+        if !self.core.lifecycle().serving() || Instant::now() < self.fleet.helpers_not_before {
             return;
         }
         for _ in staying..want {
             match self.start_helper(role) {
-                Ok(h) => self.helpers.push(h),
+                Ok(h) => self.fleet.helpers.push(h),
                 Err(e) => {
                     error!("cannot start a {}: {e}", role_name(role));
-                    self.helpers_not_before = Instant::now() + HELPER_RESTART_DELAY;
+                    self.fleet.helpers_not_before = Instant::now() + HELPER_RESTART_DELAY;
                     return;
                 }
             }

@@ -2,7 +2,7 @@
 
 use super::worker_handle::WorkerHandle;
 use super::Master;
-use crate::proto::control::{CanaryReport, Status, Totals, UpgradeReport, WorkerStatus};
+use crate::proto::control::{CanaryReport, Status, Totals, WorkerStatus};
 use crate::proto::outcome::{ExitReason, ReloadResult};
 use crate::worker::WorkerRole;
 
@@ -29,8 +29,9 @@ impl Master {
                 memory_limit_bytes: slot.memory_limit(),
             }
         };
-        let workers: Vec<WorkerStatus> = self.workers.iter().map(row).collect();
+        let workers: Vec<WorkerStatus> = self.fleet.workers.iter().map(row).collect();
         let fronts: Vec<WorkerStatus> = self
+            .fleet
             .helpers
             .iter()
             .filter(|h| h.role == WorkerRole::Front)
@@ -80,11 +81,8 @@ impl Master {
             workers,
             fronts,
             last_reload: self.core.last_reload().map(|r| r.report()),
-            last_upgrade: self.last_upgrade.as_ref().map(|(at, r)| UpgradeReport {
-                seconds_ago: at.elapsed().as_secs_f64(),
-                ..r.clone()
-            }),
-            recent_exits: self.inspections.recent_exits(),
+            last_upgrade: self.core.last_upgrade(),
+            recent_exits: self.fleet.inspections.recent_exits(),
             canary: self.canary_report(),
         }
     }

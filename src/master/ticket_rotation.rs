@@ -10,7 +10,7 @@ use super::Master;
 impl Master {
     pub(super) fn rotate_ticket_keys(&mut self) {
         let now = Instant::now();
-        if now < self.next_ticket_rotation {
+        if now < self.schedule.next_ticket_rotation {
             return;
         }
         let lifetime = self
@@ -20,7 +20,7 @@ impl Master {
             .config
             .tls
             .session_ticket_lifetime;
-        self.next_ticket_rotation = now + lifetime;
+        self.schedule.next_ticket_rotation = now + lifetime;
         match crate::tls::rotate_ticket_keys() {
             Ok(true) => info!(
                 next_in_s = lifetime.as_secs(),

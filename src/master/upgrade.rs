@@ -20,7 +20,6 @@ use super::core::{Ended, Event};
 use super::Master;
 use crate::os::systemd::LISTEN_FDS_START;
 use crate::os::{self, Fork};
-use crate::proto::control::UpgradeReport;
 use crate::proto::exit::Exit;
 
 /// `LISTEN_FDNAMES` name of the inherited control socket.
@@ -155,16 +154,7 @@ impl Master {
     /// The core ended an upgrade: a failed one's new master is killed and
     /// this master takes its place again; a ready one's owns the socket
     /// files and the pidfile now.
-    pub(super) fn upgrade_over(&mut self, up: Upgrade, ready: bool, message: String) {
-        self.last_upgrade = Some((
-            Instant::now(),
-            UpgradeReport {
-                ok: ready,
-                new_master_pid: up.pid.as_raw() as u32,
-                seconds_ago: 0.0,
-                message,
-            },
-        ));
+    pub(super) fn upgrade_over(&mut self, up: Upgrade, ready: bool) {
         if ready {
             self.sockets.listeners.hand_over_files();
             if let Some(c) = &mut self.sockets.control {

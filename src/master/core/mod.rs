@@ -30,7 +30,7 @@ use super::canary::{Canary, Limits};
 use super::control_socket::ClientId;
 use crate::config::material::Loaded;
 use crate::config::LogConfig;
-use crate::proto::control::{ReloadReport, Response};
+use crate::proto::control::{ReloadReport, Response, UpgradeReport};
 use crate::proto::exit::{Exit, WorkerExit};
 use crate::proto::outcome::{ExitReason, ReloadResult};
 
@@ -236,11 +236,11 @@ pub enum Effect {
     ReplaceHelpers,
     /// USR2: start the new binary; answer with [`Event::UpgradeStarted`].
     StartUpgrade,
-    /// An upgrade ended: record it; kill the new master unless `ready`.
+    /// An upgrade ended: the new master takes over the socket files if
+    /// `ready`, and is killed if not.
     UpgradeOver {
         upgrade: Upgrade,
         ready: bool,
-        message: String,
     },
     /// A half-started new master must not outlive this one.
     KillUpgrade(Upgrade),
@@ -256,6 +256,8 @@ pub struct Core {
     /// clients wait for it.
     queued_reload: Option<Vec<ClientId>>,
     last_reload: Option<LastReload>,
+    /// When the last binary upgrade ended, and how.
+    last_upgrade: Option<(Instant, UpgradeReport)>,
     /// The highest generation number given out.
     last_generation: u32,
     backoff: BootBackoff,
@@ -275,6 +277,7 @@ impl Core {
             lifecycle: Lifecycle::Running,
             queued_reload: None,
             last_reload: None,
+            last_upgrade: None,
             last_generation: 1,
             backoff: BootBackoff::new(now),
             initial_ready: false,
@@ -291,6 +294,14 @@ impl Core {
 
     pub fn last_reload(&self) -> Option<&LastReload> {
         self.last_reload.as_ref()
+    }
+
+    /// The last binary upgrade's result, as `rsvisor status` shows it.
+    pub fn last_upgrade(&self) -> Option<UpgradeReport> {
+        self.last_upgrade.as_ref().map(|(at, r)| UpgradeReport {
+            seconds_ago: at.elapsed().as_secs_f64(),
+            ..r.clone()
+        })
     }
 
     /// The canary of the reload in progress, for the shell to sample.
@@ -650,28 +661,32 @@ impl Core {
         let Some(upgrade) = self.lifecycle.end_upgrade() else {
             return;
         };
+        let message = if ready {
+            "the new master serves".to_string()
+        } else {
+            format!("{why}; this master keeps serving")
+        };
+        let report = UpgradeReport {
+            ok: ready,
+            new_master_pid: upgrade.pid.as_raw() as u32,
+            seconds_ago: 0.0,
+            message,
+        };
+        self.last_upgrade = Some((now, report));
         if ready {
             info!(
                 new_master = upgrade.pid.as_raw(),
                 elapsed_ms = now.saturating_duration_since(upgrade.started).as_millis() as u64,
                 "upgrade complete: the new master serves; this one drains and exits"
             );
-            fx.push(Effect::UpgradeOver {
-                upgrade,
-                ready,
-                message: "the new master serves".into(),
-            });
+            fx.push(Effect::UpgradeOver { upgrade, ready });
             self.graceful_stop("handing over to the new master", true, now, fx);
         } else {
             error!(
                 new_master = upgrade.pid.as_raw(),
                 "UPGRADE FAILED: {why}; this master keeps serving"
             );
-            fx.push(Effect::UpgradeOver {
-                upgrade,
-                ready,
-                message: format!("{why}; this master keeps serving"),
-            });
+            fx.push(Effect::UpgradeOver { upgrade, ready });
             self.start_queued_reload(now, fx);
         }
     }
