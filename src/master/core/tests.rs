@@ -636,11 +636,15 @@ fn usr2_is_admitted_only_while_running_and_a_failed_upgrade_runs_the_queued_relo
         },
         t,
     );
-    assert!(has(
-        &fx,
-        |e| matches!(e, Effect::UpgradeOver { ready: false, message, .. }
-        if message.contains("(exit code 2); this master keeps serving"))
-    ));
+    assert!(has(&fx, |e| matches!(
+        e,
+        Effect::UpgradeOver { ready: false, .. }
+    )));
+    let said = core.last_upgrade().expect("a result");
+    assert!(!said.ok);
+    assert!(said
+        .message
+        .contains("(exit code 2); this master keeps serving"));
     assert!(has(&fx, |e| matches!(e, Effect::LoadConfig { waiters, .. }
         if waiters == &[ClientId::for_test(1)])));
     assert!(matches!(core.lifecycle(), Lifecycle::Running));
