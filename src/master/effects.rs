@@ -3,15 +3,92 @@
 
 use std::time::Instant;
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use super::core::{Effect, Event, Member, World};
+use nix::unistd::Pid;
+
+use super::control_socket::{ClientId, Revents};
+use super::core::lifecycle::{judge_upgrade, Upgrade, UpgradeVerdict};
+use super::core::{Ask, Effect, Event, Member, World};
+use super::reap::Reaped;
+use super::spawn::Spawner;
 use super::worker_handle::WorkerHandle;
 use super::Master;
+use crate::proto::control::{Request, Response};
 use crate::proto::exit::Exit;
 use crate::shm::scoreboard::{Board, SlotState};
 
 impl Master {
+    /// Queued signals and control-socket requests become events for the
+    /// core (stop, scale, reload, upgrade); `status` and `dump` are
+    /// answered here.
+    pub(super) fn dispatch(&mut self, control: &Revents) -> Option<Exit> {
+        for (sig, times) in self.signals.take() {
+            if let Some(code) = self.step(Event::Signal { sig, times }) {
+                return Some(code);
+            }
+        }
+        self.serve_control(control)
+    }
+
+    fn serve_control(&mut self, revents: &Revents) -> Option<Exit> {
+        let requests = match &mut self.sockets.control {
+            Some(control) => control.handle(revents, Instant::now()),
+            None => return None,
+        };
+        for (client, request) in requests {
+            let ask = match request {
+                Err(e) => {
+                    self.reply(client, &Response::error(e.to_string()));
+                    continue;
+                }
+                Ok(Request::Status) => {
+                    let mut resp = Response::message("status");
+                    resp.status = Some(self.view().status());
+                    self.reply(client, &resp);
+                    continue;
+                }
+                Ok(Request::Dump(slot)) => {
+                    if let Err(e) = self.fleet.dump(client, slot) {
+                        self.reply(client, &Response::error(e.to_string()));
+                    }
+                    continue;
+                }
+                Ok(Request::Reload) => Ask::Reload,
+                Ok(Request::Scale(n)) => Ask::Scale(n),
+                Ok(Request::Stop) => Ask::Stop,
+            };
+            if let Some(code) = self.step(Event::Control { client, ask }) {
+                return Some(code);
+            }
+        }
+        None
+    }
+
+    fn view(&self) -> super::status::View<'_> {
+        super::status::View {
+            board: self.board,
+            core: &self.core,
+            fleet: &self.fleet,
+            listeners: &self.sockets.listeners,
+            started: self.fixed.started,
+        }
+    }
+
+    /// Sends what the fleet has for control clients (a dump's report).
+    pub(super) fn send_replies(&mut self) {
+        for (to, resp) in self.fleet.take_replies() {
+            self.reply(to, &resp);
+        }
+    }
+
+    /// Answers a control client (if it is still there).
+    pub(super) fn reply(&mut self, to: ClientId, resp: &Response) {
+        if let Some(c) = &mut self.sockets.control {
+            c.reply(to, resp);
+        }
+    }
+
     /// Hands one event to the core and carries out what it decided;
     /// returns the exit status when the master must exit.
     pub(super) fn step(&mut self, event: Event<'_>) -> Option<Exit> {
@@ -22,8 +99,14 @@ impl Master {
     /// The tick: the core sees every worker and decides what drains, what
     /// starts, whether a reload is over and whether the master is done.
     pub(super) fn tick(&mut self) -> Option<Exit> {
-        let canary_failed = self.watch_canary();
-        let old_program_accepts = self.old_program_still_accepts();
+        let current = self.core.current().generation;
+        let canary_failed = match self.core.canary_mut() {
+            Some(canary) => self.fleet.watch_canary(canary, current),
+            None => None,
+        };
+        let reloading = self.core.lifecycle().reload().is_some();
+        let leaving = reloading.then(|| self.fleet.leaving_programs(current));
+        let old_program_accepts = self.sockets.old_program_still_accepts(leaving);
         let board = self.board;
         let members: Vec<Member> = self
             .fleet
@@ -55,7 +138,10 @@ impl Master {
             match effect {
                 Effect::LoadConfig { waiters, started } => {
                     info!(config = %self.fixed.source.describe(), "reloading configuration");
-                    let result = self.load_new_config().map_err(|e| e.to_string());
+                    let result = self
+                        .sockets
+                        .load_new_config(&self.fixed.source, &self.fixed.extra_binds)
+                        .map_err(|e| e.to_string());
                     if let Some(code) = self.step(Event::ConfigLoaded {
                         waiters,
                         started,
@@ -69,11 +155,25 @@ impl Master {
                 Effect::SetStopping => self.board.set_stopping(),
                 Effect::ApplyLog(log) => self.fixed.log.apply(&log),
                 Effect::CountReload(result) => self.board.count_reload(result),
-                Effect::NotifyReloading => self.systemd.notifier.reloading(),
-                Effect::NotifyStopping => self.systemd.notifier.stopping(),
-                Effect::NotifyReady => self.systemd_ready(),
-                Effect::InitialReady => self.initial_ready(),
-                Effect::Spawn(n) => self.spawn_workers(n),
+                Effect::NotifyReloading => self.systemd.reloading(),
+                Effect::NotifyStopping => self.systemd.stopping(),
+                Effect::NotifyReady => {
+                    let line = self.status_line();
+                    self.systemd.ready(line);
+                }
+                Effect::InitialReady => {
+                    let line = self.status_line();
+                    self.systemd.initial_ready(line, self.board);
+                }
+                Effect::Spawn(n) => {
+                    let (fleet, mut sp) = self.spawner();
+                    if let Err(e) = fleet.spawn_workers(n, &mut sp) {
+                        error!("cannot start a worker: {e}");
+                        if let Some(code) = self.step(Event::SpawnFailed) {
+                            return Some(code);
+                        }
+                    }
+                }
                 Effect::Drain { pid, reason } => {
                     if let Some(w) = self.fleet.workers.iter_mut().find(|w| w.pid == pid) {
                         let graceful = w.config.lifecycle.graceful_timeout;
@@ -105,7 +205,14 @@ impl Master {
                 }
                 Effect::CloseListeners => self.sockets.listeners.close_all(),
                 Effect::CloseUnusedListeners => self.close_unused_listeners(),
-                Effect::ReplaceHelpers => self.replace_helpers(),
+                Effect::ReplaceHelpers => {
+                    if self
+                        .fleet
+                        .replace_helpers(&self.core.current().loaded.config)
+                    {
+                        self.spawn_helpers();
+                    }
+                }
                 Effect::StartUpgrade => {
                     if let Some(code) = self.start_upgrade() {
                         return Some(code);
@@ -118,6 +225,132 @@ impl Master {
             }
         }
         None
+    }
+
+    /// The core admitted a USR2 (the master runs, settled).
+    fn start_upgrade(&mut self) -> Option<Exit> {
+        if self.systemd.taking_over() {
+            // Started by a USR2 itself: the old master has not handed over.
+            warn!("USR2 ignored: this master is still taking over from the previous one");
+            return None;
+        }
+        let timeout = self.core.current().loaded.config.lifecycle.timeout;
+        let exe = &self.fixed.exe;
+        match self
+            .sockets
+            .spawn_new_master(exe, &self.fixed.args, timeout)
+        {
+            Ok(up) => {
+                info!(
+                    new_master = up.pid.as_raw(),
+                    exe = %exe.display(),
+                    "USR2: started the new binary; old workers serve until it is ready"
+                );
+                self.step(Event::UpgradeStarted(up))
+            }
+            Err(e) => {
+                error!("USR2: cannot start the new binary: {e}");
+                None
+            }
+        }
+    }
+
+    /// Reads what the new master said and applies [`judge_upgrade`].
+    pub(super) fn check_upgrade(&mut self, pipe_readable: bool) -> Option<Exit> {
+        let up = self.core.upgrade_mut()?;
+        if pipe_readable {
+            up.read_pipe();
+        }
+        match judge_upgrade(&up.said, up.closed, Instant::now() >= up.deadline) {
+            UpgradeVerdict::Waiting => None,
+            UpgradeVerdict::Ready => self.step(Event::UpgradeEnded {
+                ready: true,
+                why: String::new(),
+            }),
+            UpgradeVerdict::Failed(why) => self.step(Event::UpgradeEnded {
+                ready: false,
+                why: why.into(),
+            }),
+        }
+    }
+
+    /// The core ended an upgrade: a ready new master owns the socket files
+    /// and the pidfile now; a failed one is killed and this master takes
+    /// its place again.
+    fn upgrade_over(&mut self, up: Upgrade, ready: bool) {
+        if ready {
+            self.sockets.hand_over();
+            return;
+        }
+        up.kill();
+        self.sockets.take_back();
+        self.systemd.main_pid_is_mine();
+    }
+
+    /// Keeps the helpers running (front workers, the metrics sidecar)
+    /// while the master serves.
+    pub(super) fn spawn_helpers(&mut self) {
+        if !self.core.lifecycle().serving() {
+            return;
+        }
+        let (fleet, mut sp) = self.spawner();
+        fleet.spawn_helpers(&mut sp);
+    }
+
+    /// The fleet, and what starting a worker needs of the other parts.
+    fn spawner(&mut self) -> (&mut super::Fleet, Spawner<'_>) {
+        let sp = Spawner {
+            entry: self.fixed.entry.as_ref(),
+            run_dir: &mut self.fixed.run_dir,
+            current: self.core.current(),
+            listeners: &self.sockets.listeners,
+            signals: &self.signals,
+        };
+        (&mut self.fleet, sp)
+    }
+
+    /// Collects exited children: each worker's exit is an event for the
+    /// core, as is the exit of an upgrade's new master; then what exited
+    /// workers' apps left behind is stopped.
+    pub(super) fn reap_children(&mut self) {
+        let serving = self.core.lifecycle().serving();
+        let upgrading = self.core.lifecycle().upgrade().map(|u| u.pid);
+        for reaped in self.fleet.reap(serving) {
+            // Reaping never leads to an exit by itself: the tick decides.
+            let _ = match reaped {
+                Reaped::Worker(exited) => self.step(Event::Exited(exited)),
+                Reaped::Other { pid, how } if Some(pid) == upgrading => {
+                    self.step(Event::UpgradeEnded {
+                        ready: false,
+                        why: format!("the new master exited ({how})"),
+                    })
+                }
+                Reaped::Other { .. } => None,
+            };
+        }
+        // The new master of a binary upgrade stays our child after it took
+        // over (or while a failed one is killed).
+        let last = self
+            .core
+            .last_upgrade()
+            .map(|r| Pid::from_raw(r.new_master_pid as i32));
+        let upgrade = self.core.lifecycle().upgrade().map(|u| u.pid);
+        let known: Vec<Pid> = last.into_iter().chain(upgrade).collect();
+        self.fleet.stop_strays(&known);
+    }
+
+    /// Reads the workers' reports (a settled worker is an event for the
+    /// core), then judges heartbeats, boot deadlines and memory.
+    pub(super) fn check_health(&mut self) {
+        let now = Instant::now();
+        for generation in self.fleet.observe(now) {
+            // Settling never leads to an exit by itself.
+            let _ = self.step(Event::Settled { generation });
+        }
+        self.fleet.check_heartbeats();
+        if self.schedule.memory_check_due(now) {
+            self.fleet.check_memory();
+        }
     }
 
     /// Workers told to leave that are still there at their deadline get
@@ -142,13 +375,19 @@ impl Master {
         self.sockets.listeners.retain(&keep);
     }
 
-    /// Workers of the current generation serving and staying.
-    pub(super) fn ready_count(&self) -> usize {
-        self.fleet
-            .workers
-            .iter()
-            .filter(|w| w.serving() && w.generation == self.core.current().generation)
-            .count()
+    fn status_line(&self) -> String {
+        let ready = self.fleet.ready_count(self.core.current().generation);
+        super::notify::status_line(&self.core, ready)
+    }
+
+    /// systemd's STATUS and WATCHDOG (a new master speaks once it took over).
+    pub(super) fn notify_systemd(&mut self) {
+        if !self.systemd.enabled() || self.core.lifecycle().handed_over() {
+            return;
+        }
+        let line = self.status_line();
+        let healthy = self.fleet.healthy_workers(self.board) > 0;
+        self.systemd.notify(line, healthy, Instant::now());
     }
 }
 

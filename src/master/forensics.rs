@@ -34,7 +34,7 @@ use tracing::{error, info, warn};
 use super::control_socket::ClientId;
 use super::python_stacks::{self, Method, PY_SPY_TIMEOUT};
 use super::worker_handle::ABORT_GRACE;
-use super::Master;
+use super::Fleet;
 use crate::os::{self, Fork};
 use crate::proto::control::{ExitReport, Forensics, InFlightRequest, Response, ThreadDump};
 use crate::shm::inflight::{CapturedThread, MAX_DUMP_THREADS};
@@ -220,22 +220,29 @@ impl Inspections {
     }
 }
 
-impl Master {
-    /// Starts a dump of `self.fleet.workers[index]`; a heartbeat or boot trigger
+impl Fleet {
+    /// `rsvisor dump SLOT`: the stacks and requests in flight of one
+    /// worker, answered when the dump is done; an error now if no worker
+    /// is in that slot.
+    pub(super) fn dump(&mut self, client: ClientId, slot: usize) -> Result<(), NoWorker> {
+        let worker = self
+            .workers
+            .iter()
+            .position(|w| w.slot == slot && !w.leaving())
+            .ok_or(NoWorker(slot))?;
+        self.inspect(worker, Trigger::Request, Some(client));
+        Ok(())
+    }
+
+    /// Starts a dump of `self.workers[index]`; a heartbeat or boot trigger
     /// also aborts it (once its stacks are in, or after [`DUMP_TIMEOUT`]).
     pub(super) fn inspect(&mut self, index: usize, trigger: Trigger, waiter: Option<ClientId>) {
         let now = Instant::now();
-        let Some(w) = self.fleet.workers.get_mut(index) else {
+        let Some(w) = self.workers.get_mut(index) else {
             return;
         };
         let pid = w.pid;
-        if let Some(job) = self
-            .fleet
-            .inspections
-            .jobs
-            .iter_mut()
-            .find(|j| j.pid == pid)
-        {
+        if let Some(job) = self.inspections.jobs.iter_mut().find(|j| j.pid == pid) {
             // Already being dumped (on request): it now ends in an abort.
             job.waiters.extend(waiter);
             if trigger.aborts() && !job.trigger.aborts() {
@@ -278,7 +285,7 @@ impl Master {
                 sent.push((t.tid as u32, t.name));
             }
         }
-        self.fleet.inspections.jobs.push(Job {
+        self.inspections.jobs.push(Job {
             pid,
             slot,
             trigger,
@@ -298,9 +305,9 @@ impl Master {
     pub(super) fn progress_inspections(&mut self) {
         let now = Instant::now();
         let mut i = 0;
-        while i < self.fleet.inspections.jobs.len() {
-            let job = &self.fleet.inspections.jobs[i];
-            let gone = !self.fleet.workers.iter().any(|w| w.pid == job.pid);
+        while i < self.inspections.jobs.len() {
+            let job = &self.inspections.jobs[i];
+            let gone = !self.workers.iter().any(|w| w.pid == job.pid);
             let done = match &job.step {
                 Step::Capturing { deadline } => {
                     let answered = self.board.dumps[job.slot].answers(job.request).len();
@@ -320,7 +327,7 @@ impl Master {
                 i += 1;
                 continue;
             }
-            let job = self.fleet.inspections.jobs.remove(i);
+            let job = self.inspections.jobs.remove(i);
             match job.step {
                 Step::Capturing { .. } => self.captured(job, now),
                 Step::Symbolizing { .. } => self.symbolized(job),
@@ -347,7 +354,7 @@ impl Master {
             ));
         }
         if job.trigger.aborts() {
-            if let Some(w) = self.fleet.workers.iter_mut().find(|w| w.pid == job.pid) {
+            if let Some(w) = self.workers.iter_mut().find(|w| w.pid == job.pid) {
                 w.abort_now();
             }
         }
@@ -356,7 +363,7 @@ impl Master {
             return self.finish(report, job.trigger, job.waiters, &text);
         }
         match spawn_symbolizer(&captured) {
-            Ok((helper, out)) => self.fleet.inspections.jobs.push(Job {
+            Ok((helper, out)) => self.inspections.jobs.push(Job {
                 step: Step::Symbolizing {
                     helper,
                     out,
@@ -476,7 +483,7 @@ impl Master {
         waiters: Vec<ClientId>,
         now: Instant,
     ) {
-        let Some(w) = self.fleet.workers.get(index) else {
+        let Some(w) = self.workers.get(index) else {
             return;
         };
         let (pid, slot) = (w.pid, w.slot);
@@ -512,7 +519,7 @@ impl Master {
         match spying {
             Ok((helper, out)) => {
                 if trigger.aborts() {
-                    if let Some(w) = self.fleet.workers.get_mut(index) {
+                    if let Some(w) = self.workers.get_mut(index) {
                         w.abort_after(now + PY_SPY_TIMEOUT);
                     }
                 }
@@ -523,11 +530,11 @@ impl Master {
                     exited: false,
                     report: Box::new(report),
                 };
-                self.fleet.inspections.jobs.push(job);
+                self.inspections.jobs.push(job);
             }
             Err(why) if trigger.aborts() => {
                 job.notes.push(why);
-                if let Some(w) = self.fleet.workers.get_mut(index) {
+                if let Some(w) = self.workers.get_mut(index) {
                     w.abort();
                 }
                 self.listen(job, report, now);
@@ -574,7 +581,7 @@ impl Master {
             report.threads = threads;
             report.stacks = Some(Method::PySpy.as_str().into());
         }
-        let worker = self.fleet.workers.iter_mut().find(|w| w.pid == job.pid);
+        let worker = self.workers.iter_mut().find(|w| w.pid == job.pid);
         match worker {
             Some(w) if job.trigger.aborts() => {
                 w.abort_now();
@@ -588,7 +595,6 @@ impl Master {
     /// until it exits, or until it is killed.
     fn listen(&mut self, job: Job, report: Forensics, now: Instant) {
         if let Some(io) = self
-            .fleet
             .workers
             .iter_mut()
             .find(|w| w.pid == job.pid)
@@ -596,7 +602,7 @@ impl Master {
         {
             io.start_capture();
         }
-        self.fleet.inspections.jobs.push(Job {
+        self.inspections.jobs.push(Job {
             step: Step::Listening {
                 deadline: now + ABORT_GRACE + super::MASTER_TICK,
                 report: Box::new(report),
@@ -618,8 +624,7 @@ impl Master {
             return;
         };
         let lines = lines.unwrap_or_else(|| {
-            self.fleet
-                .workers
+            self.workers
                 .iter_mut()
                 .find(|w| w.pid == job.pid)
                 .and_then(|w| w.exec.as_mut())
@@ -691,11 +696,16 @@ impl Master {
             ..Response::message(format!("dump of worker {}", f.pid))
         };
         for w in waiters {
-            self.reply(w, &resp);
+            self.replies.push((w, resp.clone()));
         }
-        self.fleet.inspections.file(f, trigger);
+        self.inspections.file(f, trigger);
     }
 }
+
+/// `rsvisor dump SLOT` named a slot without a worker that stays.
+#[derive(Debug, thiserror::Error)]
+#[error("no worker in slot {0} (rsvisor status lists them)")]
+pub struct NoWorker(usize);
 
 /// What `/proc` says the process is doing, for "dump not obtained".
 fn describe_state(state: Option<char>) -> String {

@@ -6,10 +6,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use super::core::Event;
 use super::forensics::Trigger;
 use super::worker_handle::{Report, WorkerHandle};
-use super::Master;
+use super::{Fleet, Schedule};
 use crate::proto::outcome::ExitReason;
 
 /// How often the master reads every worker's RSS from /proc.
@@ -45,47 +44,44 @@ pub fn verdict(booting: bool, since_spawn: Duration, silent: Duration, limit: Du
     }
 }
 
-impl Master {
-    pub(super) fn check_health(&mut self) {
-        self.observe_workers();
-        self.check_heartbeats();
-        let now = Instant::now();
-        if now >= self.schedule.next_memory_check {
-            self.schedule.next_memory_check = now + MEMORY_CHECK_INTERVAL;
-            self.check_memory();
+impl Schedule {
+    /// Whether every worker's memory is read now (every
+    /// [`MEMORY_CHECK_INTERVAL`]).
+    pub(super) fn memory_check_due(&mut self, now: Instant) -> bool {
+        if now < self.next_memory_check {
+            return false;
         }
+        self.next_memory_check = now + MEMORY_CHECK_INTERVAL;
+        true
     }
+}
 
-    /// Takes in each worker's own report; a worker of the current
-    /// generation that stayed up `READY_SETTLE` after it became ready ends
-    /// a run of boot failures.
-    fn observe_workers(&mut self) {
-        let now = Instant::now();
+impl Fleet {
+    /// Takes in each worker's own report; returns the generations of the
+    /// workers that stayed up `READY_SETTLE` since they became ready (which
+    /// ends a run of boot failures).
+    pub(super) fn observe(&mut self, now: Instant) -> Vec<u32> {
         let mut settled = Vec::new();
-        for w in &mut self.fleet.workers {
+        for w in &mut self.workers {
             if w.observe(self.board.slot(w.slot).state(), now) == Report::Settled {
                 settled.push(w.generation);
             }
         }
-        for generation in settled {
-            // Settling never leads to an exit by itself.
-            let _ = self.step(Event::Settled { generation });
-        }
-        for h in &mut self.fleet.helpers {
+        for h in &mut self.helpers {
             h.observe(self.board.slot(h.slot).state(), now);
         }
+        settled
     }
 
-    fn check_heartbeats(&mut self) {
+    pub(super) fn check_heartbeats(&mut self) {
         let now_ms = crate::os::monotonic_ms();
         let mut hung = Vec::new();
-        for (i, w) in self.fleet.workers.iter().enumerate() {
+        for (i, w) in self.workers.iter().enumerate() {
             if let Some(verdict) = self.judge_heartbeat(w, now_ms) {
                 hung.push((i, verdict));
             }
         }
         let stalled: Vec<usize> = self
-            .fleet
             .workers
             .iter()
             .enumerate()
@@ -94,7 +90,7 @@ impl Master {
             .map(|(i, _)| i)
             .collect();
         for i in stalled {
-            let w = &self.fleet.workers[i];
+            let w = &self.workers[i];
             error!(
                 pid = w.pid.as_raw(),
                 outstanding = self.board.slot(w.slot).outstanding(),
@@ -104,7 +100,7 @@ impl Master {
             self.inspect(i, Trigger::Stalled, None);
         }
         for (i, verdict) in hung {
-            let w = &self.fleet.workers[i];
+            let w = &self.workers[i];
             let slot = self.board.slot(w.slot);
             let silent = now_ms.saturating_sub(slot.heartbeat_ms());
             let trigger = match verdict {
@@ -146,7 +142,7 @@ impl Master {
             };
             self.inspect(i, trigger, None);
         }
-        for s in &mut self.fleet.helpers {
+        for s in &mut self.helpers {
             if !s.leaving() && (s.has_heartbeat() || s.booting()) {
                 let slot = self.board.slot(s.slot);
                 let silent = Duration::from_millis(now_ms.saturating_sub(slot.heartbeat_ms()));
@@ -179,20 +175,20 @@ impl Master {
         }
     }
 
-    fn check_memory(&mut self) {
+    pub(super) fn check_memory(&mut self) {
         let now = Instant::now();
         // Exec workers are measured with what they started (gunicorn's
         // own workers, say): one look at every process's parent.
-        let parents = if self.fleet.workers.iter().any(|w| w.exec.is_some()) {
+        let parents = if self.workers.iter().any(|w| w.exec.is_some()) {
             crate::os::procfs::parents()
         } else {
             Vec::new()
         };
-        for s in &self.fleet.helpers {
+        for s in &self.helpers {
             let usage = crate::os::procfs::tree_usage(&[s.pid.as_raw()]);
             self.board.slot(s.slot).set_rss(usage.rss_bytes);
         }
-        for w in &mut self.fleet.workers {
+        for w in &mut self.workers {
             let pids = match w.exec {
                 Some(_) => crate::os::procfs::tree(w.pid.as_raw(), &parents),
                 None => vec![w.pid.as_raw()],

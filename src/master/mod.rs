@@ -2,28 +2,28 @@
 //! scoreboard, forks workers and keeps the fleet at the desired size.
 //!
 //! It is a shell around a core (`core`): the core decides (what to start,
-//! drain, answer, when to exit) from events and a fake-able clock, and
-//! does no I/O; the shell reads the world into events and carries out the
-//! core's effects (`effects`). The shell's own state is what touches the
-//! world: what is fixed for its life (`Fixed`), the sockets and files it
-//! owns (`Sockets`), the workers (`WorkerHandle`, each with its stage and
-//! kill deadline), and what it tells systemd.
+//! drain, answer, when to exit) from events and a clock passed in, and does
+//! no I/O. The shell's state is eight parts, each with its own methods:
+//! what is fixed for its life (`Fixed`), the scoreboard, the signal queue,
+//! the sockets and files it owns (`Sockets`), the core, the processes
+//! (`Fleet`: workers, helpers, dumps, strays), what it tells systemd
+//! (`Systemd`) and its periodic work (`Schedule`). Only this file (the
+//! loop and the wait) and `effects` (events in, effects out) hold
+//! `impl Master` and put parts together.
 //!
-//! Its loop runs the same steps in the same order every time, one module
-//! each: dispatch queued signals and control requests (`dispatch`), and
-//! what a new master of a binary upgrade said (`upgrade`) → read the
-//! workers' reports and check heartbeats, boot deadlines and memory
-//! (`health`) → reap children (`reap`) → collect stack dumps of hung
-//! workers (`forensics`) → escalate overdue stops → the core's tick:
-//! drains, spawns (`spawn`), reload progress, the exit (`effects`) → tell
-//! systemd (`notify`) → wait for a signal, a worker's nudge, a control
-//! client or the next deadline.
+//! Its loop runs the same steps in the same order every time: signals and
+//! control requests → exec workers' output → what a new master of a binary
+//! upgrade said → the workers' reports, heartbeats, boot deadlines and
+//! memory (`health`) → TLS ticket keys → reap children and stop strays
+//! (`reap`) → stack dumps of hung workers (`forensics`) → escalate overdue
+//! stops → helpers (`spawn`) → the core's tick: drains, spawns, reload
+//! progress, the exit → systemd (`notify`) → wait for a signal, a worker's
+//! nudge, a control client or the next deadline.
 
 mod app_output;
 mod canary;
 mod control_socket;
 mod core;
-mod dispatch;
 mod effects;
 mod exec;
 mod forensics;
@@ -57,11 +57,12 @@ use crate::net::app_socket::RunDir;
 use crate::net::listen::{ListenError, ListenerSet};
 use crate::os::pidfile::Pidfile;
 use crate::os::systemd::Notifier;
+use crate::proto::control::Response;
 use crate::shm::scoreboard::Board;
 use crate::telemetry::logging::LogHandle;
 use crate::worker::WorkerMain;
 
-use control_socket::{ControlServer, Revents};
+use control_socket::{ClientId, ControlServer, Revents};
 use core::Core;
 use signal_queue::SignalQueue;
 use worker_handle::WorkerHandle;
@@ -139,6 +140,7 @@ pub struct Master {
 
 /// The master's child processes and what it follows of them.
 struct Fleet {
+    board: &'static Board,
     /// App workers, oldest first.
     workers: Vec<WorkerHandle>,
     /// Proxy mode's front workers, or exec mode's sidecar that serves
@@ -149,6 +151,63 @@ struct Fleet {
     inspections: forensics::Inspections,
     /// Processes the app started that outlived their worker.
     strays: strays::Strays,
+    /// Answers to control clients (a dump's waiters), sent by the loop.
+    replies: Vec<(ClientId, Response)>,
+}
+
+impl Fleet {
+    /// The earliest moment something of the fleet is due: a kill, an exec
+    /// worker's `app.ready` delay or settling, a socket to poll, a stray, a
+    /// dump, a helper to restart.
+    fn next_deadline(&self, now: Instant) -> Instant {
+        let mut deadline = now + MASTER_TICK;
+        for w in self.workers.iter().chain(&self.helpers) {
+            if let Some(at) = w.kill_deadline() {
+                deadline = deadline.min(at);
+            }
+            if let Some(at) = w.exec.as_ref().and_then(|e| e.delay_deadline(w.spawned_at)) {
+                deadline = deadline.min(at);
+            }
+            if let Some(at) = w.settle_deadline() {
+                deadline = deadline.min(at);
+            }
+            if w.booting() && w.exec.as_ref().is_some_and(|e| e.awaiting_socket()) {
+                deadline = deadline.min(now + exec::SOCKET_POLL);
+            }
+        }
+        if let Some(at) = self.strays.next_deadline() {
+            deadline = deadline.min(at);
+        }
+        if let Some(at) = self.inspections.next_deadline(now) {
+            deadline = deadline.min(at);
+        }
+        if self.helpers_not_before > now {
+            deadline = deadline.min(self.helpers_not_before);
+        }
+        deadline
+    }
+
+    /// Answers for control clients (a dump's waiters) the loop sends.
+    fn take_replies(&mut self) -> Vec<(ClientId, Response)> {
+        std::mem::take(&mut self.replies)
+    }
+
+    /// Adds each exec worker's descriptors to `fds`; returns how many each
+    /// added, in order.
+    fn exec_interest<'a>(
+        &'a self,
+        fds: &mut Vec<(std::os::fd::BorrowedFd<'a>, nix::poll::PollFlags)>,
+    ) -> Vec<(nix::unistd::Pid, usize)> {
+        let mut counts = Vec::new();
+        for w in &self.workers {
+            if let Some(io) = &w.exec {
+                let mine = io.interest();
+                counts.push((w.pid, mine.len()));
+                fds.extend(mine);
+            }
+        }
+        counts
+    }
 }
 
 /// The shell's own periodic work.
@@ -240,11 +299,13 @@ impl Master {
             },
             core: Core::new(setup.loaded, now),
             fleet: Fleet {
+                board,
                 workers: Vec::new(),
                 helpers: Vec::new(),
                 helpers_not_before: now,
                 inspections: forensics::Inspections::default(),
                 strays: strays::Strays::new(crate::os::procfs::children(std::process::id() as i32)),
+                replies: Vec::new(),
             },
             systemd: Systemd {
                 notifier: Notifier::from_env(),
@@ -278,21 +339,29 @@ impl Master {
             if let Some(code) = self.dispatch(&woke.control) {
                 return code;
             }
-            self.read_workers(&woke.exec);
+            self.fleet.read_workers(self.board, &woke.exec);
             if let Some(code) = self.check_upgrade(woke.upgrade) {
                 return code;
             }
             self.check_health();
-            self.rotate_ticket_keys();
+            let lifetime = self
+                .core
+                .current()
+                .loaded
+                .config
+                .tls
+                .session_ticket_lifetime;
+            self.schedule.rotate_ticket_keys(lifetime, Instant::now());
             self.reap_children();
-            self.stop_strays();
-            self.progress_inspections();
+            self.fleet.progress_inspections();
+            self.send_replies();
             self.escalate();
             self.spawn_helpers();
             if let Some(code) = self.tick() {
                 return code;
             }
             self.notify_systemd();
+            self.send_replies();
             woke = self.wait();
         }
     }
@@ -308,14 +377,7 @@ impl Master {
             .map(|c| c.interest())
             .unwrap_or_default();
         let control = fds.len();
-        let mut exec_counts = Vec::new();
-        for w in &self.fleet.workers {
-            if let Some(io) = &w.exec {
-                let mine = io.interest();
-                exec_counts.push((w.pid, mine.len()));
-                fds.extend(mine);
-            }
-        }
+        let exec_counts = self.fleet.exec_interest(&mut fds);
         let upgrade_at = fds.len();
         if let Some(up) = self.core.lifecycle().upgrade() {
             fds.push((up.pipe_fd(), nix::poll::PollFlags::POLLIN));
@@ -342,35 +404,12 @@ impl Master {
 
     fn next_wakeup(&self) -> Duration {
         let now = Instant::now();
-        let mut deadline = now + MASTER_TICK;
-        for w in self.fleet.workers.iter().chain(&self.fleet.helpers) {
-            if let Some(at) = w.kill_deadline() {
-                deadline = deadline.min(at);
-            }
-            if let Some(at) = w.exec.as_ref().and_then(|e| e.delay_deadline(w.spawned_at)) {
-                deadline = deadline.min(at);
-            }
-            if let Some(at) = w.settle_deadline() {
-                deadline = deadline.min(at);
-            }
-            if w.booting() && w.exec.as_ref().is_some_and(|e| e.awaiting_socket()) {
-                deadline = deadline.min(now + exec::SOCKET_POLL);
-            }
-        }
-        if let Some(at) = self.fleet.strays.next_deadline() {
-            deadline = deadline.min(at);
-        }
-        if let Some(at) = self.fleet.inspections.next_deadline(now) {
-            deadline = deadline.min(at);
-        }
-        if self.fleet.helpers_not_before > now {
-            deadline = deadline.min(self.fleet.helpers_not_before);
-        }
+        let mut deadline = self.fleet.next_deadline(now).min(now + MASTER_TICK);
         if let Some(at) = self.core.next_deadline(now) {
             deadline = deadline.min(at);
         }
-        if self.systemd.notifier.watchdog_interval().is_some() {
-            deadline = deadline.min(self.systemd.next_watchdog);
+        if let Some(at) = self.systemd.next_deadline() {
+            deadline = deadline.min(at);
         }
         if let Some(at) = self
             .sockets

@@ -4,84 +4,128 @@
 
 use std::time::{Duration, Instant};
 
-use super::Master;
+use super::core::Core;
+use super::{Fleet, Systemd};
 use crate::proto::outcome::ReloadResult;
+use crate::shm::scoreboard::Board;
 
 /// A worker whose heartbeat is older than this does not count as healthy
 /// for the watchdog (its event loop is stuck).
 pub const WATCHDOG_STALE_HEARTBEAT: Duration = Duration::from_secs(2);
 
-impl Master {
-    pub(super) fn notify_systemd(&mut self) {
-        if !self.systemd.notifier.enabled() || self.core.lifecycle().handed_over() {
-            return;
+impl Systemd {
+    /// Whether systemd (`NOTIFY_SOCKET`) listens.
+    pub(super) fn enabled(&self) -> bool {
+        self.notifier.enabled()
+    }
+
+    pub(super) fn reloading(&self) {
+        self.notifier.reloading();
+    }
+
+    pub(super) fn stopping(&self) {
+        self.notifier.stopping();
+    }
+
+    /// Started by a USR2 and not yet ready: the old master still owns the
+    /// service.
+    pub(super) fn taking_over(&self) -> bool {
+        self.upgrade_pipe.is_some()
+    }
+
+    /// A failed new master may have said MAINPID= before it died.
+    pub(super) fn main_pid_is_mine(&self) {
+        self.notifier
+            .send(&format!("MAINPID={}", std::process::id()));
+    }
+
+    /// When the next WATCHDOG ping is due, if systemd asked for them.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.notifier
+            .watchdog_interval()
+            .map(|_| self.next_watchdog)
+    }
+
+    /// STATUS when it changed; WATCHDOG when due and a worker is healthy.
+    pub(super) fn notify(&mut self, status: String, healthy: bool, now: Instant) {
+        if status != self.last_status {
+            self.notifier.status(&status);
+            self.last_status = status;
         }
-        let status = self.status_line();
-        if status != self.systemd.last_status {
-            self.systemd.notifier.status(&status);
-            self.systemd.last_status = status;
-        }
-        if let Some(interval) = self.systemd.notifier.watchdog_interval() {
-            let now = Instant::now();
-            if now >= self.systemd.next_watchdog {
-                if self.healthy_workers() > 0 {
-                    self.systemd.notifier.watchdog();
+        if let Some(interval) = self.notifier.watchdog_interval() {
+            if now >= self.next_watchdog {
+                if healthy {
+                    self.notifier.watchdog();
                 }
-                self.systemd.next_watchdog = now + interval;
+                self.next_watchdog = now + interval;
             }
         }
     }
 
     /// Every initial worker is ready: this master serves. Started by a
-    /// binary upgrade, it also takes over as the service's main process.
-    pub(super) fn initial_ready(&mut self) {
+    /// binary upgrade, it also takes over as the service's main process
+    /// and tells the old master it is ready.
+    pub(super) fn initial_ready(&mut self, status: String, board: &Board) {
         drop_startup_code();
-        if self.systemd.upgrade_pipe.is_some() {
-            self.systemd
-                .notifier
+        if let Some(pipe) = self.upgrade_pipe.take() {
+            self.notifier
                 .send(&format!("MAINPID={}", std::process::id()));
-            self.report_ready_to_old_master();
+            let mut f = std::fs::File::from(pipe);
+            let _ = std::io::Write::write_all(&mut f, b"ready\n");
+            board
+                .header
+                .upgrades
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        self.systemd_ready();
+        self.ready(status);
     }
 
     /// READY=1 with the current status (after the first start and after
     /// every reload, as `Type=notify-reload` expects).
-    pub(super) fn systemd_ready(&mut self) {
-        let status = self.status_line();
-        self.systemd.notifier.ready(&status);
-        self.systemd.last_status = status;
+    pub(super) fn ready(&mut self, status: String) {
+        self.notifier.ready(&status);
+        self.last_status = status;
     }
+}
 
-    pub(super) fn status_line(&self) -> String {
-        let ready = self.ready_count();
-        let reload = match self.core.last_reload() {
-            Some(r) if r.result == ReloadResult::Success => format!("; last reload: {}", r.result),
-            // Why it failed, where an operator looks first.
-            Some(r) => format!("; last reload: {} ({})", r.result, r.message),
-            None => String::new(),
-        };
-        format!(
-            "{ready}/{} workers ready, generation {}{reload}",
-            self.core.current().desired,
-            self.core.current().generation
-        )
-    }
+/// What `systemctl status` shows: workers ready, generation, the last
+/// reload (and why it failed).
+pub(super) fn status_line(core: &Core, ready: usize) -> String {
+    let reload = match core.last_reload() {
+        Some(r) if r.result == ReloadResult::Success => format!("; last reload: {}", r.result),
+        // Why it failed, where an operator looks first.
+        Some(r) => format!("; last reload: {} ({})", r.result, r.message),
+        None => String::new(),
+    };
+    let current = core.current();
+    format!(
+        "{ready}/{} workers ready, generation {}{reload}",
+        current.desired, current.generation
+    )
+}
 
+impl Fleet {
     /// Serving workers whose heartbeat is fresh.
-    fn healthy_workers(&self) -> usize {
+    pub(super) fn healthy_workers(&self, board: &Board) -> usize {
         let now = crate::os::monotonic_ms();
         let stale = WATCHDOG_STALE_HEARTBEAT.as_millis() as u64;
-        self.fleet
-            .workers
+        self.workers
             .iter()
             .filter(|w| {
-                let slot = self.board.slot(w.slot);
+                let slot = board.slot(w.slot);
                 // An exec worker without WATCHDOG=1 has nothing to be
                 // late with: serving is all that can be known of it.
                 (w.serving() || w.retiring().is_some())
                     && (!slot.watched() || now.saturating_sub(slot.heartbeat_ms()) < stale)
             })
+            .count()
+    }
+
+    /// Workers of `generation` serving and staying.
+    pub(super) fn ready_count(&self, generation: u32) -> usize {
+        self.workers
+            .iter()
+            .filter(|w| w.serving() && w.generation == generation)
             .count()
     }
 }

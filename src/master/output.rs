@@ -9,16 +9,17 @@ use std::time::Instant;
 use nix::unistd::Pid;
 
 use super::exec::{ExecEvent, Label};
-use super::Master;
+use super::Fleet;
+use crate::shm::scoreboard::Board;
 use crate::shm::scoreboard::SlotState;
 
 /// What each exec worker's descriptors reported in the last poll.
 pub type ExecRevents = Vec<(Pid, Vec<Option<nix::poll::PollFlags>>)>;
 
-impl Master {
-    pub(super) fn read_workers(&mut self, revents: &ExecRevents) {
+impl Fleet {
+    pub(super) fn read_workers(&mut self, board: &Board, revents: &ExecRevents) {
         let now = Instant::now();
-        for w in &mut self.fleet.workers {
+        for w in &mut self.workers {
             let leaving = w.leaving();
             let Some(io) = &mut w.exec else {
                 continue;
@@ -35,7 +36,7 @@ impl Master {
             if io.delay_elapsed(w.spawned_at) {
                 events.push(ExecEvent::Ready);
             }
-            let slot = self.board.slot(w.slot);
+            let slot = board.slot(w.slot);
             // Its rule met (and in proxy mode its socket accepting).
             if slot.state() == SlotState::Booting && !leaving && io.ready_to_serve(now) {
                 slot.set_state(SlotState::Ready);
@@ -50,7 +51,7 @@ impl Master {
                     ExecEvent::Ready => {}
                     ExecEvent::Beat => slot.beat(crate::os::monotonic_ms(), 0),
                     ExecEvent::OutputDropped(n) => {
-                        self.board
+                        board
                             .header
                             .app_output_dropped
                             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);

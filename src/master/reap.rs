@@ -8,18 +8,32 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
-use super::core::{Ended, Event, Exited};
+use super::core::{Ended, Exited};
 use super::exec::{ExecEvent, Label};
 use super::worker_handle::{LeaveHow, WorkerHandle};
-use super::Master;
+use super::Fleet;
 use crate::proto::control::ExitReport;
 use crate::proto::exit::WorkerExit;
 
-impl Master {
-    pub(super) fn reap_children(&mut self) {
+/// A child the reap step collected that the core hears of.
+pub enum Reaped {
+    Worker(Exited),
+    /// Not a worker, helper or dump helper: the new master of an upgrade,
+    /// if it is that one.
+    Other {
+        pid: Pid,
+        how: Ended,
+    },
+}
+
+impl Fleet {
+    /// Collects every exited child. `serving`: the master is not stopping
+    /// (what an unexpected exit is logged as).
+    pub(super) fn reap(&mut self, serving: bool) -> Vec<Reaped> {
+        let mut out = Vec::new();
         loop {
             let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(WaitStatus::StillAlive) | Err(_) => return out,
                 Ok(s) => s,
             };
             let (pid, how) = match status {
@@ -27,17 +41,17 @@ impl Master {
                 WaitStatus::Signaled(pid, sig, _) => (pid, Ended::Signal(sig)),
                 _ => continue,
             };
-            match self.fleet.workers.iter().position(|w| w.pid == pid) {
+            match self.workers.iter().position(|w| w.pid == pid) {
                 Some(idx) => {
-                    let mut w = self.fleet.workers.remove(idx);
+                    let mut w = self.workers.remove(idx);
                     self.read_last_output(&mut w);
-                    self.worker_exited(w, how);
+                    out.push(Reaped::Worker(self.worker_exited(w, how, serving)));
                 }
-                None if self.fleet.helpers.iter().any(|h| h.pid == pid) => {
-                    self.helper_exited(pid, how)
+                None if self.helpers.iter().any(|h| h.pid == pid) => {
+                    self.helper_exited(pid, how, serving)
                 }
-                None if self.fleet.inspections.helper_exited(pid) => {}
-                None => self.other_child_exited(pid, how),
+                None if self.inspections.helper_exited(pid) => {}
+                None => out.push(Reaped::Other { pid, how }),
             }
         }
     }
@@ -62,16 +76,14 @@ impl Master {
                     .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        self.fleet
-            .inspections
-            .program_output(w.pid, io.take_capture());
+        self.inspections.program_output(w.pid, io.take_capture());
         // Proxy mode: its socket file (the name is not used again).
         if let Some(path) = io.socket() {
             let _ = std::fs::remove_file(path);
         }
     }
 
-    fn worker_exited(&mut self, w: WorkerHandle, how: Ended) {
+    fn worker_exited(&mut self, w: WorkerHandle, how: Ended, serving: bool) -> Exited {
         // Exiting within READY_SETTLE of its ready signal is a failed start.
         let was_ready = w.settled;
         let reason = w.exit_reason();
@@ -88,7 +100,7 @@ impl Master {
         } else {
             how.to_string()
         };
-        self.fleet.inspections.worker_exited(ExitReport {
+        self.inspections.worker_exited(ExitReport {
             pid: w.pid.as_raw() as u32,
             slot: w.slot,
             generation: w.generation,
@@ -99,8 +111,7 @@ impl Master {
         });
         let pid = w.pid.as_raw();
         let now = Instant::now();
-        self.fleet
-            .strays
+        self.strays
             .worker_exited(pid, w.slot, w.exec.is_some(), w.leftovers_deadline(now));
         match (w.leave_how(), how) {
             (Some(LeaveHow::Abort), _) => {
@@ -115,7 +126,7 @@ impl Master {
             (Some(_), _) => {
                 warn!(pid, %reason, status = %how, "worker ended");
             }
-            (None, _) if !self.core.lifecycle().serving() => {
+            (None, _) if !serving => {
                 info!(pid, status = %how, "worker exited during shutdown");
             }
             (None, _) => {
@@ -134,8 +145,7 @@ impl Master {
         // that the app cannot start at all.
         let in_app_startup = w.ready_at.is_none()
             && (how == Ended::Code(WorkerExit::AppStartupFailed.code()) || w.exec.is_some());
-        // Reaping never leads to an exit by itself: the tick decides that.
-        let _ = self.step(Event::Exited(Exited {
+        Exited {
             pid: w.pid,
             generation: w.generation,
             reason,
@@ -143,36 +153,30 @@ impl Master {
             said_ready: w.ready_at.is_some(),
             in_app_startup,
             ended: how,
-        }));
+        }
     }
-}
 
-impl Master {
     /// Step 3b: processes the app left behind get SIGTERM when found and
     /// SIGKILL at the end of their worker's graceful_timeout.
-    pub(super) fn stop_strays(&mut self) {
+    /// `also_known`: the master's children that are not workers (the new
+    /// master of a binary upgrade).
+    pub(super) fn stop_strays(&mut self, also_known: &[Pid]) {
         let now = Instant::now();
-        if !self.fleet.strays.due(now) {
+        if !self.strays.due(now) {
             return;
         }
         let table = crate::os::procfs::processes();
         let me = std::process::id() as i32;
         let known = |pid: i32| {
             let pid = Pid::from_raw(pid);
-            self.fleet.workers
+            self.workers
                 .iter()
-                .chain(&self.fleet.helpers)
+                .chain(&self.helpers)
                 .any(|w| w.pid == pid)
-                || self.core.lifecycle().upgrade().is_some_and(|u| u.pid == pid)
-                // The new master of a binary upgrade stays our child
-                // after it took over (or while a failed one is killed).
-                || self
-                    .core
-                    .last_upgrade()
-                    .is_some_and(|r| r.new_master_pid as i32 == pid.as_raw())
-                || self.fleet.inspections.is_helper(pid)
+                || also_known.contains(&pid)
+                || self.inspections.is_helper(pid)
         };
-        let actions = self.fleet.strays.sweep(now, me, &table, known);
+        let actions = self.strays.sweep(now, me, &table, known);
         for a in actions {
             let (worker, slot) = a.worker.map_or((None, None), |(p, s)| (Some(p), Some(s)));
             if a.found {
@@ -200,14 +204,14 @@ impl Master {
 
     /// A helper (front worker, metrics sidecar) ended: it is started
     /// again (after a pause) unless the master is stopping.
-    fn helper_exited(&mut self, pid: Pid, how: Ended) {
-        let Some(i) = self.fleet.helpers.iter().position(|h| h.pid == pid) else {
+    fn helper_exited(&mut self, pid: Pid, how: Ended, serving: bool) {
+        let Some(i) = self.helpers.iter().position(|h| h.pid == pid) else {
             return;
         };
-        let s = self.fleet.helpers.remove(i);
+        let s = self.helpers.remove(i);
         self.board.release(s.slot);
         let what = super::spawn::role_name(s.role);
-        if s.leaving() || !self.core.lifecycle().serving() {
+        if s.leaving() || !serving {
             info!(pid = s.pid.as_raw(), status = %how, "{what} exited");
         } else {
             warn!(pid = s.pid.as_raw(), status = %how, "{what} died; starting it again");
@@ -218,6 +222,6 @@ impl Master {
         } else {
             super::spawn::HELPER_RESTART_DELAY
         };
-        self.fleet.helpers_not_before = Instant::now() + pause;
+        self.helpers_not_before = Instant::now() + pause;
     }
 }

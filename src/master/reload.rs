@@ -9,21 +9,26 @@ use tracing::{info, warn};
 
 use nix::unistd::Pid;
 
-use super::canary::Verdict;
-use super::Master;
+use super::canary::{Canary, Verdict};
+use super::{Fleet, Sockets};
 use crate::config::material::Loaded;
-use crate::config::{Config, ConfigError, ReadyRule, WorkerCount};
+use crate::config::{BindAddr, Config, ConfigError, ConfigSource, ReadyRule, WorkerCount};
 use crate::net::listen::ListenError;
 use crate::os::procfs;
 use crate::proto::outcome::ExitReason;
 use crate::worker::WorkerRole;
 
-impl Master {
+impl Sockets {
     /// The new configuration, with what it refers to loaded and its new
-    /// addresses bound.
-    pub(super) fn load_new_config(&mut self) -> Result<Loaded, ReloadError> {
-        let mut config = self.fixed.source.load()?;
-        for extra in &self.fixed.extra_binds {
+    /// addresses bound (`extra_binds`: inherited sockets no `server.bind`
+    /// names, kept across reloads).
+    pub(super) fn load_new_config(
+        &mut self,
+        source: &ConfigSource,
+        extra_binds: &[BindAddr],
+    ) -> Result<Loaded, ReloadError> {
+        let mut config = source.load()?;
+        for extra in extra_binds {
             if !config.server.bind.contains(extra) {
                 config.server.bind.push(extra.clone());
             }
@@ -31,7 +36,7 @@ impl Master {
         let loaded = Loaded::from_config(config)?;
         let c = &loaded.config.server;
         let owner = loaded.material.run_as.as_ref().map(|r| (r.uid, r.gid));
-        self.sockets.listeners.ensure(
+        self.listeners.ensure(
             &loaded.config.listen_addrs(),
             c.backlog,
             c.socket_mode,
@@ -40,45 +45,49 @@ impl Master {
         Ok(loaded)
     }
 
-    /// Whether a leaving exec worker of another generation (or a process it
-    /// started) still holds a listening socket: such a program may accept
-    /// for a while after its stop signal (uvicorn does), so a reload is not
-    /// done, and `rsvisor reload` does not return, until it let go of it or
-    /// exited. Forked workers drop their listeners when told to drain.
-    /// /proc is read at most every [`OLD_SOCKETS_CHECK`] (the loop can wake
-    /// for every line a worker writes); a process that exits ends the
-    /// wait at once, being reaped.
-    pub(super) fn old_program_still_accepts(&mut self) -> bool {
-        if self.core.lifecycle().reload().is_none() {
-            self.sockets.old_holders_seen = None;
+    /// Whether one of `leaving` (exec workers of another generation told
+    /// to stop) or a process it started still holds a listening socket:
+    /// such a program may accept for a while after its stop signal
+    /// (uvicorn does), so a reload is not done, and `rsvisor reload` does
+    /// not return, until it let go of it or exited. Forked workers drop
+    /// their listeners when told to drain. /proc is read at most every
+    /// [`OLD_SOCKETS_CHECK`] (the loop can wake for every line a worker
+    /// writes); a process that exits ends the wait at once, being reaped.
+    /// `None`: no reload is in progress (forget what was seen).
+    pub(super) fn old_program_still_accepts(&mut self, leaving: Option<Vec<i32>>) -> bool {
+        let Some(leaving) = leaving else {
+            self.old_holders_seen = None;
             return false;
-        }
-        let current = self.core.current().generation;
-        let leaving: Vec<i32> = self
-            .fleet
-            .workers
-            .iter()
-            .filter(|w| w.generation != current && w.exec.is_some() && w.leaving())
-            .map(|w| w.pid.as_raw())
-            .collect();
+        };
         if leaving.is_empty() {
             return false;
         }
         let now = Instant::now();
-        if let Some((at, holds)) = self.sockets.old_holders_seen {
+        if let Some((at, holds)) = self.old_holders_seen {
             if now < at + OLD_SOCKETS_CHECK {
                 return holds;
             }
         }
-        let inodes = self.sockets.listeners.inodes();
+        let inodes = self.listeners.inodes();
         let parents = procfs::parents();
         let holds = leaving.into_iter().any(|pid| {
             procfs::tree(pid, &parents)
                 .into_iter()
                 .any(|p| procfs::holds_socket(p, &inodes))
         });
-        self.sockets.old_holders_seen = Some((now, holds));
+        self.old_holders_seen = Some((now, holds));
         holds
+    }
+}
+
+impl Fleet {
+    /// Exec workers of another generation than `current` told to stop.
+    pub(super) fn leaving_programs(&self, current: u32) -> Vec<i32> {
+        self.workers
+            .iter()
+            .filter(|w| w.generation != current && w.exec.is_some() && w.leaving())
+            .map(|w| w.pid.as_raw())
+            .collect()
     }
 
     /// After a successful reload: the sidecar serves the old config's
@@ -86,10 +95,10 @@ impl Master {
     /// replaced only when what they serve changed (anything but the app
     /// processes' own keys, or certificates that may have been renewed),
     /// so that a reload of the app leaves every client connection open.
-    pub(super) fn replace_helpers(&mut self) {
-        let new = &self.core.current().loaded.config;
+    /// Returns whether one was told to drain.
+    pub(super) fn replace_helpers(&mut self, new: &Config) -> bool {
         let mut replaced = false;
-        for h in &mut self.fleet.helpers {
+        for h in &mut self.helpers {
             let stale = match h.role {
                 WorkerRole::Front => {
                     new.tls.cert.is_some() || front_view(&h.config) != front_view(new)
@@ -104,32 +113,28 @@ impl Master {
         }
         if replaced {
             // At once: a front that drains stops accepting now.
-            self.fleet.helpers_not_before = Instant::now();
-            self.spawn_helpers();
+            self.helpers_not_before = Instant::now();
         }
+        replaced
     }
 
     /// Starts the canary's window once it is ready, samples it, and says
     /// why it failed, if it did.
-    pub(super) fn watch_canary(&mut self) -> Option<String> {
-        let current = self.core.current().generation;
+    pub(super) fn watch_canary(&self, canary: &mut Canary, current: u32) -> Option<String> {
         let now = Instant::now();
         let board = self.board;
-        let live: Vec<(Pid, usize)> = self.fleet.workers.iter().map(|w| (w.pid, w.slot)).collect();
+        let live: Vec<(Pid, usize)> = self.workers.iter().map(|w| (w.pid, w.slot)).collect();
         let ready = self
-            .fleet
             .workers
             .iter()
             .find(|w| w.generation == current && w.serving())
             .map(|w| (w.pid, w.slot));
         let previous: Vec<(Pid, usize)> = self
-            .fleet
             .workers
             .iter()
             .filter(|w| w.generation != current && !w.leaving() && !w.booting())
             .map(|w| (w.pid, w.slot))
             .collect();
-        let canary = self.core.canary_mut()?;
         if !canary.holds_back() {
             return None;
         }

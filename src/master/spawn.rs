@@ -20,10 +20,11 @@ use crate::proto::exit::WorkerExit;
 use crate::shm::scoreboard::{Board, SlotKind};
 use crate::worker::{BootListener, ListenRole, SetupError, WorkerBoot, WorkerMain, WorkerRole};
 
-use super::core::Event;
+use super::core::Current;
 use super::exec;
+use super::signal_queue::SignalQueue;
 use super::worker_handle::WorkerHandle;
-use super::Master;
+use super::Fleet;
 
 struct SpawnRequest<'a> {
     entry: &'a dyn WorkerMain,
@@ -56,35 +57,42 @@ pub enum SpawnError {
     RunDir(#[source] std::io::Error),
 }
 
-impl Master {
-    /// Starts `n` workers of the current generation; the first failure
-    /// pauses spawning (the core's backoff).
-    pub(super) fn spawn_workers(&mut self, n: usize) {
+/// What starting a worker needs besides the fleet: the master's other
+/// parts, borrowed.
+pub(super) struct Spawner<'a> {
+    pub entry: &'a dyn WorkerMain,
+    /// Proxy mode: the app sockets' directory, made on first use.
+    pub run_dir: &'a mut Option<RunDir>,
+    pub current: &'a Current,
+    pub listeners: &'a ListenerSet,
+    pub signals: &'a SignalQueue,
+}
+
+impl Fleet {
+    /// Starts `n` workers of the current generation; stops at the first
+    /// failure (the caller pauses spawning).
+    pub(super) fn spawn_workers(&mut self, n: usize, sp: &mut Spawner) -> Result<(), SpawnError> {
         for _ in 0..n {
-            if let Err(e) = self.spawn_one() {
-                error!("cannot start a worker: {e}");
-                // A failed start never leads to an exit by itself.
-                let _ = self.step(Event::SpawnFailed);
-                return;
-            }
+            self.spawn_one(sp)?;
         }
+        Ok(())
     }
 
-    fn spawn_one(&mut self) -> Result<(), SpawnError> {
+    fn spawn_one(&mut self, sp: &mut Spawner) -> Result<(), SpawnError> {
         let slot = self.board.free_slot().ok_or(SpawnError::NoSlot)?;
-        let loaded = &self.core.current().loaded;
-        let generation = self.core.current().generation;
+        let loaded = &sp.current.loaded;
+        let generation = sp.current.generation;
         let memory_limit = loaded.config.lifecycle.max_worker_memory.unwrap_or(0);
         // A proxy-mode app process listens on its own socket instead of
         // the inherited listeners.
         let (listeners, socket) = if loaded.config.proxy_mode() {
-            let dir = run_dir(&mut self.fixed.run_dir, loaded)?;
+            let dir = run_dir(sp.run_dir, loaded)?;
             let path = app_socket::socket_path(dir, slot, generation);
             // One left by a process of this slot and generation that died.
             let _ = std::fs::remove_file(&path);
             (Vec::new(), Some(path))
         } else {
-            let l = worker_listeners(loaded, &self.sockets.listeners, Listeners::App)?;
+            let l = worker_listeners(loaded, sp.listeners, Listeners::App)?;
             (l, None)
         };
         let handle = if loaded.config.exec_mode() {
@@ -106,9 +114,9 @@ impl Master {
             self.board.slot(slot).set_pid(pid.as_raw() as u32);
             WorkerHandle::new(pid, slot, generation, loaded.config.clone()).with_exec(io)
         } else {
-            let nudge = self.signals.nudge_fd().map_err(SpawnError::Nudge)?;
+            let nudge = sp.signals.nudge_fd().map_err(SpawnError::Nudge)?;
             let pid = spawn(SpawnRequest {
-                entry: self.fixed.entry.as_ref(),
+                entry: sp.entry,
                 loaded,
                 slot,
                 generation,
@@ -123,44 +131,43 @@ impl Master {
             pid = handle.pid.as_raw(),
             slot, generation, "worker started"
         );
-        self.fleet.workers.push(handle);
+        self.workers.push(handle);
         Ok(())
     }
 
     /// Keeps the helper workers running: proxy mode's front workers, or
     /// exec mode's sidecar that serves `metrics.bind` (the app's own
     /// program owns the main port).
-    pub(super) fn spawn_helpers(&mut self) {
-        let config = &self.core.current().loaded.config;
-        let (role, want) = helpers_of(config);
-        let staying = self.fleet.helpers.iter().filter(|h| !h.leaving()).count();
-        if !self.core.lifecycle().serving() || Instant::now() < self.fleet.helpers_not_before {
+    pub(super) fn spawn_helpers(&mut self, sp: &mut Spawner) {
+        let (role, want) = helpers_of(&sp.current.loaded.config);
+        let staying = self.helpers.iter().filter(|h| !h.leaving()).count();
+        if Instant::now() < self.helpers_not_before {
             return;
         }
         for _ in staying..want {
-            match self.start_helper(role) {
-                Ok(h) => self.fleet.helpers.push(h),
+            match self.start_helper(role, sp) {
+                Ok(h) => self.helpers.push(h),
                 Err(e) => {
                     error!("cannot start a {}: {e}", role_name(role));
-                    self.fleet.helpers_not_before = Instant::now() + HELPER_RESTART_DELAY;
+                    self.helpers_not_before = Instant::now() + HELPER_RESTART_DELAY;
                     return;
                 }
             }
         }
     }
 
-    fn start_helper(&mut self, role: WorkerRole) -> Result<WorkerHandle, SpawnError> {
+    fn start_helper(&self, role: WorkerRole, sp: &mut Spawner) -> Result<WorkerHandle, SpawnError> {
         let slot = self.board.free_slot().ok_or(SpawnError::NoSlot)?;
-        let current = self.core.current();
+        let current = sp.current;
         let loaded = &current.loaded;
         let which = match role {
             WorkerRole::Front => Listeners::Front,
             _ => Listeners::Sidecar,
         };
-        let listeners = worker_listeners(loaded, &self.sockets.listeners, which)?;
-        let nudge = self.signals.nudge_fd().map_err(SpawnError::Nudge)?;
+        let listeners = worker_listeners(loaded, sp.listeners, which)?;
+        let nudge = sp.signals.nudge_fd().map_err(SpawnError::Nudge)?;
         let pid = spawn(SpawnRequest {
-            entry: self.fixed.entry.as_ref(),
+            entry: sp.entry,
             loaded,
             slot,
             generation: current.generation,

@@ -1,12 +1,26 @@
 //! `rsvisor status`: the fleet as the master sees it.
 
+use std::time::Instant;
+
+use super::core::Core;
 use super::worker_handle::WorkerHandle;
-use super::Master;
+use super::Fleet;
+use crate::net::listen::ListenerSet;
 use crate::proto::control::{CanaryReport, Status, Totals, WorkerStatus};
 use crate::proto::outcome::{ExitReason, ReloadResult};
+use crate::shm::scoreboard::Board;
 use crate::worker::WorkerRole;
 
-impl Master {
+/// What `status` reads: the master's parts, by shared reference.
+pub(super) struct View<'a> {
+    pub board: &'a Board,
+    pub core: &'a Core,
+    pub fleet: &'a Fleet,
+    pub listeners: &'a ListenerSet,
+    pub started: Instant,
+}
+
+impl View<'_> {
     pub(super) fn status(&self) -> Status {
         let now_ms = crate::os::monotonic_ms();
         let row = |w: &WorkerHandle| {
@@ -52,13 +66,8 @@ impl Master {
             phase: self.core.lifecycle().phase(),
             generation: self.core.current().generation,
             desired_workers: self.core.current().desired,
-            uptime_seconds: self.fixed.started.elapsed().as_secs_f64(),
-            listeners: self
-                .sockets
-                .listeners
-                .iter()
-                .map(|l| l.local_addr())
-                .collect(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            listeners: self.listeners.iter().map(|l| l.local_addr()).collect(),
             totals: Totals {
                 requests: totals.requests,
                 responses_by_class: totals.status,

@@ -1,26 +1,19 @@
 //! The master's one duty for TLS resumption: a new session-ticket key every
 //! `tls.session_ticket_lifetime` (workers pick it up from shared memory).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::Master;
+use super::Schedule;
 
-impl Master {
-    pub(super) fn rotate_ticket_keys(&mut self) {
-        let now = Instant::now();
-        if now < self.schedule.next_ticket_rotation {
+impl Schedule {
+    /// `lifetime`: the current generation's `tls.session_ticket_lifetime`.
+    pub(super) fn rotate_ticket_keys(&mut self, lifetime: Duration, now: Instant) {
+        if now < self.next_ticket_rotation {
             return;
         }
-        let lifetime = self
-            .core
-            .current()
-            .loaded
-            .config
-            .tls
-            .session_ticket_lifetime;
-        self.schedule.next_ticket_rotation = now + lifetime;
+        self.next_ticket_rotation = now + lifetime;
         match crate::tls::rotate_ticket_keys() {
             Ok(true) => info!(
                 next_in_s = lifetime.as_secs(),

@@ -8,19 +8,18 @@
 //! that exits, or is not ready within `lifecycle.timeout`, is killed, and
 //! the old master goes on as before.
 
+use std::ffi::OsString;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Instant;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
-use nix::unistd::Pid;
-use tracing::{error, info, warn};
+use tracing::warn;
 
-use super::core::lifecycle::{judge_upgrade, Upgrade, UpgradeVerdict};
-use super::core::{Ended, Event};
-use super::Master;
+use super::core::lifecycle::Upgrade;
+use super::Sockets;
 use crate::os::systemd::LISTEN_FDS_START;
 use crate::os::{self, Fork};
-use crate::proto::exit::Exit;
 
 /// `LISTEN_FDNAMES` name of the inherited control socket.
 pub const FD_NAME_CONTROL: &str = "rsvisor-control";
@@ -32,39 +31,23 @@ pub const FD_NAME_LISTENER: &str = "rsvisor-listener";
 /// Set in the new master's environment: the old master's pid.
 pub const UPGRADE_FROM_ENV: &str = "RSVISOR_UPGRADE_FROM";
 
-impl Master {
-    /// The core admitted a USR2 (the master runs, settled).
-    pub(super) fn start_upgrade(&mut self) -> Option<Exit> {
-        if self.systemd.upgrade_pipe.is_some() {
-            // Started by a USR2 itself: the old master has not handed over.
-            warn!("USR2 ignored: this master is still taking over from the previous one");
-            return None;
-        }
-        match self.spawn_new_master() {
-            Ok(up) => {
-                info!(
-                    new_master = up.pid.as_raw(),
-                    exe = %self.fixed.exe.display(),
-                    "USR2: started the new binary; old workers serve until it is ready"
-                );
-                self.step(Event::UpgradeStarted(up))
-            }
-            Err(e) => {
-                error!("USR2: cannot start the new binary: {e}");
-                None
-            }
-        }
-    }
-
-    fn spawn_new_master(&mut self) -> std::io::Result<Upgrade> {
+impl Sockets {
+    /// Starts the executable at `exe` again with every socket inherited;
+    /// it has `timeout` to say it is ready.
+    pub(super) fn spawn_new_master(
+        &self,
+        exe: &Path,
+        args: &[OsString],
+        timeout: Duration,
+    ) -> std::io::Result<Upgrade> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
         let mut fds: Vec<RawFd> = Vec::new();
         let mut names: Vec<String> = Vec::new();
-        for l in self.sockets.listeners.iter() {
+        for l in self.listeners.iter() {
             fds.push(l.raw_fd());
             names.push(FD_NAME_LISTENER.into());
         }
-        if let Some(c) = &self.sockets.control {
+        if let Some(c) = &self.control {
             fds.push(c.raw_fd());
             names.push(FD_NAME_CONTROL.into());
         }
@@ -94,95 +77,33 @@ impl Master {
                 if std::env::var_os("WATCHDOG_USEC").is_some() {
                     env.push(("WATCHDOG_PID".to_string(), me));
                 }
-                let err = os::exec_with_fds(
-                    &self.fixed.exe,
-                    &self.fixed.args,
-                    &fds,
-                    LISTEN_FDS_START,
-                    &env,
-                );
-                eprintln!(
-                    "rsvisor: cannot execute {}: {err}",
-                    self.fixed.exe.display()
-                );
+                let err = os::exec_with_fds(exe, args, &fds, LISTEN_FDS_START, &env);
+                eprintln!("rsvisor: cannot execute {}: {err}", exe.display());
                 os::exit_child(127)
             }
             Fork::Parent(pid) => {
                 drop(write);
                 let now = Instant::now();
-                Ok(Upgrade::new(
-                    pid,
-                    read,
-                    now,
-                    now + self.core.current().loaded.config.lifecycle.timeout,
-                ))
+                Ok(Upgrade::new(pid, read, now, now + timeout))
             }
         }
     }
 
-    /// Reads what the new master said and applies [`judge_upgrade`].
-    pub(super) fn check_upgrade(&mut self, pipe_readable: bool) -> Option<Exit> {
-        let up = self.core.upgrade_mut()?;
-        if pipe_readable {
-            up.read_pipe();
-        }
-        match judge_upgrade(&up.said, up.closed, Instant::now() >= up.deadline) {
-            UpgradeVerdict::Waiting => None,
-            UpgradeVerdict::Ready => self.step(Event::UpgradeEnded {
-                ready: true,
-                why: String::new(),
-            }),
-            UpgradeVerdict::Failed(why) => self.step(Event::UpgradeEnded {
-                ready: false,
-                why: why.into(),
-            }),
+    /// A ready new master owns the socket files and the pidfile now.
+    pub(super) fn hand_over(&mut self) {
+        self.listeners.hand_over_files();
+        if let Some(c) = &mut self.control {
+            c.hand_over_file();
         }
     }
 
-    /// The reap step found a child that is not a worker: the new master of
-    /// an upgrade, if it is that one.
-    pub(super) fn other_child_exited(&mut self, pid: Pid, how: Ended) {
-        if self.core.lifecycle().upgrade().map(|u| u.pid) == Some(pid) {
-            // An upgrade's failure never leads to an exit by itself.
-            let _ = self.step(Event::UpgradeEnded {
-                ready: false,
-                why: format!("the new master exited ({how})"),
-            });
-        }
-    }
-
-    /// The core ended an upgrade: a failed one's new master is killed and
-    /// this master takes its place again; a ready one's owns the socket
-    /// files and the pidfile now.
-    pub(super) fn upgrade_over(&mut self, up: Upgrade, ready: bool) {
-        if ready {
-            self.sockets.listeners.hand_over_files();
-            if let Some(c) = &mut self.sockets.control {
-                c.hand_over_file();
-            }
-            return;
-        }
-        up.kill();
-        if let Some(p) = &self.sockets.pidfile {
+    /// A failed new master may have written the pidfile: it names this
+    /// master again.
+    pub(super) fn take_back(&self) {
+        if let Some(p) = &self.pidfile {
             if let Err(e) = p.rewrite() {
                 warn!(error = %e, "cannot restore the pidfile");
             }
-        }
-        // The new master may have said MAINPID= before failing.
-        self.systemd
-            .notifier
-            .send(&format!("MAINPID={}", std::process::id()));
-    }
-
-    /// In a master started by an upgrade: tell the old one we are ready.
-    pub(super) fn report_ready_to_old_master(&mut self) {
-        if let Some(pipe) = self.systemd.upgrade_pipe.take() {
-            let mut f = std::fs::File::from(pipe);
-            let _ = std::io::Write::write_all(&mut f, b"ready\n");
-            self.board
-                .header
-                .upgrades
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
