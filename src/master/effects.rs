@@ -140,8 +140,7 @@ impl Master {
                     info!(config = %self.fixed.source.describe(), "reloading configuration");
                     let result = self
                         .sockets
-                        .load_new_config(&self.fixed.source, &self.fixed.extra_binds)
-                        .map_err(|e| e.to_string());
+                        .load_new_config(&self.fixed.source, &self.fixed.extra_binds);
                     if let Some(code) = self.step(Event::ConfigLoaded {
                         waiters,
                         started,

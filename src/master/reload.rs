@@ -10,10 +10,10 @@ use tracing::{info, warn};
 use nix::unistd::Pid;
 
 use super::canary::{Canary, Verdict};
+use super::core::ReloadError;
 use super::{Fleet, Sockets};
 use crate::config::material::Loaded;
-use crate::config::{BindAddr, Config, ConfigError, ConfigSource, ReadyRule, WorkerCount};
-use crate::net::listen::ListenError;
+use crate::config::{BindAddr, Config, ConfigSource, ReadyRule, WorkerCount};
 use crate::os::procfs;
 use crate::proto::outcome::ExitReason;
 use crate::worker::WorkerRole;
@@ -191,14 +191,3 @@ fn front_view(c: &Config) -> Config {
 /// How often a reload waiting for old programs to let go of the listening
 /// sockets looks at /proc (the master's tick: the loop wakes that often).
 pub const OLD_SOCKETS_CHECK: Duration = super::MASTER_TICK;
-
-/// Why a reload was refused before any worker changed.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    /// The new configuration (or a file it names) is invalid.
-    #[error("{0}")]
-    Config(#[from] ConfigError),
-    /// A new address cannot be bound.
-    #[error("{0}")]
-    Bind(#[from] ListenError),
-}

@@ -29,7 +29,8 @@ use tracing::{error, info, warn};
 use super::canary::{Canary, Limits};
 use super::control_socket::ClientId;
 use crate::config::material::Loaded;
-use crate::config::LogConfig;
+use crate::config::{ConfigError, LogConfig};
+use crate::net::listen::ListenError;
 use crate::proto::control::{ReloadReport, Response, UpgradeReport};
 use crate::proto::exit::{Exit, WorkerExit};
 use crate::proto::outcome::{ExitReason, ReloadResult};
@@ -167,7 +168,7 @@ pub enum Event<'a> {
     ConfigLoaded {
         waiters: Vec<ClientId>,
         started: Instant,
-        result: Result<Loaded, String>,
+        result: Result<Loaded, ReloadError>,
     },
     /// A worker stayed up `READY_SETTLE` after it said it was ready.
     Settled {
@@ -347,7 +348,7 @@ impl Core {
                 result,
             } => match result {
                 Ok(loaded) => self.start_reload(loaded, waiters, started, now, &mut fx),
-                Err(why) => self.refuse_reload(waiters, why, started, now, &mut fx),
+                Err(why) => self.refuse_reload(waiters, why.to_string(), started, now, &mut fx),
             },
             Event::Settled { generation } => {
                 if generation == self.current.generation {
@@ -912,6 +913,17 @@ impl Core {
         last.memory_returned = true;
         fx.push(Effect::ReturnMemory);
     }
+}
+
+/// Why a reload was refused before any worker changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new configuration (or a file it names) is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// A new address cannot be bound.
+    #[error("{0}")]
+    Bind(#[from] ListenError),
 }
 
 /// Whether a worker that ended this way failed to boot: it never became

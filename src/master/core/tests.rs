@@ -96,7 +96,12 @@ fn has(fx: &[Effect], f: impl Fn(&Effect) -> bool) -> bool {
 
 /// Asks for a reload with a waiting client and answers the core's
 /// `LoadConfig` with `new`.
-fn reload(core: &mut Core, client: u64, new: Result<Loaded, String>, now: Instant) -> Vec<Effect> {
+fn reload(
+    core: &mut Core,
+    client: u64,
+    new: Result<Loaded, ReloadError>,
+    now: Instant,
+) -> Vec<Effect> {
     let fx = core.step(
         Event::Control {
             client: ClientId::for_test(client),
@@ -257,17 +262,19 @@ fn a_reload_is_not_done_in_the_tick_that_tells_the_last_old_program_to_stop() {
 fn an_invalid_config_is_refused_and_the_running_generation_stays() {
     let t = Instant::now();
     let mut core = Core::new(loaded(2, |_| {}), t);
-    let fx = reload(
-        &mut core,
-        4,
-        Err("app.toml:3: server.workers: not a number".into()),
-        t,
-    );
+    let unreadable = crate::config::ConfigError::Read {
+        file: "app.toml".into(),
+        source: std::io::Error::other("permission denied"),
+    };
+    let fx = reload(&mut core, 4, Err(unreadable.into()), t);
     assert_eq!(counted(&fx), Some(ReloadResult::InvalidConfig));
     let r = replies(&fx);
     assert_eq!(r.len(), 1);
     assert!(
-        !r[0].1 && r[0].2.contains("app.toml:3: server.workers"),
+        !r[0].1
+            && r[0]
+                .2
+                .contains("app.toml: cannot read the config file: permission denied"),
         "{r:?}"
     );
     assert!(!has(&fx, |e| matches!(e, Effect::SetGeneration(_))));
