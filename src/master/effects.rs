@@ -9,14 +9,12 @@ use nix::unistd::Pid;
 
 use super::control_socket::{ClientId, Revents};
 use super::core::lifecycle::{judge_upgrade, Upgrade, UpgradeVerdict};
-use super::core::{Ask, Effect, Event, Member, World};
+use super::core::{Ask, Effect, Event, World};
 use super::reap::Reaped;
 use super::spawn::Spawner;
-use super::worker_handle::WorkerHandle;
 use super::Master;
 use crate::proto::control::{Request, Response};
 use crate::proto::exit::Exit;
-use crate::shm::scoreboard::{Board, SlotState};
 
 impl Master {
     /// Queued signals and control-socket requests become events for the
@@ -107,27 +105,11 @@ impl Master {
         let reloading = self.core.lifecycle().reload().is_some();
         let leaving = reloading.then(|| self.fleet.leaving_programs(current));
         let old_program_accepts = self.sockets.old_program_still_accepts(leaving);
-        let board = self.board;
-        let members: Vec<Member> = self
-            .fleet
-            .workers
-            .iter()
-            .map(|w| Member {
-                pid: w.pid,
-                generation: w.generation,
-                booting: w.booting(),
-                awaiting_ready: w.awaiting_ready(),
-                serving: w.serving(),
-                retiring: w.retiring(),
-                leaving: w.leaving(),
-                connections: board.slot(w.slot).active_connections(),
-                exec: w.exec.is_some(),
-            })
-            .collect();
+        let members = self.fleet.members();
         self.step(Event::Tick(World {
             members: &members,
-            helpers: self.fleet.helpers.len(),
-            strays: !self.fleet.strays.is_empty(),
+            helpers: self.fleet.helper_count(),
+            strays: self.fleet.has_strays(),
             old_program_accepts,
             canary_failed,
         }))
@@ -173,35 +155,11 @@ impl Master {
                         }
                     }
                 }
-                Effect::Drain { pid, reason } => {
-                    if let Some(w) = self.fleet.workers.iter_mut().find(|w| w.pid == pid) {
-                        let graceful = w.config.lifecycle.graceful_timeout;
-                        w.drain(reason, graceful);
-                        mark_draining(self.board, w);
-                    }
-                }
-                Effect::DrainAll(reason) => {
-                    for w in self.fleet.workers.iter_mut().chain(&mut self.fleet.helpers) {
-                        let graceful = w.config.lifecycle.graceful_timeout;
-                        w.drain(reason, graceful);
-                        mark_draining(self.board, w);
-                    }
-                }
-                Effect::QuickStopAll => {
-                    for w in self.fleet.workers.iter_mut().chain(&mut self.fleet.helpers) {
-                        w.quick_stop();
-                    }
-                }
-                Effect::QuickStopWorkers => {
-                    for w in &mut self.fleet.workers {
-                        w.quick_stop();
-                    }
-                }
-                Effect::Forward(sig) => {
-                    for w in self.fleet.workers.iter().chain(&self.fleet.helpers) {
-                        w.signal(sig);
-                    }
-                }
+                Effect::Drain { pid, reason } => self.fleet.drain(pid, reason),
+                Effect::DrainAll(reason) => self.fleet.drain_all(reason),
+                Effect::QuickStopAll => self.fleet.quick_stop(true),
+                Effect::QuickStopWorkers => self.fleet.quick_stop(false),
+                Effect::Forward(sig) => self.fleet.forward(sig),
                 Effect::CloseListeners => self.sockets.listeners.close_all(),
                 Effect::CloseUnusedListeners => self.close_unused_listeners(),
                 Effect::ReplaceHelpers => {
@@ -352,24 +310,11 @@ impl Master {
         }
     }
 
-    /// Workers told to leave that are still there at their deadline get
-    /// the SIGABRT a stack dump held back, then SIGKILL.
-    pub(super) fn escalate(&mut self) {
-        let now = Instant::now();
-        for w in self.fleet.workers.iter_mut().chain(&mut self.fleet.helpers) {
-            if w.escalate(now) {
-                warn!(pid = w.pid.as_raw(), "worker did not exit in time; SIGKILL");
-            }
-        }
-    }
-
     /// Closes listening sockets that neither the current configuration nor
     /// any live worker uses any more (addresses removed by a reload).
     fn close_unused_listeners(&mut self) {
         let mut keep = self.core.current().loaded.config.listen_addrs();
-        for w in &self.fleet.workers {
-            keep.extend(w.config.listen_addrs());
-        }
+        keep.extend(self.fleet.addresses_in_use());
         let keep: Vec<&crate::config::BindAddr> = keep.iter().collect();
         self.sockets.listeners.retain(&keep);
     }
@@ -387,12 +332,5 @@ impl Master {
         let line = self.status_line();
         let healthy = self.fleet.healthy_workers(self.board) > 0;
         self.systemd.notify(line, healthy, Instant::now());
-    }
-}
-
-/// An exec worker does not write its slot: the master says it drains.
-pub(super) fn mark_draining(board: &Board, w: &WorkerHandle) {
-    if w.exec.is_some() {
-        board.slot(w.slot).set_state(SlotState::Draining);
     }
 }

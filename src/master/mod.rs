@@ -26,6 +26,7 @@ mod control_socket;
 mod core;
 mod effects;
 mod exec;
+mod fleet;
 mod forensics;
 mod health;
 mod notify;
@@ -57,15 +58,14 @@ use crate::net::app_socket::RunDir;
 use crate::net::listen::{ListenError, ListenerSet};
 use crate::os::pidfile::Pidfile;
 use crate::os::systemd::Notifier;
-use crate::proto::control::Response;
 use crate::shm::scoreboard::Board;
 use crate::telemetry::logging::LogHandle;
 use crate::worker::WorkerMain;
 
-use control_socket::{ClientId, ControlServer, Revents};
+use control_socket::{ControlServer, Revents};
 use core::Core;
+use fleet::Fleet;
 use signal_queue::SignalQueue;
-use worker_handle::WorkerHandle;
 
 pub use upgrade::{FD_NAME_CONTROL, FD_NAME_UPGRADE, UPGRADE_FROM_ENV};
 pub use watch::WatchPlan;
@@ -136,78 +136,6 @@ pub struct Master {
     fleet: Fleet,
     systemd: Systemd,
     schedule: Schedule,
-}
-
-/// The master's child processes and what it follows of them.
-struct Fleet {
-    board: &'static Board,
-    /// App workers, oldest first.
-    workers: Vec<WorkerHandle>,
-    /// Proxy mode's front workers, or exec mode's sidecar that serves
-    /// `metrics.bind`.
-    helpers: Vec<WorkerHandle>,
-    helpers_not_before: Instant,
-    /// Stack dumps in progress, and the last workers that exited.
-    inspections: forensics::Inspections,
-    /// Processes the app started that outlived their worker.
-    strays: strays::Strays,
-    /// Answers to control clients (a dump's waiters), sent by the loop.
-    replies: Vec<(ClientId, Response)>,
-}
-
-impl Fleet {
-    /// The earliest moment something of the fleet is due: a kill, an exec
-    /// worker's `app.ready` delay or settling, a socket to poll, a stray, a
-    /// dump, a helper to restart.
-    fn next_deadline(&self, now: Instant) -> Instant {
-        let mut deadline = now + MASTER_TICK;
-        for w in self.workers.iter().chain(&self.helpers) {
-            if let Some(at) = w.kill_deadline() {
-                deadline = deadline.min(at);
-            }
-            if let Some(at) = w.exec.as_ref().and_then(|e| e.delay_deadline(w.spawned_at)) {
-                deadline = deadline.min(at);
-            }
-            if let Some(at) = w.settle_deadline() {
-                deadline = deadline.min(at);
-            }
-            if w.booting() && w.exec.as_ref().is_some_and(|e| e.awaiting_socket()) {
-                deadline = deadline.min(now + exec::SOCKET_POLL);
-            }
-        }
-        if let Some(at) = self.strays.next_deadline() {
-            deadline = deadline.min(at);
-        }
-        if let Some(at) = self.inspections.next_deadline(now) {
-            deadline = deadline.min(at);
-        }
-        if self.helpers_not_before > now {
-            deadline = deadline.min(self.helpers_not_before);
-        }
-        deadline
-    }
-
-    /// Answers for control clients (a dump's waiters) the loop sends.
-    fn take_replies(&mut self) -> Vec<(ClientId, Response)> {
-        std::mem::take(&mut self.replies)
-    }
-
-    /// Adds each exec worker's descriptors to `fds`; returns how many each
-    /// added, in order.
-    fn exec_interest<'a>(
-        &'a self,
-        fds: &mut Vec<(std::os::fd::BorrowedFd<'a>, nix::poll::PollFlags)>,
-    ) -> Vec<(nix::unistd::Pid, usize)> {
-        let mut counts = Vec::new();
-        for w in &self.workers {
-            if let Some(io) = &w.exec {
-                let mine = io.interest();
-                counts.push((w.pid, mine.len()));
-                fds.extend(mine);
-            }
-        }
-        counts
-    }
 }
 
 /// The shell's own periodic work.
@@ -355,7 +283,7 @@ impl Master {
             self.reap_children();
             self.fleet.progress_inspections();
             self.send_replies();
-            self.escalate();
+            self.fleet.escalate(Instant::now());
             self.spawn_helpers();
             if let Some(code) = self.tick() {
                 return code;
