@@ -8,7 +8,6 @@ use tracing::{error, info, warn};
 use nix::unistd::Pid;
 
 use super::control_socket::{ClientId, Revents};
-use super::core::lifecycle::{judge_upgrade, Upgrade, UpgradeVerdict};
 use super::core::{Ask, Effect, Event, World};
 use super::reap::Reaped;
 use super::spawn::Spawner;
@@ -175,8 +174,11 @@ impl Master {
                         return Some(code);
                     }
                 }
-                Effect::UpgradeOver { upgrade, ready } => self.upgrade_over(upgrade, ready),
-                Effect::KillUpgrade(upgrade) => upgrade.kill(),
+                Effect::UpgradeOver { pid, ready } => self.upgrade_over(pid, ready),
+                Effect::KillUpgrade(pid) => {
+                    kill_new_master(pid);
+                    self.sockets.forget_upgrade();
+                }
                 Effect::ReturnMemory => super::notify::drop_startup_code(),
                 Effect::Exit(code) => return Some(code),
             }
@@ -193,17 +195,17 @@ impl Master {
         }
         let timeout = self.core.current().loaded.config.lifecycle.timeout;
         let exe = &self.fixed.exe;
-        match self
-            .sockets
-            .spawn_new_master(exe, &self.fixed.args, timeout)
-        {
-            Ok(up) => {
+        match self.sockets.spawn_new_master(exe, &self.fixed.args) {
+            Ok(pid) => {
                 info!(
-                    new_master = up.pid.as_raw(),
+                    new_master = pid.as_raw(),
                     exe = %exe.display(),
                     "USR2: started the new binary; old workers serve until it is ready"
                 );
-                self.step(Event::UpgradeStarted(up))
+                self.step(Event::UpgradeStarted {
+                    pid,
+                    deadline: Instant::now() + timeout,
+                })
             }
             Err(e) => {
                 error!("USR2: cannot start the new binary: {e}");
@@ -212,34 +214,25 @@ impl Master {
         }
     }
 
-    /// Reads what the new master said and applies [`judge_upgrade`].
+    /// What the new master of a USR2 wrote on its pipe, for the core.
     pub(super) fn check_upgrade(&mut self, pipe_readable: bool) -> Option<Exit> {
-        let up = self.core.upgrade_mut()?;
-        if pipe_readable {
-            up.read_pipe();
+        if !pipe_readable {
+            return None;
         }
-        match judge_upgrade(&up.said, up.closed, Instant::now() >= up.deadline) {
-            UpgradeVerdict::Waiting => None,
-            UpgradeVerdict::Ready => self.step(Event::UpgradeEnded {
-                ready: true,
-                why: String::new(),
-            }),
-            UpgradeVerdict::Failed(why) => self.step(Event::UpgradeEnded {
-                ready: false,
-                why: why.into(),
-            }),
-        }
+        let (bytes, closed) = self.sockets.read_upgrade_pipe();
+        self.step(Event::UpgradeSaid { bytes, closed })
     }
 
     /// The core ended an upgrade: a ready new master owns the socket files
     /// and the pidfile now; a failed one is killed and this master takes
     /// its place again.
-    fn upgrade_over(&mut self, up: Upgrade, ready: bool) {
+    fn upgrade_over(&mut self, pid: Pid, ready: bool) {
+        self.sockets.forget_upgrade();
         if ready {
             self.sockets.hand_over();
             return;
         }
-        up.kill();
+        kill_new_master(pid);
         self.sockets.take_back();
         self.systemd.main_pid_is_mine();
     }
@@ -277,10 +270,7 @@ impl Master {
             let _ = match reaped {
                 Reaped::Worker(exited) => self.step(Event::Exited(exited)),
                 Reaped::Other { pid, how } if Some(pid) == upgrading => {
-                    self.step(Event::UpgradeEnded {
-                        ready: false,
-                        why: format!("the new master exited ({how})"),
-                    })
+                    self.step(Event::UpgradeExited { ended: how })
                 }
                 Reaped::Other { .. } => None,
             };
@@ -333,4 +323,11 @@ impl Master {
         let healthy = self.fleet.healthy_workers(self.board) > 0;
         self.systemd.notify(line, healthy, Instant::now());
     }
+}
+
+/// Kills a new master that failed or must not outlive this one (its
+/// workers die with it: `PR_SET_PDEATHSIG`).
+fn kill_new_master(pid: Pid) {
+    // ESRCH: it is gone already, and is reaped.
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
 }

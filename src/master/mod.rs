@@ -45,7 +45,7 @@ mod watch;
 mod worker_handle;
 
 use std::ffi::OsString;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -113,6 +113,8 @@ struct Sockets {
     /// When /proc last said whether a leaving program of another
     /// generation still holds a listening socket, and what it said.
     old_holders_seen: Option<(Instant, bool)>,
+    /// The read end of the pipe the new master of a USR2 says "ready" on.
+    upgrade_pipe: Option<OwnedFd>,
 }
 
 /// What the master tells systemd, and when.
@@ -224,6 +226,7 @@ impl Master {
                 control,
                 pidfile: setup.pidfile,
                 old_holders_seen: None,
+                upgrade_pipe: None,
             },
             core: Core::new(setup.loaded, now),
             fleet: Fleet {
@@ -307,8 +310,8 @@ impl Master {
         let control = fds.len();
         let exec_counts = self.fleet.exec_interest(&mut fds);
         let upgrade_at = fds.len();
-        if let Some(up) = self.core.lifecycle().upgrade() {
-            fds.push((up.pipe_fd(), nix::poll::PollFlags::POLLIN));
+        if let Some(pipe) = &self.sockets.upgrade_pipe {
+            fds.push((pipe.as_fd(), nix::poll::PollFlags::POLLIN));
         }
         let revents = self.signals.wait(timeout, &fds);
         let upgrade = revents.get(upgrade_at).copied().flatten().is_some_and(|r| {

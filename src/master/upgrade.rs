@@ -8,15 +8,13 @@
 //! that exits, or is not ready within `lifecycle.timeout`, is killed, and
 //! the old master goes on as before.
 
+use nix::fcntl::OFlag;
+use nix::unistd::Pid;
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
-use std::time::{Duration, Instant};
-
-use nix::fcntl::OFlag;
 use tracing::warn;
 
-use super::core::lifecycle::Upgrade;
 use super::Sockets;
 use crate::os::systemd::LISTEN_FDS_START;
 use crate::os::{self, Fork};
@@ -33,13 +31,13 @@ pub const UPGRADE_FROM_ENV: &str = "RSVISOR_UPGRADE_FROM";
 
 impl Sockets {
     /// Starts the executable at `exe` again with every socket inherited;
-    /// it has `timeout` to say it is ready.
+    /// it says it is ready on a pipe whose read end is kept here. Returns
+    /// its pid.
     pub(super) fn spawn_new_master(
-        &self,
+        &mut self,
         exe: &Path,
         args: &[OsString],
-        timeout: Duration,
-    ) -> std::io::Result<Upgrade> {
+    ) -> std::io::Result<Pid> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
         let mut fds: Vec<RawFd> = Vec::new();
         let mut names: Vec<String> = Vec::new();
@@ -83,10 +81,30 @@ impl Sockets {
             }
             Fork::Parent(pid) => {
                 drop(write);
-                let now = Instant::now();
-                Ok(Upgrade::new(pid, read, now, now + timeout))
+                self.upgrade_pipe = Some(read);
+                Ok(pid)
             }
         }
+    }
+
+    /// What the new master wrote on its pipe since the last look, and
+    /// whether it closed it.
+    pub(super) fn read_upgrade_pipe(&mut self) -> (Vec<u8>, bool) {
+        let Some(pipe) = &self.upgrade_pipe else {
+            return (Vec::new(), false);
+        };
+        let mut buf = [0u8; 64];
+        match nix::unistd::read(pipe, &mut buf) {
+            Ok(0) => (Vec::new(), true),
+            Ok(n) => (buf[..n].to_vec(), false),
+            // EAGAIN: nothing yet.
+            Err(_) => (Vec::new(), false),
+        }
+    }
+
+    /// The upgrade is over: its pipe is closed.
+    pub(super) fn forget_upgrade(&mut self) {
+        self.upgrade_pipe = None;
     }
 
     /// A ready new master owns the socket files and the pidfile now.

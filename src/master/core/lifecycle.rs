@@ -11,10 +11,8 @@
 //!      └─────────────► Stopping ────► exit when no worker is left
 //! ```
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::super::canary::{Canary, Limits};
@@ -277,14 +275,14 @@ fn judge(failures: u32, complete: bool, elapsed: Duration) -> ReloadOutcome {
     }
 }
 
-/// An upgrade this master started.
+/// An upgrade this master started: the new master's pid, and what it
+/// said so far on its pipe (the shell reads the pipe).
 pub struct Upgrade {
     pub pid: Pid,
     pub deadline: Instant,
     pub started: Instant,
-    pub pipe: OwnedFd,
-    pub said: Vec<u8>,
-    pub closed: bool,
+    said: Vec<u8>,
+    closed: bool,
 }
 
 /// Where an upgrade stands, from what the new master said and the clock.
@@ -309,34 +307,27 @@ pub fn judge_upgrade(said: &[u8], closed: bool, late: bool) -> UpgradeVerdict {
 }
 
 impl Upgrade {
-    pub fn new(pid: Pid, pipe: OwnedFd, started: Instant, deadline: Instant) -> Upgrade {
+    pub fn new(pid: Pid, started: Instant, deadline: Instant) -> Upgrade {
         Upgrade {
             pid,
             deadline,
             started,
-            pipe,
             said: Vec::new(),
             closed: false,
         }
     }
 
-    pub fn pipe_fd(&self) -> BorrowedFd<'_> {
-        self.pipe.as_fd()
-    }
-
-    /// Kills the new master (its workers die with it: PR_SET_PDEATHSIG).
-    pub fn kill(&self) {
-        let _ = kill(self.pid, Signal::SIGKILL);
-    }
-
-    /// Reads what the new master wrote so far.
-    pub fn read_pipe(&mut self) {
-        let mut buf = [0u8; 64];
-        match nix::unistd::read(&self.pipe, &mut buf) {
-            Ok(0) => self.closed = true,
-            Ok(n) => self.said.extend_from_slice(&buf[..n]),
-            Err(_) => {}
+    /// Takes in what the new master wrote (`closed`: its end is closed).
+    pub fn heard(&mut self, bytes: &[u8], closed: bool) {
+        // "ready" is all it ever says; more is not kept.
+        if self.said.len() < 64 {
+            self.said.extend_from_slice(bytes);
         }
+        self.closed |= closed;
+    }
+
+    pub fn verdict(&self, now: Instant) -> UpgradeVerdict {
+        judge_upgrade(&self.said, self.closed, now >= self.deadline)
     }
 }
 

@@ -36,7 +36,9 @@ use crate::proto::exit::{Exit, WorkerExit};
 use crate::proto::outcome::{ExitReason, ReloadResult};
 
 pub use backoff::BootBackoff;
-use lifecycle::{Lifecycle, Reload, ReloadAdmission, ReloadOutcome, StopKind, Upgrade};
+use lifecycle::{
+    Lifecycle, Reload, ReloadAdmission, ReloadOutcome, StopKind, Upgrade, UpgradeVerdict,
+};
 
 /// The generation new workers start with.
 #[derive(Clone)]
@@ -177,12 +179,20 @@ pub enum Event<'a> {
     Exited(Exited),
     /// Starting a worker failed (no slot, fork): retry after a pause.
     SpawnFailed,
-    /// The answer to [`Effect::StartUpgrade`]: the new master runs.
-    UpgradeStarted(Upgrade),
-    /// The new master said it is ready (`true`) or failed (`false`).
-    UpgradeEnded {
-        ready: bool,
-        why: String,
+    /// The answer to [`Effect::StartUpgrade`]: the new master runs, and
+    /// has until `deadline` to say it is ready.
+    UpgradeStarted {
+        pid: Pid,
+        deadline: Instant,
+    },
+    /// The new master wrote on its pipe (`closed`: it closed it).
+    UpgradeSaid {
+        bytes: Vec<u8>,
+        closed: bool,
+    },
+    /// The new master exited.
+    UpgradeExited {
+        ended: Ended,
     },
     Tick(World<'a>),
 }
@@ -240,11 +250,11 @@ pub enum Effect {
     /// An upgrade ended: the new master takes over the socket files if
     /// `ready`, and is killed if not.
     UpgradeOver {
-        upgrade: Upgrade,
+        pid: Pid,
         ready: bool,
     },
     /// A half-started new master must not outlive this one.
-    KillUpgrade(Upgrade),
+    KillUpgrade(Pid),
     /// A reload cycle is over: give back the memory it used.
     ReturnMemory,
     Exit(Exit),
@@ -310,11 +320,6 @@ impl Core {
         self.lifecycle.reload_mut()?.canary.as_deref_mut()
     }
 
-    /// The upgrade in progress, for the shell to read its pipe.
-    pub fn upgrade_mut(&mut self) -> Option<&mut Upgrade> {
-        self.lifecycle.upgrade_mut()
-    }
-
     /// The earliest moment the core wants a tick, if any.
     pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
         let mut at: Option<Instant> = None;
@@ -357,8 +362,23 @@ impl Core {
             }
             Event::Exited(e) => self.exited(e, now, &mut fx),
             Event::SpawnFailed => self.backoff.pause(now),
-            Event::UpgradeStarted(up) => self.lifecycle = Lifecycle::Upgrading(up),
-            Event::UpgradeEnded { ready, why } => self.upgrade_ended(ready, why, now, &mut fx),
+            Event::UpgradeStarted { pid, deadline } => {
+                if matches!(self.lifecycle, Lifecycle::Running) {
+                    self.lifecycle = Lifecycle::Upgrading(Upgrade::new(pid, now, deadline));
+                } else {
+                    fx.push(Effect::KillUpgrade(pid));
+                }
+            }
+            Event::UpgradeSaid { bytes, closed } => {
+                if let Some(up) = self.lifecycle.upgrade_mut() {
+                    up.heard(&bytes, closed);
+                }
+                self.judge_upgrade(now, &mut fx);
+            }
+            Event::UpgradeExited { ended } => {
+                let why = format!("the new master exited ({ended})");
+                self.upgrade_ended(false, why, now, &mut fx);
+            }
             Event::Tick(world) => self.tick(world, now, &mut fx),
         }
         fx
@@ -473,7 +493,7 @@ impl Core {
         let mut waiting = self.queued_reload.take().unwrap_or_default();
         match was {
             Lifecycle::Reloading(r) => waiting.extend(r.waiters),
-            Lifecycle::Upgrading(up) => fx.push(Effect::KillUpgrade(up)),
+            Lifecycle::Upgrading(up) => fx.push(Effect::KillUpgrade(up.pid)),
             Lifecycle::Running | Lifecycle::Stopping(_) => {}
         }
         for to in waiting {
@@ -680,19 +700,38 @@ impl Core {
                 elapsed_ms = now.saturating_duration_since(upgrade.started).as_millis() as u64,
                 "upgrade complete: the new master serves; this one drains and exits"
             );
-            fx.push(Effect::UpgradeOver { upgrade, ready });
+            fx.push(Effect::UpgradeOver {
+                pid: upgrade.pid,
+                ready,
+            });
             self.graceful_stop("handing over to the new master", true, now, fx);
         } else {
             error!(
                 new_master = upgrade.pid.as_raw(),
                 "UPGRADE FAILED: {why}; this master keeps serving"
             );
-            fx.push(Effect::UpgradeOver { upgrade, ready });
+            fx.push(Effect::UpgradeOver {
+                pid: upgrade.pid,
+                ready,
+            });
             self.start_queued_reload(now, fx);
         }
     }
 
+    /// Applies the upgrade rule to what the new master said and the clock.
+    fn judge_upgrade(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let Some(up) = self.lifecycle.upgrade() else {
+            return;
+        };
+        match up.verdict(now) {
+            UpgradeVerdict::Waiting => {}
+            UpgradeVerdict::Ready => self.upgrade_ended(true, String::new(), now, fx),
+            UpgradeVerdict::Failed(why) => self.upgrade_ended(false, why.into(), now, fx),
+        }
+    }
+
     fn tick(&mut self, world: World<'_>, now: Instant, fx: &mut Vec<Effect>) {
+        self.judge_upgrade(now, fx);
         if self.lifecycle.close_listeners_due(now) {
             info!("closing listeners; draining workers");
             fx.push(Effect::CloseListeners);

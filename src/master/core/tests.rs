@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use super::lifecycle::{Lifecycle, Upgrade, RELOAD_MAX_BOOT_FAILURES};
+use super::lifecycle::{Lifecycle, RELOAD_MAX_BOOT_FAILURES};
 use super::*;
 use crate::config::{Config, WorkerCount};
 use crate::master::control_socket::ClientId;
@@ -603,30 +603,34 @@ fn int_during_a_reload_stops_now_and_its_client_hears_why() {
         .is_empty());
 }
 
-fn upgrade(pid: i32, now: Instant) -> Upgrade {
-    let (read, _write) = nix::unistd::pipe().expect("a pipe");
-    Upgrade::new(Pid::from_raw(pid), read, now, now + Duration::from_secs(30))
+fn started(core: &mut Core, now: Instant) -> Vec<Effect> {
+    core.step(
+        Event::UpgradeStarted {
+            pid: Pid::from_raw(i32::MAX - 9),
+            deadline: now + Duration::from_secs(30),
+        },
+        now,
+    )
+}
+
+fn usr2() -> Event<'static> {
+    Event::Signal {
+        sig: Signal::SIGUSR2,
+        times: 1,
+    }
 }
 
 #[test]
 fn usr2_is_admitted_only_while_running_and_a_failed_upgrade_runs_the_queued_reload() {
     let t = Instant::now();
     let mut core = Core::new(loaded(1, |_| {}), t);
-    let usr2 = Event::Signal {
-        sig: Signal::SIGUSR2,
-        times: 1,
-    };
-    assert!(has(&core.step(usr2, t), |e| matches!(
+    assert!(has(&core.step(usr2(), t), |e| matches!(
         e,
         Effect::StartUpgrade
     )));
-    core.step(Event::UpgradeStarted(upgrade(i32::MAX - 9, t)), t);
+    started(&mut core, t);
     assert_eq!(core.next_deadline(t), Some(t + Duration::from_secs(30)));
-    let again = Event::Signal {
-        sig: Signal::SIGUSR2,
-        times: 1,
-    };
-    assert!(core.step(again, t).is_empty());
+    assert!(core.step(usr2(), t).is_empty());
     // A reload waits for the upgrade.
     let fx = core.step(
         Event::Control {
@@ -637,9 +641,8 @@ fn usr2_is_admitted_only_while_running_and_a_failed_upgrade_runs_the_queued_relo
     );
     assert!(fx.is_empty());
     let fx = core.step(
-        Event::UpgradeEnded {
-            ready: false,
-            why: "the new master exited (exit code 2)".into(),
+        Event::UpgradeExited {
+            ended: Ended::Code(2),
         },
         t,
     );
@@ -649,23 +652,76 @@ fn usr2_is_admitted_only_while_running_and_a_failed_upgrade_runs_the_queued_relo
     )));
     let said = core.last_upgrade().expect("a result");
     assert!(!said.ok);
-    assert!(said
-        .message
-        .contains("(exit code 2); this master keeps serving"));
+    assert!(
+        said.message.contains("the new master exited (exit code 2"),
+        "{}",
+        said.message
+    );
     assert!(has(&fx, |e| matches!(e, Effect::LoadConfig { waiters, .. }
         if waiters == &[ClientId::for_test(1)])));
     assert!(matches!(core.lifecycle(), Lifecycle::Running));
 }
 
 #[test]
+fn a_new_master_that_stays_silent_past_its_deadline_or_closes_its_pipe_fails() {
+    let t = Instant::now();
+    let mut core = Core::new(loaded(1, |_| {}), t);
+    started(&mut core, t);
+    // Half a word, then nothing: still waiting until the deadline.
+    let fx = core.step(
+        Event::UpgradeSaid {
+            bytes: b"rea".to_vec(),
+            closed: false,
+        },
+        t,
+    );
+    assert!(fx.is_empty());
+    let fx = tick(
+        &mut core,
+        &[member(10, 1, true)],
+        t + Duration::from_secs(29),
+    );
+    assert!(!has(&fx, |e| matches!(e, Effect::UpgradeOver { .. })));
+    assert!(matches!(core.lifecycle(), Lifecycle::Upgrading(_)));
+    let fx = tick(
+        &mut core,
+        &[member(10, 1, true)],
+        t + Duration::from_secs(30),
+    );
+    assert!(has(&fx, |e| matches!(
+        e,
+        Effect::UpgradeOver { ready: false, .. }
+    )));
+    assert!(core
+        .last_upgrade()
+        .is_some_and(|r| r.message.contains("not ready within lifecycle.timeout")));
+    // A pipe closed before "ready" fails at once.
+    started(&mut core, t);
+    let fx = core.step(
+        Event::UpgradeSaid {
+            bytes: Vec::new(),
+            closed: true,
+        },
+        t,
+    );
+    assert!(has(&fx, |e| matches!(
+        e,
+        Effect::UpgradeOver { ready: false, .. }
+    )));
+    assert!(core
+        .last_upgrade()
+        .is_some_and(|r| r.message.contains("closed its pipe")));
+}
+
+#[test]
 fn a_ready_new_master_takes_over_and_this_one_drains_without_telling_systemd() {
     let t = Instant::now();
     let mut core = Core::new(loaded(1, |_| {}), t);
-    core.step(Event::UpgradeStarted(upgrade(i32::MAX - 9, t)), t);
+    started(&mut core, t);
     let fx = core.step(
-        Event::UpgradeEnded {
-            ready: true,
-            why: String::new(),
+        Event::UpgradeSaid {
+            bytes: b"ready\n".to_vec(),
+            closed: false,
         },
         t,
     );
@@ -676,6 +732,7 @@ fn a_ready_new_master_takes_over_and_this_one_drains_without_telling_systemd() {
     assert!(has(&fx, |e| matches!(e, Effect::SetStopping)));
     assert!(!has(&fx, |e| matches!(e, Effect::NotifyStopping)));
     assert!(core.lifecycle().handed_over());
+    assert!(core.last_upgrade().is_some_and(|r| r.ok));
     // A TERM or INT afterwards does not speak for the new master either.
     let fx = core.step(
         Event::Signal {
@@ -685,6 +742,24 @@ fn a_ready_new_master_takes_over_and_this_one_drains_without_telling_systemd() {
         t,
     );
     assert!(!has(&fx, |e| matches!(e, Effect::NotifyStopping)));
+}
+
+#[test]
+fn a_stop_during_an_upgrade_kills_the_new_master() {
+    let t = Instant::now();
+    let mut core = Core::new(loaded(1, |_| {}), t);
+    started(&mut core, t);
+    let fx = core.step(
+        Event::Signal {
+            sig: Signal::SIGTERM,
+            times: 1,
+        },
+        t,
+    );
+    assert!(has(
+        &fx,
+        |e| matches!(e, Effect::KillUpgrade(p) if p.as_raw() == i32::MAX - 9)
+    ));
 }
 
 #[test]
