@@ -155,6 +155,8 @@ impl Master {
                     }
                 }
                 Effect::Drain { pid, reason } => self.fleet.drain(pid, reason),
+                Effect::Inspect { pid, hung } => self.fleet.hung(pid, hung),
+                Effect::Retire { pid, reason } => self.fleet.retire(pid, reason),
                 Effect::DrainAll(reason) => self.fleet.drain_all(reason),
                 Effect::QuickStopAll => self.fleet.quick_stop(true),
                 Effect::QuickStopWorkers => self.fleet.quick_stop(false),
@@ -294,9 +296,11 @@ impl Master {
             // Settling never leads to an exit by itself.
             let _ = self.step(Event::Settled { generation });
         }
-        self.fleet.check_heartbeats();
+        self.fleet.check_helpers();
         if self.schedule.memory_check_due(now) {
-            self.fleet.check_memory();
+            let usage = self.fleet.measure();
+            // Retiring never leads to an exit by itself.
+            let _ = self.step(Event::Measured(&usage));
         }
     }
 

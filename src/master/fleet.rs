@@ -3,7 +3,7 @@
 //! once (drain, stop, forward a signal, escalate) and when something of
 //! theirs is next due. The core sees them as `Member`s.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -36,8 +36,11 @@ pub(super) struct Fleet {
 }
 
 impl Fleet {
-    /// Every app worker as the core sees it at a tick.
+    /// Every app worker as the core sees it at a tick. Reading an exec
+    /// worker's "request left unanswered" flag clears it.
     pub(super) fn members(&self) -> Vec<Member> {
+        let now = Instant::now();
+        let now_ms = crate::os::monotonic_ms();
         self.workers
             .iter()
             .map(|w| Member {
@@ -50,6 +53,13 @@ impl Fleet {
                 leaving: w.leaving(),
                 connections: self.board.slot(w.slot).active_connections(),
                 exec: w.exec.is_some(),
+                since_spawn: now.saturating_duration_since(w.spawned_at),
+                silent: w.has_heartbeat().then(|| {
+                    let beat = self.board.slot(w.slot).heartbeat_ms();
+                    Duration::from_millis(now_ms.saturating_sub(beat))
+                }),
+                timeout: w.config.lifecycle.timeout,
+                stalled: w.exec.is_some() && self.board.slot(w.slot).take_stalled(),
             })
             .collect()
     }

@@ -1,48 +1,23 @@
 //! Step 2: read what the workers reported in their slots (ready, asking to
-//! retire), then judge their health: workers that stopped beating, never
-//! finished booting, or use too much memory.
+//! retire) and measure their memory; carry out the core's verdicts on
+//! their health (dump and abort a hung worker, retire one that uses too
+//! much memory or lived long enough); abort a helper that stopped
+//! answering.
 
 use std::time::{Duration, Instant};
 
-use tracing::{error, info, warn};
+use nix::unistd::Pid;
+use tracing::error;
 
+use super::core::health::{verdict, Verdict};
+use super::core::{Hung, Usage};
 use super::forensics::Trigger;
-use super::worker_handle::{Report, WorkerHandle};
+use super::worker_handle::Report;
 use super::{Fleet, Schedule};
 use crate::proto::outcome::ExitReason;
 
 /// How often the master reads every worker's RSS from /proc.
 pub const MEMORY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// Checks in a row above `max_worker_memory` before a worker is retired:
-/// one high reading may be a burst about to be freed.
-pub const MEMORY_STRIKES: u32 = 2;
-
-/// The heartbeat rule for one worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Healthy,
-    /// Still booting after `timeout` since its fork.
-    BootTimedOut,
-    /// Serving, but its heartbeat is older than `timeout`: its event loop
-    /// is blocked.
-    Silent,
-}
-
-/// `booting`: not ready yet (its heartbeat already runs during an async
-/// startup, so boot is bounded by the time since fork instead).
-pub fn verdict(booting: bool, since_spawn: Duration, silent: Duration, limit: Duration) -> Verdict {
-    if booting {
-        if since_spawn > limit {
-            Verdict::BootTimedOut
-        } else {
-            Verdict::Healthy
-        }
-    } else if silent > limit {
-        Verdict::Silent
-    } else {
-        Verdict::Healthy
-    }
-}
 
 impl Schedule {
     /// Whether every worker's memory is read now (every
@@ -73,75 +48,68 @@ impl Fleet {
         settled
     }
 
-    pub(super) fn check_heartbeats(&mut self) {
-        let now_ms = crate::os::monotonic_ms();
-        let mut hung = Vec::new();
-        for (i, w) in self.workers.iter().enumerate() {
-            if let Some(verdict) = self.judge_heartbeat(w, now_ms) {
-                hung.push((i, verdict));
+    /// A hung worker (the core's verdict): says why, with what the master
+    /// knows of it, then dumps its stacks and aborts it.
+    pub(super) fn hung(&mut self, pid: Pid, hung: Hung) {
+        let Some(i) = self.workers.iter().position(|w| w.pid == pid) else {
+            return;
+        };
+        let w = &self.workers[i];
+        let slot = self.board.slot(w.slot);
+        let trigger = match hung {
+            Hung::Stalled => {
+                error!(
+                    pid = pid.as_raw(),
+                    outstanding = slot.outstanding(),
+                    "app process left a request unanswered for lifecycle.timeout (answered \
+                     504); dumping its stacks, then SIGABRT, SIGKILL 1 s later"
+                );
+                Trigger::Stalled
             }
-        }
-        let stalled: Vec<usize> = self
-            .workers
-            .iter()
-            .enumerate()
-            .filter(|(_, w)| w.exec.is_some() && self.board.slot(w.slot).take_stalled())
-            .filter(|(_, w)| !w.leaving())
-            .map(|(i, _)| i)
-            .collect();
-        for i in stalled {
-            let w = &self.workers[i];
-            error!(
-                pid = w.pid.as_raw(),
-                outstanding = self.board.slot(w.slot).outstanding(),
-                "app process left a request unanswered for lifecycle.timeout (answered 504); \
-                 dumping its stacks, then SIGABRT, SIGKILL 1 s later"
-            );
-            self.inspect(i, Trigger::Stalled, None);
-        }
-        for (i, verdict) in hung {
-            let w = &self.workers[i];
-            let slot = self.board.slot(w.slot);
-            let silent = now_ms.saturating_sub(slot.heartbeat_ms());
-            let trigger = match verdict {
-                Verdict::BootTimedOut => {
-                    // Proxy mode: say how far its socket and probe got.
-                    let waiting = w.exec.as_ref().filter(|e| e.awaiting_socket());
-                    let socket = waiting
-                        .and_then(|e| e.socket())
-                        .map(|p| p.display().to_string());
-                    let probe = waiting.and_then(|e| e.probe_outcome());
-                    let why = match (&socket, probe) {
-                        (Some(_), Some(probe)) => format!(" ({probe})"),
-                        (Some(_), None) => " (its socket never accepted a connection: does \
-                                            app.command listen on {socket}?)"
-                            .to_string(),
-                        (None, _) => String::new(),
-                    };
-                    error!(
-                        pid = w.pid.as_raw(),
-                        waited_ms = w.spawned_at.elapsed().as_millis() as u64,
-                        socket,
-                        "worker did not become ready within lifecycle.timeout{why}; dumping \
-                         its stacks, then SIGABRT",
-                    );
-                    Trigger::Boot
-                }
-                _ => {
-                    error!(
-                        pid = w.pid.as_raw(),
-                        silent_ms = silent,
-                        active_connections = slot.active_connections(),
-                        served = slot.served(),
-                        "worker missed its heartbeat for longer than lifecycle.timeout \
-                         (its event loop is blocked); dumping its stacks, then SIGABRT, \
-                         SIGKILL 1 s later"
-                    );
-                    Trigger::Heartbeat
-                }
-            };
-            self.inspect(i, trigger, None);
-        }
+            Hung::Boot => {
+                // Proxy mode: say how far its socket and probe got.
+                let waiting = w.exec.as_ref().filter(|e| e.awaiting_socket());
+                let socket = waiting
+                    .and_then(|e| e.socket())
+                    .map(|p| p.display().to_string());
+                let probe = waiting.and_then(|e| e.probe_outcome());
+                let why = match (&socket, probe) {
+                    (Some(_), Some(probe)) => format!(" ({probe})"),
+                    (Some(_), None) => " (its socket never accepted a connection: does \
+                                        app.command listen on {socket}?)"
+                        .to_string(),
+                    (None, _) => String::new(),
+                };
+                error!(
+                    pid = pid.as_raw(),
+                    waited_ms = w.spawned_at.elapsed().as_millis() as u64,
+                    socket,
+                    "worker did not become ready within lifecycle.timeout{why}; dumping \
+                     its stacks, then SIGABRT",
+                );
+                Trigger::Boot
+            }
+            Hung::Heartbeat => {
+                let silent = crate::os::monotonic_ms().saturating_sub(slot.heartbeat_ms());
+                error!(
+                    pid = pid.as_raw(),
+                    silent_ms = silent,
+                    active_connections = slot.active_connections(),
+                    served = slot.served(),
+                    "worker missed its heartbeat for longer than lifecycle.timeout \
+                     (its event loop is blocked); dumping its stacks, then SIGABRT, \
+                     SIGKILL 1 s later"
+                );
+                Trigger::Heartbeat
+            }
+        };
+        self.inspect(i, trigger, None);
+    }
+
+    /// A helper (front worker, sidecar) that stopped answering is aborted
+    /// and started again; it serves no request of its own to dump.
+    pub(super) fn check_helpers(&mut self) {
+        let now_ms = crate::os::monotonic_ms();
         for s in &mut self.helpers {
             if !s.leaving() && (s.has_heartbeat() || s.booting()) {
                 let slot = self.board.slot(s.slot);
@@ -159,24 +127,18 @@ impl Fleet {
         }
     }
 
-    /// The heartbeat rule applied to one worker, unless it is leaving
-    /// already (or being dumped).
-    fn judge_heartbeat(&self, w: &WorkerHandle, now_ms: u64) -> Option<Verdict> {
-        if w.leaving() || !w.has_heartbeat() && !w.awaiting_ready() {
-            return None;
-        }
-        // Each worker is judged by its own generation's timeout.
-        let limit = w.config.lifecycle.timeout;
-        let slot = self.board.slot(w.slot);
-        let silent = Duration::from_millis(now_ms.saturating_sub(slot.heartbeat_ms()));
-        match verdict(w.awaiting_ready(), w.spawned_at.elapsed(), silent, limit) {
-            Verdict::Healthy => None,
-            v => Some(v),
+    /// The core decided a worker should be replaced.
+    pub(super) fn retire(&mut self, pid: Pid, reason: ExitReason) {
+        if let Some(w) = self.workers.iter_mut().find(|w| w.pid == pid) {
+            w.retire(reason);
         }
     }
 
-    pub(super) fn check_memory(&mut self) {
+    /// Reads every worker's and helper's memory and CPU from /proc into
+    /// its slot; returns the app workers' usage for the core.
+    pub(super) fn measure(&mut self) -> Vec<Usage> {
         let now = Instant::now();
+        let mut out = Vec::new();
         // Exec workers are measured with what they started (gunicorn's
         // own workers, say): one look at every process's parent.
         let parents = if self.workers.iter().any(|w| w.exec.is_some()) {
@@ -188,7 +150,7 @@ impl Fleet {
             let usage = crate::os::procfs::tree_usage(&[s.pid.as_raw()]);
             self.board.slot(s.slot).set_rss(usage.rss_bytes);
         }
-        for w in &mut self.workers {
+        for w in &self.workers {
             let pids = match w.exec {
                 Some(_) => crate::os::procfs::tree(w.pid.as_raw(), &parents),
                 None => vec![w.pid.as_raw()],
@@ -198,48 +160,15 @@ impl Fleet {
             let slot = self.board.slot(w.slot);
             slot.set_rss(rss);
             slot.set_cpu_seconds(usage.cpu_seconds);
-            if w.serving() && w.lifetime_over(now) {
-                info!(
-                    pid = w.pid.as_raw(),
-                    lived_s = now.duration_since(w.spawned_at).as_secs(),
-                    "worker reached max_worker_lifetime; replacing it"
-                );
-                w.retire(ExitReason::Lifetime);
-            }
-            let Some(limit) = w.config.lifecycle.max_worker_memory else {
-                continue;
-            };
-            if !w.serving() {
-                continue;
-            }
-            if rss <= limit {
-                w.memory_strikes = 0;
-                continue;
-            }
-            w.memory_strikes += 1;
-            if w.memory_strikes >= MEMORY_STRIKES {
-                warn!(
-                    pid = w.pid.as_raw(),
-                    rss_bytes = rss,
-                    limit_bytes = limit,
-                    "worker stays above max_worker_memory; replacing it"
-                );
-                w.retire(ExitReason::Memory);
-            }
+            out.push(Usage {
+                pid: w.pid,
+                serving: w.serving(),
+                rss,
+                limit: w.config.lifecycle.max_worker_memory,
+                lifetime_over: w.lifetime_over(now),
+                lived: now.saturating_duration_since(w.spawned_at),
+            });
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn booting_workers_are_judged_by_age_serving_ones_by_heartbeat() {
-        let s = Duration::from_secs;
-        assert_eq!(verdict(true, s(5), s(100), s(10)), Verdict::Healthy);
-        assert_eq!(verdict(true, s(11), s(0), s(10)), Verdict::BootTimedOut);
-        assert_eq!(verdict(false, s(100), s(9), s(10)), Verdict::Healthy);
-        assert_eq!(verdict(false, s(1), s(11), s(10)), Verdict::Silent);
+        out
     }
 }

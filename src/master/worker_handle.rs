@@ -84,8 +84,6 @@ pub struct WorkerHandle {
     /// It has stayed up [`READY_SETTLE`] since.
     pub settled: bool,
     pub stage: Stage,
-    /// Memory checks in a row above `max_worker_memory`.
-    pub memory_strikes: u32,
     /// Retire it once it has lived this long (`max_worker_lifetime` plus
     /// its own share of the jitter).
     pub lifetime: Option<Duration>,
@@ -112,7 +110,6 @@ impl WorkerHandle {
             ready_at: None,
             settled: false,
             stage: Stage::Booting,
-            memory_strikes: 0,
             lifetime,
             exec: None,
             stop_signal: Signal::SIGTERM,

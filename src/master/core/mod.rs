@@ -16,10 +16,12 @@
 
 mod backoff;
 pub mod fleet;
+pub mod health;
 pub mod lifecycle;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -36,6 +38,8 @@ use crate::proto::exit::{Exit, WorkerExit};
 use crate::proto::outcome::{ExitReason, ReloadResult};
 
 pub use backoff::BootBackoff;
+use health::{verdict, Verdict, MEMORY_STRIKES};
+pub use health::{Hung, Usage};
 use lifecycle::{
     Lifecycle, Reload, ReloadAdmission, ReloadOutcome, StopKind, Upgrade, UpgradeVerdict,
 };
@@ -101,6 +105,15 @@ pub struct Member {
     pub connections: u64,
     /// An `app.command` process.
     pub exec: bool,
+    /// Since its fork.
+    pub since_spawn: Duration,
+    /// How old its last heartbeat is, if its heartbeat is watched (always
+    /// for forked workers; an exec worker once it sent `WATCHDOG=1`).
+    pub silent: Option<Duration>,
+    /// Its own generation's `lifecycle.timeout`.
+    pub timeout: Duration,
+    /// Proxy mode: it left a request unanswered for `timeout`.
+    pub stalled: bool,
 }
 
 /// How a worker that exited ended, as far as decisions go.
@@ -194,6 +207,8 @@ pub enum Event<'a> {
     UpgradeExited {
         ended: Ended,
     },
+    /// Every app worker's memory and age, measured.
+    Measured(&'a [Usage]),
     Tick(World<'a>),
 }
 
@@ -229,6 +244,17 @@ pub enum Effect {
     Spawn(usize),
     /// Drain one worker.
     Drain {
+        pid: Pid,
+        reason: ExitReason,
+    },
+    /// A worker is hung: dump its stacks, then abort it.
+    Inspect {
+        pid: Pid,
+        hung: Hung,
+    },
+    /// A worker should be replaced: it serves on until a replacement is
+    /// ready.
+    Retire {
         pid: Pid,
         reason: ExitReason,
     },
@@ -274,6 +300,8 @@ pub struct Core {
     backoff: BootBackoff,
     /// READY=1 went out: every initial worker was ready once.
     initial_ready: bool,
+    /// Memory checks in a row above `max_worker_memory`, per worker.
+    memory_strikes: BTreeMap<Pid, u32>,
 }
 
 impl Core {
@@ -292,6 +320,7 @@ impl Core {
             last_generation: 1,
             backoff: BootBackoff::new(now),
             initial_ready: false,
+            memory_strikes: BTreeMap::new(),
         }
     }
 
@@ -379,6 +408,7 @@ impl Core {
                 let why = format!("the new master exited ({ended})");
                 self.upgrade_ended(false, why, now, &mut fx);
             }
+            Event::Measured(usage) => self.measured(usage, &mut fx),
             Event::Tick(world) => self.tick(world, now, &mut fx),
         }
         fx
@@ -647,6 +677,7 @@ impl Core {
     }
 
     fn exited(&mut self, e: Exited, now: Instant, fx: &mut Vec<Effect>) {
+        self.memory_strikes.remove(&e.pid);
         if let Some(canary) = self.canary_mut().filter(|c| c.is_canary(e.pid)) {
             let why = match e.reason {
                 ExitReason::Timeout => Some("missed its heartbeat and was killed"),
@@ -738,6 +769,7 @@ impl Core {
             fx.push(Effect::DrainAll(ExitReason::Shutdown));
         }
         let mut members = world.members.to_vec();
+        judge_health(&mut members, fx);
         // A program told to stop just now still holds its listening socket
         // (the shell looked before it was told).
         let mut old_program_accepts = world.old_program_accepts;
@@ -838,6 +870,49 @@ impl Core {
             fx.push(Effect::Spawn(plan.spawn));
         }
         old_program_stopped
+    }
+
+    /// Replaces a worker that lived past `max_worker_lifetime`, or that
+    /// stays above `max_worker_memory` [`MEMORY_STRIKES`] checks in a row.
+    fn measured(&mut self, usage: &[Usage], fx: &mut Vec<Effect>) {
+        for u in usage {
+            if !u.serving {
+                continue;
+            }
+            if u.lifetime_over {
+                info!(
+                    pid = u.pid.as_raw(),
+                    lived_s = u.lived.as_secs(),
+                    "worker reached max_worker_lifetime; replacing it"
+                );
+                fx.push(Effect::Retire {
+                    pid: u.pid,
+                    reason: ExitReason::Lifetime,
+                });
+                continue;
+            }
+            let Some(limit) = u.limit else {
+                continue;
+            };
+            if u.rss <= limit {
+                self.memory_strikes.remove(&u.pid);
+                continue;
+            }
+            let strikes = self.memory_strikes.entry(u.pid).or_insert(0);
+            *strikes += 1;
+            if *strikes >= MEMORY_STRIKES {
+                warn!(
+                    pid = u.pid.as_raw(),
+                    rss_bytes = u.rss,
+                    limit_bytes = limit,
+                    "worker stays above max_worker_memory; replacing it"
+                );
+                fx.push(Effect::Retire {
+                    pid: u.pid,
+                    reason: ExitReason::Memory,
+                });
+            }
+        }
     }
 
     /// Workers of the current generation serving and staying.
@@ -951,6 +1026,31 @@ impl Core {
         }
         last.memory_returned = true;
         fx.push(Effect::ReturnMemory);
+    }
+}
+
+/// Each worker that is hung (heartbeat, boot deadline, an unanswered
+/// request) is dumped and aborted; it counts as leaving from now on. Each
+/// is judged by its own generation's timeout.
+fn judge_health(members: &mut [Member], fx: &mut Vec<Effect>) {
+    for m in members.iter_mut().filter(|m| !m.leaving) {
+        let hung = if m.stalled {
+            Some(Hung::Stalled)
+        } else if m.silent.is_none() && !m.awaiting_ready {
+            None
+        } else {
+            let silent = m.silent.unwrap_or_default();
+            match verdict(m.awaiting_ready, m.since_spawn, silent, m.timeout) {
+                Verdict::Healthy => None,
+                Verdict::BootTimedOut => Some(Hung::Boot),
+                Verdict::Silent => Some(Hung::Heartbeat),
+            }
+        };
+        if let Some(hung) = hung {
+            m.leaving = true;
+            m.serving = false;
+            fx.push(Effect::Inspect { pid: m.pid, hung });
+        }
     }
 }
 

@@ -33,6 +33,10 @@ fn member(pid: i32, generation: u32, serving: bool) -> Member {
         leaving: false,
         connections: 0,
         exec: false,
+        since_spawn: Duration::from_secs(1),
+        silent: Some(Duration::ZERO),
+        timeout: Duration::from_secs(30),
+        stalled: false,
     }
 }
 
@@ -760,6 +764,111 @@ fn a_stop_during_an_upgrade_kills_the_new_master() {
         &fx,
         |e| matches!(e, Effect::KillUpgrade(p) if p.as_raw() == i32::MAX - 9)
     ));
+}
+
+fn inspected(fx: &[Effect]) -> Vec<(i32, Hung)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Inspect { pid, hung } => Some((pid.as_raw(), *hung)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_silent_or_late_worker_is_dumped_and_replaced_in_the_same_tick() {
+    let t = Instant::now();
+    let mut core = Core::new(loaded(3, |_| {}), t);
+    let mut blocked = member(10, 1, true);
+    blocked.silent = Some(Duration::from_secs(31));
+    let mut slow_but_beating = member(11, 1, true);
+    slow_but_beating.silent = Some(Duration::from_secs(29));
+    let mut never_ready = member(12, 1, false);
+    never_ready.since_spawn = Duration::from_secs(31);
+    let fx = tick(&mut core, &[blocked, slow_but_beating, never_ready], t);
+    assert_eq!(
+        inspected(&fx),
+        vec![(10, Hung::Heartbeat), (12, Hung::Boot)]
+    );
+    assert_eq!(spawns(&fx), 2, "both are replaced at once");
+    // Already leaving (being dumped): not judged again.
+    blocked.leaving = true;
+    blocked.serving = false;
+    let fx = tick(&mut core, &[blocked, slow_but_beating], t);
+    assert!(inspected(&fx).is_empty());
+}
+
+#[test]
+fn a_worker_without_a_heartbeat_is_never_silent_but_an_unanswered_request_counts() {
+    let t = Instant::now();
+    let mut core = Core::new(loaded(2, |_| {}), t);
+    // An exec worker that never sent WATCHDOG=1: nothing to be late with.
+    let mut quiet = member(10, 1, true);
+    quiet.exec = true;
+    quiet.silent = None;
+    quiet.since_spawn = Duration::from_secs(3600);
+    let mut stuck = member(11, 1, true);
+    stuck.exec = true;
+    stuck.silent = None;
+    stuck.stalled = true;
+    let fx = tick(&mut core, &[quiet, stuck], t);
+    assert_eq!(inspected(&fx), vec![(11, Hung::Stalled)]);
+    // Each is judged by its own generation's timeout.
+    let mut patient = member(12, 1, true);
+    patient.silent = Some(Duration::from_secs(45));
+    patient.timeout = Duration::from_secs(60);
+    assert!(inspected(&tick(&mut core, &[quiet, patient], t)).is_empty());
+}
+
+fn usage(pid: i32, rss: u64) -> Usage {
+    Usage {
+        pid: Pid::from_raw(pid),
+        serving: true,
+        rss,
+        limit: Some(100),
+        lifetime_over: false,
+        lived: Duration::from_secs(60),
+    }
+}
+
+fn retired(fx: &[Effect]) -> Vec<(i32, ExitReason)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Retire { pid, reason } => Some((pid.as_raw(), *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn memory_above_the_limit_twice_in_a_row_or_a_long_life_retires_a_worker() {
+    let t = Instant::now();
+    let mut core = Core::new(loaded(2, |_| {}), t);
+    let measured = |core: &mut Core, u: &[Usage]| core.step(Event::Measured(u), t);
+    // One high reading may be a burst: not yet.
+    assert!(retired(&measured(&mut core, &[usage(10, 150), usage(11, 50)])).is_empty());
+    // Back under the limit: the count starts again.
+    assert!(retired(&measured(&mut core, &[usage(10, 90)])).is_empty());
+    assert!(retired(&measured(&mut core, &[usage(10, 150)])).is_empty());
+    assert_eq!(
+        retired(&measured(&mut core, &[usage(10, 150)])),
+        vec![(10, ExitReason::Memory)]
+    );
+    let mut old = usage(11, 50);
+    old.lifetime_over = true;
+    assert_eq!(
+        retired(&measured(&mut core, &[old])),
+        vec![(11, ExitReason::Lifetime)]
+    );
+    // Booting or leaving workers are not retired; no limit, no strikes.
+    let mut booting = usage(12, 500);
+    booting.serving = false;
+    booting.lifetime_over = true;
+    let mut unlimited = usage(13, u64::MAX);
+    unlimited.limit = None;
+    for _ in 0..3 {
+        assert!(retired(&measured(&mut core, &[booting, unlimited])).is_empty());
+    }
 }
 
 #[test]
