@@ -59,13 +59,16 @@ fn spawns(fx: &[Effect]) -> usize {
         .sum()
 }
 
+/// What `f` picks out of the effects, in order.
+fn pick<T>(fx: &[Effect], f: impl Fn(&Effect) -> Option<T>) -> Vec<T> {
+    fx.iter().filter_map(f).collect()
+}
+
 fn drains(fx: &[Effect]) -> Vec<(i32, ExitReason)> {
-    fx.iter()
-        .filter_map(|e| match e {
-            Effect::Drain { pid, reason } => Some((pid.as_raw(), *reason)),
-            _ => None,
-        })
-        .collect()
+    pick(fx, |e| match e {
+        Effect::Drain { pid, reason } => Some((pid.as_raw(), *reason)),
+        _ => None,
+    })
 }
 
 /// The replies to control clients: (client, ok, error text).
@@ -767,12 +770,10 @@ fn a_stop_during_an_upgrade_kills_the_new_master() {
 }
 
 fn inspected(fx: &[Effect]) -> Vec<(i32, Hung)> {
-    fx.iter()
-        .filter_map(|e| match e {
-            Effect::Inspect { pid, hung } => Some((pid.as_raw(), *hung)),
-            _ => None,
-        })
-        .collect()
+    pick(fx, |e| match e {
+        Effect::Inspect { pid, hung } => Some((pid.as_raw(), *hung)),
+        _ => None,
+    })
 }
 
 #[test]
@@ -832,12 +833,10 @@ fn usage(pid: i32, rss: u64) -> Usage {
 }
 
 fn retired(fx: &[Effect]) -> Vec<(i32, ExitReason)> {
-    fx.iter()
-        .filter_map(|e| match e {
-            Effect::Retire { pid, reason } => Some((pid.as_raw(), *reason)),
-            _ => None,
-        })
-        .collect()
+    pick(fx, |e| match e {
+        Effect::Retire { pid, reason } => Some((pid.as_raw(), *reason)),
+        _ => None,
+    })
 }
 
 #[test]
