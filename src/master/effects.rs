@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use nix::unistd::Pid;
 
@@ -190,11 +190,6 @@ impl Master {
 
     /// The core admitted a USR2 (the master runs, settled).
     fn start_upgrade(&mut self) -> Option<Exit> {
-        if self.systemd.taking_over() {
-            // Started by a USR2 itself: the old master has not handed over.
-            warn!("USR2 ignored: this master is still taking over from the previous one");
-            return None;
-        }
         let timeout = self.core.current().loaded.config.lifecycle.timeout;
         let exe = &self.fixed.exe;
         match self.sockets.spawn_new_master(exe, &self.fixed.args) {

@@ -228,7 +228,10 @@ impl Master {
                 old_holders_seen: None,
                 upgrade_pipe: None,
             },
-            core: Core::new(setup.loaded, now),
+            core: match setup.upgrade_pipe {
+                Some(_) => Core::new(setup.loaded, now).taking_over(),
+                None => Core::new(setup.loaded, now),
+            },
             fleet: Fleet {
                 board,
                 workers: Vec::new(),

@@ -27,12 +27,6 @@ impl Systemd {
         self.notifier.stopping();
     }
 
-    /// Started by a USR2 and not yet ready: the old master still owns the
-    /// service.
-    pub(super) fn taking_over(&self) -> bool {
-        self.upgrade_pipe.is_some()
-    }
-
     /// A failed new master may have said MAINPID= before it died.
     pub(super) fn main_pid_is_mine(&self) {
         self.notifier

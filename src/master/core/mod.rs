@@ -302,6 +302,9 @@ pub struct Core {
     initial_ready: bool,
     /// Memory checks in a row above `max_worker_memory`, per worker.
     memory_strikes: BTreeMap<Pid, u32>,
+    /// Started by a binary upgrade and not ready yet: the old master still
+    /// owns the service.
+    taking_over: bool,
 }
 
 impl Core {
@@ -321,7 +324,15 @@ impl Core {
             backoff: BootBackoff::new(now),
             initial_ready: false,
             memory_strikes: BTreeMap::new(),
+            taking_over: false,
         }
+    }
+
+    /// A master started by a binary upgrade: until its first fleet is
+    /// ready, it takes over from the old one and starts no upgrade itself.
+    pub fn taking_over(mut self) -> Core {
+        self.taking_over = true;
+        self
     }
 
     pub fn current(&self) -> &Current {
@@ -427,7 +438,9 @@ impl Core {
                 fx.push(Effect::Forward(Signal::SIGUSR1));
             }
             Signal::SIGUSR2 => {
-                if self.lifecycle.may_upgrade() {
+                if self.taking_over {
+                    warn!("USR2 ignored: this master is still taking over from the previous one");
+                } else if self.lifecycle.may_upgrade() {
                     fx.push(Effect::StartUpgrade);
                 } else {
                     warn!("USR2 ignored: the master is stopping, reloading or upgrading already");
@@ -791,6 +804,7 @@ impl Core {
         let ready = self.ready_count(&members);
         if !self.initial_ready && ready >= self.current.desired {
             self.initial_ready = true;
+            self.taking_over = false;
             info!(workers = ready, "all workers ready");
             fx.push(Effect::InitialReady);
         }

@@ -752,6 +752,19 @@ fn a_ready_new_master_takes_over_and_this_one_drains_without_telling_systemd() {
 }
 
 #[test]
+fn a_master_taking_over_from_an_upgrade_starts_none_until_its_fleet_is_ready() {
+    let t = Instant::now();
+    let mut core = Core::new(loaded(1, |_| {}), t).taking_over();
+    assert!(core.step(usr2(), t).is_empty());
+    let fx = tick(&mut core, &[member(10, 1, true)], t);
+    assert!(has(&fx, |e| matches!(e, Effect::InitialReady)));
+    assert!(has(&core.step(usr2(), t), |e| matches!(
+        e,
+        Effect::StartUpgrade
+    )));
+}
+
+#[test]
 fn a_stop_during_an_upgrade_kills_the_new_master() {
     let t = Instant::now();
     let mut core = Core::new(loaded(1, |_| {}), t);
