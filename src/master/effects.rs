@@ -284,7 +284,9 @@ impl Master {
     }
 
     /// Reads the workers' reports (a settled worker is an event for the
-    /// core), then judges heartbeats, boot deadlines and memory.
+    /// core), aborts a silent helper, and every `MEMORY_CHECK_INTERVAL`
+    /// measures memory for the core (the app workers' heartbeats and boot
+    /// deadlines are judged by the core at the tick).
     pub(super) fn check_health(&mut self) {
         let now = Instant::now();
         for generation in self.fleet.observe(now) {
