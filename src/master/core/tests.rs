@@ -11,6 +11,7 @@ use super::lifecycle::{Lifecycle, RELOAD_MAX_BOOT_FAILURES};
 use super::*;
 use crate::config::{Config, WorkerCount};
 use crate::master::control_socket::ClientId;
+use crate::proto::outcome::ReloadResult;
 
 const MS: Duration = Duration::from_millis(1);
 
