@@ -10,9 +10,12 @@
 //! What the core owns: the generation new workers start with
 //! ([`Current`]), what the master is doing ([`Lifecycle`]: running,
 //! reloading, upgrading, stopping), the reload queued behind it, the last
-//! reload's result, the boot backoff, and whether systemd heard READY.
-//! The workers themselves (pids, stages, exec pipes, kill deadlines) are
-//! the shell's; each tick describes them as [`Member`]s.
+//! reload's and upgrade's results, the boot backoff, memory strikes, and
+//! whether systemd heard READY. It decides what starts, drains, retires,
+//! is dumped as hung, rolls back, and when it wants its next tick. The
+//! workers themselves (pids, stages, exec pipes, kill deadlines) and the
+//! helpers' restarts are the shell's; each tick describes the workers as
+//! [`Member`]s.
 
 mod backoff;
 mod events;
