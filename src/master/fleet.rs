@@ -55,8 +55,7 @@ impl Fleet {
                 exec: w.exec.is_some(),
                 since_spawn: now.saturating_duration_since(w.spawned_at),
                 silent: w.has_heartbeat().then(|| {
-                    let beat = self.board.slot(w.slot).heartbeat_ms();
-                    Duration::from_millis(now_ms.saturating_sub(beat))
+                    Duration::from_millis(self.board.slot(w.slot).heartbeat_age_ms(now_ms))
                 }),
                 timeout: w.config.lifecycle.timeout,
                 stalled: w.exec.is_some() && self.board.slot(w.slot).take_stalled(),

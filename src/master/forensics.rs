@@ -451,7 +451,7 @@ impl Fleet {
             pid: pid.as_raw() as u32,
             slot: slot_index,
             trigger: trigger.as_str().into(),
-            silent_ms: now_ms.saturating_sub(slot.heartbeat_ms()),
+            silent_ms: slot.heartbeat_age_ms(now_ms),
             rss_bytes: stats.as_ref().map_or(0, |s| s.rss_bytes),
             open_fds: stats.as_ref().map_or(0, |s| s.open_fds),
             active_connections: slot.active_connections(),

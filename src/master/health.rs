@@ -90,7 +90,7 @@ impl Fleet {
                 Trigger::Boot
             }
             Hung::Heartbeat => {
-                let silent = crate::os::monotonic_ms().saturating_sub(slot.heartbeat_ms());
+                let silent = slot.heartbeat_age_ms(crate::os::monotonic_ms());
                 error!(
                     pid = pid.as_raw(),
                     silent_ms = silent,
@@ -113,7 +113,7 @@ impl Fleet {
         for s in &mut self.helpers {
             if !s.leaving() && (s.has_heartbeat() || s.booting()) {
                 let slot = self.board.slot(s.slot);
-                let silent = Duration::from_millis(now_ms.saturating_sub(slot.heartbeat_ms()));
+                let silent = Duration::from_millis(slot.heartbeat_age_ms(now_ms));
                 let limit = s.config.lifecycle.timeout;
                 if verdict(s.booting(), s.spawned_at.elapsed(), silent, limit) != Verdict::Healthy {
                     error!(

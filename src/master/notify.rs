@@ -110,7 +110,7 @@ impl Fleet {
                 // An exec worker without WATCHDOG=1 has nothing to be
                 // late with: serving is all that can be known of it.
                 (w.serving() || w.retiring().is_some())
-                    && (!slot.watched() || now.saturating_sub(slot.heartbeat_ms()) < stale)
+                    && (!slot.watched() || slot.heartbeat_age_ms(now) < stale)
             })
             .count()
     }

@@ -38,7 +38,7 @@ impl View<'_> {
                 cpu_seconds: slot.cpu_seconds(),
                 seconds_since_heartbeat: slot
                     .watched()
-                    .then(|| now_ms.saturating_sub(slot.heartbeat_ms()) as f64 / 1000.0),
+                    .then(|| slot.heartbeat_age_ms(now_ms) as f64 / 1000.0),
                 loop_lag_ms: slot.loop_lag_us() as f64 / 1000.0,
                 memory_limit_bytes: slot.memory_limit(),
             }

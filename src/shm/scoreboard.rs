@@ -543,6 +543,11 @@ impl Slot {
         self.heartbeat_ms.load(Acquire)
     }
 
+    /// How long ago (ms) the worker last beat, at `now_ms` (monotonic).
+    pub fn heartbeat_age_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.heartbeat_ms())
+    }
+
     pub fn loop_lag_us(&self) -> u64 {
         self.loop_lag_us.load(Relaxed)
     }

@@ -391,7 +391,7 @@ pub const METRICS: &[Metric] = &[
         // Only where something beats.
         source: Source::PerWorker(|w, now_ms| {
             w.watched()
-                .then(|| Num::Float(now_ms.saturating_sub(w.heartbeat_ms()) as f64 / 1e3))
+                .then(|| Num::Float(w.heartbeat_age_ms(now_ms) as f64 / 1e3))
         }),
     },
     Metric {
