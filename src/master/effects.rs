@@ -104,9 +104,8 @@ impl Master {
         let reloading = self.core.lifecycle().reload().is_some();
         let leaving = reloading.then(|| self.fleet.leaving_programs(current));
         let old_program_accepts = self.sockets.old_program_still_accepts(leaving);
-        let members = self.fleet.members();
         self.step(Event::Tick(World {
-            members: &members,
+            members: self.fleet.members(),
             helpers: self.fleet.helper_count(),
             strays: self.fleet.has_strays(),
             old_program_accepts,
@@ -321,7 +320,7 @@ impl Master {
             return;
         }
         let line = self.status_line();
-        let healthy = self.fleet.healthy_workers(self.board) > 0;
+        let healthy = self.fleet.healthy_workers() > 0;
         self.systemd.notify(line, healthy, Instant::now());
     }
 }

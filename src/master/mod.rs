@@ -273,7 +273,7 @@ impl Master {
             if let Some(code) = self.dispatch(&woke.control) {
                 return code;
             }
-            self.fleet.read_workers(self.board, &woke.exec);
+            self.fleet.read_workers(&woke.exec);
             if let Some(code) = self.check_upgrade(woke.upgrade) {
                 return code;
             }

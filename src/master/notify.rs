@@ -100,13 +100,13 @@ pub(super) fn status_line(core: &Core, ready: usize) -> String {
 
 impl Fleet {
     /// Serving workers whose heartbeat is fresh.
-    pub(super) fn healthy_workers(&self, board: &Board) -> usize {
+    pub(super) fn healthy_workers(&self) -> usize {
         let now = crate::os::monotonic_ms();
         let stale = WATCHDOG_STALE_HEARTBEAT.as_millis() as u64;
         self.workers
             .iter()
             .filter(|w| {
-                let slot = board.slot(w.slot);
+                let slot = self.board.slot(w.slot);
                 // An exec worker without WATCHDOG=1 has nothing to be
                 // late with: serving is all that can be known of it.
                 (w.serving() || w.retiring().is_some())

@@ -10,15 +10,15 @@ use nix::unistd::Pid;
 
 use super::exec::{ExecEvent, Label};
 use super::Fleet;
-use crate::shm::scoreboard::Board;
 use crate::shm::scoreboard::SlotState;
 
 /// What each exec worker's descriptors reported in the last poll.
 pub type ExecRevents = Vec<(Pid, Vec<Option<nix::poll::PollFlags>>)>;
 
 impl Fleet {
-    pub(super) fn read_workers(&mut self, board: &Board, revents: &ExecRevents) {
+    pub(super) fn read_workers(&mut self, revents: &ExecRevents) {
         let now = Instant::now();
+        let board = self.board;
         for w in &mut self.workers {
             let leaving = w.leaving();
             let Some(io) = &mut w.exec else {

@@ -93,8 +93,8 @@ impl std::fmt::Display for Ended {
 
 /// What the shell saw at a tick.
 #[derive(Debug, Default)]
-pub struct World<'a> {
-    pub members: &'a [Member],
+pub struct World {
+    pub members: Vec<Member>,
     /// Helper workers (front workers, sidecar) still running.
     pub helpers: usize,
     /// Processes an app left behind that are still being stopped.
@@ -147,7 +147,7 @@ pub enum Event<'a> {
     },
     /// Every app worker's memory and age, measured.
     Measured(&'a [Usage]),
-    Tick(World<'a>),
+    Tick(World),
 }
 
 /// Something the shell must do.

@@ -402,14 +402,14 @@ impl Core {
         }
     }
 
-    fn tick(&mut self, world: World<'_>, now: Instant, fx: &mut Vec<Effect>) {
+    fn tick(&mut self, world: World, now: Instant, fx: &mut Vec<Effect>) {
         self.judge_upgrade(now, fx);
         if self.lifecycle.close_listeners_due(now) {
             info!("closing listeners; draining workers");
             fx.push(Effect::CloseListeners);
             fx.push(Effect::DrainAll(ExitReason::Shutdown));
         }
-        let mut members = world.members.to_vec();
+        let mut members = world.members;
         health::judge_health(&mut members, fx);
         // A program told to stop just now still holds its listening socket
         // (the shell looked before it was told).

@@ -44,7 +44,7 @@ fn member(pid: i32, generation: u32, serving: bool) -> Member {
 fn tick(core: &mut Core, members: &[Member], now: Instant) -> Vec<Effect> {
     core.step(
         Event::Tick(World {
-            members,
+            members: members.to_vec(),
             ..World::default()
         }),
         now,
@@ -203,7 +203,7 @@ fn a_reload_replaces_old_workers_one_at_a_time_and_answers_when_the_last_has_lef
     // accepts on a listening socket holds the reload's end.
     let fx = core.step(
         Event::Tick(World {
-            members: &fleet,
+            members: fleet.to_vec(),
             old_program_accepts: true,
             ..World::default()
         }),
@@ -436,7 +436,7 @@ fn a_canary_runs_alone_and_a_failed_one_is_rolled_back() {
     taken.serving = false;
     let fx = core.step(
         Event::Tick(World {
-            members: &with_canary,
+            members: with_canary.to_vec(),
             canary_failed: Some("5xx share 40% against 0%".into()),
             ..World::default()
         }),
@@ -565,7 +565,7 @@ fn term_closes_the_listeners_after_shutdown_delay_and_exits_when_the_last_worker
     assert_eq!(exit(&tick(&mut core, &[two[1]], t + delay)), None);
     let fx = core.step(
         Event::Tick(World {
-            members: &[],
+            members: Vec::new(),
             strays: true,
             ..World::default()
         }),
