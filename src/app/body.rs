@@ -132,12 +132,21 @@ impl http_body::Body for Body {
 /// or 400 (and the connection is closed).
 pub struct RequestBody {
     inner: Option<hyper::body::Incoming>,
+    /// Shared with the connection when the peer is the client, so a
+    /// request carries a pointer rather than the client's facts.
+    client: Arc<super::ClientInfo>,
+    /// The limits and what was read: only a request with a body has them,
+    /// so a bodiless request stays small and allocates nothing for them.
+    guard: Option<Box<Guard>>,
+}
+
+/// What a request body enforces while it is read.
+struct Guard {
     limit: u64,
     read: u64,
     /// Where the server learns which error the body yielded.
-    outcome: Option<Arc<AtomicU8>>,
+    outcome: Arc<AtomicU8>,
     stall: StallTimer,
-    client: super::ClientInfo,
 }
 
 /// Why a request body could not be read to its end.
@@ -252,19 +261,25 @@ impl RequestBody {
         inner: hyper::body::Incoming,
         limit: u64,
         stall_limit: Duration,
-        client: super::ClientInfo,
+        client: Arc<super::ClientInfo>,
     ) -> RequestBody {
+        use http_body::Body as _;
+        let guard = (!inner.is_end_stream()).then(|| {
+            Box::new(Guard {
+                limit,
+                read: 0,
+                outcome: Arc::new(AtomicU8::new(0)),
+                stall: StallTimer {
+                    limit: stall_limit,
+                    waiting_since: None,
+                    sleep: None,
+                },
+            })
+        });
         RequestBody {
             inner: Some(inner),
-            limit,
-            read: 0,
-            outcome: None,
-            stall: StallTimer {
-                limit: stall_limit,
-                waiting_since: None,
-                sleep: None,
-            },
             client,
+            guard,
         }
     }
 
@@ -277,25 +292,15 @@ impl RequestBody {
     pub fn empty() -> RequestBody {
         RequestBody {
             inner: None,
-            limit: 0,
-            read: 0,
-            outcome: None,
-            stall: StallTimer {
-                limit: Duration::MAX,
-                waiting_since: None,
-                sleep: None,
-            },
-            client: super::ClientInfo::default(),
+            client: Arc::new(super::ClientInfo::default()),
+            guard: None,
         }
     }
 
-    /// Where the server reads which error this body yielded.
-    pub(crate) fn outcome(&mut self) -> BodyOutcome {
-        BodyOutcome(Some(
-            self.outcome
-                .get_or_insert_with(|| Arc::new(AtomicU8::new(0)))
-                .clone(),
-        ))
+    /// Where the server reads which error this body yielded: nothing to
+    /// read for a request without a body.
+    pub(crate) fn outcome(&self) -> BodyOutcome {
+        BodyOutcome(self.guard.as_ref().map(|g| g.outcome.clone()))
     }
 
     /// Reads the whole body into memory (bounded by `http.max_body_bytes`).
@@ -304,15 +309,15 @@ impl RequestBody {
     }
 
     fn completed(&mut self) {
-        if let Some(o) = &self.outcome {
-            o.store(OUTCOME_COMPLETE, Ordering::Relaxed);
+        if let Some(g) = &self.guard {
+            g.outcome.store(OUTCOME_COMPLETE, Ordering::Relaxed);
         }
     }
 
     fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.inner = None;
-        if let Some(o) = &self.outcome {
-            o.store(e.code(), Ordering::Relaxed);
+        if let Some(g) = &self.guard {
+            g.outcome.store(e.code(), Ordering::Relaxed);
         }
         Poll::Ready(Some(Err(e)))
     }
@@ -330,20 +335,25 @@ impl http_body::Body for RequestBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(inner).poll_frame(cx) {
+        let polled = Pin::new(inner).poll_frame(cx);
+        let Some(guard) = this.guard.as_mut() else {
+            // Nothing was declared to come (hyper's body is empty).
+            return polled.map_err(BodyError::Malformed);
+        };
+        match polled {
             Poll::Pending => {
-                if this.stall.poll_expired(cx).is_ready() {
-                    let limit = this.stall.limit;
+                if guard.stall.poll_expired(cx).is_ready() {
+                    let limit = guard.stall.limit;
                     return this.fail(BodyError::TimedOut(limit));
                 }
                 Poll::Pending
             }
             Poll::Ready(Some(Ok(frame))) => {
-                this.stall.progressed();
+                guard.stall.progressed();
                 if let Some(data) = frame.data_ref() {
-                    this.read += data.len() as u64;
-                    if this.read > this.limit {
-                        let limit = this.limit;
+                    guard.read += data.len() as u64;
+                    if guard.read > guard.limit {
+                        let limit = guard.limit;
                         return this.fail(BodyError::TooLarge { limit });
                     }
                 }

@@ -26,7 +26,7 @@ use super::h2_frames::{H2Frames, Sniff, PREFACE};
 use super::park::{self, Handoff, Parkable, Tail};
 use super::proxy_protocol;
 use super::registry::ConnGuard;
-use super::service::ConnService;
+use super::service;
 use super::{ListenRole, Shared};
 use crate::app::Handler;
 use crate::proto::outcome::{ConnError, TlsFailure};
@@ -361,7 +361,10 @@ async fn serve_until_idle<IO, H>(
     H: Handler,
 {
     let _held = shared.conns.hold();
-    let service = ConnService::new(shared.clone(), state.clone());
+    let service = {
+        let (shared, state) = (shared.clone(), state.clone());
+        hyper::service::service_fn(move |req| service::respond(&shared, &state, req))
+    };
     let (sniff, frames) = match proto {
         Proto::Detect => (Sniff::Undecided(0), None),
         Proto::H1 => (Sniff::H1, None),

@@ -4,7 +4,9 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::*};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use crate::app::ClientInfo;
 
 use super::access_log::Entry;
 use super::ListenRole;
@@ -58,6 +60,9 @@ pub struct ConnState {
     unsent_log: Mutex<Option<Box<Entry>>>,
     /// Which deadline ended the connection, if one did.
     ended_by: AtomicU8,
+    /// The peer as the client: every request's unless the peer is a
+    /// trusted proxy (`Trust::client_of`).
+    pub client: Arc<ClientInfo>,
 }
 
 /// Why a connection was ended by rsvisor rather than by its client.
@@ -202,6 +207,7 @@ impl ConnState {
             shed_seen: AtomicU32::new(shed),
             unsent_log: Mutex::new(None),
             ended_by: AtomicU8::new(EndedBy::Nothing as u8),
+            client: Arc::new(super::proxy::direct_client(peer, tls)),
         }
     }
 

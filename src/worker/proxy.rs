@@ -4,6 +4,7 @@
 //! client is the rightmost address that is not itself a trusted proxy.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use http::HeaderMap;
 
@@ -45,16 +46,25 @@ impl Trust {
         }
     }
 
+    /// The client of one request on a connection whose peer's own facts
+    /// are `direct`: shared with the connection unless the peer is a
+    /// trusted proxy whose headers say otherwise.
+    pub fn client_of(
+        &self,
+        direct: &Arc<ClientInfo>,
+        peer: Peer,
+        tls: bool,
+        headers: &HeaderMap,
+    ) -> Arc<ClientInfo> {
+        if !self.enabled || !self.trusts_peer(peer) {
+            return direct.clone();
+        }
+        Arc::new(self.client(peer, tls, headers))
+    }
+
     /// The client as the app should see it.
     pub fn client(&self, peer: Peer, tls: bool, headers: &HeaderMap) -> ClientInfo {
-        let direct = ClientInfo {
-            addr: match peer {
-                Peer::Tcp(a) => Some(a),
-                Peer::Unix => None,
-            },
-            scheme: if tls { "https" } else { "http" },
-            host: None,
-        };
+        let direct = direct_client(peer, tls);
         if !self.enabled || !self.trusts_peer(peer) {
             return direct;
         }
@@ -81,6 +91,18 @@ impl Trust {
         }
         info.host = fwd.host;
         info
+    }
+}
+
+/// The peer as the client, before any forwarding header is looked at.
+pub fn direct_client(peer: Peer, tls: bool) -> ClientInfo {
+    ClientInfo {
+        addr: match peer {
+            Peer::Tcp(a) => Some(a),
+            Peer::Unix => None,
+        },
+        scheme: if tls { "https" } else { "http" },
+        host: None,
     }
 }
 

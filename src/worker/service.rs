@@ -23,51 +23,37 @@ use crate::app::{Body, BodyOutcome, BoxError, Handler, RequestBody};
 use crate::shm::inflight::PeerAddr;
 use crate::shm::scoreboard::method_class;
 
-pub struct ConnService<H> {
-    shared: Arc<Shared<H>>,
-    conn: Arc<ConnState>,
-}
-
-impl<H> ConnService<H> {
-    pub fn new(shared: Arc<Shared<H>>, conn: Arc<ConnState>) -> Self {
-        ConnService { shared, conn }
-    }
-}
-
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl<H: Handler> hyper::service::Service<http::Request<Incoming>> for ConnService<H> {
-    type Response = http::Response<TrackedBody<H>>;
-    type Error = std::convert::Infallible;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
-
-    fn call(&self, req: http::Request<Incoming>) -> Self::Future {
-        let shared = self.shared.clone();
-        let conn = self.conn.clone();
-        match prepare(&shared, &conn, req) {
-            // `finish` runs in the future, not here: for HTTP/2 the future
-            // runs in the stream's task, whose send watch it picks up.
-            Prepared::Answered(resp, ctx) => {
-                Box::pin(async move { Ok(finish(shared, conn, ctx, resp)) })
+/// Answers one request on the connection `conn`: its limits, built-in
+/// endpoints and context are settled at once; the future waits for the
+/// answer (the app's or a built-in's) and runs `finish`. The future is
+/// returned unboxed: hyper keeps it in the connection's slot for the
+/// request in flight (HTTP/1.1) or in the stream's task (HTTP/2), so a
+/// request to the app allocates nothing of its own. `finish` runs in the
+/// future, not here: for HTTP/2 the future runs in the stream's task,
+/// whose send watch it picks up.
+pub fn respond<H: Handler>(
+    shared: &Arc<Shared<H>>,
+    conn: &Arc<ConnState>,
+    req: http::Request<Incoming>,
+) -> impl Future<Output = Result<http::Response<TrackedBody<H>>, std::convert::Infallible>>
+       + Send
+       + 'static {
+    let prepared = prepare(shared, conn, req);
+    let (shared, conn) = (shared.clone(), conn.clone());
+    async move {
+        let (resp, ctx) = match prepared {
+            Prepared::Answered(resp, ctx) => (resp, ctx),
+            // Rare: boxed, so that they do not make every request's
+            // future bigger.
+            Prepared::Ready(ctx) => (Box::pin(endpoints::ready(&shared)).await, ctx),
+            Prepared::ForApp(req, ctx) if shared.config.http.compression => {
+                (Box::pin(compressed(&shared, req)).await, ctx)
             }
-            Prepared::Ready(ctx) => Box::pin(async move {
-                let resp = endpoints::ready(&shared).await;
-                Ok(finish(shared, conn, ctx, resp))
-            }),
-            Prepared::ForApp(req, ctx) if shared.config.http.compression => Box::pin(async move {
-                let resp = compressed(&shared, *req).await;
-                Ok(finish(shared, conn, ctx, resp))
-            }),
-            Prepared::ForApp(req, ctx) => {
-                // The request travels boxed, so the future holds it once
-                // (inside the app's future) and stays small enough for the
-                // allocator's fast path.
-                Box::pin(async move {
-                    let resp = shared.handler.call(*req).await;
-                    Ok(finish(shared, conn, ctx, resp))
-                })
-            }
-        }
+            Prepared::ForApp(req, ctx) => (shared.handler.call(req).await, ctx),
+        };
+        Ok(finish(shared, conn, ctx, resp))
     }
 }
 
@@ -126,7 +112,7 @@ enum Prepared<H> {
     /// `/ready`: the app's readiness checks run first.
     Ready(Ctx<H>),
     /// For the app's handler.
-    ForApp(Box<crate::Request>, Ctx<H>),
+    ForApp(crate::Request, Ctx<H>),
 }
 
 fn prepare<H: Handler>(
@@ -138,7 +124,9 @@ fn prepare<H: Handler>(
     conn.request_started(hyper::body::Body::is_end_stream(req.body()), req.version());
     let version = req.version();
     let method = method_class(req.method());
-    let client = shared.trust.client(conn.peer, conn.tls, req.headers());
+    let client = shared
+        .trust
+        .client_of(&conn.client, conn.peer, conn.tls, req.headers());
     let log = shared.access_log.as_ref().map(|_| {
         Box::new(PendingLog {
             time: SystemTime::now(),
@@ -180,12 +168,10 @@ fn prepare<H: Handler>(
         let resp = status_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
         return Prepared::Answered(resp, ctx);
     }
-    let has_body = !http_body::Body::is_end_stream(req.body());
     let stall = http.header_read_timeout;
-    let mut req = req.map(|body| RequestBody::new(body, limit, stall, client));
-    if has_body {
-        ctx.body = req.body_mut().outcome();
-    }
+    let req = req.map(|body| RequestBody::new(body, limit, stall, client));
+    // Only a request with a body has an outcome to read.
+    ctx.body = req.body().outcome();
     match endpoints::builtin(shared, conn.role, &req) {
         Some(endpoints::Builtin::Answer(resp)) => return Prepared::Answered(resp, ctx),
         Some(endpoints::Builtin::Ready) => return Prepared::Ready(ctx),
@@ -199,7 +185,7 @@ fn prepare<H: Handler>(
         Peer::Unix => PeerAddr::Unix,
     };
     ctx.app_request = Some(AppRequest::begin(shared.clone(), &req, peer));
-    Prepared::ForApp(Box::new(req), ctx)
+    Prepared::ForApp(req, ctx)
 }
 
 /// After the response head exists: limits, drain, counters, and the body
