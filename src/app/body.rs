@@ -380,3 +380,126 @@ impl http_body::Body for RequestBody {
             .map_or(SizeHint::with_exact(0), |b| b.size_hint())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The request body as hyper hands it over: each case is one request
+    //! written into an in-memory connection served by hyper.
+    use super::*;
+    use hyper::body::Incoming;
+    use tokio::io::AsyncWriteExt;
+
+    const LIMIT: u64 = 8;
+    const STALL: Duration = Duration::from_millis(200);
+
+    /// What reading the body of `raw` gave, and what the server then
+    /// learns from its outcome.
+    struct Read {
+        result: Result<Bytes, BodyError>,
+        outcome: BodyOutcome,
+        allocated_guard: bool,
+    }
+
+    fn serve_one(raw: &'static [u8]) -> Read {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (mut client, server) = tokio::io::duplex(64 * 1024);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let tx = std::sync::Mutex::new(Some(tx));
+            let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                let body = RequestBody::new(
+                    req.into_body(),
+                    LIMIT,
+                    STALL,
+                    Arc::new(crate::ClientInfo::default()),
+                );
+                let tx = tx.lock().ok().and_then(|mut t| t.take());
+                async move {
+                    let outcome = body.outcome();
+                    let allocated_guard = body.guard.is_some();
+                    let result = body.bytes().await;
+                    if let Some(tx) = tx {
+                        let _ = tx.send(Read {
+                            result,
+                            outcome,
+                            allocated_guard,
+                        });
+                    }
+                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<
+                        Bytes,
+                    >::new(
+                    )))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(server), service),
+            );
+            // The client stays connected (a stalled body is one that
+            // neither arrives nor ends).
+            client.write_all(raw).await.expect("write");
+            tokio::time::timeout(Duration::from_secs(10), rx)
+                .await
+                .expect("the body was read in time")
+                .expect("the service answered")
+        })
+    }
+
+    #[test]
+    fn a_request_without_a_body_carries_no_guard_and_reads_empty() {
+        let r = serve_one(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(!r.allocated_guard);
+        assert_eq!(r.result.expect("empty body"), Bytes::new());
+        assert_eq!(r.outcome.status(), None);
+        assert!(!r.outcome.left_unread());
+    }
+
+    #[test]
+    fn a_body_within_the_limit_is_read_whole() {
+        let r = serve_one(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+        assert!(r.allocated_guard);
+        assert_eq!(r.result.expect("body"), Bytes::from_static(b"hello"));
+        assert_eq!(r.outcome.status(), None);
+        assert!(!r.outcome.left_unread());
+    }
+
+    #[test]
+    fn a_chunked_body_past_the_limit_is_too_large() {
+        let r = serve_one(
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n",
+        );
+        assert!(matches!(
+            r.result,
+            Err(BodyError::TooLarge { limit: LIMIT })
+        ));
+        assert_eq!(
+            r.outcome.status(),
+            Some(http::StatusCode::PAYLOAD_TOO_LARGE)
+        );
+        assert!(r.outcome.left_unread());
+    }
+
+    #[test]
+    fn a_body_that_stops_arriving_times_out() {
+        let started = std::time::Instant::now();
+        let r = serve_one(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhe");
+        assert!(matches!(r.result, Err(BodyError::TimedOut(d)) if d == STALL));
+        assert!(started.elapsed() >= STALL);
+        assert_eq!(r.outcome.status(), Some(http::StatusCode::REQUEST_TIMEOUT));
+        assert!(r.outcome.left_unread());
+    }
+
+    #[test]
+    fn a_malformed_chunk_is_a_bad_request() {
+        let r = serve_one(
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n",
+        );
+        assert!(matches!(r.result, Err(BodyError::Malformed(_))));
+        assert_eq!(r.outcome.status(), Some(http::StatusCode::BAD_REQUEST));
+        assert!(r.outcome.left_unread());
+    }
+}

@@ -41,19 +41,25 @@ pub fn respond<H: Handler>(
        + Send
        + 'static {
     let prepared = prepare(shared, conn, req);
-    let (shared, conn) = (shared.clone(), conn.clone());
     async move {
         let (resp, ctx) = match prepared {
             Prepared::Answered(resp, ctx) => (resp, ctx),
             // Rare: boxed, so that they do not make every request's
             // future bigger.
-            Prepared::Ready(ctx) => (Box::pin(endpoints::ready(&shared)).await, ctx),
-            Prepared::ForApp(req, ctx) if shared.config.http.compression => {
-                (Box::pin(compressed(&shared, req)).await, ctx)
+            Prepared::Ready(ctx) => {
+                let resp = Box::pin(endpoints::ready(&ctx.open.shared)).await;
+                (resp, ctx)
             }
-            Prepared::ForApp(req, ctx) => (shared.handler.call(req).await, ctx),
+            Prepared::ForApp(req, ctx) if ctx.open.shared.config.http.compression => {
+                let resp = Box::pin(compressed(&ctx.open.shared, req)).await;
+                (resp, ctx)
+            }
+            Prepared::ForApp(req, ctx) => {
+                let resp = ctx.open.shared.handler.call(req).await;
+                (resp, ctx)
+            }
         };
-        Ok(finish(shared, conn, ctx, resp))
+        Ok(finish(ctx, resp))
     }
 }
 
@@ -94,14 +100,13 @@ async fn compressed<H: Handler>(shared: &Arc<Shared<H>>, req: crate::Request) ->
 
 /// What the request path carries from before the app to after it.
 struct Ctx<H> {
+    open: Open<H>,
     /// `os::monotonic_us` when the request arrived.
     start_us: u64,
     version: Version,
     method: usize,
     /// Boxed: carried only when the access log is on.
     log: Option<Box<PendingLog>>,
-    /// Released when the response is done, or if the app panics.
-    app_request: Option<AppRequest<H>>,
     /// Which error the request body yielded, if it has one.
     body: BodyOutcome,
 }
@@ -121,8 +126,13 @@ fn prepare<H: Handler>(
     req: http::Request<Incoming>,
 ) -> Prepared<H> {
     let start_us = crate::os::monotonic_us();
-    conn.request_started(hyper::body::Body::is_end_stream(req.body()), req.version());
     let version = req.version();
+    let open = Open::start(
+        shared,
+        conn,
+        hyper::body::Body::is_end_stream(req.body()),
+        version,
+    );
     let method = method_class(req.method());
     let client = shared
         .trust
@@ -140,11 +150,11 @@ fn prepare<H: Handler>(
         })
     });
     let mut ctx = Ctx {
+        open,
         start_us,
         version,
         method,
         log,
-        app_request: None,
         body: BodyOutcome::default(),
     };
     if version < Version::HTTP_2 {
@@ -184,18 +194,14 @@ fn prepare<H: Handler>(
         Peer::Tcp(a) => PeerAddr::Ip(a),
         Peer::Unix => PeerAddr::Unix,
     };
-    ctx.app_request = Some(AppRequest::begin(shared.clone(), &req, peer));
+    ctx.open.app_starts(&req, peer);
     Prepared::ForApp(req, ctx)
 }
 
 /// After the response head exists: limits, drain, counters, and the body
 /// wrapper that reports the end of the request.
-fn finish<H: Handler>(
-    shared: Arc<Shared<H>>,
-    conn: Arc<ConnState>,
-    ctx: Ctx<H>,
-    mut resp: crate::Response,
-) -> http::Response<TrackedBody<H>> {
+fn finish<H: Handler>(ctx: Ctx<H>, mut resp: crate::Response) -> http::Response<TrackedBody<H>> {
+    let (shared, conn) = (&ctx.open.shared, &ctx.open.conn);
     if let Some(status) = ctx.body.status() {
         // The body was too large, stalled or malformed: whatever the app
         // answered, the client gets 413, 408 or 400.
@@ -263,9 +269,7 @@ fn finish<H: Handler>(
         sent: 0,
         stream,
         done: Some(Done {
-            shared,
-            conn,
-            app_request: ctx.app_request,
+            open: ctx.open,
             start_us: ctx.start_us,
             status,
             log: ctx.log,
@@ -402,39 +406,68 @@ struct PendingLog {
     request_id: Option<HeaderValue>,
 }
 
-/// An app request in flight (for `http.limit_concurrency`).
-/// A request the app works on: counted against `http.limit_concurrency`
-/// and shown in the slot's in-flight table (for hang forensics) while it
-/// lives.
-struct AppRequest<H> {
+/// A request on its connection, from its head to the end of its
+/// response: counted in the connection's requests in flight (an idle
+/// connection has none) and, while the app works on it, against
+/// `http.limit_concurrency` and in the slot's in-flight table (for hang
+/// forensics). Released when the response is done, and also when the
+/// request is dropped before that: a client that reset its HTTP/2 stream,
+/// an app that panicked.
+struct Open<H> {
     shared: Arc<Shared<H>>,
-    entry: Option<usize>,
+    conn: Arc<ConnState>,
+    /// `Some` while the app works on it: its entry in the in-flight table.
+    app: Option<Option<usize>>,
 }
 
-impl<H> AppRequest<H> {
-    fn begin<B>(shared: Arc<Shared<H>>, req: &http::Request<B>, peer: PeerAddr) -> AppRequest<H> {
+impl<H> Open<H> {
+    fn start(
+        shared: &Arc<Shared<H>>,
+        conn: &Arc<ConnState>,
+        bodiless: bool,
+        version: Version,
+    ) -> Open<H> {
+        conn.request_started(bodiless, version);
+        Open {
+            shared: shared.clone(),
+            conn: conn.clone(),
+            app: None,
+        }
+    }
+
+    /// The request goes to the app.
+    fn app_starts<B>(&mut self, req: &http::Request<B>, peer: PeerAddr) {
+        let shared = &self.shared;
         shared.begin_app_request();
-        let now = shared.now_ms();
-        let entry = shared
-            .requests
-            .begin(req.method().as_str(), req.uri().path(), peer, now);
-        AppRequest { shared, entry }
+        let entry = shared.requests.begin(
+            req.method().as_str(),
+            req.uri().path(),
+            peer,
+            shared.now_ms(),
+        );
+        self.app = Some(entry);
+    }
+
+    /// The app is done with the request (its response is sent).
+    fn app_done(&mut self) {
+        if let Some(entry) = self.app.take() {
+            self.shared.requests.end(entry);
+            self.shared.end_app_request();
+        }
     }
 }
 
-impl<H> Drop for AppRequest<H> {
+impl<H> Drop for Open<H> {
     fn drop(&mut self) {
-        self.shared.requests.end(self.entry);
-        self.shared.end_app_request();
+        self.app_done();
+        self.conn.request_finished(self.shared.now_ms());
     }
 }
 
 /// Marks the request finished when the response body is done or dropped.
 struct Done<H> {
-    shared: Arc<Shared<H>>,
-    conn: Arc<ConnState>,
-    /// Counted against `http.limit_concurrency` while it lives.
-    app_request: Option<AppRequest<H>>,
+    /// Released when the response is done.
+    open: Open<H>,
     start_us: u64,
     status: u16,
     log: Option<Box<PendingLog>>,
@@ -455,7 +488,7 @@ impl<H> TrackedBody<H> {
     fn watch(&self) -> Option<&SendWatch> {
         match &self.stream {
             Some(w) => Some(w),
-            None => self.done.as_ref().map(|d| &d.conn.send),
+            None => self.done.as_ref().map(|d| &d.open.conn.send),
         }
     }
 
@@ -464,17 +497,15 @@ impl<H> TrackedBody<H> {
         if let Some(w) = self.watch() {
             w.moving();
         }
-        let Some(done) = self.done.take() else {
+        let Some(mut done) = self.done.take() else {
             return;
         };
-        let shared = &done.shared;
+        done.open.app_done();
+        let (shared, conn) = (&done.open.shared, &done.open.conn);
         // The metrics helper's own answers are not the app's traffic.
         if !shared.sidecar {
             shared.slot.add_bytes_sent(self.sent);
         }
-        drop(done.app_request);
-        let conn = &done.conn;
-        conn.request_finished(shared.now_ms());
         if let (Some(log), Some(access)) = (done.log, &shared.access_log) {
             let incomplete = match &self.stream {
                 _ if complete => None,
@@ -538,7 +569,7 @@ impl<H> http_body::Body for TrackedBody<H> {
                     this.sent += d.len() as u64;
                 }
                 if let Some(done) = &this.done {
-                    let now = done.shared.now_ms();
+                    let now = done.open.shared.now_ms();
                     if let Some(w) = this.watch() {
                         w.waiting(now);
                     }

@@ -582,3 +582,45 @@ fn partial_websocket_frames_do_not_grow_a_worker() {
     assert_eq!(st.totals.worker_exits, 0);
     drop(socks);
 }
+
+/// A client that resets an HTTP/2 request before it is answered leaves
+/// nothing behind: the connection, idle again, is closed at
+/// `keepalive_timeout` like any idle one (a reset request that still
+/// counted as in flight would keep it open for as long as the client
+/// likes).
+#[test]
+fn http2_connection_with_a_reset_request_still_closes_when_idle() {
+    let mut s = demo(
+        "[server]\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n\
+         [http]\nkeepalive_timeout = 1\n[log]\naccess_log = \"\"\n",
+    )
+    .start();
+    let Target::Tcp(addr) = s.ready_tcp() else {
+        unreachable!()
+    };
+    let rt = rt();
+    let closed_after = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let req = http::Request::get(format!("http://{addr}/sleep?ms=60000"))
+            .body(())
+            .unwrap();
+        let (resp, mut send) = client.send_request(req, true).unwrap();
+        // The app is working on it when the client gives up.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        send.send_reset(h2::Reason::CANCEL);
+        drop(resp);
+        let t0 = Instant::now();
+        tokio::time::timeout(Duration::from_secs(15), conn)
+            .await
+            .expect("the idle connection is closed by the server")
+            .expect("connection task")
+            .ok();
+        t0.elapsed()
+    });
+    assert!(closed_after < Duration::from_secs(15), "{closed_after:?}");
+    // The worker is alive and answers.
+    assert_eq!(get(&s.ready_tcp(), "/").unwrap().status, 200);
+}
