@@ -125,7 +125,10 @@ impl Handler for StaticHandler {
             req.headers_mut().insert(RANGE, v);
         }
         let mut serve = serve.clone();
-        match serve.call(req).await {
+        // Boxed: tower-http's future is big, and awaited inline it would
+        // make the future of every request (the cached fast path's too)
+        // as big, copied whole into each HTTP/2 stream's task.
+        match Box::pin(serve.call(req)).await {
             Ok(resp) => resp.map(Body::stream),
             Err(never) => match never {},
         }
