@@ -17,6 +17,20 @@ pub enum Peer {
     Unix,
 }
 
+impl Peer {
+    /// The peer as the client, before any forwarding header is looked at.
+    pub fn as_client(self, tls: bool) -> ClientInfo {
+        ClientInfo {
+            addr: match self {
+                Peer::Tcp(a) => Some(a),
+                Peer::Unix => None,
+            },
+            scheme: if tls { "https" } else { "http" },
+            host: None,
+        }
+    }
+}
+
 /// How connections of a listener are served.
 #[derive(Debug, Clone, Copy)]
 pub struct How {
@@ -207,7 +221,7 @@ impl ConnState {
             shed_seen: AtomicU32::new(shed),
             unsent_log: Mutex::new(None),
             ended_by: AtomicU8::new(EndedBy::Nothing as u8),
-            client: Arc::new(super::proxy::direct_client(peer, tls)),
+            client: Arc::new(peer.as_client(tls)),
         }
     }
 

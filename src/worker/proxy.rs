@@ -64,7 +64,7 @@ impl Trust {
 
     /// The client as the app should see it.
     pub fn client(&self, peer: Peer, tls: bool, headers: &HeaderMap) -> ClientInfo {
-        let direct = direct_client(peer, tls);
+        let direct = peer.as_client(tls);
         if !self.enabled || !self.trusts_peer(peer) {
             return direct;
         }
@@ -91,18 +91,6 @@ impl Trust {
         }
         info.host = fwd.host;
         info
-    }
-}
-
-/// The peer as the client, before any forwarding header is looked at.
-pub fn direct_client(peer: Peer, tls: bool) -> ClientInfo {
-    ClientInfo {
-        addr: match peer {
-            Peer::Tcp(a) => Some(a),
-            Peer::Unix => None,
-        },
-        scheme: if tls { "https" } else { "http" },
-        host: None,
     }
 }
 
