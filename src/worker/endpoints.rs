@@ -6,7 +6,7 @@ use http::{Method, StatusCode};
 
 use super::readiness;
 use super::{ListenRole, Shared};
-use crate::app::{Body, Handler, Request, Response};
+use crate::app::{Body, Handler, Response};
 
 /// What the library answers itself.
 pub enum Builtin {
@@ -15,7 +15,11 @@ pub enum Builtin {
     Ready,
 }
 
-pub fn builtin<H: Handler>(shared: &Shared<H>, role: ListenRole, req: &Request) -> Option<Builtin> {
+pub fn builtin<H: Handler, B>(
+    shared: &Shared<H>,
+    role: ListenRole,
+    req: &http::Request<B>,
+) -> Option<Builtin> {
     let path = req.uri().path();
     let metrics = &shared.config.metrics;
     if role == ListenRole::Sidecar {

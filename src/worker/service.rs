@@ -19,7 +19,7 @@ use super::conn_info::{ConnState, EndedBy, Peer, SendWatch};
 use super::endpoints;
 use super::shared::{self, Shared};
 use super::stream_exec;
-use crate::app::{Body, BodyOutcome, BoxError, Handler, RequestBody};
+use crate::app::{Body, BodyOutcome, BoxError, ClientInfo, Handler, RequestBody};
 use crate::shm::inflight::PeerAddr;
 use crate::shm::scoreboard::method_class;
 
@@ -40,23 +40,32 @@ pub fn respond<H: Handler>(
 ) -> impl Future<Output = Result<http::Response<TrackedBody<H>>, std::convert::Infallible>>
        + Send
        + 'static {
-    let prepared = prepare(shared, conn, req);
+    let (route, mut ctx) = prepare(shared, conn, &req);
     async move {
-        let (resp, ctx) = match prepared {
-            Prepared::Answered(resp, ctx) => (resp, ctx),
-            // Rare: boxed, so that they do not make every request's
-            // future bigger.
-            Prepared::Ready(ctx) => {
-                let resp = Box::pin(endpoints::ready(&ctx.open.shared)).await;
-                (resp, ctx)
+        let resp = match route {
+            Route::Answered(resp) => {
+                drop(req);
+                *resp
             }
-            Prepared::ForApp(req, ctx) if ctx.open.shared.config.http.compression => {
-                let resp = Box::pin(compressed(&ctx.open.shared, req)).await;
-                (resp, ctx)
+            // Rare: boxed, so that it does not make every request's future
+            // bigger.
+            Route::Ready => {
+                drop(req);
+                Box::pin(endpoints::ready(&ctx.open.shared)).await
             }
-            Prepared::ForApp(req, ctx) => {
-                let resp = ctx.open.shared.handler.call(req).await;
-                (resp, ctx)
+            Route::App(client) => {
+                let http = &ctx.open.shared.config.http;
+                let (limit, stall) = (http.max_body_bytes, http.header_read_timeout);
+                // Made here, where it is handed over: the request is moved
+                // once less on its way to the app.
+                let req = req.map(|body| RequestBody::new(body, limit, stall, client));
+                ctx.body = req.body().outcome();
+                let shared = &ctx.open.shared;
+                if shared.config.http.compression {
+                    Box::pin(compressed(shared, req)).await
+                } else {
+                    shared.handler.call(req).await
+                }
             }
         };
         Ok(finish(ctx, resp))
@@ -111,20 +120,22 @@ struct Ctx<H> {
     body: BodyOutcome,
 }
 
-enum Prepared<H> {
+/// Where a request goes.
+enum Route {
     /// Answered without the app (built-in endpoint, limit, overload).
-    Answered(crate::Response, Ctx<H>),
+    /// Boxed: the route is part of every request's future.
+    Answered(Box<crate::Response>),
     /// `/ready`: the app's readiness checks run first.
-    Ready(Ctx<H>),
-    /// For the app's handler.
-    ForApp(crate::Request, Ctx<H>),
+    Ready,
+    /// To the app's handler, with who sent it.
+    App(Arc<ClientInfo>),
 }
 
 fn prepare<H: Handler>(
     shared: &Arc<Shared<H>>,
     conn: &Arc<ConnState>,
-    req: http::Request<Incoming>,
-) -> Prepared<H> {
+    req: &http::Request<Incoming>,
+) -> (Route, Ctx<H>) {
     let start_us = crate::os::monotonic_us();
     let version = req.version();
     let open = Open::start(
@@ -158,11 +169,11 @@ fn prepare<H: Handler>(
         body: BodyOutcome::default(),
     };
     if version < Version::HTTP_2 {
-        if let Err(why) = rfc9112_refusal(&req) {
+        if let Err(why) = rfc9112_refusal(req) {
             // Not a request to keep talking with.
             ctx.body = BodyOutcome::never_read();
             let resp = status_response(StatusCode::BAD_REQUEST, why);
-            return Prepared::Answered(resp, ctx);
+            return (Route::Answered(Box::new(resp)), ctx);
         }
     }
     let http = &shared.config.http;
@@ -176,26 +187,27 @@ fn prepare<H: Handler>(
         // Refused before reading a byte of it.
         ctx.body = BodyOutcome::never_read();
         let resp = status_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
-        return Prepared::Answered(resp, ctx);
+        return (Route::Answered(Box::new(resp)), ctx);
     }
-    let stall = http.header_read_timeout;
-    let req = req.map(|body| RequestBody::new(body, limit, stall, client));
-    // Only a request with a body has an outcome to read.
-    ctx.body = req.body().outcome();
-    match endpoints::builtin(shared, conn.role, &req) {
-        Some(endpoints::Builtin::Answer(resp)) => return Prepared::Answered(resp, ctx),
-        Some(endpoints::Builtin::Ready) => return Prepared::Ready(ctx),
-        None => {}
-    }
-    if shared.at_capacity() {
-        return Prepared::Answered(overloaded(), ctx);
+    let route = match endpoints::builtin(shared, conn.role, req) {
+        Some(endpoints::Builtin::Answer(resp)) => Some(Route::Answered(Box::new(resp))),
+        Some(endpoints::Builtin::Ready) => Some(Route::Ready),
+        None if shared.at_capacity() => Some(Route::Answered(Box::new(overloaded()))),
+        None => None,
+    };
+    if let Some(route) = route {
+        if !hyper::body::Body::is_end_stream(req.body()) {
+            // Answered without reading the body.
+            ctx.body = BodyOutcome::never_read();
+        }
+        return (route, ctx);
     }
     let peer = match conn.peer {
         Peer::Tcp(a) => PeerAddr::Ip(a),
         Peer::Unix => PeerAddr::Unix,
     };
-    ctx.open.app_starts(&req, peer);
-    Prepared::ForApp(req, ctx)
+    ctx.open.app_starts(req, peer);
+    (Route::App(client), ctx)
 }
 
 /// After the response head exists: limits, drain, counters, and the body
