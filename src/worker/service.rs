@@ -30,7 +30,8 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// answer (the app's or a built-in's) and runs `finish`. The future is
 /// returned unboxed: hyper keeps it in the connection's slot for the
 /// request in flight (HTTP/1.1) or in the stream's task (HTTP/2), so a
-/// request to the app allocates nothing of its own. `finish` runs in the
+/// request without a body allocates nothing of its own on its way to the
+/// app. `finish` runs in the
 /// future, not here: for HTTP/2 the future runs in the stream's task,
 /// whose send watch it picks up.
 pub fn respond<H: Handler>(

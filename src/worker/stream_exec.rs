@@ -43,7 +43,11 @@ where
 {
     fn execute(&self, fut: F) {
         tokio::spawn(Watched {
-            fut,
+            // Boxed: the stream's future holds the request's (and the
+            // app's), and tokio moves a task's whole stage each time it
+            // changes (spawned, running, finished); a pointer is cheaper
+            // to move than the future.
+            fut: Box::pin(fut),
             watch: Arc::new(SendWatch::default()),
             exec: self.clone(),
             sleep: None,
