@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
-use super::conn_info::Peer;
+use super::conn_info::{ConnState, Peer};
 use crate::app::ClientInfo;
 use crate::config::ProxyConfig;
 use crate::net::netmask::IpNet;
@@ -46,20 +46,14 @@ impl Trust {
         }
     }
 
-    /// The client of one request on a connection whose peer's own facts
-    /// are `direct`: shared with the connection unless the peer is a
-    /// trusted proxy whose headers say otherwise.
-    pub fn client_of(
-        &self,
-        direct: &Arc<ClientInfo>,
-        peer: Peer,
-        tls: bool,
-        headers: &HeaderMap,
-    ) -> Arc<ClientInfo> {
-        if !self.enabled || !self.trusts_peer(peer) {
-            return direct.clone();
+    /// The client of one request on `conn`: the connection's own
+    /// (shared) unless its peer is a trusted proxy whose headers say
+    /// otherwise.
+    pub fn client_of(&self, conn: &ConnState, headers: &HeaderMap) -> Arc<ClientInfo> {
+        if !self.enabled || !self.trusts_peer(conn.peer) {
+            return conn.client.clone();
         }
-        Arc::new(self.client(peer, tls, headers))
+        Arc::new(self.client(conn.peer, conn.tls, headers))
     }
 
     /// The client as the app should see it.

@@ -31,9 +31,8 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// returned unboxed: hyper keeps it in the connection's slot for the
 /// request in flight (HTTP/1.1) or in the stream's task (HTTP/2), so a
 /// request without a body allocates nothing of its own on its way to the
-/// app. `finish` runs in the
-/// future, not here: for HTTP/2 the future runs in the stream's task,
-/// whose send watch it picks up.
+/// app. `finish` runs in the future, not here: for HTTP/2 the future runs
+/// in the stream's task, whose send watch it picks up.
 pub fn respond<H: Handler>(
     shared: &Arc<Shared<H>>,
     conn: &Arc<ConnState>,
@@ -139,16 +138,10 @@ fn prepare<H: Handler>(
 ) -> (Route, Ctx<H>) {
     let start_us = crate::os::monotonic_us();
     let version = req.version();
-    let open = Open::start(
-        shared,
-        conn,
-        hyper::body::Body::is_end_stream(req.body()),
-        version,
-    );
+    let bodiless = hyper::body::Body::is_end_stream(req.body());
+    let open = Open::start(shared, conn, bodiless, version);
     let method = method_class(req.method());
-    let client = shared
-        .trust
-        .client_of(&conn.client, conn.peer, conn.tls, req.headers());
+    let client = shared.trust.client_of(conn, req.headers());
     let log = shared.access_log.as_ref().map(|_| {
         Box::new(PendingLog {
             time: SystemTime::now(),
@@ -197,7 +190,7 @@ fn prepare<H: Handler>(
         None => None,
     };
     if let Some(route) = route {
-        if !hyper::body::Body::is_end_stream(req.body()) {
+        if !bodiless {
             // Answered without reading the body.
             ctx.body = BodyOutcome::never_read();
         }
@@ -550,6 +543,7 @@ impl<H> TrackedBody<H> {
                 access.log(entry);
             }
         }
+        // `done.open` goes here: the connection counts the request over.
     }
 }
 
