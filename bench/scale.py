@@ -58,7 +58,8 @@ def raise_nofile(need):
 async def memory_steps(server):
     warm, _ = await conns.open_idle(server.port, conns.WARM)
     conns.close_all(warm)
-    await asyncio.sleep(0.5)
+    # As in conns.py: the warm-up's freed memory is given back first.
+    await asyncio.sleep(conns.HOLD_S)
     before = conns.tree_rss_kib(server)
     held, failed, rows = [], 0, []
     for n in IDLE_STEPS:

@@ -1,9 +1,10 @@
 //! What rsvisor asks of Linux, and the only home of `unsafe` (each block
 //! says why it is sound): processes, signals, shared mappings, raw
-//! descriptors, the allocator and stack capture, plus the safe plumbing
+//! descriptors, epoll sets, the allocator and stack capture, plus the safe plumbing
 //! next to them (`/proc`, the pidfile, systemd's protocols). Nothing here
 //! knows the rest of the crate.
 
+mod epoll;
 mod fds;
 mod host;
 mod mapping;
@@ -15,6 +16,7 @@ mod signals;
 mod stacks;
 pub mod systemd;
 
+pub use epoll::*;
 pub use fds::*;
 pub use host::*;
 pub(crate) use mapping::shared_plain;

@@ -23,7 +23,8 @@ use tokio::sync::watch;
 use super::access_log::AccessLog;
 use super::conn_info::{ConnState, EndedBy, How, Peer};
 use super::h2_frames::{H2Frames, Sniff, PREFACE};
-use super::park::{self, Handoff, Parkable, Tail};
+use super::lot::{Parked, Socket};
+use super::park::{self, Handoff, Parkable, Resume, Tail};
 use super::proxy_protocol;
 use super::registry::ConnGuard;
 use super::service;
@@ -66,8 +67,8 @@ pub async fn serve<IO, H>(
         // without a valid one is closed.
         let limit = shared.config.http.header_read_timeout;
         // Boxed, as every path but the plain one: the task's future is as
-        // large as its largest path, and an idle plain connection should
-        // cost a few hundred bytes (see `park`).
+        // large as its largest path, and plain connections are the most
+        // numerous.
         Box::pin(async move {
             if let Ok(Ok((source, io))) =
                 tokio::time::timeout(limit, proxy_protocol::accept(io)).await
@@ -210,7 +211,7 @@ fn connection_failed<H>(shared: &Shared<H>, peer: Peer, e: &(dyn std::error::Err
 
 /// Serves the connection until it ends, times out, or drain ends it; the
 /// socket is closed when this returns, unless the connection went idle and
-/// was parked: then a small task of its own waits for its next request
+/// was parked: then it waits for its next request in the worker's lot
 /// (see `park`).
 async fn drive<IO, H>(
     io: IO,
@@ -252,96 +253,84 @@ async fn drive<IO, H>(
         limits,
     )
     .await;
-    let Some((parked, parked_guard)) = handoff.and_then(|h| h.take()) else {
+    let Some((parked, guard)) = handoff.and_then(|h| h.take()) else {
         return;
     };
-    let idle_ms = state.idle_since_ms.load(Relaxed) + limits.idle_ms;
-    let left = Duration::from_millis(idle_ms.saturating_sub(shared.now_ms()));
-    // This task, hyper's connection and the connection's state end here; a
-    // small task waits for the next bytes (see `park`).
+    let Some(socket) = parked.into_socket() else {
+        return;
+    };
+    // This task, hyper's connection and the connection's state end here;
+    // the socket waits in the worker's lot (see `park`).
     let resume = Resume {
-        io: parked,
-        guard: parked_guard,
+        guard,
         peer: state.peer,
         role: state.role,
         shed: state.shed_seen(),
-        shared: shared.clone(),
-        stop: stop.clone(),
     };
-    tokio::spawn(wait_parked(resume, left));
-}
-
-/// What a parked connection keeps: enough to serve it again.
-struct Resume<IO, H> {
-    io: IO,
-    guard: ConnGuard,
-    peer: Peer,
-    role: ListenRole,
-    shed: u32,
-    shared: Arc<Shared<H>>,
-    stop: watch::Receiver<bool>,
-}
-
-/// A parked connection's own task, a few hundred bytes: it waits for the
-/// next bytes or the keep-alive timeout, then hands the connection to a
-/// new task of its own (the serving future is large).
-async fn wait_parked<IO, H>(r: Resume<IO, H>, left: Duration)
-where
-    IO: AsyncRead + AsyncWrite + Parkable + Unpin + Send + 'static,
-    H: Handler,
-{
-    let waiting = WaitParked {
-        r: Some(r),
-        timeout: Box::pin(tokio::time::sleep(left)),
-    };
-    if let Some(r) = waiting.await {
-        tokio::spawn(resume(r));
-    }
-}
-
-/// Ready with the connection when its socket has bytes (or an end) to
-/// read; with nothing when the keep-alive timeout comes first.
-struct WaitParked<IO, H> {
-    r: Option<Resume<IO, H>>,
-    timeout: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl<IO: Parkable + Unpin, H> std::future::Future for WaitParked<IO, H> {
-    type Output = Option<Resume<IO, H>>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        if let Some(conn) = &this.r {
-            match conn.io.poll_read_ready(cx) {
-                Poll::Ready(Ok(())) => return Poll::Ready(this.r.take()),
-                Poll::Ready(Err(_)) => return Poll::Ready(None),
-                Poll::Pending => {}
-            }
+    let deadline_ms = state.idle_since_ms.load(Relaxed) + limits.idle_ms;
+    if let Err((e, _closed)) = shared.lot.park(
+        Parked {
+            socket,
+            meta: resume,
+        },
+        deadline_ms,
+    ) {
+        if let Some(suppressed) = PARK_ERRORS.admit() {
+            tracing::warn!(
+                error = %e,
+                suppressed,
+                "cannot park an idle keep-alive connection; it is closed"
+            );
         }
-        this.timeout.as_mut().poll(cx).map(|()| None)
     }
 }
 
-/// Serves a parked connection again. Boxed as `dyn`: the task it runs in
-/// is spawned from the future that it contains.
-fn resume<IO, H>(r: Resume<IO, H>) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+static PARK_ERRORS: Throttle = Throttle::new();
+
+/// Serves a parked connection whose next bytes arrived, on a new task.
+pub(super) fn resume<H: Handler>(
+    shared: &Arc<Shared<H>>,
+    stop: &watch::Receiver<bool>,
+    parked: Parked<Resume>,
+) {
+    let Parked { socket, meta } = parked;
+    let made = match socket {
+        Socket::Tcp(s) => {
+            tokio::net::TcpStream::from_std(s).map(|io| spawn_resumed(io, shared, stop, meta))
+        }
+        Socket::Unix(s) => {
+            tokio::net::UnixStream::from_std(s).map(|io| spawn_resumed(io, shared, stop, meta))
+        }
+    };
+    // Only if tokio cannot watch one more descriptor: the socket (and the
+    // connection's guard) were dropped, closing it.
+    if let Err(e) = made {
+        if let Some(suppressed) = PARK_ERRORS.admit() {
+            tracing::warn!(
+                error = %e,
+                suppressed,
+                "cannot resume a parked keep-alive connection; it is closed"
+            );
+        }
+    }
+}
+
+fn spawn_resumed<IO, H>(io: IO, shared: &Arc<Shared<H>>, stop: &watch::Receiver<bool>, r: Resume)
 where
     IO: AsyncRead + AsyncWrite + Parkable + Unpin + Send + 'static,
     H: Handler,
 {
-    Box::pin(async move {
+    let (shared, mut stop) = (shared.clone(), stop.clone());
+    tokio::spawn(async move {
         let Resume {
-            io,
             guard,
             peer,
             role,
             shed,
-            shared,
-            mut stop,
         } = r;
         let state = Arc::new(ConnState::new(peer, role, false, shared.now_ms(), shed));
         drive(io, Proto::H1, &shared, &state, &mut stop, guard).await;
-    })
+    });
 }
 
 /// One hyper connection over `io`, until the connection ends, times out,

@@ -53,6 +53,7 @@ mod endpoints;
 mod front;
 mod h2_frames;
 mod heartbeat;
+mod lot;
 mod park;
 mod proxy;
 mod proxy_protocol;
@@ -167,6 +168,8 @@ pub(crate) enum SetupError {
     AccessLog(std::io::Error),
     #[error("cannot use the inherited listeners: {0}")]
     Listeners(std::io::Error),
+    #[error("cannot make the epoll set for idle connections: {0}")]
+    Lot(std::io::Error),
 }
 
 impl SetupError {
@@ -256,6 +259,7 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> Result<WorkerExit, SetupErr
     };
 
     let listeners = accept::into_tokio(boot.listeners).map_err(SetupError::Listeners)?;
+    let lot = lot::LotTask::new().map_err(SetupError::Lot)?;
     let shared = Arc::new(Shared::new(
         handler,
         shared::SharedParts {
@@ -268,9 +272,17 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> Result<WorkerExit, SetupErr
             access_log,
             readiness: readiness::Readiness::new(ctx.take_checks()),
             sidecar: boot.role == WorkerRole::Sidecar,
+            lot: lot.lot().clone(),
         },
     ));
     tokio::spawn(clock::run_clock(shared.clock.clone()));
+    tokio::spawn({
+        let (s, stop) = (shared.clone(), stop_rx.clone());
+        lot.run(move || s.now_ms(), {
+            let s = shared.clone();
+            move |parked| conn::resume(&s, &stop, parked)
+        })
+    });
     for (listener, how) in listeners {
         tokio::spawn(accept::run(listener, how, shared.clone(), stop_rx.clone()));
     }

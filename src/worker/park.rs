@@ -8,8 +8,8 @@
 //! socket has nothing more to read, the connection's IO tells hyper "end of
 //! stream" at a point where hyper's buffer is known to be empty, hyper ends
 //! that connection cleanly without touching the socket, the connection's
-//! task ends, and a small task (`conn::wait_parked`: the socket, the
-//! connection's counter guard, a timer) waits for its next bytes or the
+//! task ends, and the socket goes to the worker's lot (`lot`): a row of a
+//! table (the socket and a [`Resume`]) that waits for its next bytes or the
 //! keep-alive timeout; then a fresh task and hyper connection serve it.
 //!
 //! A connection parks after `PARK_AFTER` of idleness, not at once: a client
@@ -28,15 +28,15 @@
 //! response is never cut. In any other case the connection stays with
 //! hyper, as before.
 
-use std::io;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::net::{TcpStream, UnixStream};
 
-use super::conn_info::ConnState;
+use super::conn_info::{ConnState, Peer};
+use super::lot::Socket;
 use super::registry::ConnGuard;
+use super::ListenRole;
 
 /// How long a connection must have been idle before it is parked. The
 /// connection's watchdog wakes it then, so that hyper asks for bytes again.
@@ -57,16 +57,31 @@ pub trait Parkable {
         false
     }
 
-    /// Ready when the socket has bytes (or an end) to read.
-    fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
     /// Makes closing the socket drop what the kernel still holds for the
     /// client and send a reset (`SO_LINGER` 0), as nginx's
     /// `reset_timedout_connection` does: a client that stopped reading
     /// would otherwise keep that memory in FIN-WAIT-1 for minutes.
     fn reset_on_close(&self) {}
+
+    /// The socket, out of tokio's reactor, for the lot; `None` for an IO
+    /// that cannot park.
+    fn into_socket(self) -> Option<Socket>
+    where
+        Self: Sized,
+    {
+        None
+    }
+}
+
+/// What a parked connection keeps besides its socket: enough to serve it
+/// again. The worker's `Arc`s (its state, its drain signal) are the lot
+/// task's, not each connection's.
+pub struct Resume {
+    pub guard: ConnGuard,
+    pub peer: Peer,
+    pub role: ListenRole,
+    /// The shed epoch the connection had seen (`ConnState::shed_seen`).
+    pub shed: u32,
 }
 
 impl Parkable for TcpStream {
@@ -78,8 +93,8 @@ impl Parkable for TcpStream {
         let _ = self.set_zero_linger();
     }
 
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        TcpStream::poll_read_ready(self, cx)
+    fn into_socket(self) -> Option<Socket> {
+        self.into_std().ok().map(Socket::Tcp)
     }
 }
 
@@ -88,8 +103,8 @@ impl Parkable for UnixStream {
         true
     }
 
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        UnixStream::poll_read_ready(self, cx)
+    fn into_socket(self) -> Option<Socket> {
+        self.into_std().ok().map(Socket::Unix)
     }
 }
 

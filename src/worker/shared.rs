@@ -11,6 +11,8 @@ use hyper_util::server::conn::auto;
 use tokio_rustls::TlsAcceptor;
 
 use super::access_log::AccessLog;
+use super::lot::Lot;
+use super::park::Resume;
 use super::proxy::Trust;
 use super::readiness::Readiness;
 use super::registry::Conns;
@@ -52,6 +54,8 @@ pub struct SharedParts<'a> {
     pub access_log: Option<AccessLog>,
     pub readiness: Readiness,
     pub sidecar: bool,
+    /// Where idle connections park (see `park`); its task is the worker's.
+    pub lot: Arc<Lot<Resume>>,
 }
 
 pub(crate) struct Shared<H> {
@@ -79,6 +83,8 @@ pub(crate) struct Shared<H> {
     pub sidecar: bool,
     /// Open connections, upgraded ones included.
     pub conns: Arc<Conns>,
+    /// Idle connections parked outside hyper (see `park`).
+    pub lot: Arc<Lot<Resume>>,
     pub readiness: Readiness,
     /// App requests in flight (for http.limit_concurrency).
     in_flight: AtomicUsize,
@@ -118,6 +124,7 @@ impl<H> Shared<H> {
             access_log,
             readiness,
             sidecar,
+            lot,
         } = parts;
         let http = &config.http;
         let clock = Arc::new(AtomicU64::new(crate::os::monotonic_ms()));
@@ -156,6 +163,7 @@ impl<H> Shared<H> {
             draining: AtomicBool::new(false),
             sidecar,
             conns: Arc::new(Conns::new(slot)),
+            lot,
             readiness,
             in_flight: AtomicUsize::new(0),
             wake,
