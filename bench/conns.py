@@ -146,7 +146,8 @@ def write(rows):
         "`bench/run conns` (bench/conns.py). 2 workers each, servers on CPU 1, clients on",
         f"CPU 0. Idle: {IDLE:,} keep-alive connections, one request each, held {HOLD_S:.0f} s;",
         "memory per connection = growth of the summed RSS of all server processes",
-        f"(after a warm-up of {WARM} connections) ÷ connections. Throughput:",
+        f"(over the RSS {HOLD_S:.0f} s after a warm-up of {WARM} connections closed) "
+        "÷ connections. Throughput:",
         f"`wrk -t1 -c{WRK_CONNS} -d{WRK_SECONDS}s` on `/` (hello world).",
         "",
         "| server | idle conns open | RSS before MiB | RSS with idle conns MiB | KiB per idle conn | "
