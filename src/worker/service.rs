@@ -298,8 +298,15 @@ fn body_error_text(status: StatusCode) -> &'static str {
 /// (httparse) already; tests/it/hardening.rs checks both.
 fn rfc9112_refusal(req: &http::Request<Incoming>) -> Result<(), &'static str> {
     let headers = req.headers();
-    let mut hosts = headers.get_all(http::header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
+    // As many values as names: no field is repeated, and one lookup says
+    // all there is to know about Host.
+    let host = if headers.len() == headers.keys_len() {
+        (headers.get(http::header::HOST), None)
+    } else {
+        let mut hosts = headers.get_all(http::header::HOST).iter();
+        (hosts.next(), hosts.next())
+    };
+    match host {
         (Some(_), Some(_)) => return Err("more than one Host field\n"),
         // HTTP/1.0 had no Host field; HTTP/1.1 must send one (§3.2).
         (None, _) if req.version() == Version::HTTP_11 => return Err("no Host field\n"),
