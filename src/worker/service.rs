@@ -41,25 +41,28 @@ pub fn respond<H: Handler>(
        + Send
        + 'static {
     let (route, mut ctx) = prepare(shared, conn, &req);
+    // The app's request is made before the future: the future then holds
+    // one request (the app's, moved into the handler's future), not the
+    // hyper request it came from as well, which would make every request's
+    // future (moved into hyper's slot) twice as large.
+    let next = match route {
+        Route::Answered(resp) => Next::Answered(resp),
+        Route::Ready => Next::Ready,
+        Route::App(client) => {
+            let http = &shared.config.http;
+            let (limit, stall) = (http.max_body_bytes, http.header_read_timeout);
+            let req = req.map(|body| RequestBody::new(body, limit, stall, client));
+            ctx.body = req.body().outcome();
+            Next::App(req)
+        }
+    };
     async move {
-        let resp = match route {
-            Route::Answered(resp) => {
-                drop(req);
-                *resp
-            }
+        let resp = match next {
+            Next::Answered(resp) => *resp,
             // Rare: boxed, so that it does not make every request's future
             // bigger.
-            Route::Ready => {
-                drop(req);
-                Box::pin(endpoints::ready(&ctx.open.shared)).await
-            }
-            Route::App(client) => {
-                let http = &ctx.open.shared.config.http;
-                let (limit, stall) = (http.max_body_bytes, http.header_read_timeout);
-                // Made here, where it is handed over: the request is moved
-                // once less on its way to the app.
-                let req = req.map(|body| RequestBody::new(body, limit, stall, client));
-                ctx.body = req.body().outcome();
+            Next::Ready => Box::pin(endpoints::ready(&ctx.open.shared)).await,
+            Next::App(req) => {
                 let shared = &ctx.open.shared;
                 if shared.config.http.compression {
                     Box::pin(compressed(shared, req)).await
@@ -70,6 +73,16 @@ pub fn respond<H: Handler>(
         };
         Ok(finish(ctx, resp))
     }
+}
+
+/// What the request's future waits for.
+// The app's request is the common case: boxing it would cost every
+// request an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Answered(Box<crate::Response>),
+    Ready,
+    App(crate::Request),
 }
 
 /// The app's handler as a tower service, for tower-http's compression.
