@@ -11,8 +11,8 @@ use crate::util::*;
 const IDLE: usize = 2000;
 /// The documented bound (docs/configuration.md, "Idle keep-alive
 /// connections"): parked,
-/// a connection is a row of the worker's lot, about 0.2 KiB (0.18 measured
-/// at 10,000 in a release build); held by hyper, 16–20 KiB. Well above the
+/// a connection is a row of the worker's lot, about 0.2 KiB (0.15–0.21
+/// measured at 10,000 in a release build); held by hyper, 16–20 KiB. Well above the
 /// first, far below the second.
 const MAX_KIB_PER_IDLE_CONN: f64 = 1.0;
 /// The worker gives free memory back every 5 s (heartbeat.rs): the lowest
