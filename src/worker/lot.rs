@@ -297,20 +297,32 @@ mod tests {
             .expect("runtime")
     }
 
+    /// A running lot whose clock the test moves, and what it hands back.
+    fn started<M: Send + 'static>(
+        start_ms: u64,
+    ) -> (
+        Arc<Lot<M>>,
+        Arc<AtomicU64>,
+        tokio::sync::mpsc::UnboundedReceiver<Parked<M>>,
+    ) {
+        let clock = Arc::new(AtomicU64::new(start_ms));
+        let task = LotTask::<M>::new().expect("lot");
+        let lot = task.lot().clone();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let now = clock.clone();
+        tokio::spawn(task.run(
+            move || now.load(Relaxed),
+            move |p| {
+                let _ = tx.send(p);
+            },
+        ));
+        (lot, clock, rx)
+    }
+
     #[test]
     fn a_socket_with_bytes_is_handed_back_and_an_idle_one_closes_at_its_deadline() {
         runtime().block_on(async {
-            let clock = Arc::new(AtomicU64::new(1_000));
-            let task = LotTask::<u32>::new().expect("lot");
-            let lot = task.lot().clone();
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            let now = clock.clone();
-            tokio::spawn(task.run(
-                move || now.load(Relaxed),
-                move |p| {
-                    let _ = tx.send(p);
-                },
-            ));
+            let (lot, clock, mut rx) = started::<u32>(1_000);
 
             let (talker, mut talker_peer) = pair();
             let (sleeper, mut sleeper_peer) = pair();
@@ -369,17 +381,7 @@ mod tests {
     #[test]
     fn an_earlier_deadline_wakes_the_lot_and_stale_deadlines_do_not_pile_up() {
         runtime().block_on(async {
-            let clock = Arc::new(AtomicU64::new(0));
-            let task = LotTask::<()>::new().expect("lot");
-            let lot = task.lot().clone();
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            let now = clock.clone();
-            tokio::spawn(task.run(
-                move || now.load(Relaxed),
-                move |p| {
-                    let _ = tx.send(p);
-                },
-            ));
+            let (lot, clock, mut rx) = started::<()>(0);
             // One connection parks and resumes many times.
             let (s, mut peer) = pair();
             let mut socket = Some(s);
