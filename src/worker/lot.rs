@@ -5,11 +5,11 @@
 //! registration of the socket, would cost about 900 bytes of heap, spread
 //! over pages the allocator cannot give back. Here a parked connection is
 //! one row of a slab (the socket's descriptor and what the connection
-//! needs to be served again) and one entry of a deadline heap. The sockets wait in an epoll set of the lot's own,
-//! whose descriptor is the only one tokio watches; one task per worker
-//! takes the sockets that became readable out of the set and hands each
-//! to a new connection task, and closes the ones whose keep-alive
-//! timeout came first.
+//! needs to be served again) and one entry of a deadline heap. The
+//! sockets wait in an epoll set of the lot's own, whose descriptor is the
+//! only one tokio watches; one task per worker takes the sockets that
+//! became readable out of the set and hands each to a new connection task,
+//! and closes the ones whose keep-alive timeout came first.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -27,8 +27,9 @@ use tokio::sync::Notify;
 /// Readiness events taken from the lot's epoll set per system call.
 const EVENTS_PER_POLL: usize = 256;
 
-/// Expired connections closed per hold of the table's lock, so that a
-/// burst of timeouts does not keep connections that park waiting.
+/// Expired connections closed per turn of the lot's task: between turns
+/// the worker's other tasks run, so a burst of timeouts (thousands of
+/// connections opened together) does not hold up the requests in flight.
 const CLOSE_BATCH: usize = 256;
 
 /// The lot's timer never naps less than this (the worker clock's tick):
@@ -168,49 +169,49 @@ impl<M> Lot<M> {
         }
         let row = t.rows.remove(key);
         drop(t);
-        let fd = row.parked.socket.as_raw_fd();
         // Before tokio registers the descriptor in its own set.
-        let _ = self.registry.deregister(&mut SourceFd(&fd));
+        self.unwatch(&row.parked.socket);
         Some(row.parked)
     }
 
-    /// Closes the connections whose deadline has come; returns the next
-    /// deadline (`u64::MAX`: none), which the caller sleeps until.
+    fn unwatch(&self, socket: &Socket) {
+        let fd = socket.as_raw_fd();
+        // Fails only for a descriptor not in the set: nothing to undo.
+        let _ = self.registry.deregister(&mut SourceFd(&fd));
+    }
+
+    /// Closes up to [`CLOSE_BATCH`] connections whose deadline has come;
+    /// returns the next deadline (`u64::MAX`: none), at or before `now`
+    /// when more are due.
     fn expire(&self, now: u64) -> u64 {
-        loop {
-            let mut due = Vec::new();
-            let mut t = self.table();
-            while due.len() < CLOSE_BATCH {
-                let Some(&Reverse((at, key, generation))) = t.deadlines.peek() else {
-                    break;
-                };
-                let live = t
-                    .rows
-                    .get(key as usize)
-                    .is_some_and(|r| r.generation == generation && r.deadline_ms == at);
-                if live && at > now {
-                    break;
-                }
-                t.deadlines.pop();
-                if live {
-                    due.push(t.rows.remove(key as usize).parked);
-                }
+        let mut due = Vec::new();
+        let mut t = self.table();
+        let next = loop {
+            let Some(&Reverse((at, key, generation))) = t.deadlines.peek() else {
+                break u64::MAX;
+            };
+            // A row's generation is new at each park, and its deadline is
+            // set then: the same generation means the same deadline.
+            let live = t
+                .rows
+                .get(key as usize)
+                .is_some_and(|r| r.generation == generation);
+            if live && (at > now || due.len() == CLOSE_BATCH) {
+                break at;
             }
-            let more = due.len() == CLOSE_BATCH;
-            if !more {
-                t.next_wake_ms = t.deadlines.peek().map_or(u64::MAX, |r| r.0 .0);
+            t.deadlines.pop();
+            if live {
+                due.push(t.rows.remove(key as usize).parked);
             }
-            drop(t);
-            for p in due {
-                let fd = p.socket.as_raw_fd();
-                let _ = self.registry.deregister(&mut SourceFd(&fd));
-                // Dropped here: the socket closes, the connection's guard
-                // (if `M` holds one) counts it closed.
-            }
-            if !more {
-                return self.table().next_wake_ms;
-            }
+        };
+        t.next_wake_ms = next;
+        drop(t);
+        for p in due {
+            self.unwatch(&p.socket);
+            // Dropped here: the socket closes, the connection's guard (if
+            // `M` holds one) counts it closed.
         }
+        next
     }
 }
 
@@ -243,10 +244,16 @@ impl<M> LotTask<M> {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         let mut nap = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
         loop {
-            let next = lot.expire(now());
+            let now_ms = now();
+            let next = lot.expire(now_ms);
             let wait = match next {
                 u64::MAX => NO_DEADLINE_NAP,
-                at => Duration::from_millis(at.saturating_sub(now())).max(MIN_NAP),
+                at if at <= now_ms => {
+                    // More are due: after the worker's other tasks.
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                at => Duration::from_millis(at - now_ms).max(MIN_NAP),
             };
             nap.as_mut().reset(tokio::time::Instant::now() + wait);
             tokio::select! {
@@ -428,6 +435,32 @@ mod tests {
                 .expect("closed in time")
                 .expect("joined")
                 .expect("an orderly close");
+        });
+    }
+
+    #[test]
+    fn more_expired_connections_than_a_batch_are_all_closed() {
+        runtime().block_on(async {
+            let (lot, clock, _rx) = started::<()>(0);
+            let mut peers = Vec::new();
+            for _ in 0..CLOSE_BATCH + 44 {
+                let (socket, peer) = pair();
+                assert!(lot.park(Parked { socket, meta: () }, 100).is_ok());
+                peers.push(peer);
+            }
+            clock.store(100, Relaxed);
+            let closed = async {
+                while !lot.table().rows.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), closed)
+                .await
+                .expect("every row closed in time");
+            for mut peer in peers {
+                let mut rest = Vec::new();
+                assert_eq!(peer.read_to_end(&mut rest).expect("an orderly close"), 0);
+            }
         });
     }
 
