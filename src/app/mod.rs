@@ -55,6 +55,13 @@ pub trait App: Send + Sync + 'static {
 /// connections.
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request.
+    ///
+    /// `async fn call` works; on a hot path, prefer
+    /// `fn call(&self, req: Request) -> impl Future<Output = Response> + Send`
+    /// returning an `async move` block, or settle what you can before it:
+    /// an `async fn`'s future keeps its by-value argument and the binding
+    /// of it apart, so it holds the request (280 bytes) twice, and the
+    /// future is moved whole on every request.
     fn call(&self, req: Request) -> impl Future<Output = Response> + Send;
 
     /// The worker's lifespan shutdown: runs once when the worker stops

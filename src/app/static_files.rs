@@ -105,32 +105,42 @@ pub struct StaticHandler {
 }
 
 impl Handler for StaticHandler {
-    async fn call(&self, mut req: Request) -> Response {
-        let Some((serve, cache)) = &self.serve else {
-            return http::Response::builder()
+    // The answer is settled before the future where it can be (not found,
+    // the cached fast path), so that the future holds a response or a box,
+    // never the request: an `async fn` would hold it twice, moved whole on
+    // every request.
+    #[allow(clippy::manual_async_fn)]
+    fn call(&self, mut req: Request) -> impl std::future::Future<Output = Response> + Send {
+        let settled = match &self.serve {
+            None => Ok(http::Response::builder()
                 .status(http::StatusCode::NOT_FOUND)
                 .body(Body::from("not found\n"))
-                .unwrap_or_default();
+                .unwrap_or_default()),
+            Some((serve, cache)) => match cache.fast_path(&req) {
+                Some(resp) => Ok(resp),
+                None => {
+                    let clamped = req
+                        .headers()
+                        .get(RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| super::range::normalize(v, cache.plain_len(&req)))
+                        .and_then(|v| HeaderValue::from_str(&v).ok());
+                    if let Some(v) = clamped {
+                        req.headers_mut().insert(RANGE, v);
+                    }
+                    // Boxed: tower-http's future is big.
+                    Err(Box::pin(serve.clone().call(req)))
+                }
+            },
         };
-        if let Some(resp) = cache.fast_path(&req) {
-            return resp;
-        }
-        let clamped = req
-            .headers()
-            .get(RANGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| super::range::normalize(v, cache.plain_len(&req)))
-            .and_then(|v| HeaderValue::from_str(&v).ok());
-        if let Some(v) = clamped {
-            req.headers_mut().insert(RANGE, v);
-        }
-        let mut serve = serve.clone();
-        // Boxed: tower-http's future is big, and awaited inline it would
-        // make the future of every request (the cached fast path's too)
-        // as big, copied whole into each HTTP/2 stream's task.
-        match Box::pin(serve.call(req)).await {
-            Ok(resp) => resp.map(Body::stream),
-            Err(never) => match never {},
+        async move {
+            match settled {
+                Ok(resp) => resp,
+                Err(file) => match file.await {
+                    Ok(resp) => resp.map(Body::stream),
+                    Err(never) => match never {},
+                },
+            }
         }
     }
 }

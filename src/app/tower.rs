@@ -65,7 +65,11 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    async fn call(&self, mut req: Request) -> Response {
+    // The service's future is made before the request's future, which then
+    // holds only its box: an `async fn` would hold the request twice as
+    // well, moved whole on every request.
+    #[allow(clippy::manual_async_fn)]
+    fn call(&self, mut req: Request) -> impl Future<Output = Response> + Send {
         // Where the ecosystem's extractors look for the client.
         let client = ClientInfo::of(&req).clone();
         #[cfg(feature = "axum")]
@@ -79,14 +83,17 @@ where
         req.extensions_mut().insert(client);
         // Boxed: a service's future can be big (axum's are), and moving it
         // around inline costs more than one allocation.
-        match Box::pin(self.0.clone().oneshot(req)).await {
-            Ok(resp) => resp.map(Body::stream),
-            Err(e) => {
-                let e: BoxError = e.into();
-                tracing::error!(error = %e, "the app's service failed; answering 500");
-                let mut r = Response::new(Body::from("internal server error\n"));
-                *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-                r
+        let answer = Box::pin(self.0.clone().oneshot(req));
+        async move {
+            match answer.await {
+                Ok(resp) => resp.map(Body::stream),
+                Err(e) => {
+                    let e: BoxError = e.into();
+                    tracing::error!(error = %e, "the app's service failed; answering 500");
+                    let mut r = Response::new(Body::from("internal server error\n"));
+                    *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                    r
+                }
             }
         }
     }

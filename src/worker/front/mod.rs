@@ -122,126 +122,132 @@ pub struct Front {
 }
 
 impl Handler for Front {
-    async fn call(&self, req: Request) -> Response {
-        let queued = tokio::time::Instant::now();
-        let started_us = crate::os::monotonic_us();
-        let (mut parts, body) = req.into_parts();
-        let method = method_class(&parts.method);
-        let client = body.client().clone();
-        let upgrade = parts
-            .extensions
-            .remove::<hyper::upgrade::OnUpgrade>()
-            .filter(|_| parts.headers.contains_key(header::UPGRADE));
-        let body = match spool::read(body, self.body_buffer, &self.run_dir).await {
-            Ok(b) => b,
-            // Answered 413, 408 or 400 by the server itself.
-            Err(SpoolError::Body(e)) => return answer(e.status(), "request body not read\n"),
-            Err(SpoolError::File(e)) => return spool_failed(&e),
-        };
-        let headers = forwarded_headers(
-            std::mem::take(&mut parts.headers),
-            &parts.uri,
-            &client,
-            upgrade.is_some(),
-        );
-        let deadline = queued + self.queue_timeout;
-        let mut attempts = 0;
-        let (permit, sent) = loop {
-            let Some(mut permit) = self.router.acquire(deadline).await else {
-                let mut r = answer(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no app process could take the request within app.queue_timeout\n",
-                );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return r;
+    // Not an `async fn`: one would hold the request twice (its argument
+    // and its binding), moved whole on every request.
+    #[allow(clippy::manual_async_fn)]
+    fn call(&self, req: Request) -> impl std::future::Future<Output = Response> + Send {
+        async move {
+            let queued = tokio::time::Instant::now();
+            let started_us = crate::os::monotonic_us();
+            let (mut parts, body) = req.into_parts();
+            let method = method_class(&parts.method);
+            let client = body.client().clone();
+            let upgrade = parts
+                .extensions
+                .remove::<hyper::upgrade::OnUpgrade>()
+                .filter(|_| parts.headers.contains_key(header::UPGRADE));
+            let body = match spool::read(body, self.body_buffer, &self.run_dir).await {
+                Ok(b) => b,
+                // Answered 413, 408 or 400 by the server itself.
+                Err(SpoolError::Body(e)) => return answer(e.status(), "request body not read\n"),
+                Err(SpoolError::File(e)) => return spool_failed(&e),
+            };
+            let headers = forwarded_headers(
+                std::mem::take(&mut parts.headers),
+                &parts.uri,
+                &client,
+                upgrade.is_some(),
+            );
+            let deadline = queued + self.queue_timeout;
+            let mut attempts = 0;
+            let (permit, sent) = loop {
+                let Some(mut permit) = self.router.acquire(deadline).await else {
+                    let mut r = answer(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no app process could take the request within app.queue_timeout\n",
+                    );
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return r;
+                };
+                let target = permit.target();
+                let peer = client.addr.map_or(PeerAddr::Unknown, PeerAddr::Ip);
+                permit.track(parts.method.as_str(), parts.uri.path(), peer);
+                let outgoing = match body.to_body() {
+                    Ok(b) => b,
+                    Err(e) => return spool_failed(&e),
+                };
+                let mut out = HttpRequest::new(outgoing);
+                *out.method_mut() = parts.method.clone();
+                *out.uri_mut() = match app_uri(&upstream::authority(target), &parts.uri) {
+                    Some(u) => u,
+                    None => return answer(StatusCode::BAD_REQUEST, "bad request target\n"),
+                };
+                *out.headers_mut() = headers.clone();
+                let sent =
+                    tokio::time::timeout(self.answer_timeout, self.upstream.request(out)).await;
+                attempts += 1;
+                match sent {
+                    // No connection was made (the process stopped listening as
+                    // it was chosen: it drains): nothing was sent, so another
+                    // process may take the request.
+                    Ok(Err(e)) if e.is_connect() && attempts < CONNECT_ATTEMPTS => continue,
+                    sent => break (permit, sent),
+                }
             };
             let target = permit.target();
-            let peer = client.addr.map_or(PeerAddr::Unknown, PeerAddr::Ip);
-            permit.track(parts.method.as_str(), parts.uri.path(), peer);
-            let outgoing = match body.to_body() {
-                Ok(b) => b,
-                Err(e) => return spool_failed(&e),
-            };
-            let mut out = HttpRequest::new(outgoing);
-            *out.method_mut() = parts.method.clone();
-            *out.uri_mut() = match app_uri(&upstream::authority(target), &parts.uri) {
-                Some(u) => u,
-                None => return answer(StatusCode::BAD_REQUEST, "bad request target\n"),
-            };
-            *out.headers_mut() = headers.clone();
-            let sent = tokio::time::timeout(self.answer_timeout, self.upstream.request(out)).await;
-            attempts += 1;
-            match sent {
-                // No connection was made (the process stopped listening as
-                // it was chosen: it drains): nothing was sent, so another
-                // process may take the request.
-                Ok(Err(e)) if e.is_connect() && attempts < CONNECT_ATTEMPTS => continue,
-                sent => break (permit, sent),
-            }
-        };
-        let target = permit.target();
-        // Counted for the app process that answered (its requests, status
-        // classes and latency in `status`, `/metrics` and its canary
-        // judgement), not for this front.
-        let attribute = |resp: Response| {
-            let latency_us = crate::os::monotonic_us().saturating_sub(started_us);
-            let slot = self.board.slot(target.slot);
-            let served = slot.record(resp.status().as_u16(), method, latency_us);
-            if self
-                .recycle
-                .is_some_and(|(base, jitter)| served >= request_limit(base, jitter, slot.pid()))
-            {
-                // Replaced once a new process is ready; it serves on
-                // (last choice of the router) until then.
-                slot.mark_retiring();
-            }
-            let mut resp = resp;
-            resp.extensions_mut().insert(Attributed);
-            resp
-        };
-        let mut resp = match sent {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                if let Some(unsaid) = UPSTREAM_ERRORS.admit() {
-                    warn!(
-                        slot = target.slot,
-                        generation = target.generation,
-                        error = %e,
-                        repeated = unsaid,
-                        "proxy: the app process failed the request; answered 502"
-                    );
+            // Counted for the app process that answered (its requests, status
+            // classes and latency in `status`, `/metrics` and its canary
+            // judgement), not for this front.
+            let attribute = |resp: Response| {
+                let latency_us = crate::os::monotonic_us().saturating_sub(started_us);
+                let slot = self.board.slot(target.slot);
+                let served = slot.record(resp.status().as_u16(), method, latency_us);
+                if self
+                    .recycle
+                    .is_some_and(|(base, jitter)| served >= request_limit(base, jitter, slot.pid()))
+                {
+                    // Replaced once a new process is ready; it serves on
+                    // (last choice of the router) until then.
+                    slot.mark_retiring();
                 }
-                return attribute(answer(
-                    StatusCode::BAD_GATEWAY,
-                    "the app process failed the request\n",
-                ));
+                let mut resp = resp;
+                resp.extensions_mut().insert(Attributed);
+                resp
+            };
+            let mut resp = match sent {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    if let Some(unsaid) = UPSTREAM_ERRORS.admit() {
+                        warn!(
+                            slot = target.slot,
+                            generation = target.generation,
+                            error = %e,
+                            repeated = unsaid,
+                            "proxy: the app process failed the request; answered 502"
+                        );
+                    }
+                    return attribute(answer(
+                        StatusCode::BAD_GATEWAY,
+                        "the app process failed the request\n",
+                    ));
+                }
+                Err(_) => {
+                    // Hung (an event loop blocked, a deadlock): the master
+                    // dumps its stacks and replaces it.
+                    permit.stalled();
+                    return attribute(answer(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the app process did not answer within lifecycle.timeout\n",
+                    ));
+                }
+            };
+            if let (Some(client_side), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, resp.status()) {
+                let app_side = hyper::upgrade::on(&mut resp);
+                tokio::spawn(tunnel(client_side, app_side, permit));
+                let (parts, _) = resp.into_parts();
+                return attribute(Response::from_parts(parts, Body::empty()));
             }
-            Err(_) => {
-                // Hung (an event loop blocked, a deadlock): the master
-                // dumps its stacks and replaces it.
-                permit.stalled();
-                return attribute(answer(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "the app process did not answer within lifecycle.timeout\n",
-                ));
-            }
-        };
-        if let (Some(client_side), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, resp.status()) {
-            let app_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client_side, app_side, permit));
-            let (parts, _) = resp.into_parts();
-            return attribute(Response::from_parts(parts, Body::empty()));
+            strip_hop_by_hop(resp.headers_mut(), false);
+            let (parts, incoming) = resp.into_parts();
+            attribute(Response::from_parts(
+                parts,
+                Body::stream(Held {
+                    incoming,
+                    _permit: permit,
+                }),
+            ))
         }
-        strip_hop_by_hop(resp.headers_mut(), false);
-        let (parts, incoming) = resp.into_parts();
-        attribute(Response::from_parts(
-            parts,
-            Body::stream(Held {
-                incoming,
-                _permit: permit,
-            }),
-        ))
     }
 }
 
