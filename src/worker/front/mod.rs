@@ -11,6 +11,7 @@
 //! (WebSocket) is tunnelled both ways and holds its process's count until
 //! it closes.
 
+mod headers;
 mod route;
 mod spool;
 mod upstream;
@@ -19,12 +20,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request as HttpRequest, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tracing::warn;
 
-use crate::app::{App, Body, BoxError, ClientInfo, Handler, Request, Response, WorkerContext};
+use crate::app::{App, Body, BoxError, Handler, Request, Response, WorkerContext};
 use crate::config::Config;
 use crate::shm::inflight::PeerAddr;
 use crate::shm::scoreboard::{method_class, Board};
@@ -33,26 +34,6 @@ use crate::telemetry::throttle::Throttle;
 use route::{Permit, Router};
 use spool::SpoolError;
 use upstream::Upstream;
-
-/// Headers that describe one hop, never forwarded as they are.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Forwarding headers a client may have sent: replaced by what rsvisor
-/// knows (after its `[proxy]` rules), so the app can trust them.
-const FORWARDED: [&str; 4] = [
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-];
 
 /// App processes a request may be offered to when the chosen one turns
 /// out not to listen any more.
@@ -142,7 +123,7 @@ impl Handler for Front {
                 Err(SpoolError::Body(e)) => return answer(e.status(), "request body not read\n"),
                 Err(SpoolError::File(e)) => return spool_failed(&e),
             };
-            let headers = forwarded_headers(
+            let headers = headers::to_app(
                 std::mem::take(&mut parts.headers),
                 &parts.uri,
                 &client,
@@ -238,7 +219,7 @@ impl Handler for Front {
                 let (parts, _) = resp.into_parts();
                 return attribute(Response::from_parts(parts, Body::empty()));
             }
-            strip_hop_by_hop(resp.headers_mut(), false);
+            headers::to_client(resp.headers_mut());
             let (parts, incoming) = resp.into_parts();
             attribute(Response::from_parts(
                 parts,
@@ -296,64 +277,6 @@ fn app_uri(authority: &str, uri: &Uri) -> Option<Uri> {
         .ok()
 }
 
-/// The request's headers for the app: hop-by-hop ones left out (the
-/// upgrade's kept for an upgrade), `Host` kept (from the HTTP/2
-/// `:authority` when there is no header), `X-Forwarded-For`/`-Proto`/
-/// `-Host` set from what rsvisor knows of the client.
-fn forwarded_headers(mut h: HeaderMap, uri: &Uri, client: &ClientInfo, upgrade: bool) -> HeaderMap {
-    strip_hop_by_hop(&mut h, upgrade);
-    for name in FORWARDED {
-        h.remove(name);
-    }
-    let host = h
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| uri.authority().and_then(|a| a.as_str().parse().ok()));
-    if let Some(host) = &host {
-        h.insert(header::HOST, host.clone());
-    }
-    if let Some(ip) = client.addr.map(|a| a.ip().to_string()) {
-        if let Ok(v) = HeaderValue::from_str(&ip) {
-            h.insert(HeaderName::from_static("x-forwarded-for"), v);
-        }
-    }
-    h.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(client.scheme),
-    );
-    let fwd_host = client
-        .host
-        .as_deref()
-        .and_then(|v| HeaderValue::from_str(v).ok())
-        .or(host);
-    if let Some(v) = fwd_host {
-        h.insert(HeaderName::from_static("x-forwarded-host"), v);
-    }
-    h
-}
-
-/// Removes hop-by-hop headers and those `Connection` names; for an
-/// upgrade, `Connection: upgrade` and `Upgrade` stay.
-fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<String> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect();
-    for name in named.iter().map(String::as_str).chain(HOP_BY_HOP) {
-        let keep = upgrade && matches!(name, "upgrade" | "connection");
-        if !keep {
-            h.remove(name);
-        }
-    }
-    if upgrade {
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-}
-
 /// Copies an upgraded connection both ways until either side closes.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
@@ -397,57 +320,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hop_by_hop_headers_stay_behind_and_the_client_is_forwarded() {
-        let req = HttpRequest::builder()
-            .uri("/a?b=1")
-            .header("host", "example.com")
-            .header("connection", "keep-alive, x-secret")
-            .header("x-secret", "1")
-            .header("te", "trailers")
-            .header("x-forwarded-for", "6.6.6.6")
-            .header("accept", "*/*")
-            .body(())
-            .unwrap();
-        let (parts, ()) = req.into_parts();
-        let client = ClientInfo {
-            addr: Some("192.0.2.7:5000".parse().unwrap()),
-            scheme: "https",
-            host: None,
-        };
-        let h = forwarded_headers(parts.headers.clone(), &parts.uri, &client, false);
-        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
-        assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(h["x-forwarded-host"], "example.com");
-        assert_eq!(h["host"], "example.com");
-        assert_eq!(h["accept"], "*/*");
-        for gone in ["connection", "x-secret", "te"] {
-            assert!(!h.contains_key(gone), "{gone}");
-        }
+    fn the_app_process_is_named_in_the_uri_and_the_target_kept() {
+        let uri: Uri = "/a?b=1".parse().unwrap();
         assert_eq!(
-            app_uri("s1g2", &parts.uri).unwrap().to_string(),
+            app_uri("s1g2", &uri).unwrap().to_string(),
             "http://s1g2/a?b=1"
         );
-    }
-
-    #[test]
-    fn an_upgrade_keeps_its_headers() {
-        let req = HttpRequest::builder()
-            .uri("http://example.com/ws")
-            .header("connection", "Upgrade")
-            .header("upgrade", "websocket")
-            .body(())
-            .unwrap();
-        let (parts, ()) = req.into_parts();
-        let h = forwarded_headers(
-            parts.headers.clone(),
-            &parts.uri,
-            &ClientInfo::default(),
-            true,
-        );
-        assert_eq!(h["upgrade"], "websocket");
-        assert_eq!(h["connection"], "upgrade");
-        assert_eq!(h["host"], "example.com");
-        assert!(!h.contains_key("x-forwarded-for"));
     }
 
     #[test]
