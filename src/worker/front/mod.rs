@@ -33,7 +33,7 @@ use crate::telemetry::throttle::Throttle;
 
 use route::{Permit, Router};
 use spool::SpoolError;
-use upstream::Upstream;
+use upstream::{Upstream, UpstreamError};
 
 /// App processes a request may be offered to when the chosen one turns
 /// out not to listen any more.
@@ -73,7 +73,7 @@ impl App for ProxyApp {
         Ok(Front {
             board: self.board,
             router: Router::new(self.board, config.app.max_concurrency),
-            upstream: upstream::client(self.run_dir.clone()),
+            upstream: Upstream::new(self.run_dir.clone()),
             queue_timeout: config.app.queue_timeout,
             recycle: (config.lifecycle.max_requests > 0).then_some((
                 config.lifecycle.max_requests,
@@ -123,14 +123,16 @@ impl Handler for Front {
                 Err(SpoolError::Body(e)) => return answer(e.status(), "request body not read\n"),
                 Err(SpoolError::File(e)) => return spool_failed(&e),
             };
-            let headers = headers::to_app(
+            let mut headers = Some(headers::to_app(
                 std::mem::take(&mut parts.headers),
                 &parts.uri,
                 &client,
                 upgrade.is_some(),
-            );
+            ));
             let deadline = queued + self.queue_timeout;
             let mut attempts = 0;
+            // Made once: a process that could not be reached gives it back.
+            let mut unsent: Option<HttpRequest<spool::Outgoing>> = None;
             let (permit, sent) = loop {
                 let Some(mut permit) = self.router.acquire(deadline).await else {
                     let mut r = answer(
@@ -144,25 +146,40 @@ impl Handler for Front {
                 let target = permit.target();
                 let peer = client.addr.map_or(PeerAddr::Unknown, PeerAddr::Ip);
                 permit.track(parts.method.as_str(), parts.uri.path(), peer);
-                let outgoing = match body.to_body() {
-                    Ok(b) => b,
-                    Err(e) => return spool_failed(&e),
+                let out = match unsent.take() {
+                    Some(out) => out,
+                    None => {
+                        let outgoing = match body.to_body() {
+                            Ok(b) => b,
+                            Err(e) => return spool_failed(&e),
+                        };
+                        let mut out = HttpRequest::new(outgoing);
+                        *out.method_mut() = parts.method.clone();
+                        *out.uri_mut() = app_uri(&parts.uri);
+                        *out.headers_mut() = headers.take().unwrap_or_default();
+                        if !out.headers().contains_key(header::HOST) {
+                            // HTTP/1.1 requires one (an HTTP/1.0 client may
+                            // have sent none, and no URI named the server).
+                            out.headers_mut()
+                                .insert(header::HOST, HeaderValue::from_static("localhost"));
+                        }
+                        out
+                    }
                 };
-                let mut out = HttpRequest::new(outgoing);
-                *out.method_mut() = parts.method.clone();
-                *out.uri_mut() = match app_uri(&upstream::authority(target), &parts.uri) {
-                    Some(u) => u,
-                    None => return answer(StatusCode::BAD_REQUEST, "bad request target\n"),
-                };
-                *out.headers_mut() = headers.clone();
                 let sent =
-                    tokio::time::timeout(self.answer_timeout, self.upstream.request(out)).await;
+                    tokio::time::timeout(self.answer_timeout, self.upstream.send(target, out))
+                        .await;
                 attempts += 1;
                 match sent {
                     // No connection was made (the process stopped listening as
                     // it was chosen: it drains): nothing was sent, so another
                     // process may take the request.
-                    Ok(Err(e)) if e.is_connect() && attempts < CONNECT_ATTEMPTS => continue,
+                    Ok(Err(UpstreamError::Connect { request, .. }))
+                        if attempts < CONNECT_ATTEMPTS =>
+                    {
+                        unsent = Some(*request);
+                        continue;
+                    }
                     sent => break (permit, sent),
                 }
             };
@@ -266,15 +283,13 @@ fn answer(status: StatusCode, text: &'static str) -> Response {
     r
 }
 
-/// The request target as the app process sees it: path and query.
-fn app_uri(authority: &str, uri: &Uri) -> Option<Uri> {
-    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
-    Uri::builder()
-        .scheme("http")
-        .authority(authority)
-        .path_and_query(pq)
-        .build()
-        .ok()
+/// The request target as the app process sees it: origin form, the
+/// path and query (an HTTP/2 request's URI also names scheme and host).
+fn app_uri(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
+    }
 }
 
 /// Copies an upgraded connection both ways until either side closes.
@@ -320,12 +335,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_app_process_is_named_in_the_uri_and_the_target_kept() {
+    fn the_app_process_gets_the_target_in_origin_form() {
         let uri: Uri = "/a?b=1".parse().unwrap();
-        assert_eq!(
-            app_uri("s1g2", &uri).unwrap().to_string(),
-            "http://s1g2/a?b=1"
-        );
+        assert_eq!(app_uri(&uri).to_string(), "/a?b=1");
+        let absolute: Uri = "https://example.com/x?y".parse().unwrap();
+        assert_eq!(app_uri(&absolute).to_string(), "/x?y");
     }
 
     #[test]

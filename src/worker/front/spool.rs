@@ -119,6 +119,7 @@ impl Spooled {
 
 /// A spooled body on its way to the app, with its exact length (so the
 /// app gets a `Content-Length`, not chunks).
+#[derive(Debug)]
 pub enum Outgoing {
     Memory(Option<Bytes>),
     File { file: File, left: u64 },
