@@ -221,38 +221,33 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn requests_in_turn_share_one_connection() {
-        let dir = tempfile::tempdir().unwrap();
-        let target = Target {
-            slot: 0,
-            generation: 1,
-        };
-        runtime().block_on(async {
-            let accepted = app(dir.path(), target, false).await;
-            let up = Upstream::new(dir.path().to_path_buf());
-            for _ in 0..5 {
-                assert_eq!(get(&up, target).await.unwrap(), 200);
-            }
-            assert_eq!(accepted.load(SeqCst), 1);
-        });
-    }
-
-    #[test]
-    fn a_connection_the_app_closed_is_replaced_and_the_request_served() {
+    /// Five requests in turn to an app process that keeps connections
+    /// (`close` false) or closes each after one answer: every one is
+    /// answered; gives how many connections the process accepted.
+    fn five_requests_in_turn(close: bool) -> usize {
         let dir = tempfile::tempdir().unwrap();
         let target = Target {
             slot: 1,
             generation: 2,
         };
         runtime().block_on(async {
-            let accepted = app(dir.path(), target, true).await;
+            let accepted = app(dir.path(), target, close).await;
             let up = Upstream::new(dir.path().to_path_buf());
             for _ in 0..5 {
                 assert_eq!(get(&up, target).await.unwrap(), 200);
             }
-            assert_eq!(accepted.load(SeqCst), 5);
-        });
+            accepted.load(SeqCst)
+        })
+    }
+
+    #[test]
+    fn requests_in_turn_share_one_connection() {
+        assert_eq!(five_requests_in_turn(false), 1);
+    }
+
+    #[test]
+    fn a_connection_the_app_closed_is_replaced_and_the_request_served() {
+        assert_eq!(five_requests_in_turn(true), 5);
     }
 
     #[test]
