@@ -11,8 +11,10 @@
 //! Initial and 0-RTT packets carry the client's random ID instead; they go
 //! to one of the sockets in the program's table of new-connection seats,
 //! picked by the ID's first four bytes, the same for every packet of one
-//! handshake. A return past the group's end (or a datagram too short for
-//! what the program loads) lets the kernel pick by its own hash.
+//! handshake. A seat past the group's end lets the kernel pick by its own
+//! hash; a datagram too short for what the program loads goes to the
+//! first socket (classic BPF returns 0 when a load is out of bounds), as
+//! garbage: it cannot belong to a connection.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -44,12 +46,7 @@ const TYPE_BITS: u32 = 0x30;
 const TYPE_HANDSHAKE: u32 = 0x20;
 
 fn stmt(code: u32, k: u32) -> sock_filter {
-    sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    }
+    jump(code, k, 0, 0)
 }
 
 fn jump(code: u32, k: u32, jt: u8, jf: u8) -> sock_filter {
@@ -144,6 +141,7 @@ mod tests {
                 s.set_reuse_port(true).expect("SO_REUSEPORT");
                 s.bind(&addr.into()).expect("bind");
                 let s = UdpSocket::from(s);
+                s.set_nonblocking(true).expect("nonblocking");
                 addr = s.local_addr().expect("local address");
                 s
             })
@@ -173,7 +171,6 @@ mod tests {
         let mut buf = [0u8; 128];
         loop {
             for (i, m) in members.iter().enumerate() {
-                m.set_nonblocking(true).expect("nonblocking");
                 if let Ok(n) = m.recv(&mut buf) {
                     assert_eq!(&buf[..n], datagram);
                     return i;
@@ -197,6 +194,18 @@ mod tests {
         }
         let handshake = long(0xe0, [0, 1, 9, 9, 9, 9, 9, 9]);
         assert_eq!(receiver(&members, &client, &handshake), 1);
+    }
+
+    #[test]
+    fn a_seat_past_the_group_or_a_datagram_too_short_is_still_delivered() {
+        let members = group(4);
+        attach(members[0].as_fd(), &[3]).expect("attach");
+        let client = UdpSocket::bind("127.0.0.1:0").expect("client");
+        // The kernel's hash picks one; `receiver` fails if none got it.
+        receiver(&members, &client, &short(9));
+        // Too short for the seat: the out-of-bounds load returns 0.
+        assert_eq!(receiver(&members, &client, &[0x40]), 0);
+        assert_eq!(receiver(&members, &client, &[0xc0, 0, 0, 0, 1]), 0);
     }
 
     #[test]
