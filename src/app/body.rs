@@ -131,13 +131,55 @@ impl http_body::Body for Body {
 /// Whatever the app answers after such an error, the client gets 413, 408
 /// or 400 (and the connection is closed).
 pub struct RequestBody {
-    inner: Option<hyper::body::Incoming>,
+    inner: Option<Inbound>,
     /// Shared with the connection when the peer is the client, so a
     /// request carries a pointer rather than the client's facts.
     client: Arc<super::ClientInfo>,
     /// The limits and what was read: only a request with a body has them,
     /// so a bodiless request stays small and allocates nothing for them.
     guard: Option<Box<Guard>>,
+}
+
+/// Where a request's bytes come from: hyper's connection (HTTP/1.1 and
+/// HTTP/2), or any other transport's stream (an HTTP/3 request stream).
+pub(crate) enum Inbound {
+    Hyper(hyper::body::Incoming),
+    Stream(Pin<Box<dyn http_body::Body<Data = Bytes, Error = BoxError> + Send + Sync>>),
+}
+
+impl From<hyper::body::Incoming> for Inbound {
+    fn from(b: hyper::body::Incoming) -> Inbound {
+        Inbound::Hyper(b)
+    }
+}
+
+impl Inbound {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        use http_body::Body as _;
+        match self {
+            Inbound::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::Malformed),
+            Inbound::Stream(b) => b.as_mut().poll_frame(cx).map_err(BodyError::Aborted),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        use http_body::Body as _;
+        match self {
+            Inbound::Hyper(b) => b.is_end_stream(),
+            Inbound::Stream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        use http_body::Body as _;
+        match self {
+            Inbound::Hyper(b) => b.size_hint(),
+            Inbound::Stream(b) => b.size_hint(),
+        }
+    }
 }
 
 /// What a request body enforces while it is read.
@@ -164,6 +206,10 @@ pub enum BodyError {
     /// The client sent a body HTTP does not allow.
     #[error("malformed request body: {0}")]
     Malformed(#[source] hyper::Error),
+    /// The request's stream broke before the body's end (an HTTP/3 client
+    /// that reset its stream, a QUIC connection lost).
+    #[error("request body stream broken: {0}")]
+    Aborted(#[source] BoxError),
 }
 
 impl BodyError {
@@ -172,7 +218,7 @@ impl BodyError {
         match self {
             BodyError::TooLarge { .. } => http::StatusCode::PAYLOAD_TOO_LARGE,
             BodyError::TimedOut(_) => http::StatusCode::REQUEST_TIMEOUT,
-            BodyError::Malformed(_) => http::StatusCode::BAD_REQUEST,
+            BodyError::Malformed(_) | BodyError::Aborted(_) => http::StatusCode::BAD_REQUEST,
         }
     }
 
@@ -180,7 +226,7 @@ impl BodyError {
         match self {
             BodyError::TooLarge { .. } => OUTCOME_TOO_LARGE,
             BodyError::TimedOut(_) => OUTCOME_TIMED_OUT,
-            BodyError::Malformed(_) => OUTCOME_MALFORMED,
+            BodyError::Malformed(_) | BodyError::Aborted(_) => OUTCOME_MALFORMED,
         }
     }
 }
@@ -258,12 +304,12 @@ impl StallTimer {
 
 impl RequestBody {
     pub(crate) fn new(
-        inner: hyper::body::Incoming,
+        inner: impl Into<Inbound>,
         limit: u64,
         stall_limit: Duration,
         client: Arc<super::ClientInfo>,
     ) -> RequestBody {
-        use http_body::Body as _;
+        let inner = inner.into();
         let guard = (!inner.is_end_stream()).then(|| {
             Box::new(Guard {
                 limit,
@@ -335,10 +381,10 @@ impl http_body::Body for RequestBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let polled = Pin::new(inner).poll_frame(cx);
+        let polled = inner.poll_frame(cx);
         let Some(guard) = this.guard.as_mut() else {
             // Nothing was declared to come (hyper's body is empty).
-            return polled.map_err(BodyError::Malformed);
+            return polled;
         };
         match polled {
             Poll::Pending => {
@@ -362,7 +408,7 @@ impl http_body::Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => this.fail(BodyError::Malformed(e)),
+            Poll::Ready(Some(Err(e))) => this.fail(e),
             Poll::Ready(None) => {
                 this.completed();
                 Poll::Ready(None)

@@ -10,8 +10,8 @@ mod tower;
 use std::future::Future;
 use std::net::SocketAddr;
 
-pub(crate) use body::BodyOutcome;
 pub use body::{Body, BodyError, BoxError, RequestBody};
+pub(crate) use body::{BodyOutcome, Inbound};
 pub(crate) use context::ReadinessCheck;
 pub use context::{Draining, WorkerContext};
 pub use static_files::StaticFiles;

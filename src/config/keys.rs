@@ -261,6 +261,13 @@ pub const KEYS: &[Key] = &[
         "HTTP/2: over TLS by ALPN (`h2`), and on plain sockets with prior knowledge (h2c)",
         set |c, v| c.http.http2 = boolean(v)?,
         get |c| c.http.http2.to_string()),
+    key!("http"."http3" = "false",
+        "HTTP/3 over QUIC (needs `[tls]`): every TLS TCP address is also served over UDP on \
+         the same port, and responses over TCP carry `Alt-Svc: h3=\":PORT\"` so that browsers \
+         switch. Each worker owns its connections: a BPF program in the kernel steers every \
+         datagram to the worker whose connection ID it carries, across reloads and restarts",
+        set |c, v| c.http.http3 = boolean(v)?,
+        get |c| c.http.http3.to_string()),
     key!("proxy"."proxy_headers" = "false",
         "honour `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded` \
          (RFC 7239, which wins when present)",

@@ -253,6 +253,10 @@ pub struct HttpConfig {
     /// `http.http2`: HTTP/2: over TLS by ALPN (`h2`), and on plain sockets
     /// with prior knowledge (h2c).
     pub http2: bool,
+    /// `http.http3`: HTTP/3 over QUIC (needs `[tls]`): every TLS TCP
+    /// address is also served over UDP on the same port, and responses over
+    /// TCP carry `Alt-Svc` …
+    pub http3: bool,
 }
 
 /// `[proxy]`: which peers may say who the client is.
@@ -533,6 +537,7 @@ impl Config {
                 upgrade_idle_timeout: Duration::ZERO,
                 compression: false,
                 http2: false,
+                http3: false,
             },
             proxy: ProxyConfig {
                 proxy_headers: false,
@@ -781,6 +786,15 @@ impl Config {
             std::thread::available_parallelism()
                 .map_or(1, |n| n.get())
                 .min(MAX_AUTO_FRONT_WORKERS)
+        })
+    }
+
+    /// The TCP addresses of `server.bind` that take TLS: with `http.http3`,
+    /// each is also served over QUIC on its UDP port.
+    pub fn tls_tcp_binds(&self) -> impl Iterator<Item = std::net::SocketAddr> + '_ {
+        self.server.bind.iter().filter_map(|a| match a {
+            BindAddr::Tcp(sa) if self.bind_uses_tls(a) => Some(*sa),
+            _ => None,
         })
     }
 

@@ -290,6 +290,9 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
             "a bind entry has tls = true but tls.cert and tls.key are not set".into(),
         ));
     }
+    if cfg.http.http3 {
+        check_http3(cfg)?;
+    }
     if cfg.server.group.is_some() && cfg.server.user.is_none() {
         return Err(fail(
             "server.group",
@@ -345,6 +348,28 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 format!("{mbind} is also in server.bind; use a separate address"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// `http.http3` needs a TLS TCP address and rsvisor's own workers in front.
+fn check_http3(cfg: &Config) -> Result<(), ConfigError> {
+    let fail = |message: &str| ConfigError::Invalid {
+        origin: cfg.origins.get("http.http3"),
+        key: "http.http3".to_string(),
+        message: message.to_string(),
+    };
+    if cfg.exec_mode() && !cfg.proxy_mode() {
+        return Err(fail(
+            "cannot work with app.command in direct mode: the app's own server answers on the \
+             port; use app.mode = \"proxy\" (rsvisor's workers serve HTTP/3 and forward)",
+        ));
+    }
+    if cfg.tls_tcp_binds().next().is_none() {
+        return Err(fail(
+            "needs a TLS address over TCP to serve QUIC on the same port: set tls.cert and \
+             tls.key, and a TCP address in server.bind",
+        ));
     }
     Ok(())
 }

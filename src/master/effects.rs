@@ -250,6 +250,7 @@ impl Master {
             run_dir: &mut self.fixed.run_dir,
             current: self.core.current(),
             listeners: &self.sockets.listeners,
+            quic: &mut self.sockets.quic,
             signals: &self.signals,
         };
         (&mut self.fleet, sp)
@@ -297,6 +298,16 @@ impl Master {
             let usage = self.fleet.measure();
             // Retiring never leads to an exit by itself.
             let _ = self.step(Event::Measured(&usage));
+        }
+    }
+
+    /// `http.http3`: new QUIC connections go to the ready serving workers
+    /// of the current generation (app workers, or front workers in proxy
+    /// mode); a worker that leaves keeps the connections it has.
+    pub(super) fn steer_quic(&mut self) {
+        let seats = self.fleet.quic_seats(self.core.current().generation);
+        if let Err(e) = self.sockets.quic.steer(&seats) {
+            error!("{e}; new HTTP/3 connections go where the kernel's hash sends them");
         }
     }
 

@@ -17,6 +17,7 @@ use crate::config::BindAddr;
 use crate::proto::control::Response;
 use crate::proto::outcome::ExitReason;
 use crate::shm::scoreboard::{Board, SlotState};
+use crate::worker::WorkerRole;
 
 /// The master's child processes and what it follows of them.
 pub(super) struct Fleet {
@@ -69,6 +70,28 @@ impl Fleet {
 
     pub(super) fn has_strays(&self) -> bool {
         !self.strays.is_empty()
+    }
+
+    /// The slots that take new HTTP/3 connections: the processes that serve
+    /// the clients (front workers in proxy mode, else app workers), ready,
+    /// staying, of the current generation (fronts: any, they are replaced
+    /// when their configuration changes).
+    pub(super) fn quic_seats(&self, current: u32) -> Vec<usize> {
+        let mut seats: Vec<usize> = if self.helpers.iter().any(|h| h.role == WorkerRole::Front) {
+            self.helpers
+                .iter()
+                .filter(|h| h.role == WorkerRole::Front && h.serving())
+                .map(|h| h.slot)
+                .collect()
+        } else {
+            self.workers
+                .iter()
+                .filter(|w| w.generation == current && w.serving())
+                .map(|w| w.slot)
+                .collect()
+        };
+        seats.sort_unstable();
+        seats
     }
 
     /// Every address a live worker's configuration listens on.

@@ -56,6 +56,7 @@ use crate::config::material::Loaded;
 use crate::config::{BindAddr, ConfigSource};
 use crate::net::app_socket::RunDir;
 use crate::net::listen::{ListenError, ListenerSet};
+use crate::net::quic_group::QuicGroups;
 use crate::os::pidfile::Pidfile;
 use crate::os::systemd::Notifier;
 use crate::shm::scoreboard::Board;
@@ -108,6 +109,8 @@ struct Fixed {
 /// them over).
 struct Sockets {
     listeners: ListenerSet,
+    /// `http.http3`: the UDP groups, one socket per slot.
+    quic: QuicGroups,
     control: Option<ControlServer>,
     pidfile: Option<Pidfile>,
     /// When /proc last said whether a leaving program of another
@@ -223,6 +226,7 @@ impl Master {
             signals,
             sockets: Sockets {
                 listeners: setup.listeners,
+                quic: QuicGroups::default(),
                 control,
                 pidfile: setup.pidfile,
                 old_holders_seen: None,
@@ -294,6 +298,7 @@ impl Master {
             if let Some(code) = self.tick() {
                 return code;
             }
+            self.steer_quic();
             self.notify_systemd();
             self.send_replies();
             woke = self.wait();

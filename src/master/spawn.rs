@@ -25,6 +25,7 @@ use super::exec;
 use super::signal_queue::SignalQueue;
 use super::worker_handle::WorkerHandle;
 use super::Fleet;
+use crate::net::quic_group::{QuicGroupError, QuicGroups};
 
 struct SpawnRequest<'a> {
     entry: &'a dyn WorkerMain,
@@ -55,6 +56,10 @@ pub enum SpawnError {
     Fork(#[source] std::io::Error),
     #[error("cannot create the directory of the app sockets (app.socket_dir): {0}")]
     RunDir(#[source] std::io::Error),
+    #[error("{0}")]
+    Quic(#[from] QuicGroupError),
+    #[error("cannot make the HTTP/3 secret: {0}")]
+    Secret(#[source] std::io::Error),
 }
 
 /// What starting a worker needs besides the fleet: the master's other
@@ -65,6 +70,8 @@ pub(super) struct Spawner<'a> {
     pub run_dir: &'a mut Option<RunDir>,
     pub current: &'a Current,
     pub listeners: &'a ListenerSet,
+    /// `http.http3`: the UDP groups, one socket per slot.
+    pub quic: &'a mut QuicGroups,
     pub signals: &'a SignalQueue,
 }
 
@@ -92,7 +99,7 @@ impl Fleet {
             let _ = std::fs::remove_file(&path);
             (Vec::new(), Some(path))
         } else {
-            let l = worker_listeners(loaded, sp.listeners, Listeners::App)?;
+            let l = worker_listeners(loaded, sp, Listeners::App, slot)?;
             (l, None)
         };
         let handle = if loaded.config.exec_mode() {
@@ -164,7 +171,7 @@ impl Fleet {
             WorkerRole::Front => Listeners::Front,
             _ => Listeners::Sidecar,
         };
-        let listeners = worker_listeners(loaded, sp.listeners, which)?;
+        let listeners = worker_listeners(loaded, sp, which, slot)?;
         let nudge = sp.signals.nudge_fd().map_err(SpawnError::Nudge)?;
         let pid = spawn(SpawnRequest {
             entry: sp.entry,
@@ -242,9 +249,11 @@ enum Listeners {
 /// made before fork so that the child needs no fallible step to get them.
 fn worker_listeners(
     loaded: &Loaded,
-    listeners: &ListenerSet,
+    sp: &mut Spawner,
     which: Listeners,
+    slot: usize,
 ) -> Result<Vec<BootListener>, SpawnError> {
+    let listeners = sp.listeners;
     let config = &loaded.config;
     // Front workers serve like forked app workers.
     let exec = config.exec_mode() && which != Listeners::Front;
@@ -287,6 +296,24 @@ fn worker_listeners(
             role,
             proxy_protocol: config.bind_uses_proxy_protocol(addr),
         });
+    }
+    // The process that serves the clients serves HTTP/3 too: an app
+    // worker, or a front worker in proxy mode.
+    if config.http.http3 && which != Listeners::Sidecar && !exec {
+        crate::tls::quic::make_secret().map_err(SpawnError::Secret)?;
+        for tcp in config.tls_tcp_binds() {
+            let addr = BindAddr::Tcp(tcp);
+            let bound = listeners
+                .get(&addr)
+                .and_then(|l| l.tcp_local_addr())
+                .ok_or_else(|| SpawnError::NotBound(addr.clone()))?;
+            out.push(BootListener {
+                addr,
+                fd: sp.quic.socket_of(tcp, bound, slot)?,
+                role: ListenRole::Quic,
+                proxy_protocol: false,
+            });
+        }
     }
     Ok(out)
 }

@@ -78,13 +78,23 @@ impl Listener {
     /// The actual address (useful for port 0 in tests and logs).
     pub fn local_addr(&self) -> String {
         match &self.addr {
-            BindAddr::Tcp(_) => socket2::SockRef::from(&self.socket)
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_socket())
+            BindAddr::Tcp(_) => self
+                .tcp_local_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| self.addr.to_string()),
             BindAddr::Unix(_) => self.addr.to_string(),
+        }
+    }
+
+    /// The address a TCP socket is bound to (its real port when the
+    /// configuration said 0).
+    pub fn tcp_local_addr(&self) -> Option<std::net::SocketAddr> {
+        match self.addr {
+            BindAddr::Tcp(_) => socket2::SockRef::from(&self.socket)
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket()),
+            BindAddr::Unix(_) => None,
         }
     }
 

@@ -5,3 +5,4 @@ pub mod app_probe;
 pub mod app_socket;
 pub mod listen;
 pub mod netmask;
+pub mod quic_group;

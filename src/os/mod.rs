@@ -14,9 +14,6 @@ mod process;
 pub mod procfs;
 mod signals;
 mod stacks;
-// HTTP/3's packet steering (issue 24): the master's UDP groups use it
-// once workers serve QUIC; until then only its tests do.
-#[allow(dead_code)]
 pub mod steering;
 pub mod systemd;
 

@@ -3,6 +3,7 @@
 //! and 1.3, ALPN `h2` and `http/1.1`, session resumption with tickets
 //! shared by every worker ([`tickets`]).
 
+pub mod quic;
 mod tickets;
 
 pub use tickets::rotate as rotate_ticket_keys;

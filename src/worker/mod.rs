@@ -52,6 +52,7 @@ mod conn_info;
 mod endpoints;
 mod front;
 mod h2_frames;
+mod h3;
 mod heartbeat;
 mod lot;
 mod park;
@@ -96,6 +97,9 @@ pub(crate) enum ListenRole {
     /// `metrics.bind` in exec mode, served by the sidecar: metrics, and
     /// the fleet's health and readiness.
     Sidecar,
+    /// `http.http3`: this worker's UDP socket in the group of a TLS
+    /// address (`addr` is the TCP one).
+    Quic,
 }
 
 /// One listening socket as a worker receives it.
@@ -170,6 +174,8 @@ pub(crate) enum SetupError {
     Listeners(std::io::Error),
     #[error("cannot make the epoll set for idle connections: {0}")]
     Lot(std::io::Error),
+    #[error("cannot serve HTTP/3: {0}")]
+    Quic(#[from] crate::tls::quic::QuicSetupError),
 }
 
 impl SetupError {
@@ -258,7 +264,11 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> Result<WorkerExit, SetupErr
         _ = term.recv() => return Ok(WorkerExit::Ok),
     };
 
-    let listeners = accept::into_tokio(boot.listeners).map_err(SetupError::Listeners)?;
+    let (quic, tcp): (Vec<_>, Vec<_>) = boot
+        .listeners
+        .into_iter()
+        .partition(|l| l.role == ListenRole::Quic);
+    let listeners = accept::into_tokio(tcp).map_err(SetupError::Listeners)?;
     let lot = lot::LotTask::new().map_err(SetupError::Lot)?;
     let shared = Arc::new(Shared::new(
         handler,
@@ -273,6 +283,7 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> Result<WorkerExit, SetupErr
             readiness: readiness::Readiness::new(ctx.take_checks()),
             sidecar: boot.role == WorkerRole::Sidecar,
             lot: lot.lot().clone(),
+            alt_svc: h3::alt_svc(&quic),
         },
     ));
     tokio::spawn(clock::run_clock(shared.clock.clone()));
@@ -286,6 +297,7 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> Result<WorkerExit, SetupErr
     for (listener, how) in listeners {
         tokio::spawn(accept::run(listener, how, shared.clone(), stop_rx.clone()));
     }
+    h3::start(quic, boot.slot, &shared, &stop_rx)?;
     slot.set_state(SlotState::Ready);
     shared.nudge_master();
 

@@ -9,17 +9,16 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONNECTION, RETRY_AFTER};
+use http::header::{HeaderValue, ALT_SVC, CONNECTION, RETRY_AFTER};
 use http::{StatusCode, Version};
 use http_body::{Frame, SizeHint};
-use hyper::body::Incoming;
 
 use super::access_log::Entry;
 use super::conn_info::{ConnState, EndedBy, Peer, SendWatch};
 use super::endpoints;
 use super::shared::{self, Shared};
 use super::stream_exec;
-use crate::app::{Body, BodyOutcome, BoxError, ClientInfo, Handler, RequestBody};
+use crate::app::{Body, BodyOutcome, BoxError, ClientInfo, Handler, Inbound, RequestBody};
 use crate::shm::inflight::PeerAddr;
 use crate::shm::scoreboard::method_class;
 
@@ -33,10 +32,10 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// request without a body allocates nothing of its own on its way to the
 /// app. `finish` runs in the future, not here: for HTTP/2 the future runs
 /// in the stream's task, whose send watch it picks up.
-pub fn respond<H: Handler>(
+pub fn respond<H: Handler, B: http_body::Body + Into<Inbound>>(
     shared: &Arc<Shared<H>>,
     conn: &Arc<ConnState>,
-    req: http::Request<Incoming>,
+    req: http::Request<B>,
 ) -> impl Future<Output = Result<http::Response<TrackedBody<H>>, std::convert::Infallible>>
        + Send
        + 'static {
@@ -144,14 +143,14 @@ enum Route {
     App(Arc<ClientInfo>),
 }
 
-fn prepare<H: Handler>(
+fn prepare<H: Handler, B: http_body::Body>(
     shared: &Arc<Shared<H>>,
     conn: &Arc<ConnState>,
-    req: &http::Request<Incoming>,
+    req: &http::Request<B>,
 ) -> (Route, Ctx<H>) {
     let start_us = crate::os::monotonic_us();
     let version = req.version();
-    let bodiless = hyper::body::Body::is_end_stream(req.body());
+    let bodiless = http_body::Body::is_end_stream(req.body());
     let open = Open::start(shared, conn, bodiless, version);
     let method = method_class(req.method());
     let client = shared.trust.client_of(conn, req.headers());
@@ -249,6 +248,11 @@ fn finish<H: Handler>(ctx: Ctx<H>, mut resp: crate::Response) -> http::Response<
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
 
+    if let Some(offer) = &shared.alt_svc {
+        if conn.tls && ctx.version < Version::HTTP_3 && !resp.headers().contains_key(ALT_SVC) {
+            resp.headers_mut().insert(ALT_SVC, offer.clone());
+        }
+    }
     let slot = shared.slot;
     let status = resp.status().as_u16();
     let latency_us = crate::os::monotonic_us().saturating_sub(ctx.start_us);
@@ -309,7 +313,7 @@ fn body_error_text(status: StatusCode) -> &'static str {
 /// and the authority form for anything but `CONNECT` (§3.2.3, §3.2.4).
 /// Control characters in field values (§5.5) are refused by hyper's parser
 /// (httparse) already; tests/it/hardening.rs checks both.
-fn rfc9112_refusal(req: &http::Request<Incoming>) -> Result<(), &'static str> {
+fn rfc9112_refusal<B>(req: &http::Request<B>) -> Result<(), &'static str> {
     let headers = req.headers();
     // A walk over the fields instead of hashing the name: clients send
     // Host first or nearly, and when no name is repeated the walk ends at

@@ -56,6 +56,7 @@ pub struct SharedParts<'a> {
     pub sidecar: bool,
     /// Where idle connections park (see `park`); its task is the worker's.
     pub lot: Arc<Lot<Resume>>,
+    pub alt_svc: Option<http::HeaderValue>,
 }
 
 pub(crate) struct Shared<H> {
@@ -70,6 +71,8 @@ pub(crate) struct Shared<H> {
     pub h1: auto::Builder<StreamExec>,
     pub h2: auto::Builder<StreamExec>,
     pub tls: Option<TlsAcceptor>,
+    /// `http.http3`: the `Alt-Svc` field of responses over TLS.
+    pub alt_svc: Option<http::HeaderValue>,
     pub trust: Trust,
     pub access_log: Option<AccessLog>,
     /// This worker's own request limit (max_requests + its jitter); 0 = none.
@@ -125,6 +128,7 @@ impl<H> Shared<H> {
             readiness,
             sidecar,
             lot,
+            alt_svc,
         } = parts;
         let http = &config.http;
         let clock = Arc::new(AtomicU64::new(crate::os::monotonic_ms()));
@@ -156,6 +160,7 @@ impl<H> Shared<H> {
                 .tls
                 .as_ref()
                 .map(|m| TlsAcceptor::from(m.0.clone())),
+            alt_svc,
             trust: Trust::new(&config.proxy),
             access_log,
             max_requests,

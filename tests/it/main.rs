@@ -13,6 +13,7 @@ mod config_check;
 mod exec;
 mod forensics;
 mod hardening;
+mod http3;
 mod http_edge;
 mod idle_conns;
 mod layers;

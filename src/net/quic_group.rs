@@ -1,0 +1,197 @@
+//! HTTP/3's UDP sockets (`http.http3`): for each TLS TCP address, one
+//! `SO_REUSEPORT` group on the same port, kept by the master, in which the
+//! socket at index `i` is scoreboard slot `i`'s. Sockets are made in slot
+//! order, up to the highest slot that ever served, and stay open until the
+//! master exits: the kernel renumbers a group when a member closes, and
+//! the connection IDs a worker issued name its index
+//! ([`crate::os::steering`]).
+//!
+//! A worker reads its slot's socket; when it exits, the socket stays in the
+//! master with whatever datagrams arrive for the connections it had (the
+//! next worker of that slot answers them with a stateless reset, which
+//! ends those connections at once instead of after the idle timeout).
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::os::steering;
+
+/// The most slots a group can name: a connection ID names its socket in
+/// [`steering::SEAT_BYTES`] bytes.
+const MAX_SEATS: usize = 1 << (8 * steering::SEAT_BYTES);
+
+/// Why a UDP socket for HTTP/3 could not be had.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QuicGroupError {
+    /// `socket`, `setsockopt` or `bind` failed.
+    #[error("cannot bind UDP {addr} for HTTP/3: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// The steering program was refused.
+    #[error("cannot attach the QUIC steering program to UDP {addr}: {source}")]
+    Steer {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// More slots than a connection ID can name.
+    #[error("slot {0} is past the {MAX_SEATS} sockets a QUIC connection ID can name")]
+    TooManySlots(usize),
+}
+
+/// Every group, by the TCP address it shadows.
+#[derive(Default)]
+pub struct QuicGroups {
+    groups: Vec<Group>,
+}
+
+struct Group {
+    /// The TCP address as configured (port 0 included).
+    tcp: SocketAddr,
+    /// The address bound: the TCP listener's own port.
+    udp: SocketAddr,
+    /// Index = slot.
+    sockets: Vec<OwnedFd>,
+    /// The new-connection seats last attached.
+    seats: Option<Vec<u16>>,
+}
+
+impl QuicGroups {
+    /// Slot `slot`'s socket of the group for `tcp` (bound on `bound`, the
+    /// TCP listener's actual address), made along with those of lower
+    /// slots if they do not exist yet; a new descriptor for the worker.
+    pub fn socket_of(
+        &mut self,
+        tcp: SocketAddr,
+        bound: SocketAddr,
+        slot: usize,
+    ) -> Result<OwnedFd, QuicGroupError> {
+        if slot >= MAX_SEATS {
+            return Err(QuicGroupError::TooManySlots(slot));
+        }
+        let at = match self.groups.iter().position(|g| g.tcp == tcp) {
+            Some(i) => i,
+            None => {
+                self.groups.push(Group {
+                    tcp,
+                    udp: bound,
+                    sockets: Vec::new(),
+                    seats: None,
+                });
+                self.groups.len() - 1
+            }
+        };
+        let group = &mut self.groups[at];
+        while group.sockets.len() <= slot {
+            let s = bind_member(group.udp).map_err(|source| QuicGroupError::Bind {
+                addr: group.udp,
+                source,
+            })?;
+            group.sockets.push(s);
+        }
+        group.sockets[slot]
+            .try_clone()
+            .map_err(|source| QuicGroupError::Bind {
+                addr: group.udp,
+                source,
+            })
+    }
+
+    /// Sends new connections to `seats` (the ready serving slots of the
+    /// current generation) in every group whose table differs. A slot
+    /// without a socket yet is left out; no seat at all lets the kernel
+    /// choose by hash rather than drop the handshake.
+    pub fn steer(&mut self, seats: &[usize]) -> Result<(), QuicGroupError> {
+        for g in &mut self.groups {
+            let mine: Vec<u16> = seats
+                .iter()
+                .filter(|&&s| s < g.sockets.len())
+                .map(|&s| s as u16)
+                .collect();
+            if g.seats.as_ref() == Some(&mine) {
+                continue;
+            }
+            // Any member attaches for the whole group.
+            let Some(first) = g.sockets.first() else {
+                continue;
+            };
+            let attached = steering::attach(first.as_fd(), &mine);
+            // A refusal is reported once per change of seats, not retried
+            // at every turn of the master's loop.
+            g.seats = Some(mine);
+            attached.map_err(|source| QuicGroupError::Steer {
+                addr: g.udp,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn bind_member(addr: SocketAddr) -> io::Result<OwnedFd> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.set_cloexec(true)?;
+    s.bind(&SockAddr::from(addr))?;
+    Ok(s.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::time::Duration;
+
+    /// The sockets are made in slot order on the TCP listener's port, and
+    /// a datagram whose connection ID names slot 2 reaches slot 2's
+    /// socket, whichever slots were asked for first.
+    #[test]
+    fn slots_are_group_indexes() {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let bound = tcp.local_addr().unwrap();
+        let configured: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut groups = QuicGroups::default();
+        let two = groups.socket_of(configured, bound, 2).unwrap();
+        let zero = groups.socket_of(configured, bound, 0).unwrap();
+        groups.steer(&[0]).unwrap();
+        let two = UdpSocket::from(two);
+        let zero = UdpSocket::from(zero);
+        assert_eq!(two.local_addr().unwrap(), bound);
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // A short header: flags, then the ID whose first two bytes are 2.
+        client
+            .send_to(&[0x40, 0, 2, 9, 9, 9, 9, 9, 9], bound)
+            .unwrap();
+        two.set_nonblocking(false).unwrap();
+        two.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(two.recv(&mut buf).unwrap(), 9);
+        zero.set_nonblocking(true).unwrap();
+        assert!(zero.recv(&mut buf).is_err());
+    }
+
+    #[test]
+    fn a_slot_past_what_an_id_names_is_refused() {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let bound = tcp.local_addr().unwrap();
+        let err = QuicGroups::default()
+            .socket_of(bound, bound, MAX_SEATS)
+            .unwrap_err();
+        assert!(matches!(err, QuicGroupError::TooManySlots(_)), "{err}");
+    }
+}

@@ -1,0 +1,188 @@
+//! HTTP/3 (`http.http3`): a quinn endpoint on this worker's UDP socket in
+//! the group of each TLS address (`net::quic_group`), HTTP/3 by h3, and
+//! every request through the same path as HTTP/1.1 and HTTP/2
+//! (`service::respond`): limits, built-in endpoints, the app, counters,
+//! the access log.
+//!
+//! Drain: each connection gets a `GOAWAY` (requests the client sent before
+//! it are answered; later ones are the client's to retry on a new
+//! connection, which the master's steering sends to the new generation),
+//! then is closed with `H3_NO_ERROR` once it holds no request.
+
+mod request;
+
+use std::net::UdpSocket;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::debug;
+
+use super::conn_info::{ConnState, Peer};
+use super::{BootListener, ListenRole, Shared};
+use crate::app::Handler;
+use crate::tls::quic::{self, QuicSetupError};
+
+/// RFC 9114 §8.1: the connection closed without error.
+const H3_NO_ERROR: u32 = 0x100;
+
+/// How often a draining connection looks whether its last request is done
+/// (only while draining).
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+/// Requests that may still arrive after our `GOAWAY` and be answered:
+/// those the client sent while the frame was on its way.
+const GOAWAY_GRACE_REQUESTS: usize = 1;
+
+/// How long a client may remember that HTTP/3 is offered (`ma`): a day,
+/// as the common servers say.
+const ALT_SVC_MAX_AGE_SECS: u32 = 86_400;
+
+/// The `Alt-Svc` field that offers HTTP/3 on the UDP ports of `sockets`
+/// (every one serves the same app), for responses over TLS on TCP.
+pub fn alt_svc(sockets: &[BootListener]) -> Option<http::HeaderValue> {
+    let mut ports: Vec<u16> = sockets
+        .iter()
+        .filter_map(|l| socket2::SockRef::from(&l.fd).local_addr().ok())
+        .filter_map(|a| a.as_socket())
+        .map(|a| a.port())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    let offers: Vec<String> = ports
+        .iter()
+        .map(|port| format!("h3=\":{port}\"; ma={ALT_SVC_MAX_AGE_SECS}"))
+        .collect();
+    if offers.is_empty() {
+        return None;
+    }
+    http::HeaderValue::from_str(&offers.join(", ")).ok()
+}
+
+/// Starts serving HTTP/3 on `sockets` (this worker's socket in each group).
+pub fn start<H: Handler>(
+    sockets: Vec<BootListener>,
+    seat: usize,
+    shared: &Arc<Shared<H>>,
+    stop: &watch::Receiver<bool>,
+) -> Result<(), QuicSetupError> {
+    if sockets.is_empty() {
+        return Ok(());
+    }
+    let tls = shared
+        .tls
+        .as_ref()
+        .map(|acceptor| acceptor.config().clone())
+        .ok_or_else(|| QuicSetupError::Tls("no [tls] certificate".into()))?;
+    let server = quic::server_config(&tls, shared.config.http.keepalive_timeout)?;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    for l in sockets {
+        debug_assert_eq!(l.role, ListenRole::Quic);
+        let endpoint_config = quic::endpoint_config(seat as u16)?;
+        let socket = UdpSocket::from(l.fd);
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config,
+            Some(server.clone()),
+            socket,
+            runtime.clone(),
+        )
+        .map_err(|e| QuicSetupError::Tls(format!("cannot start the QUIC endpoint: {e}")))?;
+        tokio::spawn(accept(endpoint, shared.clone(), stop.clone()));
+    }
+    Ok(())
+}
+
+/// Takes new connections for as long as the worker lives: the master
+/// stops sending new ones before it asks the worker to drain, and one that
+/// arrives in between gets its `GOAWAY` at once.
+async fn accept<H: Handler>(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared<H>>,
+    stop: watch::Receiver<bool>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        tokio::spawn(connection(incoming, shared.clone(), stop.clone()));
+    }
+}
+
+async fn connection<H: Handler>(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared<H>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let guard = shared.conns.open();
+    let peer = Peer::Tcp(incoming.remote_address());
+    // The handshake and the first request count against the header
+    // timeout, as on TCP.
+    let limit = shared.config.http.header_read_timeout;
+    let conn = match tokio::time::timeout(limit, incoming).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            debug!(error = %e, "QUIC handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!("QUIC handshake timed out");
+            return;
+        }
+    };
+    let state = Arc::new(ConnState::new(
+        peer,
+        ListenRole::Tls,
+        true,
+        shared.now_ms(),
+        shared.slot.shed_epoch(),
+    ));
+    let mut builder = h3::server::builder();
+    builder.max_field_section_size(shared.config.http.max_header_bytes as u64);
+    let mut h3 = match builder.build(h3_quinn::Connection::new(conn.clone())).await {
+        Ok(h3) => h3,
+        Err(e) => {
+            debug!(error = %e, "HTTP/3 connection setup failed");
+            return;
+        }
+    };
+    let first_deadline = tokio::time::Instant::now() + limit;
+    let mut served_any = false;
+    // One clone per request task: the connection holds no request when
+    // it is the only one left.
+    let requests = Arc::new(());
+    let mut draining = *stop.borrow();
+    if draining {
+        let _ = h3.shutdown(GOAWAY_GRACE_REQUESTS).await;
+    }
+    loop {
+        let accepted = tokio::select! {
+            r = h3.accept() => r,
+            _ = stop.changed(), if !draining => {
+                draining = true;
+                let _ = h3.shutdown(GOAWAY_GRACE_REQUESTS).await;
+                continue;
+            }
+            _ = tokio::time::sleep(DRAIN_POLL), if draining => {
+                if Arc::strong_count(&requests) == 1 {
+                    break;
+                }
+                continue;
+            }
+            _ = tokio::time::sleep_until(first_deadline), if !served_any => {
+                // No request within the header timeout.
+                conn.close(H3_NO_ERROR.into(), b"");
+                return;
+            }
+        };
+        match accepted {
+            Ok(Some(resolver)) => {
+                served_any = true;
+                let (s, st, held) = (shared.clone(), state.clone(), requests.clone());
+                tokio::spawn(async move {
+                    request::serve(resolver, s, st).await;
+                    drop(held);
+                });
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    conn.close(H3_NO_ERROR.into(), b"");
+    drop(guard);
+}

@@ -1,0 +1,105 @@
+//! One HTTP/3 request: its stream's data as the app's request body, the
+//! answer written back frame by frame, each write bounded by
+//! `http.send_timeout`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use h3::server::{RequestResolver, RequestStream};
+use http_body::Frame;
+use http_body_util::BodyExt;
+
+use super::super::conn_info::ConnState;
+use super::super::{service, Shared};
+use crate::app::{BoxError, Handler, Inbound};
+
+type Resolver = RequestResolver<h3_quinn::Connection, Bytes>;
+type Recv = RequestStream<h3_quinn::RecvStream, Bytes>;
+
+/// Fields HTTP/3 does not carry (RFC 9114 §4.2): connection-specific.
+const CONNECTION_FIELDS: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+];
+
+pub async fn serve<H: Handler>(resolver: Resolver, shared: Arc<Shared<H>>, conn: Arc<ConnState>) {
+    let http = &shared.config.http;
+    let (req, stream) =
+        match tokio::time::timeout(http.header_read_timeout, resolver.resolve_request()).await {
+            Ok(Ok(r)) => r,
+            // A malformed or incomplete request: h3 has answered it (431)
+            // or reset the stream already.
+            _ => return,
+        };
+    let (mut send, recv) = stream.split();
+    let req = req.map(|()| StreamBody(recv));
+    let resp = match service::respond(&shared, &conn, req).await {
+        Ok(resp) => resp,
+        Err(never) => match never {},
+    };
+    let (mut parts, body) = resp.into_parts();
+    for name in CONNECTION_FIELDS {
+        parts.headers.remove(name);
+    }
+    let limit = http.send_timeout;
+    let head = send.send_response(http::Response::from_parts(parts, ()));
+    if !matches!(tokio::time::timeout(limit, head).await, Ok(Ok(()))) {
+        send.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+        return;
+    }
+    let mut body = std::pin::pin!(body);
+    while let Some(frame) = body.frame().await {
+        let sent = match frame.map(Frame::into_data) {
+            Ok(Ok(data)) => tokio::time::timeout(limit, send.send_data(data)).await,
+            Ok(Err(frame)) => match frame.into_trailers() {
+                Ok(trailers) => tokio::time::timeout(limit, send.send_trailers(trailers)).await,
+                Err(_) => continue,
+            },
+            Err(_) => {
+                // The app's body failed: the client must not take what it
+                // got for the whole answer.
+                send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+                return;
+            }
+        };
+        if !matches!(sent, Ok(Ok(()))) {
+            send.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+            return;
+        }
+    }
+    let _ = tokio::time::timeout(limit, send.finish()).await;
+}
+
+/// The request stream's data frames as a request body.
+struct StreamBody(Recv);
+
+impl http_body::Body for StreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut().0.poll_recv_data(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(Some(mut buf))) => {
+                let n = buf.remaining();
+                Poll::Ready(Some(Ok(Frame::data(buf.copy_to_bytes(n)))))
+            }
+            Poll::Ready(Ok(None)) => Poll::Ready(None),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
+        }
+    }
+}
+
+impl From<StreamBody> for Inbound {
+    fn from(b: StreamBody) -> Inbound {
+        Inbound::Stream(Box::pin(b))
+    }
+}

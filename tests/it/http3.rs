@@ -1,0 +1,244 @@
+//! HTTP/3 (`http.http3`): the demo answers over QUIC on the TLS port, TCP
+//! responses offer it with `Alt-Svc`, every connection's packets reach the
+//! worker that owns it (many connections to two workers, all answered),
+//! a request in flight completes across a `HUP` while new connections go
+//! to the new generation, and `check` refuses what cannot serve QUIC.
+//!
+//! The client is quinn + h3, as a Rust HTTP/3 client would be.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Buf;
+use nix::sys::signal::Signal;
+
+use crate::http_edge::make_pki;
+use crate::util::*;
+
+/// Every wait of a client: generous, never reached when things work.
+const CLIENT_DEADLINE: Duration = Duration::from_secs(20);
+
+fn h3_server(workers: usize) -> Server {
+    let b = demo(&format!(
+        r#"
+[server]
+bind = ["127.0.0.1:0"]
+workers = {workers}
+[http]
+http3 = true
+[tls]
+cert = "{{dir}}/server.pem"
+key = "{{dir}}/server.key"
+"#
+    ));
+    make_pki(b.dir());
+    b.start()
+}
+
+fn client_endpoint(ca: &Path) -> quinn::Endpoint {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).expect("the test CA") {
+        roots.add(c.expect("a CA certificate")).expect("a CA root");
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("TLS 1.3")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS");
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("a client endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    endpoint
+}
+
+type SendRequest = h3::client::SendRequest<h3_quinn::OpenStreams, bytes::Bytes>;
+
+/// A new HTTP/3 connection; its driver runs in a task until it closes.
+async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr) -> SendRequest {
+    let conn = tokio::time::timeout(CLIENT_DEADLINE, async {
+        endpoint
+            .connect(addr, "localhost")
+            .expect("connect")
+            .await
+            .expect("QUIC handshake")
+    })
+    .await
+    .expect("handshake within the deadline");
+    let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn))
+        .await
+        .expect("HTTP/3 setup");
+    tokio::spawn(async move {
+        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    });
+    send
+}
+
+/// GET `path`: the status, the body, or the error.
+async fn get3(send: &mut SendRequest, path: &str) -> Result<(u16, String), String> {
+    let fut = async {
+        let req = http::Request::get(format!("https://localhost{path}"))
+            .body(())
+            .unwrap();
+        let mut stream = send.send_request(req).await.map_err(|e| e.to_string())?;
+        stream.finish().await.map_err(|e| e.to_string())?;
+        let resp = stream.recv_response().await.map_err(|e| e.to_string())?;
+        let mut body = Vec::new();
+        while let Some(mut chunk) = stream.recv_data().await.map_err(|e| e.to_string())? {
+            while chunk.has_remaining() {
+                let c = chunk.chunk();
+                body.extend_from_slice(c);
+                let n = c.len();
+                chunk.advance(n);
+            }
+        }
+        Ok((
+            resp.status().as_u16(),
+            String::from_utf8_lossy(&body).into_owned(),
+        ))
+    };
+    tokio::time::timeout(CLIENT_DEADLINE, fut)
+        .await
+        .map_err(|_| "no answer within the deadline".to_string())?
+}
+
+fn udp_addr(s: &mut Server) -> SocketAddr {
+    let Target::Tcp(addr) = s.ready_tcp() else {
+        unreachable!("a TCP listener")
+    };
+    addr.parse().expect("HOST:PORT")
+}
+
+#[test]
+fn the_demo_answers_over_http3_and_tcp_offers_it() {
+    let mut s = h3_server(2);
+    let addr = udp_addr(&mut s);
+    let ca = s.dir.path().join("ca.pem");
+    let rt = rt();
+    rt.block_on(async {
+        let tcp = tls_connect(&addr.to_string(), &ca, &[b"http/1.1"]).await;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .expect("HTTP/1.1 over TLS");
+        tokio::spawn(conn);
+        let resp = send
+            .send_request(
+                http::Request::get("/")
+                    .header("host", "localhost")
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap(),
+            )
+            .await
+            .expect("a TCP answer");
+        let offer = resp
+            .headers()
+            .get("alt-svc")
+            .expect("Alt-Svc on a TLS response")
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(offer, format!("h3=\":{}\"; ma=86400", addr.port()));
+
+        let endpoint = client_endpoint(&ca);
+        let mut send = connect(&endpoint, addr).await;
+        let (status, body) = get3(&mut send, "/").await.expect("an HTTP/3 answer");
+        assert_eq!(status, 200, "{body}");
+
+        // Twenty connections to two workers, ten requests each: a packet
+        // that reached the worker not owning its connection would stall
+        // or reset it.
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let endpoint = endpoint.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut send = connect(&endpoint, addr).await;
+                let mut pids = std::collections::BTreeSet::new();
+                for _ in 0..10 {
+                    let (status, body) = get3(&mut send, "/pid").await?;
+                    if status != 200 {
+                        return Err(format!("status {status}: {body}"));
+                    }
+                    pids.insert(body.trim().to_string());
+                }
+                Ok::<_, String>(pids)
+            }));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for t in tasks {
+            let pids = t
+                .await
+                .expect("client task")
+                .expect("every request answered");
+            // One connection, one worker.
+            assert_eq!(pids.len(), 1, "{pids:?}");
+            seen.extend(pids);
+        }
+        assert_eq!(seen.len(), 2, "both workers took connections: {seen:?}");
+    });
+}
+
+#[test]
+fn a_request_in_flight_completes_across_a_hup_and_new_connections_reach_the_new_workers() {
+    let mut s = h3_server(2);
+    let addr = udp_addr(&mut s);
+    let ca = s.dir.path().join("ca.pem");
+    let before: std::collections::BTreeSet<String> =
+        s.workers().iter().map(|p| p.to_string()).collect();
+    let rt = rt();
+    rt.block_on(async {
+        let endpoint = client_endpoint(&ca);
+        let mut send = connect(&endpoint, addr).await;
+        let (status, old) = get3(&mut send, "/pid").await.expect("an answer");
+        assert_eq!(status, 200);
+        let mut slow_send = send.clone();
+        let slow = tokio::spawn(async move { get3(&mut slow_send, "/sleep?ms=3000").await });
+        // The request is in the worker before the reload starts.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.signal(Signal::SIGHUP);
+        s.wait_reloads(1, Duration::from_secs(30));
+        let (status, _) = slow
+            .await
+            .unwrap()
+            .expect("the request in flight is answered");
+        assert_eq!(status, 200);
+        assert!(before.contains(old.trim()), "{old} was an old worker");
+
+        // New connections go to the new generation only.
+        for _ in 0..6 {
+            let mut send = connect(&endpoint, addr).await;
+            let (status, pid) = get3(&mut send, "/pid")
+                .await
+                .expect("an answer after the HUP");
+            assert_eq!(status, 200);
+            assert!(!before.contains(pid.trim()), "{pid} is an old worker");
+        }
+    });
+}
+
+#[test]
+fn check_refuses_http3_where_it_cannot_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |text: &str| std::fs::write(dir.path().join("app.toml"), text).unwrap();
+    write("[server]\nbind = [\"127.0.0.1:8000\"]\n[http]\nhttp3 = true\n");
+    let (code, _, err) = run(&rsvisor_bin(), &["check", "app.toml"], dir.path(), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("app.toml:4:1: http.http3:"), "{err}");
+    assert!(err.contains("needs a TLS address over TCP"), "{err}");
+    write(
+        "[server]\nbind = [\"127.0.0.1:8000\"]\n[app]\ncommand = [\"uvicorn\", \"--fd\", \"{fd}\", \"m:app\"]\n\
+         [http]\nhttp3 = true\n",
+    );
+    let (code, _, err) = run(&rsvisor_bin(), &["check", "app.toml"], dir.path(), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("http.http3: cannot work with app.command in direct mode"),
+        "{err}"
+    );
+}
