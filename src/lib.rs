@@ -297,6 +297,19 @@ fn check<A: App>(app: &A, path: &Path, overrides: &Overrides) -> Exit {
             for w in app.config_warnings(&loaded.config) {
                 eprintln!("{}: warning: {w}", path.display());
             }
+            if loaded.config.http.http3 {
+                // What would otherwise fail only when the first worker
+                // serves QUIC.
+                if let Err(e) = net::quic_group::probe_steering() {
+                    eprintln!("{}: http.http3: {e}", path.display());
+                    return Exit::ConfigError;
+                }
+                eprintln!(
+                    "{}: http.http3: datagrams steered by {}",
+                    path.display(),
+                    net::quic_group::STEERING
+                );
+            }
             eprintln!("{}: configuration is valid", path.display());
             Exit::Ok
         }

@@ -305,6 +305,12 @@ pub fn table(s: &Status) -> String {
         s.desired_workers,
         human_secs(s.uptime_seconds)
     );
+    for h in &s.http3 {
+        o += &format!(
+            "http/3 udp {}: {} sockets, new connections to slots {:?}; steering: {}\n",
+            h.udp, h.sockets, h.new_connection_slots, h.steering
+        );
+    }
     if let Some(r) = &s.last_reload {
         o += &format!(
             "last reload: {} ({} ms, {} ago): {}\n",

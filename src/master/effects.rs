@@ -68,6 +68,7 @@ impl Master {
             core: &self.core,
             fleet: &self.fleet,
             listeners: &self.sockets.listeners,
+            quic: &self.sockets.quic,
             started: self.fixed.started,
         }
     }

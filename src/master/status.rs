@@ -17,6 +17,7 @@ pub(super) struct View<'a> {
     pub core: &'a Core,
     pub fleet: &'a Fleet,
     pub listeners: &'a ListenerSet,
+    pub quic: &'a crate::net::quic_group::QuicGroups,
     pub started: Instant,
 }
 
@@ -68,6 +69,7 @@ impl View<'_> {
             desired_workers: self.core.current().desired,
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             listeners: self.listeners.iter().map(|l| l.local_addr()).collect(),
+            http3: self.quic.status(),
             totals: Totals {
                 requests: totals.requests,
                 responses_by_class: totals.status,

@@ -65,6 +65,8 @@ struct Group {
     sockets: Vec<OwnedFd>,
     /// The new-connection seats last attached.
     seats: Option<Vec<u16>>,
+    /// Why the last attach failed, if it did.
+    refused: Option<String>,
 }
 
 impl QuicGroups {
@@ -88,6 +90,7 @@ impl QuicGroups {
                     udp: bound,
                     sockets: Vec::new(),
                     seats: None,
+                    refused: None,
                 });
                 self.groups.len() - 1
             }
@@ -137,6 +140,35 @@ impl QuicGroups {
         }
         Ok(())
     }
+}
+
+impl QuicGroups {
+    /// What `rsvisor status` shows of each group.
+    pub fn status(&self) -> Vec<crate::proto::control::Http3Status> {
+        self.groups
+            .iter()
+            .map(|g| crate::proto::control::Http3Status {
+                udp: g.udp.to_string(),
+                sockets: g.sockets.len(),
+                new_connection_slots: g.seats.iter().flatten().map(|&s| usize::from(s)).collect(),
+                steering: match &g.refused {
+                    None => STEERING.to_string(),
+                    Some(why) => format!("kernel hash (the steering program was refused: {why})"),
+                },
+            })
+            .collect()
+    }
+}
+
+/// How `status` and `check` name the steering that runs.
+pub const STEERING: &str = "classic BPF by connection ID (SO_ATTACH_REUSEPORT_CBPF)";
+
+/// Whether this kernel takes the steering program (`rsvisor check`): on a
+/// throwaway group on loopback.
+pub fn probe_steering() -> Result<(), QuicGroupError> {
+    let addr: SocketAddr = (std::net::Ipv4Addr::LOCALHOST, 0).into();
+    let member = bind_member(addr).map_err(|source| QuicGroupError::Bind { addr, source })?;
+    steering::attach(member.as_fd(), &[0]).map_err(|source| QuicGroupError::Steer { addr, source })
 }
 
 fn bind_member(addr: SocketAddr) -> io::Result<OwnedFd> {

@@ -148,6 +148,9 @@ pub struct Status {
     pub uptime_seconds: f64,
     /// The addresses the master listens on, as bound (a port 0 resolved).
     pub listeners: Vec<String>,
+    /// `http.http3`: the UDP groups and where new connections go.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http3: Vec<Http3Status>,
     /// Every worker, booting, serving or leaving (in proxy mode: the app
     /// processes).
     pub workers: Vec<WorkerStatus>,
@@ -276,6 +279,22 @@ pub struct CanaryReport {
     pub previous_ratio_5xx: f64,
     /// Their p99 latency.
     pub previous_p99_ms: Option<f64>,
+}
+
+/// One UDP address served over HTTP/3, as `rsvisor status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[non_exhaustive]
+pub struct Http3Status {
+    /// The UDP address (the TLS TCP listener's port).
+    pub udp: String,
+    /// Sockets in its `SO_REUSEPORT` group (one per scoreboard slot up to
+    /// the highest that served).
+    pub sockets: usize,
+    /// The slots new connections go to.
+    pub new_connection_slots: Vec<usize>,
+    /// How datagrams are steered: `"classic BPF by connection ID"`, or why
+    /// the kernel's hash decides instead.
+    pub steering: String,
 }
 
 /// One worker as `rsvisor status` shows it.

@@ -182,6 +182,18 @@ fn the_demo_answers_over_http3_and_tcp_offers_it() {
         }
         assert_eq!(seen.len(), 2, "both workers took connections: {seen:?}");
     });
+    let st = s.status().expect("status");
+    assert_eq!(st.http3.len(), 1, "{st:?}");
+    let group = &st.http3[0];
+    assert_eq!(group.udp, addr.to_string());
+    let mut slots: Vec<usize> = st.workers.iter().map(|w| w.slot).collect();
+    slots.sort_unstable();
+    assert_eq!(group.new_connection_slots, slots);
+    assert!(
+        group.steering.starts_with("classic BPF"),
+        "{}",
+        group.steering
+    );
 }
 
 #[test]
@@ -223,6 +235,46 @@ fn a_request_in_flight_completes_across_a_hup_and_new_connections_reach_the_new_
 }
 
 #[test]
+fn a_kill_9_of_one_worker_leaves_the_other_workers_connections_alone() {
+    let mut s = h3_server(2);
+    let addr = udp_addr(&mut s);
+    let ca = s.dir.path().join("ca.pem");
+    let rt = rt();
+    rt.block_on(async {
+        let endpoint = client_endpoint(&ca);
+        // A connection on each worker (new connections are spread by the
+        // client's ID: a few tries find both).
+        let mut by_pid = std::collections::BTreeMap::new();
+        for _ in 0..40 {
+            let mut send = connect(&endpoint, addr).await;
+            let (status, pid) = get3(&mut send, "/pid").await.expect("an answer");
+            assert_eq!(status, 200);
+            by_pid.entry(pid.trim().to_string()).or_insert(send);
+            if by_pid.len() == 2 {
+                break;
+            }
+        }
+        assert_eq!(by_pid.len(), 2, "both workers took a connection");
+        let mut conns = by_pid.into_iter();
+        let (victim, _) = conns.next().unwrap();
+        let (survivor, mut send) = conns.next().unwrap();
+        kill(victim.parse().unwrap(), Signal::SIGKILL);
+        for _ in 0..5 {
+            let (status, pid) = get3(&mut send, "/pid")
+                .await
+                .expect("the other worker's connection keeps answering");
+            assert_eq!(status, 200);
+            assert_eq!(pid.trim(), survivor);
+        }
+        for _ in 0..4 {
+            let mut send = connect(&endpoint, addr).await;
+            let (status, _) = get3(&mut send, "/pid").await.expect("new connections work");
+            assert_eq!(status, 200);
+        }
+    });
+}
+
+#[test]
 fn check_refuses_http3_where_it_cannot_serve() {
     let dir = tempfile::tempdir().unwrap();
     let write = |text: &str| std::fs::write(dir.path().join("app.toml"), text).unwrap();
@@ -239,6 +291,20 @@ fn check_refuses_http3_where_it_cannot_serve() {
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("http.http3: cannot work with app.command in direct mode"),
+        "{err}"
+    );
+
+    // A configuration that serves it: check says how datagrams are steered
+    // (after making sure this kernel takes the program).
+    make_pki(dir.path());
+    write(
+        "[server]\nbind = [\"127.0.0.1:8443\"]\n[http]\nhttp3 = true\n\
+         [tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n",
+    );
+    let (code, _, err) = run(&rsvisor_bin(), &["check", "app.toml"], dir.path(), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("http.http3: datagrams steered by classic BPF by connection ID"),
         "{err}"
     );
 }

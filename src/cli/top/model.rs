@@ -340,6 +340,7 @@ mod tests {
             fronts: Vec::new(),
             uptime_seconds: 10.0,
             listeners: vec![],
+            http3: vec![],
             workers,
             totals: Totals {
                 requests,
