@@ -51,7 +51,7 @@ mod tests {
                     canary = 30\ncanary_max_5xx_ratio = 0.05\ncanary_max_latency_ratio = 1.5\n\
                     [http]\nkeepalive_timeout = 0\nheader_read_timeout = 3\n\
                     max_header_bytes = 9000\nmax_headers = 50\nmax_body_bytes = 5\n\
-                    limit_concurrency = 4\nsend_timeout = 12\nupgrade_idle_timeout = 40\ncompression = true\nhttp2 = false\n\
+                    limit_concurrency = 4\nsend_timeout = 12\nupgrade_idle_timeout = 40\ncompression = true\nhttp2 = false\nhttp3 = true\n\
                     [proxy]\nproxy_headers = true\nforwarded_allow_ips = [\"10.0.0.0/8\", \"unix\"]\n\
                     [tls]\ncert = \"/a.pem\"\nkey = \"/b.pem\"\nclient_ca = \"/c.pem\"\n\
                     client_auth = \"required\"\nsession_tickets = false\n\

@@ -190,6 +190,16 @@ impl Master {
 
     /// The core admitted a USR2 (the master runs, settled).
     fn start_upgrade(&mut self) -> Option<Exit> {
+        if self.core.current().loaded.config.http.http3 {
+            // A new master would make a second set of UDP sockets on the
+            // same ports, and the steering program's socket numbers would
+            // no longer name the workers: refused rather than half done.
+            error!(
+                "USR2: a binary upgrade cannot hand over the HTTP/3 sockets (http.http3); \
+                 restart the service to run the new binary"
+            );
+            return None;
+        }
         let timeout = self.core.current().loaded.config.lifecycle.timeout;
         let exe = &self.fixed.exe;
         match self.sockets.spawn_new_master(exe, &self.fixed.args) {

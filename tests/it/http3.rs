@@ -274,6 +274,30 @@ fn a_kill_9_of_one_worker_leaves_the_other_workers_connections_alone() {
     });
 }
 
+/// A new master would make its own UDP sockets next to the old ones and
+/// misroute every packet: USR2 is refused, said in the log, and the old
+/// master keeps serving HTTP/3.
+#[test]
+fn a_binary_upgrade_is_refused_while_http3_is_on() {
+    let mut s = h3_server(1);
+    let addr = udp_addr(&mut s);
+    let ca = s.dir.path().join("ca.pem");
+    let master = s.pid();
+    s.signal(Signal::SIGUSR2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !s.log_text().contains("cannot hand over the HTTP/3 sockets") {
+        assert!(std::time::Instant::now() < deadline, "{}", s.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(s.status().expect("status").master_pid, master as u32);
+    rt().block_on(async {
+        let endpoint = client_endpoint(&ca);
+        let mut send = connect(&endpoint, addr).await;
+        let (status, _) = get3(&mut send, "/").await.expect("still serving");
+        assert_eq!(status, 200);
+    });
+}
+
 #[test]
 fn check_refuses_http3_where_it_cannot_serve() {
     let dir = tempfile::tempdir().unwrap();
