@@ -119,6 +119,8 @@ outcome! {
         /// An HTTP/2 protocol error, our GOAWAY included (a reset flood
         /// gets `ENHANCE_YOUR_CALM`).
         Http2 = "http2",
+        /// An HTTP/3 protocol error, ours or the client's.
+        Http3 = "http3",
         /// The connection failed under us (reset, broken pipe).
         Io = "io",
     }

@@ -193,7 +193,7 @@ pub const METRICS: &[Metric] = &[
         kind: Kind::Counter,
         help: "Connections that ended with a protocol or I/O error.",
         labels: "`kind` = http1 (malformed request), http2 (protocol error, our GOAWAY to a \
-                 reset flood), io",
+                 reset flood), http3 (protocol error, ours or the client's), io",
         source: Source::ByLabel(|s| {
             labelled(
                 "kind",

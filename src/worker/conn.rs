@@ -158,7 +158,12 @@ fn tls_failure(e: &io::Error) -> TlsFailure {
 
 /// Counts a failed handshake; says why (once per interval and reason).
 /// Clients that just go away (scanners, health checks) are only counted.
-fn tls_failed<H>(shared: &Shared<H>, peer: Peer, reason: TlsFailure, e: Option<&io::Error>) {
+pub(super) fn tls_failed<H>(
+    shared: &Shared<H>,
+    peer: Peer,
+    reason: TlsFailure,
+    e: Option<&dyn std::error::Error>,
+) {
     shared.slot.count_tls_failure(reason);
     if matches!(reason, TlsFailure::Io | TlsFailure::Timeout) {
         tracing::debug!(?peer, %reason, "TLS handshake failed");

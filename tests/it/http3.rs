@@ -274,6 +274,112 @@ fn a_kill_9_of_one_worker_leaves_the_other_workers_connections_alone() {
     });
 }
 
+/// Random bytes, and datagrams that look like QUIC v1 Initial packets
+/// (long header, random connection IDs, padded to 1,200 bytes) but carry
+/// nothing a server can decrypt, from one socket as fast as it can send;
+/// then 150 real handshakes at once from as many source ports (past
+/// `RETRY_ABOVE_HANDSHAKES`, so some are asked to Retry). A client already
+/// connected is served throughout, and every real handshake completes.
+#[test]
+fn garbage_datagrams_and_a_handshake_flood_leave_a_client_served() {
+    let mut s = h3_server(1);
+    let addr = udp_addr(&mut s);
+    let ca = s.dir.path().join("ca.pem");
+    rt().block_on(async {
+        let endpoint = client_endpoint(&ca);
+        let mut send = connect(&endpoint, addr).await;
+        let junk = std::thread::spawn(move || {
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP socket");
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            let mut next = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            for i in 0..4_000u32 {
+                let mut d = vec![
+                    0u8;
+                    if i % 2 == 0 {
+                        1 + (next() % 1400) as usize
+                    } else {
+                        1200
+                    }
+                ];
+                d.iter_mut().for_each(|b| *b = next() as u8);
+                if i % 2 == 1 {
+                    // Long header, Initial, version 1, 8-byte IDs.
+                    d[0] = 0xc0;
+                    d[1..5].copy_from_slice(&1u32.to_be_bytes());
+                    d[5] = 8;
+                    d[14] = 8;
+                }
+                let _ = sock.send_to(&d, addr);
+            }
+        });
+        let flood: Vec<_> = (0..150)
+            .map(|_| {
+                let ca = ca.clone();
+                tokio::spawn(async move {
+                    let endpoint = client_endpoint(&ca);
+                    let mut send = connect(&endpoint, addr).await;
+                    get3(&mut send, "/").await
+                })
+            })
+            .collect();
+        for _ in 0..20 {
+            let (status, _) = get3(&mut send, "/")
+                .await
+                .expect("the connected client is served during the flood");
+            assert_eq!(status, 200);
+        }
+        for f in flood {
+            let (status, _) = f.await.expect("a flood task").expect("a flood handshake");
+            assert_eq!(status, 200);
+        }
+        junk.join().expect("the junk sender");
+        let (status, _) = get3(&mut send, "/").await.expect("served after it");
+        assert_eq!(status, 200);
+    });
+}
+
+/// Proxy mode: the front workers serve HTTP/3 and forward to the app
+/// processes; new connections go to the fronts' slots.
+#[test]
+fn proxy_mode_serves_http3_through_the_front_workers() {
+    if !have_in_venv(&["uvicorn"]) {
+        return;
+    }
+    let b = crate::proxy_mode::uvicorn_proxy(
+        2,
+        "",
+        "[http]\nhttp3 = true\n[tls]\ncert = \"{dir}/server.pem\"\nkey = \"{dir}/server.key\"\n",
+    );
+    make_pki(b.dir());
+    let mut s = b.start();
+    let addr = udp_addr(&mut s);
+    let ca = s.dir.path().join("ca.pem");
+    let st = s.wait_settled(Duration::from_secs(60));
+    let apps: Vec<String> = st.workers.iter().map(|w| w.pid.to_string()).collect();
+    rt().block_on(async {
+        let endpoint = client_endpoint(&ca);
+        let mut send = connect(&endpoint, addr).await;
+        let (status, pid) = get3(&mut send, "/pid").await.expect("an answer");
+        assert_eq!(status, 200);
+        assert!(
+            apps.contains(&pid.trim().to_string()),
+            "{pid} is an app process: {apps:?}"
+        );
+        let (status, xff) = get3(&mut send, "/xff").await.expect("an answer");
+        assert_eq!(status, 200);
+        assert!(xff.starts_with("127.0.0.1|https|"), "{xff}");
+    });
+    let st = s.status().expect("status");
+    let mut fronts: Vec<usize> = st.fronts.iter().map(|f| f.slot).collect();
+    fronts.sort_unstable();
+    assert_eq!(st.http3[0].new_connection_slots, fronts);
+}
+
 /// A new master would make its own UDP sockets next to the old ones and
 /// misroute every packet: USR2 is refused, said in the log, and the old
 /// master keeps serving HTTP/3.

@@ -63,7 +63,7 @@ async def app(scope, receive, send):
 
 /// rsvisor in proxy mode in front of `workers` uvicorn processes;
 /// `extra` goes at the end (more keys of `[app]`, or other sections).
-fn uvicorn_proxy(workers: usize, lifecycle: &str, extra: &str) -> ServerBuilder {
+pub(crate) fn uvicorn_proxy(workers: usize, lifecycle: &str, extra: &str) -> ServerBuilder {
     let uvicorn = venv_bin("uvicorn").display().to_string();
     let b = ServerBuilder::new(rsvisor_bin()).config(&format!(
         r#"

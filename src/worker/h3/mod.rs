@@ -15,12 +15,16 @@ use std::net::UdpSocket;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-use tracing::debug;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
+use tokio::sync::watch;
+
+use super::conn::tls_failed;
 use super::conn_info::{ConnState, Peer};
 use super::{BootListener, ListenRole, Shared};
 use crate::app::Handler;
+use crate::proto::outcome::{ConnError, TlsFailure};
+use crate::telemetry::throttle::Throttle;
 use crate::tls::quic::{self, QuicSetupError};
 
 /// RFC 9114 §8.1: the connection closed without error.
@@ -33,6 +37,17 @@ const DRAIN_POLL: Duration = Duration::from_millis(50);
 /// Requests that may still arrive after our `GOAWAY` and be answered:
 /// those the client sent while the frame was on its way.
 const GOAWAY_GRACE_REQUESTS: usize = 1;
+
+/// Handshakes in progress in one worker above which a client whose address
+/// is not validated yet gets a Retry first (RFC 9000 §8.1): a flood of
+/// Initial packets from forged addresses then costs one stateless packet
+/// each instead of a handshake's keys and state, and a real client pays
+/// one round trip more.
+pub const RETRY_ABOVE_HANDSHAKES: usize = 32;
+
+/// HTTP/3 connections that ended in a protocol error, said once per
+/// interval.
+static HTTP3_ERRORS: Throttle = Throttle::new();
 
 /// How long a client may remember that HTTP/3 is offered (`ma`): a day,
 /// as the common servers say.
@@ -100,13 +115,37 @@ async fn accept<H: Handler>(
     shared: Arc<Shared<H>>,
     stop: watch::Receiver<bool>,
 ) {
+    let handshaking = Arc::new(AtomicUsize::new(0));
     while let Some(incoming) = endpoint.accept().await {
-        tokio::spawn(connection(incoming, shared.clone(), stop.clone()));
+        if handshaking.load(Relaxed) >= RETRY_ABOVE_HANDSHAKES && incoming.may_retry() {
+            // `may_retry` is false once the address is validated, so a
+            // client is asked at most once.
+            let _ = incoming.retry();
+            continue;
+        }
+        handshaking.fetch_add(1, Relaxed);
+        let handshake = Handshaking(handshaking.clone());
+        tokio::spawn(connection(
+            incoming,
+            handshake,
+            shared.clone(),
+            stop.clone(),
+        ));
+    }
+}
+
+/// Counts a handshake in progress until dropped.
+struct Handshaking(Arc<AtomicUsize>);
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 
 async fn connection<H: Handler>(
     incoming: quinn::Incoming,
+    handshake: Handshaking,
     shared: Arc<Shared<H>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -118,14 +157,15 @@ async fn connection<H: Handler>(
     let conn = match tokio::time::timeout(limit, incoming).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
-            debug!(error = %e, "QUIC handshake failed");
+            tls_failed(&shared, peer, handshake_failure(&e), Some(&e));
             return;
         }
         Err(_) => {
-            debug!("QUIC handshake timed out");
+            tls_failed(&shared, peer, TlsFailure::Timeout, None);
             return;
         }
     };
+    drop(handshake);
     let state = Arc::new(ConnState::new(
         peer,
         ListenRole::Tls,
@@ -138,7 +178,7 @@ async fn connection<H: Handler>(
     let mut h3 = match builder.build(h3_quinn::Connection::new(conn.clone())).await {
         Ok(h3) => h3,
         Err(e) => {
-            debug!(error = %e, "HTTP/3 connection setup failed");
+            connection_failed(&shared, peer, &e);
             return;
         }
     };
@@ -172,6 +212,10 @@ async fn connection<H: Handler>(
             }
         };
         match accepted {
+            Err(e) => {
+                connection_failed(&shared, peer, &e);
+                break;
+            }
             Ok(Some(resolver)) => {
                 served_any = true;
                 let (s, st, held) = (shared.clone(), state.clone(), requests.clone());
@@ -180,9 +224,73 @@ async fn connection<H: Handler>(
                     drop(held);
                 });
             }
-            Ok(None) | Err(_) => break,
+            Ok(None) => break,
         }
     }
     conn.close(H3_NO_ERROR.into(), b"");
     drop(guard);
+}
+
+/// Which `rsvisor_tls_handshake_failures_total` reason a failed QUIC
+/// handshake counts as (the handshake of QUIC is TLS 1.3's).
+fn handshake_failure(e: &quinn::ConnectionError) -> TlsFailure {
+    use quinn::ConnectionError as E;
+    let code = match e {
+        E::TimedOut => return TlsFailure::Timeout,
+        E::TransportError(t) => u64::from(t.code),
+        E::ConnectionClosed(c) => u64::from(c.error_code),
+        _ => return TlsFailure::Io,
+    };
+    // RFC 9001 §4.8: a TLS alert is carried as 0x100 + its number.
+    match code.checked_sub(0x100) {
+        Some(ALERT_CERTIFICATE_REQUIRED) => TlsFailure::NoCertificate,
+        Some(a) if (ALERT_BAD_CERTIFICATE..=ALERT_UNKNOWN_CA).contains(&a) => {
+            TlsFailure::BadCertificate
+        }
+        Some(a) if a < 0x100 => TlsFailure::Protocol,
+        _ => TlsFailure::Io,
+    }
+}
+
+/// TLS alerts (RFC 8446 §6): bad_certificate … unknown_ca are about the
+/// certificate; certificate_required says none came.
+const ALERT_BAD_CERTIFICATE: u64 = 42;
+const ALERT_UNKNOWN_CA: u64 = 48;
+const ALERT_CERTIFICATE_REQUIRED: u64 = 116;
+
+/// Counts an HTTP/3 connection that did not end cleanly: a protocol error
+/// (ours or the client's) as `http3`, said once per interval; a lost or
+/// reset connection as `io`. An idle timeout or `H3_NO_ERROR` is no error.
+fn connection_failed<H>(shared: &Shared<H>, peer: Peer, e: &h3::error::ConnectionError) {
+    use h3::error::ConnectionError as E;
+    use h3::quic::ConnectionErrorIncoming as Incoming;
+    if e.is_h3_no_error() {
+        return;
+    }
+    let kind = match e {
+        E::Timeout { .. }
+        | E::Remote {
+            0: Incoming::Timeout,
+            ..
+        } => return,
+        E::Local { .. }
+        | E::Remote {
+            0: Incoming::ApplicationClose { .. },
+            ..
+        } => ConnError::Http3,
+        _ => ConnError::Io,
+    };
+    shared.slot.count_conn_error(kind);
+    if kind != ConnError::Http3 {
+        return;
+    }
+    if let Some(suppressed) = HTTP3_ERRORS.admit() {
+        tracing::warn!(
+            ?peer,
+            error = %e,
+            suppressed,
+            "HTTP/3 connection ended with a protocol error \
+             (counted in rsvisor_connection_errors_total)"
+        );
+    }
 }
