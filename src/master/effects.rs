@@ -316,6 +316,9 @@ impl Master {
     /// of the current generation (app workers, or front workers in proxy
     /// mode); a worker that leaves keeps the connections it has.
     pub(super) fn steer_quic(&mut self) {
+        if self.sockets.quic.is_empty() {
+            return;
+        }
         let seats = self.fleet.quic_seats(self.core.current().generation);
         if let Err(e) = self.sockets.quic.steer(&seats) {
             error!("{e}; new HTTP/3 connections go where the kernel's hash sends them");

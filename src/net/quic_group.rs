@@ -111,6 +111,11 @@ impl QuicGroups {
             })
     }
 
+    /// No group yet (`http.http3` off, or no worker started).
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
     /// Sends new connections to `seats` (the ready serving slots of the
     /// current generation) in every group whose table differs. A slot
     /// without a socket yet is left out; no seat at all lets the kernel

@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,24 +39,85 @@ key = "{{dir}}/server.key"
 }
 
 fn client_endpoint(ca: &Path) -> quinn::Endpoint {
+    client_endpoint_counting(ca).0
+}
+
+/// A client endpoint, and how many times it has verified the server's
+/// certificate: a resumed TLS 1.3 handshake sends none, so the count
+/// stays put when a connection resumes.
+fn client_endpoint_counting(ca: &Path) -> (quinn::Endpoint, Arc<AtomicUsize>) {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).expect("the test CA") {
         roots.add(c.expect("a CA certificate")).expect("a CA root");
     }
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .expect("TLS 1.3")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .expect("a verifier");
+    let verified = Arc::new(AtomicUsize::new(0));
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Counting {
+            inner: webpki,
+            verified: verified.clone(),
+        }))
+        .with_no_client_auth();
     tls.alpn_protocols = vec![b"h3".to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS");
     let mut endpoint =
         quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("a client endpoint");
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    endpoint
+    (endpoint, verified)
+}
+
+/// The usual certificate checks, counted.
+#[derive(Debug)]
+struct Counting {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    verified: Arc<AtomicUsize>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Counting {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.verified.fetch_add(1, Relaxed);
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 type SendRequest = h3::client::SendRequest<h3_quinn::OpenStreams, bytes::Bytes>;
@@ -82,11 +144,31 @@ async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr) -> SendRequest {
 
 /// GET `path`: the status, the body, or the error.
 async fn get3(send: &mut SendRequest, path: &str) -> Result<(u16, String), String> {
+    request3(send, "GET", path, &[], b"").await
+}
+
+/// One request with `headers` and `body`: the status, the body, or the
+/// error.
+async fn request3(
+    send: &mut SendRequest,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Result<(u16, String), String> {
     let fut = async {
-        let req = http::Request::get(format!("https://localhost{path}"))
-            .body(())
-            .unwrap();
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("https://localhost{path}"));
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let req = req.body(()).unwrap();
         let mut stream = send.send_request(req).await.map_err(|e| e.to_string())?;
+        if !body.is_empty() {
+            let data = bytes::Bytes::copy_from_slice(body);
+            stream.send_data(data).await.map_err(|e| e.to_string())?;
+        }
         stream.finish().await.map_err(|e| e.to_string())?;
         let resp = stream.recv_response().await.map_err(|e| e.to_string())?;
         let mut body = Vec::new();
@@ -272,6 +354,174 @@ fn a_kill_9_of_one_worker_leaves_the_other_workers_connections_alone() {
             assert_eq!(status, 200);
         }
     });
+}
+
+/// The `[http]` limits hold over HTTP/3 as over TCP: too many header
+/// fields get 431, a body past `max_body_bytes` 413 (the app's
+/// `RequestBody` refuses it), a body within it is echoed whole.
+#[test]
+fn the_http_limits_hold_over_http3() {
+    let b = demo(
+        r#"
+[server]
+bind = ["127.0.0.1:0"]
+workers = 1
+[http]
+http3 = true
+max_headers = 8
+max_body_bytes = 1000
+[tls]
+cert = "{dir}/server.pem"
+key = "{dir}/server.key"
+"#,
+    );
+    make_pki(b.dir());
+    let mut s = b.start();
+    let addr = udp_addr(&mut s);
+    let ca = s.dir.path().join("ca.pem");
+    rt().block_on(async {
+        let endpoint = client_endpoint(&ca);
+        let mut send = connect(&endpoint, addr).await;
+        let many: Vec<(String, String)> =
+            (0..12).map(|i| (format!("x-h{i}"), "v".into())).collect();
+        let (status, _) = request3(&mut send, "GET", "/", &many, b"")
+            .await
+            .expect("an answer");
+        assert_eq!(status, 431);
+        let (status, body) = request3(&mut send, "POST", "/echo", &[], &[b'a'; 600])
+            .await
+            .expect("an answer");
+        assert_eq!((status, body.len()), (200, 600));
+        let (status, _) = request3(&mut send, "POST", "/echo", &[], &[b'a'; 5000])
+            .await
+            .expect("an answer");
+        assert_eq!(status, 413);
+        // The connection still serves.
+        let (status, _) = get3(&mut send, "/").await.expect("an answer");
+        assert_eq!(status, 200);
+    });
+}
+
+/// The session ticket of one worker resumes on the other and, after a HUP,
+/// on the new generation: every worker shares the master's ticket keys.
+#[test]
+fn a_ticket_resumes_on_the_other_worker_and_after_a_hup() {
+    let mut s = h3_server(2);
+    let addr = udp_addr(&mut s);
+    let ca = s.dir.path().join("ca.pem");
+    let rt = rt();
+    let first = rt.block_on(async {
+        let (endpoint, verified) = client_endpoint_counting(&ca);
+        let mut send = connect(&endpoint, addr).await;
+        let (_, first) = get3(&mut send, "/pid").await.expect("an answer");
+        assert_eq!(
+            verified.load(Relaxed),
+            1,
+            "the first handshake is a full one"
+        );
+        // New connections, each resuming with a ticket the previous one
+        // got, until one lands on the other worker.
+        for _ in 0..40 {
+            let mut send = connect(&endpoint, addr).await;
+            let (_, pid) = get3(&mut send, "/pid").await.expect("an answer");
+            assert_eq!(
+                verified.load(Relaxed),
+                1,
+                "a resumed handshake sends no certificate"
+            );
+            if pid != first {
+                return (endpoint, verified);
+            }
+        }
+        panic!("no connection reached the other worker");
+    });
+    let (endpoint, verified) = first;
+    let before: Vec<String> = s.workers().iter().map(|p| p.to_string()).collect();
+    s.signal(Signal::SIGHUP);
+    s.wait_reloads(1, Duration::from_secs(30));
+    rt.block_on(async {
+        let mut send = connect(&endpoint, addr).await;
+        let (_, pid) = get3(&mut send, "/pid")
+            .await
+            .expect("an answer after the HUP");
+        assert!(!before.contains(&pid), "{pid} is of the new generation");
+        assert_eq!(verified.load(Relaxed), 1, "resumed across the HUP");
+    });
+}
+
+/// Three HUPs while 8 connections keep requests going: no request fails.
+/// A request the old worker refused after its `GOAWAY` (or whose
+/// connection the old worker closed) is the client's to send again on a
+/// new connection, which is what an HTTP/3 client does; those are counted
+/// apart and retried once.
+#[test]
+fn three_hups_under_http3_load_fail_no_request() {
+    let mut s = h3_server(2);
+    let addr = udp_addr(&mut s);
+    let ca = s.dir.path().join("ca.pem");
+    let rt = rt();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tasks, endpoint) = rt.block_on(async {
+        let endpoint = client_endpoint(&ca);
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (endpoint, stop) = (endpoint.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let (mut ok, mut retried) = (0u64, 0u64);
+                    let mut send = connect(&endpoint, addr).await;
+                    while !stop.load(Relaxed) {
+                        match get3(&mut send, "/").await {
+                            Ok((200, _)) => ok += 1,
+                            Ok((status, body)) => return Err(format!("status {status}: {body}")),
+                            Err(_) => {
+                                // Refused or closed by a draining worker:
+                                // once more, on a new connection.
+                                retried += 1;
+                                send = connect(&endpoint, addr).await;
+                                match get3(&mut send, "/").await {
+                                    Ok((200, _)) => ok += 1,
+                                    other => return Err(format!("after a retry: {other:?}")),
+                                }
+                            }
+                        }
+                    }
+                    Ok((ok, retried))
+                })
+            })
+            .collect();
+        (tasks, endpoint)
+    });
+    for n in 1..=3 {
+        // The load runs on the runtime while this thread waits.
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(500)).await });
+        s.signal(Signal::SIGHUP);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            rt.block_on(async { tokio::time::sleep(Duration::from_millis(100)).await });
+            let st = s.status().expect("status");
+            if st
+                .last_reload
+                .as_ref()
+                .is_some_and(|r| r.generation == n + 1)
+            {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{st:?}");
+        }
+    }
+    rt.block_on(async { tokio::time::sleep(Duration::from_millis(500)).await });
+    stop.store(true, Relaxed);
+    let (mut ok, mut retried) = (0, 0);
+    rt.block_on(async {
+        for t in tasks {
+            let (o, r) = t.await.expect("a load task").expect("no failed request");
+            ok += o;
+            retried += r;
+        }
+    });
+    drop(endpoint);
+    assert!(ok > 100, "{ok} requests answered");
+    eprintln!("{ok} requests answered, {retried} retried on a new connection");
 }
 
 /// Random bytes, and datagrams that look like QUIC v1 Initial packets

@@ -37,6 +37,18 @@ pub async fn serve<H: Handler>(resolver: Resolver, shared: Arc<Shared<H>>, conn:
             _ => return,
         };
     let (mut send, recv) = stream.split();
+    if req.headers().len() > http.max_headers {
+        // As hyper answers HTTP/1.1 (h3 bounds only the section's size).
+        let mut resp = http::Response::new(());
+        *resp.status_mut() = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+        if tokio::time::timeout(http.send_timeout, send.send_response(resp))
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
+            let _ = tokio::time::timeout(http.send_timeout, send.finish()).await;
+        }
+        return;
+    }
     let req = req.map(|()| StreamBody(recv));
     let resp = match service::respond(&shared, &conn, req).await {
         Ok(resp) => resp,
