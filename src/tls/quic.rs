@@ -43,6 +43,8 @@ pub enum QuicSetupError {
     NoSecret,
     #[error("the TLS configuration cannot serve QUIC: {0}")]
     Tls(String),
+    #[error("cannot start the QUIC endpoint on its UDP socket: {0}")]
+    Endpoint(#[source] io::Error),
 }
 
 /// Makes the secret, in the master before it forks a worker that serves

@@ -46,11 +46,7 @@ fn client_endpoint(ca: &Path) -> quinn::Endpoint {
 /// certificate: a resumed TLS 1.3 handshake sends none, so the count
 /// stays put when a connection resumes.
 fn client_endpoint_counting(ca: &Path) -> (quinn::Endpoint, Arc<AtomicUsize>) {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).expect("the test CA") {
-        roots.add(c.expect("a CA certificate")).expect("a CA root");
-    }
+    let roots = test_roots(ca);
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
         Arc::new(roots),

@@ -791,6 +791,16 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
         .unwrap_or_else(|| panic!("no sample {name_and_labels}"))
 }
 
+/// The test CA of `http_edge::make_pki` as a root store.
+pub fn test_roots(ca: &Path) -> rustls::RootCertStore {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).expect("the test CA") {
+        roots.add(c.expect("a CA certificate")).expect("a CA root");
+    }
+    roots
+}
+
 /// A TLS connection to `addr` as `localhost`, trusting the CA in `ca`
 /// (`http_edge::make_pki`), offering `alpn`.
 pub async fn tls_connect(
@@ -798,11 +808,7 @@ pub async fn tls_connect(
     ca: &Path,
     alpn: &[&[u8]],
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).expect("the test CA") {
-        roots.add(c.expect("a CA certificate")).expect("a CA root");
-    }
+    let roots = test_roots(ca);
     let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))

@@ -101,7 +101,7 @@ pub fn start<H: Handler>(
             socket,
             runtime.clone(),
         )
-        .map_err(|e| QuicSetupError::Tls(format!("cannot start the QUIC endpoint: {e}")))?;
+        .map_err(QuicSetupError::Endpoint)?;
         tokio::spawn(accept(endpoint, shared.clone(), stop.clone()));
     }
     Ok(())
@@ -187,16 +187,18 @@ async fn connection<H: Handler>(
     // One clone per request task: the connection holds no request when
     // it is the only one left.
     let requests = Arc::new(());
+    let send_timeout = shared.config.http.send_timeout;
     let mut draining = *stop.borrow();
     if draining {
-        let _ = h3.shutdown(GOAWAY_GRACE_REQUESTS).await;
+        // A client that grants no flow control cannot hold the drain.
+        let _ = tokio::time::timeout(send_timeout, h3.shutdown(GOAWAY_GRACE_REQUESTS)).await;
     }
     loop {
         let accepted = tokio::select! {
             r = h3.accept() => r,
             _ = stop.changed(), if !draining => {
                 draining = true;
-                let _ = h3.shutdown(GOAWAY_GRACE_REQUESTS).await;
+                let _ = tokio::time::timeout(send_timeout, h3.shutdown(GOAWAY_GRACE_REQUESTS)).await;
                 continue;
             }
             _ = tokio::time::sleep(DRAIN_POLL), if draining => {
