@@ -12,6 +12,7 @@ use super::core::{Ask, Effect, Event, World};
 use super::reap::Reaped;
 use super::spawn::Spawner;
 use super::Master;
+use crate::net::quic_group::QuicGroups;
 use crate::proto::control::{Request, Response};
 use crate::proto::exit::Exit;
 
@@ -317,6 +318,14 @@ impl Master {
     /// mode); a worker that leaves keeps the connections it has.
     pub(super) fn steer_quic(&mut self) {
         if self.sockets.quic.is_empty() {
+            return;
+        }
+        if !self.core.current().loaded.config.http.http3 && !self.fleet.serves_http3() {
+            // A reload turned HTTP/3 off and its last server is gone: the
+            // port closes, so clients that remember `Alt-Svc` fall back to
+            // TCP at once instead of waiting on sockets nobody reads.
+            self.sockets.quic = QuicGroups::default();
+            info!("http.http3 is off and no worker serves it: UDP sockets closed");
             return;
         }
         let seats = self.fleet.quic_seats(self.core.current().generation);

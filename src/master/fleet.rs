@@ -77,21 +77,33 @@ impl Fleet {
     /// staying, of the current generation (fronts: any, they are replaced
     /// when their configuration changes).
     pub(super) fn quic_seats(&self, current: u32) -> Vec<usize> {
+        // Only processes whose configuration serves HTTP/3 read a socket.
+        let serves = |w: &&WorkerHandle| w.serving() && w.config.http.http3;
         let mut seats: Vec<usize> = if self.helpers.iter().any(|h| h.role == WorkerRole::Front) {
             self.helpers
                 .iter()
-                .filter(|h| h.role == WorkerRole::Front && h.serving())
+                .filter(|h| h.role == WorkerRole::Front)
+                .filter(serves)
                 .map(|h| h.slot)
                 .collect()
         } else {
             self.workers
                 .iter()
-                .filter(|w| w.generation == current && w.serving())
+                .filter(|w| w.generation == current)
+                .filter(serves)
                 .map(|w| w.slot)
                 .collect()
         };
         seats.sort_unstable();
         seats
+    }
+
+    /// Whether a live worker or helper still reads a UDP socket.
+    pub(super) fn serves_http3(&self) -> bool {
+        self.workers
+            .iter()
+            .chain(&self.helpers)
+            .any(|w| w.config.http.http3)
     }
 
     /// Every address a live worker's configuration listens on.

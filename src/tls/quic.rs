@@ -29,8 +29,9 @@ pub const CID_LEN: usize = 8;
 /// is hyper's 200; RFC 9114 §6.1 asks for at least 100).
 const MAX_STREAMS: u32 = 100;
 /// Flow-control windows: what a client may send ahead on one request
-/// stream and on the whole connection. They bound what a connection that
-/// stalls its streams costs (as HTTP/2's windows do).
+/// stream and on the whole connection, and what the worker keeps unacked
+/// for one connection. They bound what a connection that stalls its
+/// streams or never acknowledges costs (as HTTP/2's windows do).
 const STREAM_WINDOW: u32 = 256 * 1024;
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
 
@@ -96,7 +97,7 @@ pub fn server_config(
         .max_concurrent_bidi_streams(MAX_STREAMS.into())
         .stream_receive_window(STREAM_WINDOW.into())
         .receive_window(CONNECTION_WINDOW.into())
-        .send_window(u64::from(CONNECTION_WINDOW) * 4)
+        .send_window(CONNECTION_WINDOW.into())
         .max_idle_timeout(quinn::IdleTimeout::try_from(idle_timeout).ok());
     config.transport_config(Arc::new(transport));
     Ok(config)

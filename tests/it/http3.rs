@@ -626,6 +626,29 @@ fn proxy_mode_serves_http3_through_the_front_workers() {
     assert_eq!(st.http3[0].new_connection_slots, fronts);
 }
 
+/// A reload that turns HTTP/3 off closes the UDP sockets once the last
+/// worker that served it is gone; the TCP port keeps serving.
+#[test]
+fn a_reload_that_turns_http3_off_closes_the_udp_port() {
+    let mut s = h3_server(1);
+    udp_addr(&mut s);
+    assert_eq!(s.status().expect("status").http3.len(), 1);
+    let text = std::fs::read_to_string(&s.config).expect("the config");
+    std::fs::write(&s.config, text.replace("http3 = true", "http3 = false")).expect("written");
+    s.signal(Signal::SIGHUP);
+    s.wait_reloads(1, Duration::from_secs(30));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = s.status().expect("status");
+        if st.http3.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{st:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(s.log_text().contains("UDP sockets closed"));
+}
+
 /// A new master would make its own UDP sockets next to the old ones and
 /// misroute every packet: USR2 is refused, said in the log, and the old
 /// master keeps serving HTTP/3.

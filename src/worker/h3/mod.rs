@@ -30,9 +30,10 @@ use crate::tls::quic::{self, QuicSetupError};
 /// RFC 9114 §8.1: the connection closed without error.
 const H3_NO_ERROR: u32 = 0x100;
 
-/// How often a draining connection looks whether its last request is done
-/// (only while draining).
-const DRAIN_POLL: Duration = Duration::from_millis(50);
+/// How often a connection with requests in flight is looked at again for
+/// idleness once its idle deadline passed (a draining one, or one with a
+/// zero `keepalive_timeout`, closes this soon after its last request).
+const IDLE_POLL: Duration = Duration::from_millis(50);
 
 /// Requests that may still arrive after our `GOAWAY` and be answered:
 /// those the client sent while the frame was on its way.
@@ -175,42 +176,60 @@ async fn connection<H: Handler>(
     ));
     let mut builder = h3::server::builder();
     builder.max_field_section_size(shared.config.http.max_header_bytes as u64);
-    let mut h3 = match builder.build(h3_quinn::Connection::new(conn.clone())).await {
-        Ok(h3) => h3,
-        Err(e) => {
+    // Setting up opens our control stream, which a client that grants no
+    // stream can hold: bounded like the handshake.
+    let setup = builder.build(h3_quinn::Connection::new(conn.clone()));
+    let mut h3 = match tokio::time::timeout(limit, setup).await {
+        Ok(Ok(h3)) => h3,
+        Ok(Err(e)) => {
             connection_failed(&shared, peer, &e);
             return;
         }
+        Err(_) => {
+            conn.close(H3_NO_ERROR.into(), b"");
+            return;
+        }
     };
-    let first_deadline = tokio::time::Instant::now() + limit;
-    let mut served_any = false;
     // One clone per request task: the connection holds no request when
     // it is the only one left.
     let requests = Arc::new(());
-    let send_timeout = shared.config.http.send_timeout;
+    let http = &shared.config.http;
+    let send_timeout = http.send_timeout;
     let mut draining = *stop.borrow();
     if draining {
         // A client that grants no flow control cannot hold the drain.
         let _ = tokio::time::timeout(send_timeout, h3.shutdown(GOAWAY_GRACE_REQUESTS)).await;
     }
+    // When the connection is next looked at for idleness: the first
+    // request must come within the header timeout; after a request,
+    // `keepalive_timeout` without one in flight closes it (QUIC's own idle
+    // timer does not, since a client's PINGs reset it); a draining one
+    // closes as soon as it holds none.
+    let idle_for = |draining: bool| {
+        if draining {
+            Duration::ZERO
+        } else {
+            http.keepalive_timeout
+        }
+    };
+    let mut idle_at = tokio::time::Instant::now() + if draining { Duration::ZERO } else { limit };
     loop {
         let accepted = tokio::select! {
             r = h3.accept() => r,
             _ = stop.changed(), if !draining => {
                 draining = true;
                 let _ = tokio::time::timeout(send_timeout, h3.shutdown(GOAWAY_GRACE_REQUESTS)).await;
+                idle_at = tokio::time::Instant::now();
                 continue;
             }
-            _ = tokio::time::sleep(DRAIN_POLL), if draining => {
+            _ = tokio::time::sleep_until(idle_at) => {
                 if Arc::strong_count(&requests) == 1 {
                     break;
                 }
+                // Requests in flight: looked at again later, never in a
+                // tight loop (a zero keep-alive, a drain).
+                idle_at = tokio::time::Instant::now() + idle_for(draining).max(IDLE_POLL);
                 continue;
-            }
-            _ = tokio::time::sleep_until(first_deadline), if !served_any => {
-                // No request within the header timeout.
-                conn.close(H3_NO_ERROR.into(), b"");
-                return;
             }
         };
         match accepted {
@@ -219,7 +238,7 @@ async fn connection<H: Handler>(
                 break;
             }
             Ok(Some(resolver)) => {
-                served_any = true;
+                idle_at = tokio::time::Instant::now() + idle_for(draining);
                 let (s, st, held) = (shared.clone(), state.clone(), requests.clone());
                 tokio::spawn(async move {
                     request::serve(resolver, s, st).await;
