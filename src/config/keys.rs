@@ -337,6 +337,16 @@ pub const KEYS: &[Key] = &[
             c.tls.session_ticket_lifetime = d;
         },
         get |c| secs(c.tls.session_ticket_lifetime)),
+    key!("tls"."early_data" = "false",
+        "HTTP/3 only: accept 0-RTT early data from a client resuming a session, a round trip \
+         sooner. GET, HEAD and OPTIONS requests in it are served at once and reach the app with \
+         `Early-Data: 1` (RFC 8470); other methods wait until the handshake completes. Each \
+         session resumes once, from a table every worker shares (2048 sessions, for \
+         `session_ticket_lifetime`), so a recorded first flight replays at most once: an \
+         idempotent request in early data may run twice, and only apps whose GETs change \
+         nothing should turn this on. TLS over TCP never takes early data",
+        set |c, v| c.tls.early_data = boolean(v)?,
+        get |c| c.tls.early_data.to_string()),
     key!("log"."level" = r#""info""#,
         "a level or a `RUST_LOG`-style filter (`\"info,rsvisor=debug\"`)",
         set |c, v| {

@@ -304,6 +304,9 @@ pub struct TlsConfig {
     /// and keeps the previous one for decryption only, so a ticket is
     /// honoured for between one and two lifetimes.
     pub session_ticket_lifetime: Duration,
+    /// `tls.early_data`: HTTP/3 only: accept 0-RTT early data from a client
+    /// resuming a session, a round trip sooner.
+    pub early_data: bool,
 }
 
 /// `[log]`: the event log and the access log.
@@ -550,6 +553,7 @@ impl Config {
                 client_auth: ClientAuth::default(),
                 session_tickets: false,
                 session_ticket_lifetime: Duration::ZERO,
+                early_data: false,
             },
             log: LogConfig {
                 level: String::new(),

@@ -293,6 +293,9 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
     if cfg.http.http3 {
         check_http3(cfg)?;
     }
+    if cfg.tls.early_data {
+        check_early_data(cfg)?;
+    }
     if cfg.server.group.is_some() && cfg.server.user.is_none() {
         return Err(fail(
             "server.group",
@@ -353,6 +356,28 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
 }
 
 /// `http.http3` needs a TLS TCP address and rsvisor's own workers in front.
+/// `tls.early_data` needs what it works through: HTTP/3, and tickets.
+fn check_early_data(cfg: &Config) -> Result<(), ConfigError> {
+    let fail = |message: &str| ConfigError::Invalid {
+        origin: cfg.origins.get("tls.early_data"),
+        key: "tls.early_data".to_string(),
+        message: message.to_string(),
+    };
+    if !cfg.http.http3 {
+        return Err(fail(
+            "0-RTT is served over HTTP/3 only (TLS over TCP never takes early data): set \
+             http.http3 = true, or remove tls.early_data",
+        ));
+    }
+    if !cfg.tls.session_tickets {
+        return Err(fail(
+            "0-RTT resumes a session, and tls.session_tickets = false gives clients none: \
+             remove one of the two",
+        ));
+    }
+    Ok(())
+}
+
 fn check_http3(cfg: &Config) -> Result<(), ConfigError> {
     let fail = |message: &str| ConfigError::Invalid {
         origin: cfg.origins.get("http.http3"),

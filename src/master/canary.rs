@@ -375,7 +375,7 @@ fn previous_sample(w: &Watch) -> Sample {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shm::scoreboard::LATENCY_BOUNDS_US;
+    use crate::shm::scoreboard::{RequestClass, LATENCY_BOUNDS_US};
 
     fn limits() -> Limits {
         Limits {
@@ -504,11 +504,12 @@ mod tests {
         let now = Instant::now();
         c.start(board, (pid, 0), &[], now);
         let slot = board.slot(0);
+        let get = RequestClass::of(&http::Method::GET, http::Version::HTTP_11);
         for _ in 0..CANARY_MIN_REQUESTS - 1 {
-            slot.record(200, 0, 100);
+            slot.record(200, get, 100);
         }
         assert!(!slot.wants_nudge(CANARY_MIN_REQUESTS - 1));
-        assert!(slot.wants_nudge(slot.record(200, 0, 100)));
+        assert!(slot.wants_nudge(slot.record(200, get, 100)));
         assert_eq!(c.check(board, &[(pid, 0)], now), Verdict::Watching);
         // The next wake-up is at twice as many.
         assert!(slot.wants_nudge(2 * CANARY_MIN_REQUESTS));

@@ -113,10 +113,8 @@ pub fn memfd(name: &str) -> io::Result<std::fs::File> {
 }
 
 /// Keeps the pages of `value` (shared memory from [`shared_zeroed`]) out of
-/// core dumps and out of swap, for secrets that must never reach a disk.
-/// Failing to lock (a small `RLIMIT_MEMLOCK`) is reported, and the pages
-/// still stay out of core dumps.
-pub fn keep_off_disk<T: SharedPlain>(value: &'static T) -> io::Result<()> {
+/// core dumps, without making them resident (as locking them would).
+pub fn keep_out_of_core_dumps<T: SharedPlain>(value: &'static T) -> io::Result<()> {
     let ptr = std::ptr::from_ref(value).cast::<libc::c_void>().cast_mut();
     let len = std::mem::size_of::<T>();
     // SAFETY: `value` is a live 'static mapping from `shared_zeroed`, which
@@ -126,7 +124,20 @@ pub fn keep_off_disk<T: SharedPlain>(value: &'static T) -> io::Result<()> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: as above; mlock only pins the pages in memory.
+    Ok(())
+}
+
+/// Keeps the pages of `value` (shared memory from [`shared_zeroed`]) out of
+/// core dumps and out of swap, for secrets that must never reach a disk.
+/// Failing to lock (a small `RLIMIT_MEMLOCK`) is reported, and the pages
+/// still stay out of core dumps.
+pub fn keep_off_disk<T: SharedPlain>(value: &'static T) -> io::Result<()> {
+    keep_out_of_core_dumps(value)?;
+    let ptr = std::ptr::from_ref(value).cast::<libc::c_void>().cast_mut();
+    let len = std::mem::size_of::<T>();
+    // SAFETY: `value` is a live 'static mapping from `shared_zeroed`, which
+    // is page-aligned and at least `len` bytes long; mlock only pins the
+    // pages in memory.
     let rc = unsafe { libc::mlock(ptr, len) };
     if rc != 0 {
         return Err(io::Error::last_os_error());

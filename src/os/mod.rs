@@ -21,7 +21,10 @@ pub use epoll::*;
 pub use fds::*;
 pub use host::*;
 pub(crate) use mapping::shared_plain;
-pub use mapping::{keep_off_disk, memfd, pack_word, shared_zeroed, unpack_words, SharedPlain};
+pub use mapping::{
+    keep_off_disk, keep_out_of_core_dumps, memfd, pack_word, shared_zeroed, unpack_words,
+    SharedPlain,
+};
 pub use memory::*;
 pub use process::*;
 pub use signals::*;

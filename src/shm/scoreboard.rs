@@ -23,6 +23,10 @@ pub const METHOD_CLASSES: [&str; 8] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other",
 ];
 
+/// The protocols a request can arrive over, as `/metrics` labels them
+/// (`h1` counts HTTP/1.0 and HTTP/1.1).
+pub const PROTOCOLS: [&str; 3] = ["h1", "h2", "h3"];
+
 /// A worker's lifecycle as it reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -82,6 +86,10 @@ shared_plain! {
         pub bytes_sent: AtomicU64,
         pub status: [AtomicU64; 5],
         pub methods: [AtomicU64; METHOD_CLASSES.len()],
+        pub protocols: [AtomicU64; PROTOCOLS.len()],
+        /// Of those, served from TLS early data (0-RTT) before the
+        /// handshake completed.
+        pub early_data: AtomicU64,
         pub latency: [AtomicU64; LATENCY_BUCKETS],
         pub latency_sum_us: AtomicU64,
         pub errors: Errors,
@@ -203,6 +211,8 @@ pub struct CountersSnapshot {
     pub bytes_sent: u64,
     pub status: [u64; 5],
     pub methods: [u64; METHOD_CLASSES.len()],
+    pub protocols: [u64; PROTOCOLS.len()],
+    pub early_data: u64,
     pub latency: [u64; LATENCY_BUCKETS],
     pub latency_sum_us: u64,
     pub errors: ErrorsSnapshot,
@@ -213,6 +223,7 @@ impl Counters {
         let mut s = CountersSnapshot {
             requests: self.requests.load(Relaxed),
             bytes_sent: self.bytes_sent.load(Relaxed),
+            early_data: self.early_data.load(Relaxed),
             latency_sum_us: self.latency_sum_us.load(Relaxed),
             ..Default::default()
         };
@@ -222,6 +233,7 @@ impl Counters {
         for (d, a) in s.methods.iter_mut().zip(&self.methods) {
             *d = a.load(Relaxed);
         }
+        s.protocols = load_all(&self.protocols);
         for (d, a) in s.latency.iter_mut().zip(&self.latency) {
             *d = a.load(Relaxed);
         }
@@ -232,6 +244,7 @@ impl Counters {
     fn add(&self, s: &CountersSnapshot) {
         self.requests.fetch_add(s.requests, Relaxed);
         self.bytes_sent.fetch_add(s.bytes_sent, Relaxed);
+        self.early_data.fetch_add(s.early_data, Relaxed);
         self.latency_sum_us.fetch_add(s.latency_sum_us, Relaxed);
         for (a, v) in self.status.iter().zip(&s.status) {
             a.fetch_add(*v, Relaxed);
@@ -239,6 +252,7 @@ impl Counters {
         for (a, v) in self.methods.iter().zip(&s.methods) {
             a.fetch_add(*v, Relaxed);
         }
+        add_all(&self.protocols, &s.protocols);
         for (a, v) in self.latency.iter().zip(&s.latency) {
             a.fetch_add(*v, Relaxed);
         }
@@ -248,9 +262,11 @@ impl Counters {
     fn clear(&self) {
         self.requests.store(0, Relaxed);
         self.bytes_sent.store(0, Relaxed);
+        self.early_data.store(0, Relaxed);
         self.latency_sum_us.store(0, Relaxed);
         self.status.iter().for_each(|a| a.store(0, Relaxed));
         self.methods.iter().for_each(|a| a.store(0, Relaxed));
+        self.protocols.iter().for_each(|a| a.store(0, Relaxed));
         self.latency.iter().for_each(|a| a.store(0, Relaxed));
         self.errors.clear();
     }
@@ -260,6 +276,7 @@ impl CountersSnapshot {
     pub fn add(&mut self, o: &CountersSnapshot) {
         self.requests += o.requests;
         self.bytes_sent += o.bytes_sent;
+        self.early_data += o.early_data;
         self.latency_sum_us += o.latency_sum_us;
         for (a, b) in self.status.iter_mut().zip(&o.status) {
             *a += b;
@@ -267,6 +284,7 @@ impl CountersSnapshot {
         for (a, b) in self.methods.iter_mut().zip(&o.methods) {
             *a += b;
         }
+        sum_all(&mut self.protocols, &o.protocols);
         for (a, b) in self.latency.iter_mut().zip(&o.latency) {
             *a += b;
         }
@@ -681,12 +699,13 @@ impl Slot {
 
     /// Records one answered request in this worker's counters; returns how
     /// many this worker has answered (for max_requests).
-    pub fn record(&self, status: u16, method_class: usize, latency_us: u64) -> u64 {
+    pub fn record(&self, status: u16, class: RequestClass, latency_us: u64) -> u64 {
         let c = &self.counters;
         let served = c.requests.fetch_add(1, Relaxed) + 1;
-        let class = (status / 100).clamp(1, 5) as usize - 1;
-        c.status[class].fetch_add(1, Relaxed);
-        c.methods[method_class.min(METHOD_CLASSES.len() - 1)].fetch_add(1, Relaxed);
+        let status_class = (status / 100).clamp(1, 5) as usize - 1;
+        c.status[status_class].fetch_add(1, Relaxed);
+        c.methods[usize::from(class.method)].fetch_add(1, Relaxed);
+        c.protocols[usize::from(class.protocol)].fetch_add(1, Relaxed);
         let bucket = LATENCY_BOUNDS_US
             .iter()
             .position(|b| latency_us <= *b)
@@ -694,6 +713,11 @@ impl Slot {
         c.latency[bucket].fetch_add(1, Relaxed);
         c.latency_sum_us.fetch_add(latency_us, Relaxed);
         served
+    }
+
+    /// Counts a request served from TLS early data.
+    pub fn count_early_data(&self) {
+        self.counters.early_data.fetch_add(1, Relaxed);
     }
 
     pub fn add_bytes_sent(&self, n: u64) {
@@ -770,16 +794,32 @@ pub fn quantile_us(hist: &[u64], q: f64) -> Option<f64> {
     LATENCY_BOUNDS_US.last().map(|b| *b as f64)
 }
 
-pub fn method_class(m: &http::Method) -> usize {
-    match *m {
-        http::Method::GET => 0,
-        http::Method::HEAD => 1,
-        http::Method::POST => 2,
-        http::Method::PUT => 3,
-        http::Method::DELETE => 4,
-        http::Method::PATCH => 5,
-        http::Method::OPTIONS => 6,
-        _ => 7,
+/// What a request is counted under: indexes into [`METHOD_CLASSES`] and
+/// [`PROTOCOLS`], made only by [`RequestClass::of`] so they are in range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestClass {
+    method: u8,
+    protocol: u8,
+}
+
+impl RequestClass {
+    pub fn of(method: &http::Method, version: http::Version) -> RequestClass {
+        let method = match *method {
+            http::Method::GET => 0,
+            http::Method::HEAD => 1,
+            http::Method::POST => 2,
+            http::Method::PUT => 3,
+            http::Method::DELETE => 4,
+            http::Method::PATCH => 5,
+            http::Method::OPTIONS => 6,
+            _ => 7,
+        };
+        let protocol = match version {
+            http::Version::HTTP_2 => 1,
+            http::Version::HTTP_3 => 2,
+            _ => 0,
+        };
+        RequestClass { method, protocol }
     }
 }
 
@@ -792,10 +832,12 @@ mod tests {
         let board = Board::create().unwrap();
         board.claim(0, 1);
         board.claim(1, 1);
+        let get = RequestClass::of(&http::Method::GET, http::Version::HTTP_11);
+        let post = RequestClass::of(&http::Method::POST, http::Version::HTTP_3);
         for _ in 0..3 {
-            board.slot(0).record(200, 0, 700);
+            board.slot(0).record(200, get, 700);
         }
-        board.slot(1).record(503, 2, 10);
+        board.slot(1).record(503, post, 10);
         assert_eq!(board.fleet_totals().requests, 4);
         board.release(0);
         let t = board.fleet_totals();
@@ -804,6 +846,8 @@ mod tests {
         assert_eq!(t.status[4], 1);
         assert_eq!(t.latency[1], 3);
         assert_eq!(t.latency[0], 1);
+        assert_eq!(t.methods[..3], [3, 0, 1]);
+        assert_eq!(t.protocols, [3, 0, 1]);
         assert_eq!(board.slot(0).state(), SlotState::Free);
     }
 

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use crate::os::procfs::ProcStats;
 use crate::proto::outcome::{AcceptError, ConnError, ExitReason, ReloadResult, TlsFailure};
 use crate::shm::scoreboard::{
-    Board, CountersSnapshot, Slot, SlotState, LATENCY_BOUNDS_US, METHOD_CLASSES,
+    Board, CountersSnapshot, Slot, SlotState, LATENCY_BOUNDS_US, METHOD_CLASSES, PROTOCOLS,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +153,28 @@ pub const METRICS: &[Metric] = &[
                 METHOD_CLASSES.iter().zip(s.totals.methods.iter().copied()),
             )
         }),
+    },
+    Metric {
+        name: "rsvisor_http_requests_by_protocol_total",
+        traffic: true,
+        kind: Kind::Counter,
+        help: "HTTP requests by the protocol the client used.",
+        labels: "`protocol` = h1 (HTTP/1.0 and 1.1), h2, h3",
+        source: Source::ByLabel(|s| {
+            labelled(
+                "protocol",
+                PROTOCOLS.iter().zip(s.totals.protocols.iter().copied()),
+            )
+        }),
+    },
+    Metric {
+        name: "rsvisor_http_early_data_requests_total",
+        traffic: true,
+        kind: Kind::Counter,
+        help: "HTTP/3 requests served from TLS early data (0-RTT, tls.early_data) before the \
+               handshake completed.",
+        labels: "",
+        source: Source::One(|s| int(s.totals.early_data)),
     },
     Metric {
         name: "rsvisor_http_response_body_bytes_total",

@@ -4,6 +4,7 @@
 //! shared by every worker ([`tickets`]).
 
 pub mod quic;
+pub mod sessions;
 mod tickets;
 
 pub use tickets::rotate as rotate_ticket_keys;
@@ -65,6 +66,8 @@ pub enum TlsError {
     Setup(rustls::Error),
     #[error("cannot set up the shared session-ticket keys: {0}")]
     Tickets(std::io::Error),
+    #[error("cannot set up the shared TLS session table of 0-RTT: {0}")]
+    Sessions(std::io::Error),
 }
 
 impl TlsError {
@@ -75,6 +78,7 @@ impl TlsError {
             TlsError::Key { .. } | TlsError::KeyMismatch { .. } => "tls.key",
             TlsError::Ca { .. } | TlsError::BadCa { .. } => "tls.client_ca",
             TlsError::Tickets(_) => "tls.session_tickets",
+            TlsError::Sessions(_) => "tls.early_data",
         }
     }
 }
@@ -138,13 +142,19 @@ impl TlsMaterial {
         } else {
             config.send_tls13_tickets = 0;
         }
+        if cfg.early_data {
+            // Mapped here, in the master before it forks, for HTTP/3's
+            // configuration to take from in every worker.
+            sessions::shared_table().map_err(TlsError::Sessions)?;
+        }
         // Our order, not the client's: AES-128-GCM with SHA-256 before
         // AES-256-GCM with SHA-384, because the key schedule's many HMACs
         // run on SHA-NI for SHA-256 and in software for SHA-384 (a resumed
         // handshake costs 15% less CPU). ChaCha20 stays for clients
         // without AES.
         config.ignore_client_order = true;
-        // No 0-RTT: early data can be replayed.
+        // No 0-RTT over TCP: early data can be replayed (HTTP/3 takes it
+        // with `tls.early_data`, see `quic::server_config`).
         config.max_early_data_size = 0;
         config.alpn_protocols = if http2 {
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]

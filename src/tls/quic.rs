@@ -16,6 +16,7 @@ use crypto::{hkdf, hmac};
 #[cfg(feature = "tls-ring")]
 use ring as crypto;
 
+use super::sessions;
 use crate::os::steering::SEAT_BYTES;
 
 const SECRET_LEN: usize = 32;
@@ -46,6 +47,8 @@ pub enum QuicSetupError {
     Tls(String),
     #[error("cannot start the QUIC endpoint on its UDP socket: {0}")]
     Endpoint(#[source] io::Error),
+    #[error("tls.early_data is on but the master made no shared session table before the fork")]
+    NoSessions,
 }
 
 /// Makes the secret, in the master before it forks a worker that serves
@@ -78,15 +81,31 @@ pub fn endpoint_config(seat: u16) -> Result<quinn::EndpointConfig, QuicSetupErro
     Ok(config)
 }
 
-/// The server side: the TCP TLS configuration with ALPN `h3` and no early
-/// data, the Retry-token key, and the limits of one connection.
+/// The server side: the TCP TLS configuration with ALPN `h3`, the
+/// Retry-token key, and the limits of one connection. With `early_data`
+/// (`tls.early_data`: the shared table's sessions, honoured for their
+/// lifetime), sessions resume from that table, once each, and may carry
+/// 0-RTT data; otherwise from the shared stateless tickets, without.
 pub fn server_config(
     tls: &rustls::ServerConfig,
     idle_timeout: Duration,
+    early_data: Option<Duration>,
 ) -> Result<quinn::ServerConfig, QuicSetupError> {
     let mut tls = tls.clone();
     tls.alpn_protocols = vec![b"h3".to_vec()];
     tls.max_early_data_size = 0;
+    if let Some(lifetime) = early_data {
+        let table = sessions::inherited_table().ok_or(QuicSetupError::NoSessions)?;
+        // rustls takes early data only on a session it takes from a store
+        // (a stateless ticket could be replayed), and QUIC allows no limit
+        // on it but none or all (RFC 9001 §4.6.1).
+        tls.ticketer = Arc::new(sessions::NoTickets);
+        tls.session_storage = Arc::new(sessions::SharedSessions::new(table, lifetime));
+        tls.max_early_data_size = u32::MAX;
+        // Each connection takes one and gets one: more would only evict
+        // other clients' sessions from the table sooner.
+        tls.send_tls13_tickets = 1;
+    }
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls))
         .map_err(|e| QuicSetupError::Tls(e.to_string()))?;
     let token_key =

@@ -20,7 +20,7 @@ use super::shared::{self, Shared};
 use super::stream_exec;
 use crate::app::{Body, BodyOutcome, BoxError, ClientInfo, Handler, Inbound, RequestBody};
 use crate::shm::inflight::PeerAddr;
-use crate::shm::scoreboard::method_class;
+use crate::shm::scoreboard::RequestClass;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -125,7 +125,7 @@ struct Ctx<H> {
     /// `os::monotonic_us` when the request arrived.
     start_us: u64,
     version: Version,
-    method: usize,
+    class: RequestClass,
     /// Boxed: carried only when the access log is on.
     log: Option<Box<PendingLog>>,
     /// Which error the request body yielded, if it has one.
@@ -152,7 +152,7 @@ fn prepare<H: Handler, B: http_body::Body>(
     let version = req.version();
     let bodiless = http_body::Body::is_end_stream(req.body());
     let open = Open::start(shared, conn, bodiless, version);
-    let method = method_class(req.method());
+    let class = RequestClass::of(req.method(), version);
     let client = shared.trust.client_of(conn, req.headers());
     let log = shared.access_log.as_ref().map(|_| {
         Box::new(PendingLog {
@@ -170,7 +170,7 @@ fn prepare<H: Handler, B: http_body::Body>(
         open,
         start_us,
         version,
-        method,
+        class,
         log,
         body: BodyOutcome::default(),
     };
@@ -264,7 +264,7 @@ fn finish<H: Handler>(ctx: Ctx<H>, mut resp: crate::Response) -> http::Response<
     let served = if shared.sidecar || attributed {
         0
     } else if shared.config.metrics.enabled {
-        slot.record(status, ctx.method, latency_us)
+        slot.record(status, ctx.class, latency_us)
     } else {
         slot.count_request()
     };

@@ -22,6 +22,11 @@ use crate::util::*;
 const CLIENT_DEADLINE: Duration = Duration::from_secs(20);
 
 fn h3_server(workers: usize) -> Server {
+    h3_server_with(workers, "", "")
+}
+
+/// With more keys in `[http]` and `[tls]`.
+fn h3_server_with(workers: usize, http: &str, tls: &str) -> Server {
     let b = demo(&format!(
         r#"
 [server]
@@ -29,9 +34,11 @@ bind = ["127.0.0.1:0"]
 workers = {workers}
 [http]
 http3 = true
+{http}
 [tls]
 cert = "{{dir}}/server.pem"
 key = "{{dir}}/server.key"
+{tls}
 "#
     ));
     make_pki(b.dir());
@@ -46,6 +53,20 @@ fn client_endpoint(ca: &Path) -> quinn::Endpoint {
 /// certificate: a resumed TLS 1.3 handshake sends none, so the count
 /// stays put when a connection resumes.
 fn client_endpoint_counting(ca: &Path) -> (quinn::Endpoint, Arc<AtomicUsize>) {
+    client_endpoint_with(
+        ca,
+        false,
+        Arc::new(rustls::client::ClientSessionMemoryCache::new(32)),
+    )
+}
+
+/// A client endpoint that sends 0-RTT data when it can (`early_data`) and
+/// keeps its tickets in `sessions`.
+fn client_endpoint_with(
+    ca: &Path,
+    early_data: bool,
+    sessions: Arc<dyn rustls::client::ClientSessionStore>,
+) -> (quinn::Endpoint, Arc<AtomicUsize>) {
     let roots = test_roots(ca);
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
@@ -65,6 +86,8 @@ fn client_endpoint_counting(ca: &Path) -> (quinn::Endpoint, Arc<AtomicUsize>) {
         }))
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"h3".to_vec()];
+    tls.enable_early_data = early_data;
+    tls.resumption = rustls::client::Resumption::store(sessions);
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS");
     let mut endpoint =
         quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("a client endpoint");
@@ -259,6 +282,17 @@ fn the_demo_answers_over_http3_and_tcp_offers_it() {
             seen.extend(pids);
         }
         assert_eq!(seen.len(), 2, "both workers took connections: {seen:?}");
+
+        // Counted by protocol (a scrape is rendered before it is counted).
+        let (status, metrics) = get3(&mut send, "/metrics").await.expect("a scrape");
+        assert_eq!(status, 200, "{metrics}");
+        let by = |p: &str| {
+            metric(
+                &metrics,
+                &format!("rsvisor_http_requests_by_protocol_total{{protocol=\"{p}\"}}"),
+            )
+        };
+        assert_eq!((by("h1"), by("h2"), by("h3")), (1.0, 0.0, 201.0));
     });
     let st = s.status().expect("status");
     assert_eq!(st.http3.len(), 1, "{st:?}");
@@ -442,6 +476,263 @@ fn a_ticket_resumes_on_the_other_worker_and_after_a_hup() {
             .expect("an answer after the HUP");
         assert!(!before.contains(&pid), "{pid} is of the new generation");
         assert_eq!(verified.load(Relaxed), 1, "resumed across the HUP");
+    });
+}
+
+/// rustls's ticket store, counting the tickets it is given (a test waits
+/// for one before it resumes).
+#[derive(Debug)]
+struct CountedTickets {
+    inner: rustls::client::ClientSessionMemoryCache,
+    received: AtomicUsize,
+}
+
+impl rustls::client::ClientSessionStore for CountedTickets {
+    fn set_kx_hint(&self, name: rustls_pki_types::ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group)
+    }
+
+    fn kx_hint(&self, name: &rustls_pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+
+    fn set_tls12_session(
+        &self,
+        name: rustls_pki_types::ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, value)
+    }
+
+    fn tls12_session(
+        &self,
+        name: &rustls_pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+
+    fn remove_tls12_session(&self, name: &rustls_pki_types::ServerName<'static>) {
+        self.inner.remove_tls12_session(name)
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        name: rustls_pki_types::ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.inner.insert_tls13_ticket(name, value);
+        self.received.fetch_add(1, Relaxed);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        name: &rustls_pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+impl CountedTickets {
+    async fn wait_for(&self, n: usize) {
+        tokio::time::timeout(CLIENT_DEADLINE, async {
+            while self.received.load(Relaxed) < n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no ticket {n} from the server"));
+    }
+}
+
+/// A UDP relay between a client and the server that keeps a copy of every
+/// datagram the client sends while `recording` is set. Once the server has
+/// answered, what the client sends next arrives `lag` later: its first
+/// flight (a resumed client's 0-RTT requests) comes at once, its handshake's
+/// end late, so the server certainly reads those requests before the
+/// handshake completes.
+struct Relay {
+    addr: SocketAddr,
+    recorded: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    recording: Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn relay(server: SocketAddr, lag: Duration) -> Relay {
+    let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let back = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    back.connect(server).await.unwrap();
+    let r = Relay {
+        addr: front.local_addr().unwrap(),
+        recorded: Default::default(),
+        recording: Default::default(),
+    };
+    let (recorded, recording) = (r.recorded.clone(), r.recording.clone());
+    // Ends with the test's runtime.
+    tokio::spawn(async move {
+        let (mut up, mut down) = ([0u8; 2048], [0u8; 2048]);
+        let mut client = None;
+        let mut answered = false;
+        loop {
+            tokio::select! {
+                Ok((n, from)) = front.recv_from(&mut up) => {
+                    client = Some(from);
+                    let datagram = up[..n].to_vec();
+                    if recording.load(Relaxed) {
+                        recorded.lock().unwrap().push(datagram.clone());
+                    }
+                    if answered {
+                        let back = back.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(lag).await;
+                            let _ = back.send(&datagram).await;
+                        });
+                    } else {
+                        let _ = back.send(&datagram).await;
+                    }
+                }
+                Ok(n) = back.recv(&mut down) => {
+                    answered = true;
+                    if let Some(c) = client {
+                        let _ = front.send_to(&down[..n], c).await;
+                    }
+                }
+            }
+        }
+    });
+    r
+}
+
+/// GET over TLS/TCP (HTTP/1.1): a scrape that is not a QUIC connection.
+async fn scrape(addr: SocketAddr, ca: &Path) -> String {
+    let tcp = tls_connect(&addr.to_string(), ca, &[b"http/1.1"]).await;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .expect("HTTP/1.1 over TLS");
+    tokio::spawn(conn);
+    let resp = send
+        .send_request(
+            http::Request::get("/metrics")
+                .header("host", "localhost")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .expect("a scrape");
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("the scrape's body");
+    String::from_utf8_lossy(&body.to_bytes()).into_owned()
+}
+
+/// `tls.early_data`: a resuming client's GET in 0-RTT is served before the
+/// handshake completes and its POST once it has; the same first flight
+/// replayed (after a HUP, by a new generation that shares the session
+/// table) resumes nothing, so the GET is not served again; the client's
+/// next ticket still resumes with 0-RTT on the new generation.
+#[test]
+fn early_data_serves_a_resumed_get_at_once_and_a_replay_never() {
+    let mut s = h3_server_with(2, "header_read_timeout = 2", "early_data = true");
+    let addr = udp_addr(&mut s);
+    let ca = s.dir.path().join("ca.pem");
+    let tickets = Arc::new(CountedTickets {
+        inner: rustls::client::ClientSessionMemoryCache::new(32),
+        received: AtomicUsize::new(0),
+    });
+    let early = |metrics: &str| metric(metrics, "rsvisor_http_early_data_requests_total");
+    let rt = rt();
+    let endpoint = rt.block_on(async { client_endpoint_with(&ca, true, tickets.clone()).0 });
+    let recorded = rt.block_on(async {
+        let mut send = connect(&endpoint, addr).await;
+        let (status, _) = get3(&mut send, "/pid").await.expect("an answer");
+        assert_eq!(status, 200);
+        tickets.wait_for(1).await;
+        drop(send);
+
+        // Resumed with 0-RTT, through a relay that keeps the first flight.
+        let relay = relay(addr, Duration::from_millis(500)).await;
+        relay.recording.store(true, Relaxed);
+        let connecting = endpoint.connect(relay.addr, "localhost").expect("connect");
+        let (conn, accepted) = connecting.into_0rtt().expect("a ticket allows 0-RTT");
+        let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
+            .await
+            .expect("HTTP/3 setup in 0-RTT");
+        tokio::spawn(async move {
+            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+        });
+        let mut send2 = send.clone();
+        let (get, post) = tokio::join!(
+            get3(&mut send, "/pid"),
+            request3(&mut send2, "POST", "/echo", &[], b"once")
+        );
+        relay.recording.store(false, Relaxed);
+        assert_eq!(get.expect("the GET answered").0, 200);
+        assert_eq!(post.expect("the POST answered"), (200, "once".to_string()));
+        assert!(accepted.await, "the server took the early data");
+        assert_eq!(
+            early(&scrape(addr, &ca).await),
+            1.0,
+            "the GET, not the POST"
+        );
+        tickets.wait_for(2).await;
+        conn.close(0u32.into(), b"");
+        let recorded = relay.recorded.lock().unwrap().clone();
+        recorded
+    });
+    assert!(!recorded.is_empty());
+
+    // The old generation, which saw the flight, is gone after the HUP.
+    s.signal(Signal::SIGHUP);
+    s.wait_reloads(1, Duration::from_secs(30));
+    rt.block_on(async {
+        let attacker = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for datagram in &recorded {
+            attacker.send_to(datagram, addr).await.unwrap();
+        }
+        // The replay's handshake never completes: once it has timed out,
+        // anything it could have had served would have been counted.
+        let metrics = tokio::time::timeout(CLIENT_DEADLINE, async {
+            loop {
+                let m = scrape(addr, &ca).await;
+                if metric(
+                    &m,
+                    "rsvisor_tls_handshake_failures_total{reason=\"timeout\"}",
+                ) >= 1.0
+                {
+                    return m;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .expect("the replayed handshake timed out");
+        assert_eq!(early(&metrics), 1.0, "the replayed GET was not served");
+        assert_eq!(
+            metric(
+                &metrics,
+                "rsvisor_http_requests_by_protocol_total{protocol=\"h3\"}"
+            ),
+            3.0,
+            "nothing of the replay was served"
+        );
+        assert_eq!(
+            metric(
+                &metrics,
+                "rsvisor_http_requests_by_method_total{method=\"POST\"}"
+            ),
+            1.0
+        );
+
+        // The client's second ticket resumes on the new generation.
+        let connecting = endpoint.connect(addr, "localhost").expect("connect");
+        let (conn, accepted) = connecting.into_0rtt().expect("a ticket allows 0-RTT");
+        let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn))
+            .await
+            .expect("HTTP/3 setup in 0-RTT");
+        tokio::spawn(async move {
+            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+        });
+        assert_eq!(get3(&mut send, "/").await.expect("an answer").0, 200);
+        assert!(accepted.await, "resumed with 0-RTT after the HUP");
+        assert_eq!(early(&scrape(addr, &ca).await), 2.0);
     });
 }
 
@@ -693,9 +984,32 @@ fn check_refuses_http3_where_it_cannot_serve() {
         "{err}"
     );
 
+    // 0-RTT needs HTTP/3 and tickets.
+    make_pki(dir.path());
+    write(
+        "[server]\nbind = [\"127.0.0.1:8443\"]\n\
+         [tls]\ncert = \"server.pem\"\nkey = \"server.key\"\nearly_data = true\n",
+    );
+    let (code, _, err) = run(&rsvisor_bin(), &["check", "app.toml"], dir.path(), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("app.toml:6:1: tls.early_data: 0-RTT is served over HTTP/3 only"),
+        "{err}"
+    );
+    write(
+        "[server]\nbind = [\"127.0.0.1:8443\"]\n[http]\nhttp3 = true\n\
+         [tls]\ncert = \"server.pem\"\nkey = \"server.key\"\nearly_data = true\n\
+         session_tickets = false\n",
+    );
+    let (code, _, err) = run(&rsvisor_bin(), &["check", "app.toml"], dir.path(), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("tls.early_data: 0-RTT resumes a session"),
+        "{err}"
+    );
+
     // A configuration that serves it: check says how datagrams are steered
     // (after making sure this kernel takes the program).
-    make_pki(dir.path());
     write(
         "[server]\nbind = [\"127.0.0.1:8443\"]\n[http]\nhttp3 = true\n\
          [tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n",

@@ -28,7 +28,7 @@ use tracing::warn;
 use crate::app::{App, Body, BoxError, Handler, Request, Response, WorkerContext};
 use crate::config::Config;
 use crate::shm::inflight::PeerAddr;
-use crate::shm::scoreboard::{method_class, Board};
+use crate::shm::scoreboard::{Board, RequestClass};
 use crate::telemetry::throttle::Throttle;
 
 use route::{Permit, Router};
@@ -111,7 +111,7 @@ impl Handler for Front {
             let queued = tokio::time::Instant::now();
             let started_us = crate::os::monotonic_us();
             let (mut parts, body) = req.into_parts();
-            let method = method_class(&parts.method);
+            let class = RequestClass::of(&parts.method, parts.version);
             let client = body.client().clone();
             let upgrade = parts
                 .extensions
@@ -190,7 +190,7 @@ impl Handler for Front {
             let attribute = |resp: Response| {
                 let latency_us = crate::os::monotonic_us().saturating_sub(started_us);
                 let slot = self.board.slot(target.slot);
-                let served = slot.record(resp.status().as_u16(), method, latency_us);
+                let served = slot.record(resp.status().as_u16(), class, latency_us);
                 if self
                     .recycle
                     .is_some_and(|(base, jitter)| served >= request_limit(base, jitter, slot.pid()))

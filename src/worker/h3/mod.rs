@@ -9,7 +9,10 @@
 //! connection, which the master's steering sends to the new generation),
 //! then is closed with `H3_NO_ERROR` once it holds no request.
 
+mod handshake;
 mod request;
+
+use handshake::{handshake_done, Handshaking};
 
 use std::net::UdpSocket;
 use std::sync::Arc;
@@ -19,11 +22,10 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use tokio::sync::watch;
 
-use super::conn::tls_failed;
 use super::conn_info::{ConnState, Peer};
 use super::{BootListener, ListenRole, Shared};
 use crate::app::Handler;
-use crate::proto::outcome::{ConnError, TlsFailure};
+use crate::proto::outcome::ConnError;
 use crate::telemetry::throttle::Throttle;
 use crate::tls::quic::{self, QuicSetupError};
 
@@ -90,7 +92,11 @@ pub fn start<H: Handler>(
         .as_ref()
         .map(|acceptor| acceptor.config().clone())
         .ok_or_else(|| QuicSetupError::Tls("no [tls] certificate".into()))?;
-    let server = quic::server_config(&tls, shared.config.http.keepalive_timeout)?;
+    let tls_keys = &shared.config.tls;
+    let early_data = tls_keys
+        .early_data
+        .then_some(tls_keys.session_ticket_lifetime);
+    let server = quic::server_config(&tls, shared.config.http.keepalive_timeout, early_data)?;
     let runtime = Arc::new(quinn::TokioRuntime);
     for l in sockets {
         debug_assert_eq!(l.role, ListenRole::Quic);
@@ -135,15 +141,6 @@ async fn accept<H: Handler>(
     }
 }
 
-/// Counts a handshake in progress until dropped.
-struct Handshaking(Arc<AtomicUsize>);
-
-impl Drop for Handshaking {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
-    }
-}
-
 async fn connection<H: Handler>(
     incoming: quinn::Incoming,
     handshake: Handshaking,
@@ -155,18 +152,9 @@ async fn connection<H: Handler>(
     // The handshake and the first request count against the header
     // timeout, as on TCP.
     let limit = shared.config.http.header_read_timeout;
-    let conn = match tokio::time::timeout(limit, incoming).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            tls_failed(&shared, peer, handshake_failure(&e), Some(&e));
-            return;
-        }
-        Err(_) => {
-            tls_failed(&shared, peer, TlsFailure::Timeout, None);
-            return;
-        }
+    let Some((conn, handshake)) = handshake_done(incoming, handshake, &shared, peer).await else {
+        return;
     };
-    drop(handshake);
     let state = Arc::new(ConnState::new(
         peer,
         ListenRole::Tls,
@@ -240,8 +228,9 @@ async fn connection<H: Handler>(
             Ok(Some(resolver)) => {
                 idle_at = tokio::time::Instant::now() + idle_for(draining);
                 let (s, st, held) = (shared.clone(), state.clone(), requests.clone());
+                let handshake = handshake.clone();
                 tokio::spawn(async move {
-                    request::serve(resolver, s, st).await;
+                    request::serve(resolver, s, st, handshake).await;
                     drop(held);
                 });
             }
@@ -251,33 +240,6 @@ async fn connection<H: Handler>(
     conn.close(H3_NO_ERROR.into(), b"");
     drop(guard);
 }
-
-/// Which `rsvisor_tls_handshake_failures_total` reason a failed QUIC
-/// handshake counts as (the handshake of QUIC is TLS 1.3's).
-fn handshake_failure(e: &quinn::ConnectionError) -> TlsFailure {
-    use quinn::ConnectionError as E;
-    let code = match e {
-        E::TimedOut => return TlsFailure::Timeout,
-        E::TransportError(t) => u64::from(t.code),
-        E::ConnectionClosed(c) => u64::from(c.error_code),
-        _ => return TlsFailure::Io,
-    };
-    // RFC 9001 §4.8: a TLS alert is carried as 0x100 + its number.
-    match code.checked_sub(0x100) {
-        Some(ALERT_CERTIFICATE_REQUIRED) => TlsFailure::NoCertificate,
-        Some(a) if (ALERT_BAD_CERTIFICATE..=ALERT_UNKNOWN_CA).contains(&a) => {
-            TlsFailure::BadCertificate
-        }
-        Some(a) if a < 0x100 => TlsFailure::Protocol,
-        _ => TlsFailure::Io,
-    }
-}
-
-/// TLS alerts (RFC 8446 §6): bad_certificate … unknown_ca are about the
-/// certificate; certificate_required says none came.
-const ALERT_BAD_CERTIFICATE: u64 = 42;
-const ALERT_UNKNOWN_CA: u64 = 48;
-const ALERT_CERTIFICATE_REQUIRED: u64 = 116;
 
 /// Counts an HTTP/3 connection that did not end cleanly: a protocol error
 /// (ours or the client's) as `http3`, said once per interval; a lost or

@@ -13,10 +13,20 @@ use http_body_util::BodyExt;
 
 use super::super::conn_info::ConnState;
 use super::super::{service, Shared};
+use super::handshake::Handshake;
 use crate::app::{BoxError, Handler, Inbound};
 
 type Resolver = RequestResolver<h3_quinn::Connection, Bytes>;
 type Recv = RequestStream<h3_quinn::RecvStream, Bytes>;
+
+/// Methods served from 0-RTT early data before the handshake completes:
+/// the safe ones (RFC 9110 §9.2.1), whose replay changes nothing on a
+/// well-behaved app.
+const SAFE_IN_EARLY_DATA: [http::Method; 3] =
+    [http::Method::GET, http::Method::HEAD, http::Method::OPTIONS];
+
+/// RFC 8470 §5.1: the request came in early data.
+const EARLY_DATA: http::HeaderName = http::HeaderName::from_static("early-data");
 
 /// Fields HTTP/3 does not carry (RFC 9114 §4.2): connection-specific.
 const CONNECTION_FIELDS: [&str; 5] = [
@@ -27,15 +37,33 @@ const CONNECTION_FIELDS: [&str; 5] = [
     "upgrade",
 ];
 
-pub async fn serve<H: Handler>(resolver: Resolver, shared: Arc<Shared<H>>, conn: Arc<ConnState>) {
+pub async fn serve<H: Handler>(
+    resolver: Resolver,
+    shared: Arc<Shared<H>>,
+    conn: Arc<ConnState>,
+    mut handshake: Handshake,
+) {
     let http = &shared.config.http;
-    let (req, stream) =
+    let (mut req, stream) =
         match tokio::time::timeout(http.header_read_timeout, resolver.resolve_request()).await {
             Ok(Ok(r)) => r,
             // A malformed or incomplete request: h3 has answered it (431)
             // or reset the stream already.
             _ => return,
         };
+    if !handshake.is_complete() {
+        // It may be 0-RTT data, replayed by whoever recorded it. A safe
+        // method is served now and told so (RFC 8470 §5.1: the app may
+        // answer 425); any other waits for the handshake, which a replay
+        // never completes.
+        if SAFE_IN_EARLY_DATA.contains(req.method()) {
+            req.headers_mut()
+                .insert(EARLY_DATA, http::HeaderValue::from_static("1"));
+            shared.slot.count_early_data();
+        } else if !handshake.complete().await {
+            return;
+        }
+    }
     let (mut send, recv) = stream.split();
     if req.headers().len() > http.max_headers {
         // As hyper answers HTTP/1.1 (h3 bounds only the section's size).
