@@ -94,6 +94,17 @@ impl Fleet {
                 .map(|w| w.slot)
                 .collect()
         };
+        // A worker that reached max_requests is drained once its
+        // replacement is ready: a connection made to it now would get a
+        // GOAWAY right away. It takes new ones only if no other can.
+        let staying: Vec<usize> = seats
+            .iter()
+            .copied()
+            .filter(|s| self.board.slot(*s).state() != SlotState::Retiring)
+            .collect();
+        if !staying.is_empty() {
+            seats = staying;
+        }
         seats.sort_unstable();
         seats
     }

@@ -22,11 +22,11 @@ use crate::util::*;
 const CLIENT_DEADLINE: Duration = Duration::from_secs(20);
 
 fn h3_server(workers: usize) -> Server {
-    h3_server_with(workers, "", "")
+    h3_server_with(workers, "", "", "")
 }
 
-/// With more keys in `[http]` and `[tls]`.
-fn h3_server_with(workers: usize, http: &str, tls: &str) -> Server {
+/// With more keys in `[http]` and `[tls]`, and `more` sections.
+fn h3_server_with(workers: usize, http: &str, tls: &str, more: &str) -> Server {
     let b = demo(&format!(
         r#"
 [server]
@@ -39,6 +39,7 @@ http3 = true
 cert = "{{dir}}/server.pem"
 key = "{{dir}}/server.key"
 {tls}
+{more}
 "#
     ));
     make_pki(b.dir());
@@ -206,7 +207,7 @@ async fn request3(
     };
     tokio::time::timeout(CLIENT_DEADLINE, fut)
         .await
-        .map_err(|_| "no answer within the deadline".to_string())?
+        .map_err(|_| NO_ANSWER.to_string())?
 }
 
 fn udp_addr(s: &mut Server) -> SocketAddr {
@@ -630,7 +631,7 @@ async fn scrape(addr: SocketAddr, ca: &Path) -> String {
 /// next ticket still resumes with 0-RTT on the new generation.
 #[test]
 fn early_data_serves_a_resumed_get_at_once_and_a_replay_never() {
-    let mut s = h3_server_with(2, "header_read_timeout = 2", "early_data = true");
+    let mut s = h3_server_with(2, "header_read_timeout = 2", "early_data = true", "");
     let addr = udp_addr(&mut s);
     let ca = s.dir.path().join("ca.pem");
     let tickets = Arc::new(CountedTickets {
@@ -736,55 +737,92 @@ fn early_data_serves_a_resumed_get_at_once_and_a_replay_never() {
     });
 }
 
+/// Clients that keep requests going on `conns` connections until `stop`:
+/// each gives how many were answered and how many it sent again on a new
+/// connection. A request refused by a draining worker's `GOAWAY` (or whose
+/// connection that worker closed) is the client's to send again, which is
+/// what an HTTP/3 client does; it is retried once and counted apart. A
+/// request left unanswered until the deadline (a connection whose packets
+/// reach a worker that does not own it) fails the load.
+struct H3Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(u64, u64), String>>>,
+}
+
+const NO_ANSWER: &str = "no answer within the deadline";
+
+fn h3_load(
+    rt: &tokio::runtime::Runtime,
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    conns: usize,
+) -> H3Load {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tasks = (0..conns)
+        .map(|_| {
+            let (endpoint, stop) = (endpoint.clone(), stop.clone());
+            rt.spawn(async move {
+                let (mut ok, mut retried) = (0u64, 0u64);
+                let mut send = connect(&endpoint, addr).await;
+                while !stop.load(Relaxed) {
+                    match get3(&mut send, "/").await {
+                        Ok((200, _)) => ok += 1,
+                        Ok((status, body)) => return Err(format!("status {status}: {body}")),
+                        Err(e) if e == NO_ANSWER => return Err(e),
+                        Err(_) => {
+                            retried += 1;
+                            send = connect(&endpoint, addr).await;
+                            match get3(&mut send, "/").await {
+                                Ok((200, _)) => ok += 1,
+                                other => return Err(format!("after a retry: {other:?}")),
+                            }
+                        }
+                    }
+                }
+                Ok((ok, retried))
+            })
+        })
+        .collect();
+    H3Load { stop, tasks }
+}
+
+impl H3Load {
+    /// Stops the clients: every request answered, and how many (retried
+    /// ones included).
+    fn finish(self, rt: &tokio::runtime::Runtime) -> (u64, u64) {
+        self.stop.store(true, Relaxed);
+        let (mut ok, mut retried) = (0, 0);
+        rt.block_on(async {
+            for t in self.tasks {
+                let (o, r) = t.await.expect("a load task").expect("no failed request");
+                ok += o;
+                retried += r;
+            }
+        });
+        (ok, retried)
+    }
+}
+
+/// Lets the runtime's tasks run while this thread waits.
+fn pause(rt: &tokio::runtime::Runtime, ms: u64) {
+    rt.block_on(async { tokio::time::sleep(Duration::from_millis(ms)).await });
+}
+
 /// Three HUPs while 8 connections keep requests going: no request fails.
-/// A request the old worker refused after its `GOAWAY` (or whose
-/// connection the old worker closed) is the client's to send again on a
-/// new connection, which is what an HTTP/3 client does; those are counted
-/// apart and retried once.
 #[test]
 fn three_hups_under_http3_load_fail_no_request() {
     let mut s = h3_server(2);
     let addr = udp_addr(&mut s);
     let ca = s.dir.path().join("ca.pem");
     let rt = rt();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (tasks, endpoint) = rt.block_on(async {
-        let endpoint = client_endpoint(&ca);
-        let tasks: Vec<_> = (0..8)
-            .map(|_| {
-                let (endpoint, stop) = (endpoint.clone(), stop.clone());
-                tokio::spawn(async move {
-                    let (mut ok, mut retried) = (0u64, 0u64);
-                    let mut send = connect(&endpoint, addr).await;
-                    while !stop.load(Relaxed) {
-                        match get3(&mut send, "/").await {
-                            Ok((200, _)) => ok += 1,
-                            Ok((status, body)) => return Err(format!("status {status}: {body}")),
-                            Err(_) => {
-                                // Refused or closed by a draining worker:
-                                // once more, on a new connection.
-                                retried += 1;
-                                send = connect(&endpoint, addr).await;
-                                match get3(&mut send, "/").await {
-                                    Ok((200, _)) => ok += 1,
-                                    other => return Err(format!("after a retry: {other:?}")),
-                                }
-                            }
-                        }
-                    }
-                    Ok((ok, retried))
-                })
-            })
-            .collect();
-        (tasks, endpoint)
-    });
+    let endpoint = rt.block_on(async { client_endpoint(&ca) });
+    let load = h3_load(&rt, &endpoint, addr, 8);
     for n in 1..=3 {
-        // The load runs on the runtime while this thread waits.
-        rt.block_on(async { tokio::time::sleep(Duration::from_millis(500)).await });
+        pause(&rt, 500);
         s.signal(Signal::SIGHUP);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            rt.block_on(async { tokio::time::sleep(Duration::from_millis(100)).await });
+            pause(&rt, 100);
             let st = s.status().expect("status");
             if st
                 .last_reload
@@ -796,18 +834,58 @@ fn three_hups_under_http3_load_fail_no_request() {
             assert!(std::time::Instant::now() < deadline, "{st:?}");
         }
     }
-    rt.block_on(async { tokio::time::sleep(Duration::from_millis(500)).await });
-    stop.store(true, Relaxed);
-    let (mut ok, mut retried) = (0, 0);
-    rt.block_on(async {
-        for t in tasks {
-            let (o, r) = t.await.expect("a load task").expect("no failed request");
-            ok += o;
-            retried += r;
-        }
-    });
+    pause(&rt, 500);
+    let (ok, retried) = load.finish(&rt);
     drop(endpoint);
     assert!(ok > 100, "{ok} requests answered");
+    eprintln!("{ok} requests answered, {retried} retried on a new connection");
+}
+
+/// `max_requests` recycling, a `TTIN` and a `TTOU` while 8 connections
+/// keep requests going: no request fails, and none waits until the
+/// deadline (each time the set of workers reading the port changes, the
+/// datagrams of every open connection still reach their worker).
+#[test]
+fn recycling_and_scaling_under_http3_load_fail_no_request() {
+    let mut s = h3_server_with(2, "", "", "[lifecycle]\nmax_requests = 400\n");
+    let addr = udp_addr(&mut s);
+    let ca = s.dir.path().join("ca.pem");
+    let rt = rt();
+    let endpoint = rt.block_on(async { client_endpoint(&ca) });
+    let load = h3_load(&rt, &endpoint, addr, 8);
+    let wait = |s: &mut Server, what: &str, ok: &dyn Fn(&Status) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            pause(&rt, 100);
+            let st = s.status().expect("status");
+            if ok(&st) {
+                return st;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: {st:?}");
+        }
+    };
+    let recycled = |n: u64| {
+        move |st: &Status| {
+            st.totals
+                .exits_by_reason
+                .get(&ExitReason::MaxRequests)
+                .is_some_and(|r| *r >= n)
+        }
+    };
+    wait(&mut s, "two workers recycled", &recycled(2));
+    s.signal(Signal::SIGTTIN);
+    wait(&mut s, "three workers", &|st| {
+        st.desired_workers == 3 && settled(st)
+    });
+    s.signal(Signal::SIGTTOU);
+    wait(&mut s, "two workers again", &|st| {
+        st.desired_workers == 2 && settled(st)
+    });
+    let st = wait(&mut s, "two more recycled", &recycled(4));
+    let (ok, retried) = load.finish(&rt);
+    drop(endpoint);
+    assert!(ok >= 1600, "{ok} requests answered");
+    assert_eq!(st.totals.exits_by_reason[&ExitReason::ScaleDown], 1);
     eprintln!("{ok} requests answered, {retried} retried on a new connection");
 }
 

@@ -37,6 +37,17 @@ const H3_NO_ERROR: u32 = 0x100;
 /// zero `keepalive_timeout`, closes this soon after its last request).
 const IDLE_POLL: Duration = Duration::from_millis(50);
 
+/// How long a connection stays open after our `GOAWAY` for the requests
+/// the client sent before it read the frame: three round trips, at least
+/// `GOAWAY_LINGER_MIN` (a busy client sends late), at most
+/// `GOAWAY_LINGER_MAX`.
+fn linger(conn: &quinn::Connection) -> Duration {
+    (conn.rtt() * 3).clamp(GOAWAY_LINGER_MIN, GOAWAY_LINGER_MAX)
+}
+
+const GOAWAY_LINGER_MIN: Duration = Duration::from_millis(100);
+const GOAWAY_LINGER_MAX: Duration = Duration::from_secs(1);
+
 /// Requests that may still arrive after our `GOAWAY` and be answered:
 /// those the client sent while the frame was on its way.
 const GOAWAY_GRACE_REQUESTS: usize = 1;
@@ -192,7 +203,8 @@ async fn connection<H: Handler>(
     // request must come within the header timeout; after a request,
     // `keepalive_timeout` without one in flight closes it (QUIC's own idle
     // timer does not, since a client's PINGs reset it); a draining one
-    // closes as soon as it holds none.
+    // closes as soon as it holds none, once the requests the client sent
+    // before it read our GOAWAY have had time to arrive.
     let idle_for = |draining: bool| {
         if draining {
             Duration::ZERO
@@ -200,14 +212,14 @@ async fn connection<H: Handler>(
             http.keepalive_timeout
         }
     };
-    let mut idle_at = tokio::time::Instant::now() + if draining { Duration::ZERO } else { limit };
+    let mut idle_at = tokio::time::Instant::now() + if draining { linger(&conn) } else { limit };
     loop {
         let accepted = tokio::select! {
             r = h3.accept() => r,
             _ = stop.changed(), if !draining => {
                 draining = true;
                 let _ = tokio::time::timeout(send_timeout, h3.shutdown(GOAWAY_GRACE_REQUESTS)).await;
-                idle_at = tokio::time::Instant::now();
+                idle_at = tokio::time::Instant::now() + linger(&conn);
                 continue;
             }
             _ = tokio::time::sleep_until(idle_at) => {
