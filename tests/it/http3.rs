@@ -68,6 +68,19 @@ fn client_endpoint_with(
     early_data: bool,
     sessions: Arc<dyn rustls::client::ClientSessionStore>,
 ) -> (quinn::Endpoint, Arc<AtomicUsize>) {
+    let (config, verified) = client_config(ca, early_data, sessions);
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("a client endpoint");
+    endpoint.set_default_client_config(config);
+    (endpoint, verified)
+}
+
+/// The client's QUIC configuration, and its count of certificate checks.
+fn client_config(
+    ca: &Path,
+    early_data: bool,
+    sessions: Arc<dyn rustls::client::ClientSessionStore>,
+) -> (quinn::ClientConfig, Arc<AtomicUsize>) {
     let roots = test_roots(ca);
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
@@ -90,10 +103,7 @@ fn client_endpoint_with(
     tls.enable_early_data = early_data;
     tls.resumption = rustls::client::Resumption::store(sessions);
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS");
-    let mut endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("a client endpoint");
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    (endpoint, verified)
+    (quinn::ClientConfig::new(Arc::new(crypto)), verified)
 }
 
 /// The usual certificate checks, counted.
@@ -955,6 +965,112 @@ fn garbage_datagrams_and_a_handshake_flood_leave_a_client_served() {
         junk.join().expect("the junk sender");
         let (status, _) = get3(&mut send, "/").await.expect("served after it");
         assert_eq!(status, 200);
+    });
+}
+
+/// A client that opens as many requests as it may and sends bodies the
+/// app never reads: the worker takes at most its connection window (1 MiB)
+/// of them, its memory grows by no more than a few MiB, and another
+/// client on the same worker is served throughout.
+#[test]
+fn a_client_stalling_its_streams_gets_its_window_and_no_more() {
+    const WINDOW: usize = 1024 * 1024;
+    let mut s = h3_server(1);
+    let addr = udp_addr(&mut s);
+    let ca = s.dir.path().join("ca.pem");
+    let worker = s.workers()[0];
+    rt().block_on(async {
+        let endpoint = client_endpoint(&ca);
+        let mut other = connect(&endpoint, addr).await;
+        assert_eq!(get3(&mut other, "/").await.expect("an answer").0, 200);
+        let before = rss_kib(worker);
+
+        let send = connect(&endpoint, addr).await;
+        let sent = Arc::new(AtomicUsize::new(0));
+        // 100 requests (the most a connection may have open), each
+        // sending a body /sleep never reads, in 16 KiB pieces, never ending.
+        let stalls: Vec<_> = (0..100)
+            .map(|_| {
+                let (mut send, sent) = (send.clone(), sent.clone());
+                tokio::spawn(async move {
+                    let req = http::Request::get("https://localhost/sleep?ms=60000")
+                        .body(())
+                        .unwrap();
+                    let Ok(mut stream) = send.send_request(req).await else {
+                        return;
+                    };
+                    let piece = bytes::Bytes::from(vec![b'x'; 16 * 1024]);
+                    while stream.send_data(piece.clone()).await.is_ok() {
+                        sent.fetch_add(piece.len(), Relaxed);
+                    }
+                })
+            })
+            .collect();
+        tokio::time::timeout(CLIENT_DEADLINE, async {
+            while sent.load(Relaxed) < WINDOW / 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the worker takes bodies up to its window");
+        // Served while the stalled requests hold the window.
+        for _ in 0..20 {
+            assert_eq!(get3(&mut other, "/").await.expect("an answer").0, 200);
+        }
+        let taken = sent.load(Relaxed);
+        assert!(taken <= WINDOW, "{taken} bytes taken, more than the window");
+        let grown = rss_kib(worker).saturating_sub(before);
+        assert!(grown < 16 * 1024, "the worker grew by {grown} KiB");
+        eprintln!("{taken} bytes taken from the stalled requests; the worker grew by {grown} KiB");
+        for t in &stalls {
+            assert!(!t.is_finished(), "a stalled request ended");
+        }
+        stalls.iter().for_each(|t| t.abort());
+    });
+}
+
+/// A connection with no request for `keepalive_timeout` is closed with
+/// `H3_NO_ERROR`, although the client's PINGs keep QUIC's idle timer alive.
+#[test]
+fn an_idle_connection_is_closed_after_the_keepalive_timeout_despite_pings() {
+    let mut s = h3_server_with(1, "keepalive_timeout = 1", "", "");
+    let addr = udp_addr(&mut s);
+    let ca = s.dir.path().join("ca.pem");
+    rt().block_on(async {
+        let (mut config, _) = client_config(
+            &ca,
+            false,
+            Arc::new(rustls::client::ClientSessionMemoryCache::new(4)),
+        );
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(Duration::from_millis(100)));
+        config.transport_config(Arc::new(transport));
+        let endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("a client endpoint");
+        let conn = endpoint
+            .connect_with(config, addr, "localhost")
+            .expect("connect")
+            .await
+            .expect("a handshake");
+        let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
+            .await
+            .expect("HTTP/3 setup");
+        tokio::spawn(async move {
+            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+        });
+        assert_eq!(get3(&mut send, "/").await.expect("an answer").0, 200);
+        let answered = std::time::Instant::now();
+        let reason = tokio::time::timeout(CLIENT_DEADLINE, conn.closed())
+            .await
+            .expect("closed within the deadline");
+        let idle = answered.elapsed();
+        match reason {
+            quinn::ConnectionError::ApplicationClosed(c) => {
+                assert_eq!(u64::from(c.error_code), 0x100, "H3_NO_ERROR")
+            }
+            other => panic!("closed by {other:?}"),
+        }
+        assert!(idle >= Duration::from_millis(900), "closed after {idle:?}");
     });
 }
 

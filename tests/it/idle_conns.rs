@@ -34,15 +34,6 @@ fn one_worker(extra: &str) -> (Server, Target) {
     (s, t)
 }
 
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS")
-}
-
 fn open_answered(t: &Target, n: usize) -> Vec<KeepAlive> {
     (0..n)
         .map(|_| {

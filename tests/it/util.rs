@@ -791,6 +791,16 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
         .unwrap_or_else(|| panic!("no sample {name_and_labels}"))
 }
 
+/// A process's resident memory, KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
 /// The test CA of `http_edge::make_pki` as a root store.
 pub fn test_roots(ca: &Path) -> rustls::RootCertStore {
     use rustls_pki_types::pem::PemObject;
