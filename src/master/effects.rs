@@ -12,7 +12,6 @@ use super::core::{Ask, Effect, Event, World};
 use super::reap::Reaped;
 use super::spawn::Spawner;
 use super::Master;
-use crate::net::quic_group::QuicGroups;
 use crate::proto::control::{Request, Response};
 use crate::proto::exit::Exit;
 
@@ -320,12 +319,17 @@ impl Master {
         if self.sockets.quic.is_empty() {
             return;
         }
-        if !self.core.current().loaded.config.http.http3 && !self.fleet.serves_http3() {
-            // A reload turned HTTP/3 off and its last server is gone: the
-            // port closes, so clients that remember `Alt-Svc` fall back to
-            // TCP at once instead of waiting on sockets nobody reads.
-            self.sockets.quic = QuicGroups::default();
-            info!("http.http3 is off and no worker serves it: UDP sockets closed");
+        // A reload that turned HTTP/3 off or removed a TLS address: the
+        // group closes once no live process reads it.
+        let config = &self.core.current().loaded.config;
+        let mut keep = self.fleet.http3_addresses();
+        if config.http.http3 {
+            keep.extend(config.tls_tcp_binds());
+        }
+        for udp in self.sockets.quic.retain(&keep) {
+            info!(%udp, "no worker serves HTTP/3 on it any more: UDP sockets closed");
+        }
+        if self.sockets.quic.is_empty() {
             return;
         }
         let seats = self.fleet.quic_seats(self.core.current().generation);

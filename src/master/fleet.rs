@@ -109,12 +109,15 @@ impl Fleet {
         seats
     }
 
-    /// Whether a live worker or helper still reads a UDP socket.
-    pub(super) fn serves_http3(&self) -> bool {
+    /// The TLS TCP addresses whose UDP groups a live worker or helper
+    /// still reads.
+    pub(super) fn http3_addresses(&self) -> Vec<std::net::SocketAddr> {
         self.workers
             .iter()
             .chain(&self.helpers)
-            .any(|w| w.config.http.http3)
+            .filter(|w| w.config.http.http3)
+            .flat_map(|w| w.config.tls_tcp_binds())
+            .collect()
     }
 
     /// Every address a live worker's configuration listens on.

@@ -112,6 +112,21 @@ impl QuicGroups {
     }
 
     /// No group yet (`http.http3` off, or no worker started).
+    /// Closes the groups of the TCP addresses not in `keep` (their port
+    /// closes, so a client remembering `Alt-Svc` falls back to TCP at once
+    /// instead of waiting on sockets nobody reads); their UDP addresses.
+    pub fn retain(&mut self, keep: &[SocketAddr]) -> Vec<SocketAddr> {
+        let mut closed = Vec::new();
+        self.groups.retain(|g| {
+            let kept = keep.contains(&g.tcp);
+            if !kept {
+                closed.push(g.udp);
+            }
+            kept
+        });
+        closed
+    }
+
     pub fn is_empty(&self) -> bool {
         self.groups.is_empty()
     }

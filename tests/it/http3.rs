@@ -1134,6 +1134,62 @@ fn a_reload_that_turns_http3_off_closes_the_udp_port() {
     assert!(s.log_text().contains("UDP sockets closed"));
 }
 
+/// A reload that removes a TLS address closes its UDP port once the old
+/// workers are gone, and HTTP/3 goes on on the address that stays.
+#[test]
+fn a_reload_that_removes_an_address_closes_its_udp_port() {
+    let b = demo(
+        r#"
+[server]
+bind = ["127.0.0.1:0", "127.0.0.2:0"]
+workers = 1
+[http]
+http3 = true
+[tls]
+cert = "{dir}/server.pem"
+key = "{dir}/server.key"
+"#,
+    );
+    make_pki(b.dir());
+    let mut s = b.start();
+    let stays = udp_addr(&mut s);
+    let ca = s.dir.path().join("ca.pem");
+    let st = s.status().expect("status");
+    let mut udp: Vec<String> = st.http3.iter().map(|g| g.udp.clone()).collect();
+    udp.sort();
+    assert_eq!(udp.len(), 2, "{st:?}");
+    let removed: SocketAddr = udp[1].parse().expect("an address");
+    assert_eq!(removed.ip().to_string(), "127.0.0.2");
+    let text = std::fs::read_to_string(&s.config).expect("the config");
+    let text = text.replace(
+        r#"bind = ["127.0.0.1:0", "127.0.0.2:0"]"#,
+        r#"bind = ["127.0.0.1:0"]"#,
+    );
+    std::fs::write(&s.config, text).expect("written");
+    s.signal(Signal::SIGHUP);
+    s.wait_reloads(1, Duration::from_secs(30));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = s.status().expect("status");
+        if st.http3.len() == 1 {
+            assert_eq!(st.http3[0].udp, stays.to_string());
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{st:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Nothing holds the port any more.
+    std::net::UdpSocket::bind(removed).expect("the removed UDP port is free");
+    assert!(s
+        .log_text()
+        .contains(&format!("UDP sockets closed udp={removed}")));
+    rt().block_on(async {
+        let endpoint = client_endpoint(&ca);
+        let mut send = connect(&endpoint, stays).await;
+        assert_eq!(get3(&mut send, "/").await.expect("an answer").0, 200);
+    });
+}
+
 /// A new master would make its own UDP sockets next to the old ones and
 /// misroute every packet: USR2 is refused, said in the log, and the old
 /// master keeps serving HTTP/3.
