@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 use crate::app::App;
 use crate::config::material::{Loaded, Material};
 use crate::config::{BindAddr, Config, ConfigSource};
-use crate::master::{self, FD_NAME_CONTROL, FD_NAME_UPGRADE};
+use crate::master::{self, FD_NAME_CONTROL, FD_NAME_QUIC, FD_NAME_UPGRADE};
 use crate::net::listen::{Listener, ListenerSet};
 use crate::os::{pidfile, systemd};
 use crate::proto::exit::Exit;
@@ -24,6 +24,8 @@ struct Inherited {
     listeners: Vec<Listener>,
     control: Option<OwnedFd>,
     upgrade_pipe: Option<OwnedFd>,
+    /// HTTP/3's UDP sockets of the master this one upgrades from.
+    quic: Vec<OwnedFd>,
 }
 
 fn take_inherited() -> Inherited {
@@ -31,6 +33,7 @@ fn take_inherited() -> Inherited {
         listeners: Vec::new(),
         control: None,
         upgrade_pipe: None,
+        quic: Vec::new(),
     };
     let from_upgrade = std::env::var_os(master::UPGRADE_FROM_ENV).is_some();
     crate::os::unset_env(master::UPGRADE_FROM_ENV);
@@ -38,6 +41,7 @@ fn take_inherited() -> Inherited {
         match s.name.as_deref() {
             Some(FD_NAME_CONTROL) => out.control = Some(s.fd),
             Some(FD_NAME_UPGRADE) => out.upgrade_pipe = Some(s.fd),
+            Some(FD_NAME_QUIC) if from_upgrade => out.quic.push(s.fd),
             _ => match Listener::from_inherited(s.fd, from_upgrade) {
                 Ok(l) => out.listeners.push(l),
                 Err(e) => warn!(name = ?s.name, error = %e, "ignoring an inherited descriptor"),
@@ -58,8 +62,24 @@ fn listen(
     let mut set = ListenerSet::default();
     let mut extra = Vec::new();
     for l in inherited {
-        let addr = l.addr.clone();
-        info!(socket = %addr, "using an inherited listening socket");
+        let mut addr = l.addr.clone();
+        if !config.listen_addrs().contains(&addr) {
+            // A port-0 entry is the socket the master we upgrade from bound
+            // for it (the kernel chose its port).
+            let any_port = config
+                .listen_addrs()
+                .into_iter()
+                .find(|a| match (a, &addr) {
+                    (BindAddr::Tcp(want), BindAddr::Tcp(got)) => {
+                        want.port() == 0 && want.ip() == got.ip() && set.get(a).is_none()
+                    }
+                    _ => false,
+                });
+            if let Some(a) = any_port {
+                addr = a;
+            }
+        }
+        info!(socket = %l.addr, "using an inherited listening socket");
         if !config.listen_addrs().contains(&addr) {
             warn!(socket = %addr, "inherited socket is not in server.bind; serving it anyway");
             config.server.bind.push(addr.clone());
@@ -142,6 +162,7 @@ pub fn serve<A: App>(app: A, source: ConfigSource, reload: Option<Vec<PathBuf>>)
         log,
         pidfile,
         inherited_control: inherited.control,
+        inherited_quic: inherited.quic,
         upgrade_pipe: inherited.upgrade_pipe,
         extra_binds,
         exe,

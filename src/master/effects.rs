@@ -190,16 +190,6 @@ impl Master {
 
     /// The core admitted a USR2 (the master runs, settled).
     fn start_upgrade(&mut self) -> Option<Exit> {
-        if self.core.current().loaded.config.http.http3 {
-            // A new master would make a second set of UDP sockets on the
-            // same ports, and the steering program's socket numbers would
-            // no longer name the workers: refused rather than half done.
-            error!(
-                "USR2: a binary upgrade cannot hand over the HTTP/3 sockets (http.http3); \
-                 restart the service to run the new binary"
-            );
-            return None;
-        }
         let timeout = self.core.current().loaded.config.lifecycle.timeout;
         let exe = &self.fixed.exe;
         match self.sockets.spawn_new_master(exe, &self.fixed.args) {
@@ -316,7 +306,7 @@ impl Master {
     /// of the current generation (app workers, or front workers in proxy
     /// mode); a worker that leaves keeps the connections it has.
     pub(super) fn steer_quic(&mut self) {
-        if self.sockets.quic.is_empty() {
+        if self.sockets.quic.is_empty() || !self.core.steers_quic() {
             return;
         }
         // A reload that turned HTTP/3 off or removed a TLS address: the
@@ -333,7 +323,14 @@ impl Master {
             return;
         }
         let seats = self.fleet.quic_seats(self.core.current().generation);
-        if let Err(e) = self.sockets.quic.steer(&seats) {
+        // The master this one upgraded from (its parent until it exits)
+        // may attach its program once more before it reads that this one
+        // is ready: attached again at every turn while it lives.
+        let again = self
+            .fixed
+            .upgraded_from
+            .is_some_and(|old| nix::unistd::getppid() == old);
+        if let Err(e) = self.sockets.quic.steer(&seats, again) {
             error!("{e}; new HTTP/3 connections go where the kernel's hash sends them");
         }
     }

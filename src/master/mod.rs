@@ -68,7 +68,7 @@ use core::Core;
 use fleet::Fleet;
 use signal_queue::SignalQueue;
 
-pub use upgrade::{FD_NAME_CONTROL, FD_NAME_UPGRADE, UPGRADE_FROM_ENV};
+pub use upgrade::{FD_NAME_CONTROL, FD_NAME_QUIC, FD_NAME_UPGRADE, UPGRADE_FROM_ENV};
 pub use watch::WatchPlan;
 
 /// Longest the loop sleeps without a signal or nudge: heartbeats and
@@ -103,6 +103,8 @@ struct Fixed {
     /// Proxy mode: the directory of the app processes' sockets (made
     /// when the first one starts, removed when the master exits).
     run_dir: Option<RunDir>,
+    /// Started by a binary upgrade: the old master, this one's parent.
+    upgraded_from: Option<nix::unistd::Pid>,
 }
 
 /// The sockets and files the master owns (until a binary upgrade hands
@@ -161,6 +163,8 @@ pub struct MasterSetup {
     pub pidfile: Option<Pidfile>,
     /// A control socket inherited from the master we upgrade from.
     pub inherited_control: Option<OwnedFd>,
+    /// Its HTTP/3 UDP sockets, each group in order.
+    pub inherited_quic: Vec<OwnedFd>,
     pub upgrade_pipe: Option<OwnedFd>,
     pub extra_binds: Vec<BindAddr>,
     pub exe: PathBuf,
@@ -219,6 +223,7 @@ impl Master {
                 args: setup.args,
                 extra_binds: setup.extra_binds,
                 started: now,
+                upgraded_from: setup.upgrade_pipe.as_ref().map(|_| nix::unistd::getppid()),
                 log: setup.log,
                 run_dir: None,
             },
@@ -226,7 +231,7 @@ impl Master {
             signals,
             sockets: Sockets {
                 listeners: setup.listeners,
-                quic: QuicGroups::default(),
+                quic: QuicGroups::inherited(setup.inherited_quic),
                 control,
                 pidfile: setup.pidfile,
                 old_holders_seen: None,

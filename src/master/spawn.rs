@@ -307,10 +307,11 @@ fn worker_listeners(
                 .get(&addr)
                 .and_then(|l| l.tcp_local_addr())
                 .ok_or_else(|| SpawnError::NotBound(addr.clone()))?;
+            let (fd, seat) = sp.quic.socket_of(tcp, bound, slot)?;
             out.push(BootListener {
                 addr,
-                fd: sp.quic.socket_of(tcp, bound, slot)?,
-                role: ListenRole::Quic,
+                fd,
+                role: ListenRole::Quic { seat },
                 proxy_protocol: false,
             });
         }

@@ -26,6 +26,9 @@ pub const FD_NAME_UPGRADE: &str = "rsvisor-upgrade";
 /// `LISTEN_FDNAMES` name of a listening socket (names may not contain `:`,
 /// so the address is read from the socket itself).
 pub const FD_NAME_LISTENER: &str = "rsvisor-listener";
+/// `LISTEN_FDNAMES` name of an HTTP/3 UDP socket (each group's in order:
+/// their order is what the steering program's indexes mean).
+pub const FD_NAME_QUIC: &str = "rsvisor-quic";
 /// Set in the new master's environment: the old master's pid.
 pub const UPGRADE_FROM_ENV: &str = "RSVISOR_UPGRADE_FROM";
 
@@ -44,6 +47,10 @@ impl Sockets {
         for l in self.listeners.iter() {
             fds.push(l.raw_fd());
             names.push(FD_NAME_LISTENER.into());
+        }
+        for s in self.quic.handed_over() {
+            fds.push(s.as_raw_fd());
+            names.push(FD_NAME_QUIC.into());
         }
         if let Some(c) = &self.control {
             fds.push(c.raw_fd());

@@ -1,6 +1,7 @@
 //! HTTP/3's UDP sockets (`http.http3`): for each TLS TCP address, one
 //! `SO_REUSEPORT` group on the same port, kept by the master, in which the
-//! socket at index `i` is scoreboard slot `i`'s. Sockets are made in slot
+//! socket at index `i` is scoreboard slot `i`'s (`base + i` after a binary
+//! upgrade: the old master's sockets come first). Sockets are made in slot
 //! order, up to the highest slot that ever served, and stay open until the
 //! master exits: the kernel renumbers a group when a member closes, and
 //! the connection IDs a worker issued name its index
@@ -15,7 +16,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
 use crate::os::steering;
 
@@ -57,11 +58,17 @@ pub struct QuicGroups {
 }
 
 struct Group {
-    /// The TCP address as configured (port 0 included).
-    tcp: SocketAddr,
+    /// The TCP address as configured (port 0 included); not known yet for
+    /// a group inherited from the master of a binary upgrade until a
+    /// worker serves its address.
+    tcp: Option<SocketAddr>,
     /// The address bound: the TCP listener's own port.
     udp: SocketAddr,
-    /// Index = slot.
+    /// Sockets inherited from the master this one upgraded from, whose
+    /// workers own the connections those indexes name: this master's slot
+    /// `i` has index `base + i`.
+    base: usize,
+    /// Index = `base` + slot.
     sockets: Vec<OwnedFd>,
     /// The new-connection seats last attached.
     seats: Option<Vec<u16>>,
@@ -70,24 +77,67 @@ struct Group {
 }
 
 impl QuicGroups {
+    /// The groups of the master this one upgrades from, each socket in
+    /// the order of its group (as [`Self::handed_over`] lists them): kept,
+    /// so their indexes keep naming that master's workers, which still own
+    /// connections; this master's workers get the indexes after them.
+    pub fn inherited(sockets: Vec<OwnedFd>) -> QuicGroups {
+        let mut groups: Vec<Group> = Vec::new();
+        for fd in sockets {
+            let Some(udp) = SockRef::from(&fd)
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+            else {
+                continue;
+            };
+            match groups.iter_mut().find(|g| g.udp == udp) {
+                Some(g) => g.sockets.push(fd),
+                None => groups.push(Group {
+                    tcp: None,
+                    udp,
+                    base: 0,
+                    sockets: vec![fd],
+                    seats: None,
+                    refused: None,
+                }),
+            }
+        }
+        for g in &mut groups {
+            g.base = g.sockets.len();
+        }
+        QuicGroups { groups }
+    }
+
+    /// Every socket, group after group, each in its group's order: what a
+    /// binary upgrade hands to the new master.
+    pub fn handed_over(&self) -> impl Iterator<Item = &OwnedFd> {
+        self.groups.iter().flat_map(|g| &g.sockets)
+    }
+
     /// Slot `slot`'s socket of the group for `tcp` (bound on `bound`, the
     /// TCP listener's actual address), made along with those of lower
-    /// slots if they do not exist yet; a new descriptor for the worker.
+    /// slots if they do not exist yet: a new descriptor for the worker,
+    /// and its index in the group (what its connection IDs name).
     pub fn socket_of(
         &mut self,
         tcp: SocketAddr,
         bound: SocketAddr,
         slot: usize,
-    ) -> Result<OwnedFd, QuicGroupError> {
-        if slot >= MAX_SEATS {
-            return Err(QuicGroupError::TooManySlots(slot));
-        }
-        let at = match self.groups.iter().position(|g| g.tcp == tcp) {
+    ) -> Result<(OwnedFd, u16), QuicGroupError> {
+        let known = self.groups.iter().position(|g| g.tcp == Some(tcp));
+        let inherited = || {
+            self.groups
+                .iter()
+                .position(|g| g.tcp.is_none() && g.udp == bound)
+        };
+        let at = match known.or_else(inherited) {
             Some(i) => i,
             None => {
                 self.groups.push(Group {
-                    tcp,
+                    tcp: None,
                     udp: bound,
+                    base: 0,
                     sockets: Vec::new(),
                     seats: None,
                     refused: None,
@@ -96,29 +146,36 @@ impl QuicGroups {
             }
         };
         let group = &mut self.groups[at];
-        while group.sockets.len() <= slot {
+        group.tcp = Some(tcp);
+        let seat = group.base + slot;
+        let Ok(index) = u16::try_from(seat) else {
+            return Err(QuicGroupError::TooManySlots(seat));
+        };
+        while group.sockets.len() <= seat {
             let s = bind_member(group.udp).map_err(|source| QuicGroupError::Bind {
                 addr: group.udp,
                 source,
             })?;
             group.sockets.push(s);
         }
-        group.sockets[slot]
+        let fd = group.sockets[seat]
             .try_clone()
             .map_err(|source| QuicGroupError::Bind {
                 addr: group.udp,
                 source,
-            })
+            })?;
+        Ok((fd, index))
     }
 
-    /// No group yet (`http.http3` off, or no worker started).
     /// Closes the groups of the TCP addresses not in `keep` (their port
     /// closes, so a client remembering `Alt-Svc` falls back to TCP at once
     /// instead of waiting on sockets nobody reads); their UDP addresses.
+    /// An inherited group no worker of this master has served yet stays:
+    /// the old master's workers may still read it.
     pub fn retain(&mut self, keep: &[SocketAddr]) -> Vec<SocketAddr> {
         let mut closed = Vec::new();
         self.groups.retain(|g| {
-            let kept = keep.contains(&g.tcp);
+            let kept = g.tcp.is_none_or(|tcp| keep.contains(&tcp));
             if !kept {
                 closed.push(g.udp);
             }
@@ -127,22 +184,25 @@ impl QuicGroups {
         closed
     }
 
+    /// No group yet (`http.http3` off, or no worker started).
     pub fn is_empty(&self) -> bool {
         self.groups.is_empty()
     }
 
-    /// Sends new connections to `seats` (the ready serving slots of the
-    /// current generation) in every group whose table differs. A slot
-    /// without a socket yet is left out; no seat at all lets the kernel
-    /// choose by hash rather than drop the handshake.
-    pub fn steer(&mut self, seats: &[usize]) -> Result<(), QuicGroupError> {
+    /// Sends new connections to `slots` (the ready serving slots of the
+    /// current generation) in every group whose table differs, or in every
+    /// group with `again` (another master may have attached its own). A
+    /// slot without a socket yet is left out; no seat at all lets the
+    /// kernel choose by hash rather than drop the handshake.
+    pub fn steer(&mut self, slots: &[usize], again: bool) -> Result<(), QuicGroupError> {
         for g in &mut self.groups {
-            let mine: Vec<u16> = seats
+            let mine: Vec<u16> = slots
                 .iter()
-                .filter(|&&s| s < g.sockets.len())
-                .map(|&s| s as u16)
+                .map(|&s| g.base + s)
+                .filter(|&s| s < g.sockets.len())
+                .filter_map(|s| u16::try_from(s).ok())
                 .collect();
-            if g.seats.as_ref() == Some(&mine) {
+            if !again && g.seats.as_ref() == Some(&mine) {
                 continue;
             }
             // Any member attaches for the whole group.
@@ -170,7 +230,12 @@ impl QuicGroups {
             .map(|g| crate::proto::control::Http3Status {
                 udp: g.udp.to_string(),
                 sockets: g.sockets.len(),
-                new_connection_slots: g.seats.iter().flatten().map(|&s| usize::from(s)).collect(),
+                new_connection_slots: g
+                    .seats
+                    .iter()
+                    .flatten()
+                    .map(|&s| usize::from(s).saturating_sub(g.base))
+                    .collect(),
                 steering: match &g.refused {
                     None => STEERING.to_string(),
                     Some(why) => format!("kernel hash (the steering program was refused: {why})"),
@@ -218,9 +283,10 @@ mod tests {
         let bound = tcp.local_addr().unwrap();
         let configured: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let mut groups = QuicGroups::default();
-        let two = groups.socket_of(configured, bound, 2).unwrap();
-        let zero = groups.socket_of(configured, bound, 0).unwrap();
-        groups.steer(&[0]).unwrap();
+        let (two, seat) = groups.socket_of(configured, bound, 2).unwrap();
+        assert_eq!(seat, 2);
+        let (zero, _) = groups.socket_of(configured, bound, 0).unwrap();
+        groups.steer(&[0], false).unwrap();
         let two = UdpSocket::from(two);
         let zero = UdpSocket::from(zero);
         assert_eq!(two.local_addr().unwrap(), bound);

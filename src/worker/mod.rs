@@ -98,8 +98,9 @@ pub(crate) enum ListenRole {
     /// the fleet's health and readiness.
     Sidecar,
     /// `http.http3`: this worker's UDP socket in the group of a TLS
-    /// address (`addr` is the TCP one).
-    Quic,
+    /// address (`addr` is the TCP one), at index `seat` of the group
+    /// (what its connection IDs name).
+    Quic { seat: u16 },
 }
 
 /// One listening socket as a worker receives it.
@@ -267,7 +268,7 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> Result<WorkerExit, SetupErr
     let (quic, tcp): (Vec<_>, Vec<_>) = boot
         .listeners
         .into_iter()
-        .partition(|l| l.role == ListenRole::Quic);
+        .partition(|l| matches!(l.role, ListenRole::Quic { .. }));
     let listeners = accept::into_tokio(tcp).map_err(SetupError::Listeners)?;
     let lot = lot::LotTask::new().map_err(SetupError::Lot)?;
     let shared = Arc::new(Shared::new(
@@ -297,7 +298,7 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> Result<WorkerExit, SetupErr
     for (listener, how) in listeners {
         tokio::spawn(accept::run(listener, how, shared.clone(), stop_rx.clone()));
     }
-    h3::start(quic, boot.slot, &shared, &stop_rx)?;
+    h3::start(quic, &shared, &stop_rx)?;
     slot.set_state(SlotState::Ready);
     shared.nudge_master();
 

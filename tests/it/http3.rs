@@ -1190,28 +1190,66 @@ key = "{dir}/server.key"
     });
 }
 
-/// A new master would make its own UDP sockets next to the old ones and
-/// misroute every packet: USR2 is refused, said in the log, and the old
-/// master keeps serving HTTP/3.
+/// USR2 with HTTP/3: the new master takes the UDP groups over and gives
+/// its workers the sockets after the old ones, so a request in flight on a
+/// connection to an old worker completes, 4 connections of load fail no
+/// request, the old master exits 0, and every new connection reaches a
+/// new worker.
 #[test]
-fn a_binary_upgrade_is_refused_while_http3_is_on() {
-    let mut s = h3_server(1);
+fn a_binary_upgrade_hands_http3_over_without_failing_a_request() {
+    let mut s = h3_server(2);
     let addr = udp_addr(&mut s);
     let ca = s.dir.path().join("ca.pem");
-    let master = s.pid();
-    s.signal(Signal::SIGUSR2);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !s.log_text().contains("cannot hand over the HTTP/3 sockets") {
-        assert!(std::time::Instant::now() < deadline, "{}", s.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(s.status().expect("status").master_pid, master as u32);
-    rt().block_on(async {
-        let endpoint = client_endpoint(&ca);
+    let old_master = s.pid();
+    let old_workers: Vec<String> = s.workers().iter().map(|p| p.to_string()).collect();
+    let rt = rt();
+    let endpoint = rt.block_on(async { client_endpoint(&ca) });
+    let mut inflight = rt.block_on(async {
         let mut send = connect(&endpoint, addr).await;
-        let (status, _) = get3(&mut send, "/").await.expect("still serving");
+        let (status, pid) = get3(&mut send, "/pid").await.expect("an answer");
         assert_eq!(status, 200);
+        assert!(old_workers.contains(&pid), "{pid} of {old_workers:?}");
+        send
     });
+    let inflight = rt.spawn(async move { get3(&mut inflight, "/sleep?ms=3000").await });
+    let load = h3_load(&rt, &endpoint, addr, 4);
+    pause(&rt, 300);
+    s.signal(Signal::SIGUSR2);
+    // The old master hands over, and exits once its workers are done.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        pause(&rt, 100);
+        if let Some(exit) = s.try_wait() {
+            break exit;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", s.log_text());
+    };
+    assert_eq!(exit.code(), Some(0), "{}", s.log_text());
+    let st = s.status().expect("the new master answers");
+    assert_ne!(st.master_pid as i32, old_master);
+    let new_workers: Vec<String> = children_of(st.master_pid as i32)
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert_eq!(new_workers.len(), 2, "{st:?}");
+    // The old sockets stay in the group, the new workers' come after.
+    assert_eq!(st.http3.len(), 1, "{st:?}");
+    assert_eq!(st.http3[0].sockets, 4, "{st:?}");
+    rt.block_on(async {
+        let (status, _) = inflight
+            .await
+            .expect("the request's task")
+            .expect("the request in flight across the upgrade answered");
+        assert_eq!(status, 200);
+        for _ in 0..6 {
+            let mut send = connect(&endpoint, addr).await;
+            let (_, pid) = get3(&mut send, "/pid").await.expect("an answer");
+            assert!(new_workers.contains(&pid), "{pid} of {new_workers:?}");
+        }
+    });
+    let (ok, retried) = load.finish(&rt);
+    assert!(ok > 50, "{ok} requests answered");
+    eprintln!("{ok} requests answered, {retried} retried on a new connection");
 }
 
 #[test]

@@ -105,6 +105,14 @@ impl Core {
         self
     }
 
+    /// Whether this master attaches HTTP/3's steering program: not while
+    /// it takes over from the master of a binary upgrade (that one steers
+    /// until this one's fleet is ready), nor once it has handed over to a
+    /// new one.
+    pub fn steers_quic(&self) -> bool {
+        !self.taking_over && !self.lifecycle.handed_over()
+    }
+
     pub fn current(&self) -> &Current {
         &self.current
     }

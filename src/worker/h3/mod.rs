@@ -88,10 +88,10 @@ pub fn alt_svc(sockets: &[BootListener]) -> Option<http::HeaderValue> {
     http::HeaderValue::from_str(&offers.join(", ")).ok()
 }
 
-/// Starts serving HTTP/3 on `sockets` (this worker's socket in each group).
+/// Starts serving HTTP/3 on `sockets` (this worker's socket in each group,
+/// whose index its connection IDs name).
 pub fn start<H: Handler>(
     sockets: Vec<BootListener>,
-    seat: usize,
     shared: &Arc<Shared<H>>,
     stop: &watch::Receiver<bool>,
 ) -> Result<(), QuicSetupError> {
@@ -110,8 +110,10 @@ pub fn start<H: Handler>(
     let server = quic::server_config(&tls, shared.config.http.keepalive_timeout, early_data)?;
     let runtime = Arc::new(quinn::TokioRuntime);
     for l in sockets {
-        debug_assert_eq!(l.role, ListenRole::Quic);
-        let endpoint_config = quic::endpoint_config(seat as u16)?;
+        let ListenRole::Quic { seat } = l.role else {
+            continue;
+        };
+        let endpoint_config = quic::endpoint_config(seat)?;
         let socket = UdpSocket::from(l.fd);
         let endpoint = quinn::Endpoint::new(
             endpoint_config,
