@@ -309,6 +309,15 @@ fn check<A: App>(app: &A, path: &Path, overrides: &Overrides) -> Exit {
                     path.display(),
                     net::quic_group::STEERING
                 );
+                if loaded.config.tls.early_data {
+                    eprintln!(
+                        "{}: tls.early_data: 0-RTT over HTTP/3 runs GET, HEAD and OPTIONS before \
+                         the handshake completes (each may run twice if replayed); sessions \
+                         resume once, from a table of {} every worker shares",
+                        path.display(),
+                        tls::sessions::SESSION_ENTRIES
+                    );
+                }
             }
             eprintln!("{}: configuration is valid", path.display());
             Exit::Ok

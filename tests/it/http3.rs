@@ -1308,4 +1308,15 @@ fn check_refuses_http3_where_it_cannot_serve() {
         err.contains("http.http3: datagrams steered by classic BPF by connection ID"),
         "{err}"
     );
+    assert!(!err.contains("tls.early_data"), "{err}");
+    write(
+        "[server]\nbind = [\"127.0.0.1:8443\"]\n[http]\nhttp3 = true\n\
+         [tls]\ncert = \"server.pem\"\nkey = \"server.key\"\nearly_data = true\n",
+    );
+    let (code, _, err) = run(&rsvisor_bin(), &["check", "app.toml"], dir.path(), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("tls.early_data: 0-RTT over HTTP/3 runs GET, HEAD and OPTIONS"),
+        "{err}"
+    );
 }
