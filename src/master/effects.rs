@@ -309,6 +309,14 @@ impl Master {
         if self.sockets.quic.is_empty() || !self.core.steers_quic() {
             return;
         }
+        // The master this one upgraded from (its parent until it exits)
+        // may attach its program once more before it reads that this one
+        // is ready: attached again at every turn while it lives. Its
+        // workers may also read groups no worker of this one serves.
+        let old_master_lives = self
+            .fixed
+            .upgraded_from
+            .is_some_and(|old| nix::unistd::getppid() == old);
         // A reload that turned HTTP/3 off or removed a TLS address: the
         // group closes once no live process reads it.
         let config = &self.core.current().loaded.config;
@@ -316,21 +324,14 @@ impl Master {
         if config.http.http3 {
             keep.extend(config.tls_tcp_binds());
         }
-        for udp in self.sockets.quic.retain(&keep) {
+        for udp in self.sockets.quic.retain(&keep, old_master_lives) {
             info!(%udp, "no worker serves HTTP/3 on it any more: UDP sockets closed");
         }
         if self.sockets.quic.is_empty() {
             return;
         }
         let seats = self.fleet.quic_seats(self.core.current().generation);
-        // The master this one upgraded from (its parent until it exits)
-        // may attach its program once more before it reads that this one
-        // is ready: attached again at every turn while it lives.
-        let again = self
-            .fixed
-            .upgraded_from
-            .is_some_and(|old| nix::unistd::getppid() == old);
-        if let Err(e) = self.sockets.quic.steer(&seats, again) {
+        if let Err(e) = self.sockets.quic.steer(&seats, old_master_lives) {
             error!("{e}; new HTTP/3 connections go where the kernel's hash sends them");
         }
     }

@@ -170,12 +170,13 @@ impl QuicGroups {
     /// Closes the groups of the TCP addresses not in `keep` (their port
     /// closes, so a client remembering `Alt-Svc` falls back to TCP at once
     /// instead of waiting on sockets nobody reads); their UDP addresses.
-    /// An inherited group no worker of this master has served yet stays:
-    /// the old master's workers may still read it.
-    pub fn retain(&mut self, keep: &[SocketAddr]) -> Vec<SocketAddr> {
+    /// A group inherited from a binary upgrade that no worker of this
+    /// master serves stays while `inherited_read` (the old master's workers
+    /// may still read it).
+    pub fn retain(&mut self, keep: &[SocketAddr], inherited_read: bool) -> Vec<SocketAddr> {
         let mut closed = Vec::new();
         self.groups.retain(|g| {
-            let kept = g.tcp.is_none_or(|tcp| keep.contains(&tcp));
+            let kept = g.tcp.map_or(inherited_read, |tcp| keep.contains(&tcp));
             if !kept {
                 closed.push(g.udp);
             }
