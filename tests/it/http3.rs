@@ -27,10 +27,15 @@ fn h3_server(workers: usize) -> Server {
 
 /// With more keys in `[http]` and `[tls]`, and `more` sections.
 fn h3_server_with(workers: usize, http: &str, tls: &str, more: &str) -> Server {
+    h3_server_at(r#"["127.0.0.1:0"]"#, workers, http, tls, more)
+}
+
+/// On the addresses of `bind` (TOML).
+fn h3_server_at(bind: &str, workers: usize, http: &str, tls: &str, more: &str) -> Server {
     let b = demo(&format!(
         r#"
 [server]
-bind = ["127.0.0.1:0"]
+bind = {bind}
 workers = {workers}
 [http]
 http3 = true
@@ -234,21 +239,7 @@ fn the_demo_answers_over_http3_and_tcp_offers_it() {
     let ca = s.dir.path().join("ca.pem");
     let rt = rt();
     rt.block_on(async {
-        let tcp = tls_connect(&addr.to_string(), &ca, &[b"http/1.1"]).await;
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .expect("HTTP/1.1 over TLS");
-        tokio::spawn(conn);
-        let resp = send
-            .send_request(
-                http::Request::get("/")
-                    .header("host", "localhost")
-                    .body(http_body_util::Empty::<bytes::Bytes>::new())
-                    .unwrap(),
-            )
-            .await
-            .expect("a TCP answer");
+        let resp = tcp_get(addr, &ca, "/").await;
         let offer = resp
             .headers()
             .get("alt-svc")
@@ -402,22 +393,7 @@ fn a_kill_9_of_one_worker_leaves_the_other_workers_connections_alone() {
 /// `RequestBody` refuses it), a body within it is echoed whole.
 #[test]
 fn the_http_limits_hold_over_http3() {
-    let b = demo(
-        r#"
-[server]
-bind = ["127.0.0.1:0"]
-workers = 1
-[http]
-http3 = true
-max_headers = 8
-max_body_bytes = 1000
-[tls]
-cert = "{dir}/server.pem"
-key = "{dir}/server.key"
-"#,
-    );
-    make_pki(b.dir());
-    let mut s = b.start();
+    let mut s = h3_server_with(1, "max_headers = 8\nmax_body_bytes = 1000", "", "");
     let addr = udp_addr(&mut s);
     let ca = s.dir.path().join("ca.pem");
     rt().block_on(async {
@@ -612,8 +588,8 @@ async fn relay(server: SocketAddr, lag: Duration) -> Relay {
     r
 }
 
-/// GET over TLS/TCP (HTTP/1.1): a scrape that is not a QUIC connection.
-async fn scrape(addr: SocketAddr, ca: &Path) -> String {
+/// GET `path` over TLS on TCP (HTTP/1.1): the response, its body whole.
+async fn tcp_get(addr: SocketAddr, ca: &Path, path: &str) -> http::Response<bytes::Bytes> {
     let tcp = tls_connect(&addr.to_string(), ca, &[b"http/1.1"]).await;
     let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
         .await
@@ -621,17 +597,23 @@ async fn scrape(addr: SocketAddr, ca: &Path) -> String {
     tokio::spawn(conn);
     let resp = send
         .send_request(
-            http::Request::get("/metrics")
+            http::Request::get(path)
                 .header("host", "localhost")
                 .body(http_body_util::Empty::<bytes::Bytes>::new())
                 .unwrap(),
         )
         .await
-        .expect("a scrape");
-    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .expect("an answer over TCP");
+    let (head, body) = resp.into_parts();
+    let body = http_body_util::BodyExt::collect(body)
         .await
-        .expect("the scrape's body");
-    String::from_utf8_lossy(&body.to_bytes()).into_owned()
+        .expect("the body");
+    http::Response::from_parts(head, body.to_bytes())
+}
+
+/// `/metrics` over TCP: a scrape that is not a QUIC connection.
+async fn scrape(addr: SocketAddr, ca: &Path) -> String {
+    String::from_utf8_lossy(tcp_get(addr, ca, "/metrics").await.body()).into_owned()
 }
 
 /// `tls.early_data`: a resuming client's GET in 0-RTT is served before the
@@ -1138,20 +1120,7 @@ fn a_reload_that_turns_http3_off_closes_the_udp_port() {
 /// workers are gone, and HTTP/3 goes on on the address that stays.
 #[test]
 fn a_reload_that_removes_an_address_closes_its_udp_port() {
-    let b = demo(
-        r#"
-[server]
-bind = ["127.0.0.1:0", "127.0.0.2:0"]
-workers = 1
-[http]
-http3 = true
-[tls]
-cert = "{dir}/server.pem"
-key = "{dir}/server.key"
-"#,
-    );
-    make_pki(b.dir());
-    let mut s = b.start();
+    let mut s = h3_server_at(r#"["127.0.0.1:0", "127.0.0.2:0"]"#, 1, "", "", "");
     let stays = udp_addr(&mut s);
     let ca = s.dir.path().join("ca.pem");
     let st = s.status().expect("status");
@@ -1168,16 +1137,10 @@ key = "{dir}/server.key"
     std::fs::write(&s.config, text).expect("written");
     s.signal(Signal::SIGHUP);
     s.wait_reloads(1, Duration::from_secs(30));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let st = s.status().expect("status");
-        if st.http3.len() == 1 {
-            assert_eq!(st.http3[0].udp, stays.to_string());
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{st:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let st = s.wait_status("one UDP group", Duration::from_secs(30), |st| {
+        st.http3.len() == 1
+    });
+    assert_eq!(st.http3[0].udp, stays.to_string());
     // Nothing holds the port any more.
     std::net::UdpSocket::bind(removed).expect("the removed UDP port is free");
     assert!(s
@@ -1254,69 +1217,67 @@ fn a_binary_upgrade_hands_http3_over_without_failing_a_request() {
 
 #[test]
 fn check_refuses_http3_where_it_cannot_serve() {
+    const TLS: &str = "[tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n";
     let dir = tempfile::tempdir().unwrap();
-    let write = |text: &str| std::fs::write(dir.path().join("app.toml"), text).unwrap();
-    write("[server]\nbind = [\"127.0.0.1:8000\"]\n[http]\nhttp3 = true\n");
-    let (code, _, err) = run(&rsvisor_bin(), &["check", "app.toml"], dir.path(), &[]);
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("app.toml:4:1: http.http3:"), "{err}");
-    assert!(err.contains("needs a TLS address over TCP"), "{err}");
-    write(
-        "[server]\nbind = [\"127.0.0.1:8000\"]\n[app]\ncommand = [\"uvicorn\", \"--fd\", \"{fd}\", \"m:app\"]\n\
-         [http]\nhttp3 = true\n",
-    );
-    let (code, _, err) = run(&rsvisor_bin(), &["check", "app.toml"], dir.path(), &[]);
-    assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("http.http3: cannot work with app.command in direct mode"),
-        "{err}"
-    );
-
-    // 0-RTT needs HTTP/3 and tickets.
     make_pki(dir.path());
-    write(
-        "[server]\nbind = [\"127.0.0.1:8443\"]\n\
-         [tls]\ncert = \"server.pem\"\nkey = \"server.key\"\nearly_data = true\n",
-    );
-    let (code, _, err) = run(&rsvisor_bin(), &["check", "app.toml"], dir.path(), &[]);
-    assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("app.toml:6:1: tls.early_data: 0-RTT is served over HTTP/3 only"),
-        "{err}"
-    );
-    write(
-        "[server]\nbind = [\"127.0.0.1:8443\"]\n[http]\nhttp3 = true\n\
-         [tls]\ncert = \"server.pem\"\nkey = \"server.key\"\nearly_data = true\n\
-         session_tickets = false\n",
-    );
-    let (code, _, err) = run(&rsvisor_bin(), &["check", "app.toml"], dir.path(), &[]);
-    assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("tls.early_data: 0-RTT resumes a session"),
-        "{err}"
-    );
-
-    // A configuration that serves it: check says how datagrams are steered
-    // (after making sure this kernel takes the program).
-    write(
-        "[server]\nbind = [\"127.0.0.1:8443\"]\n[http]\nhttp3 = true\n\
-         [tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n",
-    );
-    let (code, _, err) = run(&rsvisor_bin(), &["check", "app.toml"], dir.path(), &[]);
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        err.contains("http.http3: datagrams steered by classic BPF by connection ID"),
-        "{err}"
-    );
-    assert!(!err.contains("tls.early_data"), "{err}");
-    write(
-        "[server]\nbind = [\"127.0.0.1:8443\"]\n[http]\nhttp3 = true\n\
-         [tls]\ncert = \"server.pem\"\nkey = \"server.key\"\nearly_data = true\n",
-    );
-    let (code, _, err) = run(&rsvisor_bin(), &["check", "app.toml"], dir.path(), &[]);
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        err.contains("tls.early_data: 0-RTT over HTTP/3 runs GET, HEAD and OPTIONS"),
-        "{err}"
-    );
+    // Each configuration, `check`'s exit code, and what it says (and, for
+    // the valid ones, what it must not say).
+    let cases: [(String, i32, &str, &str); 6] = [
+        (
+            "[server]\nbind = [\"127.0.0.1:8000\"]\n[http]\nhttp3 = true\n".into(),
+            2,
+            "app.toml:4:1: http.http3: needs a TLS address over TCP",
+            "",
+        ),
+        (
+            "[server]\nbind = [\"127.0.0.1:8000\"]\n\
+             [app]\ncommand = [\"uvicorn\", \"--fd\", \"{fd}\", \"m:app\"]\n\
+             [http]\nhttp3 = true\n"
+                .into(),
+            2,
+            "http.http3: cannot work with app.command in direct mode",
+            "",
+        ),
+        // 0-RTT needs HTTP/3 and tickets.
+        (
+            format!("[server]\nbind = [\"127.0.0.1:8443\"]\n{TLS}early_data = true\n"),
+            2,
+            "app.toml:6:1: tls.early_data: 0-RTT is served over HTTP/3 only",
+            "",
+        ),
+        (
+            format!(
+                "[server]\nbind = [\"127.0.0.1:8443\"]\n[http]\nhttp3 = true\n\
+                 {TLS}early_data = true\nsession_tickets = false\n"
+            ),
+            2,
+            "tls.early_data: 0-RTT resumes a session",
+            "",
+        ),
+        // Configurations that serve it: check says how datagrams are
+        // steered (after making sure this kernel takes the program), and
+        // what 0-RTT does when it is on.
+        (
+            format!("[server]\nbind = [\"127.0.0.1:8443\"]\n[http]\nhttp3 = true\n{TLS}"),
+            0,
+            "http.http3: datagrams steered by classic BPF by connection ID",
+            "tls.early_data",
+        ),
+        (
+            format!(
+                "[server]\nbind = [\"127.0.0.1:8443\"]\n[http]\nhttp3 = true\n\
+                 {TLS}early_data = true\n"
+            ),
+            0,
+            "tls.early_data: 0-RTT over HTTP/3 runs GET, HEAD and OPTIONS",
+            "",
+        ),
+    ];
+    for (text, want, says, not) in &cases {
+        std::fs::write(dir.path().join("app.toml"), text).unwrap();
+        let (code, _, err) = run(&rsvisor_bin(), &["check", "app.toml"], dir.path(), &[]);
+        assert_eq!(code, *want, "{text}\n{err}");
+        assert!(err.contains(says), "{text}\n{err}");
+        assert!(not.is_empty() || !err.contains(not), "{text}\n{err}");
+    }
 }
