@@ -312,7 +312,7 @@ pub const KEYS: &[Key] = &[
         "resume TLS sessions (1.3 and 1.2) with stateless tickets whose keys the master creates \
          in shared memory (never on disk), so a client resumes on any worker and across `HUP`; \
          `false` turns resumption off (every handshake is a full one). There is no per-worker \
-         session-ID cache, and no 0-RTT early data",
+         session-ID cache; 0-RTT early data only over HTTP/3, with `early_data`",
         set |c, v| c.tls.session_tickets = boolean(v)?,
         get |c| c.tls.session_tickets.to_string()),
     key!("tls"."session_ticket_lifetime" = "86400",
