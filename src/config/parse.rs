@@ -248,13 +248,19 @@ fn apply_overrides(
     Ok(())
 }
 
-/// Checks that involve more than one key.
-fn validate(cfg: &Config) -> Result<(), ConfigError> {
-    let fail = |key: &str, message: String| ConfigError::Invalid {
+/// `key`'s value is refused by a check that involves other keys too: the
+/// error names where `key` was set.
+fn invalid(cfg: &Config, key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
         origin: cfg.origins.get(key),
         key: key.to_string(),
-        message,
-    };
+        message: message.into(),
+    }
+}
+
+/// Checks that involve more than one key.
+fn validate(cfg: &Config) -> Result<(), ConfigError> {
+    let fail = |key: &str, message: String| invalid(cfg, key, message);
     if cfg.tls.cert.is_some() != cfg.tls.key.is_some() {
         let key = if cfg.tls.cert.is_some() {
             "tls.cert"
@@ -355,14 +361,9 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// `http.http3` needs a TLS TCP address and rsvisor's own workers in front.
 /// `tls.early_data` needs what it works through: HTTP/3, and tickets.
 fn check_early_data(cfg: &Config) -> Result<(), ConfigError> {
-    let fail = |message: &str| ConfigError::Invalid {
-        origin: cfg.origins.get("tls.early_data"),
-        key: "tls.early_data".to_string(),
-        message: message.to_string(),
-    };
+    let fail = |message: &str| invalid(cfg, "tls.early_data", message);
     if !cfg.http.http3 {
         return Err(fail(
             "0-RTT is served over HTTP/3 only (TLS over TCP never takes early data): set \
@@ -378,12 +379,9 @@ fn check_early_data(cfg: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `http.http3` needs a TLS TCP address and rsvisor's own workers in front.
 fn check_http3(cfg: &Config) -> Result<(), ConfigError> {
-    let fail = |message: &str| ConfigError::Invalid {
-        origin: cfg.origins.get("http.http3"),
-        key: "http.http3".to_string(),
-        message: message.to_string(),
-    };
+    let fail = |message: &str| invalid(cfg, "http.http3", message);
     if cfg.exec_mode() && !cfg.proxy_mode() {
         return Err(fail(
             "cannot work with app.command in direct mode: the app's own server answers on the \
@@ -402,11 +400,7 @@ fn check_http3(cfg: &Config) -> Result<(), ConfigError> {
 /// `app.mode` against the command's placeholders and the socket paths.
 fn check_app_mode(cfg: &Config) -> Result<(), ConfigError> {
     use crate::net::app_socket::{self, FD_PLACEHOLDER, MAX_SOCKET_PATH, SOCKET_PLACEHOLDER};
-    let fail = |key: &str, message: String| ConfigError::Invalid {
-        origin: cfg.origins.get(key),
-        key: key.to_string(),
-        message,
-    };
+    let fail = |key: &str, message: String| invalid(cfg, key, message);
     let names = |p: &str| cfg.app.command.iter().any(|a| a.contains(p));
     let proxy = cfg.app.mode == AppMode::Proxy;
     if proxy && !cfg.exec_mode() {

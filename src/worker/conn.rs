@@ -142,7 +142,9 @@ async fn serve_http<IO, H>(
 /// One throttle per reason: a flood of one kind does not hide another.
 static TLS_FAILURES: [Throttle; TlsFailure::ALL.len()] =
     [const { Throttle::new() }; TlsFailure::ALL.len()];
-static HTTP2_ERRORS: Throttle = Throttle::new();
+/// The same for connection errors, by kind.
+static CONN_ERRORS: [Throttle; ConnError::ALL.len()] =
+    [const { Throttle::new() }; ConnError::ALL.len()];
 
 fn tls_failure(e: &io::Error) -> TlsFailure {
     match e
@@ -199,16 +201,29 @@ fn connection_failed<H>(shared: &Shared<H>, peer: Peer, e: &(dyn std::error::Err
         }
         source = err.source();
     }
+    count_conn_error(shared, peer, kind, e);
+}
+
+/// Counts a connection that ended in an error of `kind`; an HTTP/2 or
+/// HTTP/3 protocol error is also said, once per interval.
+pub(super) fn count_conn_error<H>(
+    shared: &Shared<H>,
+    peer: Peer,
+    kind: ConnError,
+    e: &dyn std::fmt::Display,
+) {
     shared.slot.count_conn_error(kind);
-    if kind != ConnError::Http2 {
-        return;
-    }
-    if let Some(suppressed) = HTTP2_ERRORS.admit() {
+    let protocol = match kind {
+        ConnError::Http2 => "HTTP/2",
+        ConnError::Http3 => "HTTP/3",
+        _ => return,
+    };
+    if let Some(suppressed) = CONN_ERRORS[kind.index()].admit() {
         tracing::warn!(
             ?peer,
             error = %e,
             suppressed,
-            "HTTP/2 connection ended with a protocol error \
+            "{protocol} connection ended with a protocol error \
              (counted in rsvisor_connection_errors_total)"
         );
     }

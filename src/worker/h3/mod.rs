@@ -22,11 +22,11 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use tokio::sync::watch;
 
+use super::conn::count_conn_error;
 use super::conn_info::{ConnState, Peer};
 use super::{BootListener, ListenRole, Shared};
 use crate::app::Handler;
 use crate::proto::outcome::ConnError;
-use crate::telemetry::throttle::Throttle;
 use crate::tls::quic::{self, QuicSetupError};
 
 /// RFC 9114 §8.1: the connection closed without error.
@@ -58,10 +58,6 @@ const GOAWAY_GRACE_REQUESTS: usize = 1;
 /// each instead of a handshake's keys and state, and a real client pays
 /// one round trip more.
 pub const RETRY_ABOVE_HANDSHAKES: usize = 32;
-
-/// HTTP/3 connections that ended in a protocol error, said once per
-/// interval.
-static HTTP3_ERRORS: Throttle = Throttle::new();
 
 /// How long a client may remember that HTTP/3 is offered (`ma`): a day,
 /// as the common servers say.
@@ -277,17 +273,5 @@ fn connection_failed<H>(shared: &Shared<H>, peer: Peer, e: &h3::error::Connectio
         } => ConnError::Http3,
         _ => ConnError::Io,
     };
-    shared.slot.count_conn_error(kind);
-    if kind != ConnError::Http3 {
-        return;
-    }
-    if let Some(suppressed) = HTTP3_ERRORS.admit() {
-        tracing::warn!(
-            ?peer,
-            error = %e,
-            suppressed,
-            "HTTP/3 connection ended with a protocol error \
-             (counted in rsvisor_connection_errors_total)"
-        );
-    }
+    count_conn_error(shared, peer, kind, e);
 }
