@@ -283,6 +283,7 @@ async fn serve<A: App>(app: &A, boot: WorkerBoot) -> Result<WorkerExit, SetupErr
             access_log,
             readiness: readiness::Readiness::new(ctx.take_checks()),
             sidecar: boot.role == WorkerRole::Sidecar,
+            front: boot.role == WorkerRole::Front,
             lot: lot.lot().clone(),
             alt_svc: h3::alt_svc(&quic),
         },

@@ -55,6 +55,7 @@ pub fn respond<H: Handler, B: http_body::Body + Into<Inbound>>(
             Next::App(req)
         }
     };
+    let from_app = matches!(next, Next::App(_));
     async move {
         let resp = match next {
             Next::Answered(resp) => *resp,
@@ -70,7 +71,7 @@ pub fn respond<H: Handler, B: http_body::Body + Into<Inbound>>(
                 }
             }
         };
-        Ok(finish(ctx, resp))
+        Ok(finish(ctx, resp, from_app))
     }
 }
 
@@ -218,7 +219,13 @@ fn prepare<H: Handler, B: http_body::Body>(
 
 /// After the response head exists: limits, drain, counters, and the body
 /// wrapper that reports the end of the request.
-fn finish<H: Handler>(ctx: Ctx<H>, mut resp: crate::Response) -> http::Response<TrackedBody<H>> {
+/// `from_app`: the response is the app's (its handler's), not one the
+/// server made.
+fn finish<H: Handler>(
+    ctx: Ctx<H>,
+    mut resp: crate::Response,
+    from_app: bool,
+) -> http::Response<TrackedBody<H>> {
     let (shared, conn) = (&ctx.open.shared, &ctx.open.conn);
     if let Some(status) = ctx.body.status() {
         // The body was too large, stalled or malformed: whatever the app
@@ -256,11 +263,15 @@ fn finish<H: Handler>(ctx: Ctx<H>, mut resp: crate::Response) -> http::Response<
     let slot = shared.slot;
     let status = resp.status().as_u16();
     let latency_us = crate::os::monotonic_us().saturating_sub(ctx.start_us);
-    // A proxied answer is counted for the app process behind it.
-    let attributed = resp
-        .extensions()
-        .get::<super::front::Attributed>()
-        .is_some();
+    // A proxied answer is counted (by the front's handler) for the app
+    // process behind it; the front's own answers are marked.
+    let attributed = shared.front
+        && from_app
+        && ctx.body.status().is_none()
+        && resp
+            .extensions()
+            .get::<super::front::FrontAnswer>()
+            .is_none();
     let served = if shared.sidecar || attributed {
         0
     } else if shared.config.metrics.enabled {

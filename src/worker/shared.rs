@@ -54,6 +54,9 @@ pub struct SharedParts<'a> {
     pub access_log: Option<AccessLog>,
     pub readiness: Readiness,
     pub sidecar: bool,
+    /// Proxy mode's front: what its app (the forward) answers is counted
+    /// for the app process behind it.
+    pub front: bool,
     /// Where idle connections park (see `park`); its task is the worker's.
     pub lot: Arc<Lot<Resume>>,
     pub alt_svc: Option<http::HeaderValue>,
@@ -84,6 +87,9 @@ pub(crate) struct Shared<H> {
     /// Exec mode's sidecar: its own requests (scrapes, probes) are not
     /// the app's and are not counted.
     pub sidecar: bool,
+    /// Proxy mode's front: an answer from an app process is counted for
+    /// that process (by the front's handler), not for this worker.
+    pub front: bool,
     /// Open connections, upgraded ones included.
     pub conns: Arc<Conns>,
     /// Idle connections parked outside hyper (see `park`).
@@ -127,6 +133,7 @@ impl<H> Shared<H> {
             access_log,
             readiness,
             sidecar,
+            front,
             lot,
             alt_svc,
         } = parts;
@@ -167,6 +174,7 @@ impl<H> Shared<H> {
             clock,
             draining: AtomicBool::new(false),
             sidecar,
+            front,
             conns: Arc::new(Conns::new(slot)),
             lot,
             readiness,

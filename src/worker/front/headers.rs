@@ -43,14 +43,22 @@ fn forwarding(name: &HeaderName) -> bool {
 /// `-Host` set from what rsvisor knows of the client.
 pub fn to_app(mut h: HeaderMap, uri: &Uri, client: &ClientInfo, upgrade: bool) -> HeaderMap {
     strip(&mut h, upgrade, true);
-    let host = h
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| uri.authority().and_then(|a| a.as_str().parse().ok()));
-    if let Some(v) = &host {
-        // Also makes one of several (an HTTP/2 client may send them).
-        h.insert(header::HOST, v.clone());
-    }
+    // With no name repeated, a Host field is the only one and stays as it
+    // is; otherwise one of several is made one (an HTTP/2 client may send
+    // them), or the authority of the URI becomes it.
+    let single = h.len() == h.keys_len();
+    let host = match h.get(header::HOST) {
+        Some(v) if single => Some(v.clone()),
+        found => {
+            let v = found
+                .cloned()
+                .or_else(|| uri.authority().and_then(|a| a.as_str().parse().ok()));
+            if let Some(v) = &v {
+                h.insert(header::HOST, v.clone());
+            }
+            v
+        }
+    };
     if let Some(v) = client.addr.and_then(|a| ip_value(a.ip())) {
         h.insert(X_FORWARDED_FOR, v);
     }
@@ -172,6 +180,27 @@ mod tests {
         ] {
             assert!(!h.contains_key(gone), "{gone}");
         }
+    }
+
+    #[test]
+    fn the_app_gets_one_host_field() {
+        let client = ClientInfo {
+            addr: None,
+            scheme: "http",
+            host: None,
+        };
+        let uri: Uri = "https://from-uri.example/x".parse().unwrap();
+        let mut several = HeaderMap::new();
+        several.append(header::HOST, HeaderValue::from_static("a.example"));
+        several.append(header::HOST, HeaderValue::from_static("b.example"));
+        let h = to_app(several, &uri, &client, false);
+        assert_eq!(h.get_all(header::HOST).iter().count(), 1);
+        assert_eq!(h[header::HOST], "a.example");
+        let h = to_app(HeaderMap::new(), &uri, &client, false);
+        assert_eq!(h[header::HOST], "from-uri.example");
+        assert_eq!(h["x-forwarded-host"], "from-uri.example");
+        let h = to_app(HeaderMap::new(), &"/x".parse().unwrap(), &client, false);
+        assert!(!h.contains_key(header::HOST));
     }
 
     #[test]

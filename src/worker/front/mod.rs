@@ -103,39 +103,56 @@ pub struct Front {
 }
 
 impl Handler for Front {
-    // Not an `async fn`: one would hold the request twice (its argument
-    // and its binding), moved whole on every request.
+    // Not an `async fn`: what needs no waiting is done before the future,
+    // which then holds the outgoing request once (not the client's request
+    // it is made from as well), and the rare waits (a body, a queue, a new
+    // connection) are boxed. The future is moved whole several times per
+    // request: its size is paid for on every one.
     #[allow(clippy::manual_async_fn)]
     fn call(&self, req: Request) -> impl std::future::Future<Output = Response> + Send {
+        let queued = tokio::time::Instant::now();
+        let started_us = crate::os::monotonic_us();
+        let (mut parts, body) = req.into_parts();
+        let class = RequestClass::of(&parts.method, parts.version);
+        let client = body.client().clone();
+        let upgrade = parts
+            .extensions
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .filter(|_| parts.headers.contains_key(header::UPGRADE));
+        let headers = headers::to_app(
+            std::mem::take(&mut parts.headers),
+            &parts.uri,
+            &client,
+            upgrade.is_some(),
+        );
+        let mut out = HttpRequest::new(spool::Outgoing::Memory(None));
+        *out.uri_mut() = app_uri(&parts.uri);
+        *out.method_mut() = parts.method;
+        *out.headers_mut() = headers;
+        if !out.headers().contains_key(header::HOST) {
+            // HTTP/1.1 requires one (an HTTP/1.0 client may have sent none,
+            // and no URI named the server).
+            out.headers_mut()
+                .insert(header::HOST, HeaderValue::from_static("localhost"));
+        }
+        let peer = client.addr.map_or(PeerAddr::Unknown, PeerAddr::Ip);
         async move {
-            let queued = tokio::time::Instant::now();
-            let started_us = crate::os::monotonic_us();
-            let (mut parts, body) = req.into_parts();
-            let class = RequestClass::of(&parts.method, parts.version);
-            let client = body.client().clone();
-            let upgrade = parts
-                .extensions
-                .remove::<hyper::upgrade::OnUpgrade>()
-                .filter(|_| parts.headers.contains_key(header::UPGRADE));
-            let body = match spool::read(body, self.body_buffer, &self.run_dir).await {
-                Ok(b) => b,
-                // Answered 413, 408 or 400 by the server itself.
-                Err(SpoolError::Body(e)) => return answer(e.status(), "request body not read\n"),
-                Err(SpoolError::File(e)) => return spool_failed(&e),
-            };
-            let mut headers = Some(headers::to_app(
-                std::mem::take(&mut parts.headers),
-                &parts.uri,
-                &client,
-                upgrade.is_some(),
-            ));
+            if !http_body::Body::is_end_stream(&body) {
+                let read = spool::read(body, self.body_buffer, &self.run_dir);
+                match Box::pin(read).await.map(|b| b.to_body()) {
+                    Ok(Ok(b)) => *out.body_mut() = b,
+                    Ok(Err(e)) | Err(SpoolError::File(e)) => return spool_failed(&e),
+                    // Answered 413, 408 or 400 by the server itself.
+                    Err(SpoolError::Body(e)) => {
+                        return own_answer(e.status(), "request body not read\n")
+                    }
+                }
+            }
             let deadline = queued + self.queue_timeout;
             let mut attempts = 0;
-            // Made once: a process that could not be reached gives it back.
-            let mut unsent: Option<HttpRequest<spool::Outgoing>> = None;
             let (permit, sent) = loop {
                 let Some(mut permit) = self.router.acquire(deadline).await else {
-                    let mut r = answer(
+                    let mut r = own_answer(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "no app process could take the request within app.queue_timeout\n",
                     );
@@ -143,32 +160,9 @@ impl Handler for Front {
                         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                     return r;
                 };
-                let target = permit.target();
-                let peer = client.addr.map_or(PeerAddr::Unknown, PeerAddr::Ip);
-                permit.track(parts.method.as_str(), parts.uri.path(), peer);
-                let out = match unsent.take() {
-                    Some(out) => out,
-                    None => {
-                        let outgoing = match body.to_body() {
-                            Ok(b) => b,
-                            Err(e) => return spool_failed(&e),
-                        };
-                        let mut out = HttpRequest::new(outgoing);
-                        *out.method_mut() = parts.method.clone();
-                        *out.uri_mut() = app_uri(&parts.uri);
-                        *out.headers_mut() = headers.take().unwrap_or_default();
-                        if !out.headers().contains_key(header::HOST) {
-                            // HTTP/1.1 requires one (an HTTP/1.0 client may
-                            // have sent none, and no URI named the server).
-                            out.headers_mut()
-                                .insert(header::HOST, HeaderValue::from_static("localhost"));
-                        }
-                        out
-                    }
-                };
-                let sent =
-                    tokio::time::timeout(self.answer_timeout, self.upstream.send(target, out))
-                        .await;
+                permit.track(out.method().as_str(), out.uri().path(), peer);
+                let send = self.upstream.send(permit.target(), out);
+                let sent = tokio::time::timeout(self.answer_timeout, send).await;
                 attempts += 1;
                 match sent {
                     // No connection was made (the process stopped listening as
@@ -177,7 +171,7 @@ impl Handler for Front {
                     Ok(Err(UpstreamError::Connect { request, .. }))
                         if attempts < CONNECT_ATTEMPTS =>
                     {
-                        unsent = Some(*request);
+                        out = *request;
                         continue;
                     }
                     sent => break (permit, sent),
@@ -199,8 +193,6 @@ impl Handler for Front {
                     // (last choice of the router) until then.
                     slot.mark_retiring();
                 }
-                let mut resp = resp;
-                resp.extensions_mut().insert(Attributed);
                 resp
             };
             let mut resp = match sent {
@@ -259,7 +251,7 @@ fn spool_failed(e: &std::io::Error) -> Response {
             "proxy: cannot keep a request body in a temporary file (app.body_buffer); answered 500"
         );
     }
-    answer(
+    own_answer(
         StatusCode::INTERNAL_SERVER_ERROR,
         "the request body could not be kept\n",
     )
@@ -272,14 +264,24 @@ fn request_limit(base: u64, jitter: u64, pid: u32) -> u64 {
     base + spread
 }
 
-/// Marks a response already counted for the app process that answered
-/// it: the front worker's own counters leave it out.
+/// Marks an answer of the front itself (no app process was asked): it is
+/// counted for the front worker. Every other answer of the front's handler
+/// is counted for the app process behind it, by the handler. The mark is
+/// on the rare answers, so that a proxied one carries no extension (an
+/// allocation and a map).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Attributed;
+pub(crate) struct FrontAnswer;
 
 fn answer(status: StatusCode, text: &'static str) -> Response {
     let mut r = Response::new(Body::from(text));
     *r.status_mut() = status;
+    r
+}
+
+/// An answer of the front itself.
+fn own_answer(status: StatusCode, text: &'static str) -> Response {
+    let mut r = answer(status, text);
+    r.extensions_mut().insert(FrontAnswer);
     r
 }
 

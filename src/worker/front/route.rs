@@ -185,13 +185,27 @@ impl Router {
     }
 
     /// An app process for the request, waiting until `deadline` at most.
-    pub async fn acquire(&self, deadline: Instant) -> Option<Permit> {
+    /// Most requests find one at once: their future then holds no waiting
+    /// state (it is part of every request's future, moved whole).
+    pub fn acquire(
+        &self,
+        deadline: Instant,
+    ) -> impl std::future::Future<Output = Option<Permit>> + Send + '_ {
         // Requests already waiting come first.
-        if self.queue.len.load(Ordering::Acquire) == 0 {
-            if let Some(p) = self.try_acquire() {
-                return Some(p);
+        let now = match self.queue.len.load(Ordering::Acquire) {
+            0 => self.try_acquire(),
+            _ => None,
+        };
+        async move {
+            match now {
+                Some(p) => Some(p),
+                None => Box::pin(self.wait(deadline)).await,
             }
         }
+    }
+
+    /// Waits in turn for an app process, until `deadline` at most.
+    async fn wait(&self, deadline: Instant) -> Option<Permit> {
         let me = self.queue.join();
         let mut pause = QUEUE_POLL_MIN;
         loop {
