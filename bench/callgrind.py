@@ -8,7 +8,9 @@ cost of one request, without start-up and shutdown.
     python3 bench/callgrind.py [NAME ...]     (default: every server below)
 
 Servers: demo, static (the rsvisor binary, a 4 KiB file), hyper (one
-process), axum (the axum example under rsvisor); each over HTTP/1.1, and
+process), axum (the axum example under rsvisor), proxy (proxy mode's front
+worker, in front of one uvicorn process that is not counted: it needs
+bench/.venv); each over HTTP/1.1, and
 h2 variants (prior-knowledge HTTP/2, one connection) where the server
 speaks it. Prints a Markdown table; `--json` prints JSON.
 """
@@ -63,7 +65,23 @@ def servers():
                                config(port)[1]], "/", True),
         "axum_plain": (lambda port: [os.path.join(REL, "examples", "axum_plain"),
                                      f"127.0.0.1:{port}"], "/", False),
+        # Proxy mode: one front worker (counted) in front of one uvicorn
+        # process (exec'd, so not under valgrind).
+        "proxy": (lambda port: [os.path.join(REL, "rsvisor"), "serve", proxy_config(port)],
+                  "/", True),
     }
+
+
+def proxy_config(port):
+    app = os.path.join(ROOT, "bench", "apps")
+    uvicorn = os.path.join(ROOT, "bench", ".venv", "bin", "uvicorn")
+    return config(port, f"""[app]
+mode = "proxy"
+front_workers = 1
+cwd = "{app}"
+command = ["{uvicorn}", "--uds", "{{socket}}", "--no-access-log", "--log-level", "warning",
+           "asgi_hello:app"]
+""")[1]
 
 
 def http1_requests(port, path, n):
