@@ -10,7 +10,9 @@ cost of one request, without start-up and shutdown.
 Servers: demo, static (the rsvisor binary, a 4 KiB file), hyper (one
 process), axum (the axum example under rsvisor), proxy (proxy mode's front
 worker, in front of one uvicorn process that is not counted: it needs
-bench/.venv); each over HTTP/1.1, and
+bench/.venv; its counts vary by a few hundred instructions from run to
+run, since the app process answers on its own schedule); each over
+HTTP/1.1, and
 h2 variants (prior-knowledge HTTP/2, one connection) where the server
 speaks it. Prints a Markdown table; `--json` prints JSON.
 """
