@@ -220,25 +220,17 @@ pub struct CountersSnapshot {
 
 impl Counters {
     pub fn snapshot(&self) -> CountersSnapshot {
-        let mut s = CountersSnapshot {
+        CountersSnapshot {
             requests: self.requests.load(Relaxed),
             bytes_sent: self.bytes_sent.load(Relaxed),
+            status: load_all(&self.status),
+            methods: load_all(&self.methods),
+            protocols: load_all(&self.protocols),
             early_data: self.early_data.load(Relaxed),
+            latency: load_all(&self.latency),
             latency_sum_us: self.latency_sum_us.load(Relaxed),
-            ..Default::default()
-        };
-        for (d, a) in s.status.iter_mut().zip(&self.status) {
-            *d = a.load(Relaxed);
+            errors: self.errors.snapshot(),
         }
-        for (d, a) in s.methods.iter_mut().zip(&self.methods) {
-            *d = a.load(Relaxed);
-        }
-        s.protocols = load_all(&self.protocols);
-        for (d, a) in s.latency.iter_mut().zip(&self.latency) {
-            *d = a.load(Relaxed);
-        }
-        s.errors = self.errors.snapshot();
-        s
     }
 
     fn add(&self, s: &CountersSnapshot) {
@@ -246,16 +238,10 @@ impl Counters {
         self.bytes_sent.fetch_add(s.bytes_sent, Relaxed);
         self.early_data.fetch_add(s.early_data, Relaxed);
         self.latency_sum_us.fetch_add(s.latency_sum_us, Relaxed);
-        for (a, v) in self.status.iter().zip(&s.status) {
-            a.fetch_add(*v, Relaxed);
-        }
-        for (a, v) in self.methods.iter().zip(&s.methods) {
-            a.fetch_add(*v, Relaxed);
-        }
+        add_all(&self.status, &s.status);
+        add_all(&self.methods, &s.methods);
         add_all(&self.protocols, &s.protocols);
-        for (a, v) in self.latency.iter().zip(&s.latency) {
-            a.fetch_add(*v, Relaxed);
-        }
+        add_all(&self.latency, &s.latency);
         self.errors.add(&s.errors);
     }
 
@@ -278,16 +264,10 @@ impl CountersSnapshot {
         self.bytes_sent += o.bytes_sent;
         self.early_data += o.early_data;
         self.latency_sum_us += o.latency_sum_us;
-        for (a, b) in self.status.iter_mut().zip(&o.status) {
-            *a += b;
-        }
-        for (a, b) in self.methods.iter_mut().zip(&o.methods) {
-            *a += b;
-        }
+        sum_all(&mut self.status, &o.status);
+        sum_all(&mut self.methods, &o.methods);
         sum_all(&mut self.protocols, &o.protocols);
-        for (a, b) in self.latency.iter_mut().zip(&o.latency) {
-            *a += b;
-        }
+        sum_all(&mut self.latency, &o.latency);
         self.errors.add(&o.errors);
     }
 }
