@@ -62,29 +62,26 @@ fn listen(
     let mut set = ListenerSet::default();
     let mut extra = Vec::new();
     for l in inherited {
-        let mut addr = l.addr.clone();
-        if !config.listen_addrs().contains(&addr) {
-            // A port-0 entry is the socket the master we upgrade from bound
-            // for it (the kernel chose its port).
-            let any_port = config
-                .listen_addrs()
-                .into_iter()
-                .find(|a| match (a, &addr) {
-                    (BindAddr::Tcp(want), BindAddr::Tcp(got)) => {
-                        want.port() == 0 && want.ip() == got.ip() && set.get(a).is_none()
-                    }
-                    _ => false,
-                });
-            if let Some(a) = any_port {
-                addr = a;
-            }
-        }
         info!(socket = %l.addr, "using an inherited listening socket");
-        if !config.listen_addrs().contains(&addr) {
-            warn!(socket = %addr, "inherited socket is not in server.bind; serving it anyway");
-            config.server.bind.push(addr.clone());
-            extra.push(addr.clone());
-        }
+        let wanted = config.listen_addrs();
+        // A port-0 entry is the socket the master we upgrade from bound
+        // for it (the kernel chose its port).
+        let port_zero = |a: &BindAddr| match (a, &l.addr) {
+            (BindAddr::Tcp(want), BindAddr::Tcp(got)) => {
+                want.port() == 0 && want.ip() == got.ip() && set.get(a).is_none()
+            }
+            _ => false,
+        };
+        let addr = if wanted.contains(&l.addr) {
+            l.addr.clone()
+        } else if let Some(a) = wanted.into_iter().find(port_zero) {
+            a
+        } else {
+            warn!(socket = %l.addr, "inherited socket is not in server.bind; serving it anyway");
+            config.server.bind.push(l.addr.clone());
+            extra.push(l.addr.clone());
+            l.addr.clone()
+        };
         set.adopt(l, addr);
     }
     let s = &config.server;
