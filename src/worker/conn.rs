@@ -514,7 +514,7 @@ const CLOCK_MS: u64 = super::clock::CLOCK_TICK.as_millis() as u64;
 /// task wakes, several times per request: while its timer has not fired,
 /// a poll only asks the timer whether it has (the timer keeps the task's
 /// waker from its first poll), which is cheaper than polling it.
-struct Watchdog<'a, H> {
+struct Watchdog<'a, H: 'static> {
     shared: &'a Shared<H>,
     state: &'a ConnState,
     limits: Limits,
@@ -522,7 +522,11 @@ struct Watchdog<'a, H> {
     armed: bool,
 }
 
-fn watchdog<'a, H>(shared: &'a Shared<H>, state: &'a ConnState, limits: Limits) -> Watchdog<'a, H> {
+fn watchdog<'a, H: 'static>(
+    shared: &'a Shared<H>,
+    state: &'a ConnState,
+    limits: Limits,
+) -> Watchdog<'a, H> {
     Watchdog {
         shared,
         state,
@@ -532,7 +536,7 @@ fn watchdog<'a, H>(shared: &'a Shared<H>, state: &'a ConnState, limits: Limits) 
     }
 }
 
-impl<H> std::future::Future for Watchdog<'_, H> {
+impl<H: 'static> std::future::Future for Watchdog<'_, H> {
     type Output = Expiry;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Expiry> {

@@ -25,13 +25,13 @@ use crate::shm::scoreboard::RequestClass;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Answers one request on the connection `conn`: its limits, built-in
-/// endpoints and context are settled at once; the future waits for the
-/// answer (the app's or a built-in's) and runs `finish`. The future is
-/// returned unboxed: hyper keeps it in the connection's slot for the
-/// request in flight (HTTP/1.1) or in the stream's task (HTTP/2), so a
-/// request without a body allocates nothing of its own on its way to the
-/// app. `finish` runs in the future, not here: for HTTP/2 the future runs
-/// in the stream's task, whose send watch it picks up.
+/// endpoints and context are settled at once, and so is the app's future;
+/// the returned future waits for the answer (the app's or a built-in's) and
+/// runs `finish`. It is unboxed: hyper keeps it in the connection's slot
+/// for the request in flight (HTTP/1.1) or in the stream's task (HTTP/2),
+/// so a request without a body allocates nothing of its own on its way to
+/// the app. `finish` runs in the future, not here: for HTTP/2 the future
+/// runs in the stream's task, whose send watch it picks up.
 pub fn respond<H: Handler, B: http_body::Body + Into<Inbound>>(
     shared: &Arc<Shared<H>>,
     conn: &Arc<ConnState>,
@@ -40,55 +40,89 @@ pub fn respond<H: Handler, B: http_body::Body + Into<Inbound>>(
        + Send
        + 'static {
     let (route, mut ctx) = prepare(shared, conn, &req);
-    // The app's request is made before the future: the future then holds
-    // one request (the app's, moved into the handler's future), not the
-    // hyper request it came from as well, which would make every request's
-    // future (moved into hyper's slot) twice as large.
-    let next = match route {
-        Route::Answered(resp) => Next::Answered(resp),
-        Route::Ready => Next::Ready,
+    // The app's future is made here, from the app's request: the request's
+    // future (moved into hyper's slot on every request) then holds the
+    // request once, inside the app's future. An `async` block taking the
+    // request would hold it twice, as its capture and in the app's future.
+    let (next, from_app) = match route {
+        Route::Answered(resp) => (Next::Answered { resp: Some(resp) }, false),
+        // Rare: boxed, so that they do not make every request's future
+        // bigger.
+        Route::Ready => {
+            let shared = shared.clone();
+            let fut = Box::pin(async move { endpoints::ready(&shared).await });
+            (Next::Boxed { fut }, true)
+        }
         Route::App(client) => {
             let http = &shared.config.http;
             let (limit, stall) = (http.max_body_bytes, http.header_read_timeout);
             let req = req.map(|body| RequestBody::new(body, limit, stall, client));
             ctx.body = req.body().outcome();
-            Next::App(req)
+            if !http.compression {
+                // Made where it stays: the common case's future is built
+                // in the returned one, not moved into it.
+                return Respond {
+                    ctx: Some(ctx),
+                    from_app: true,
+                    next: Next::App {
+                        fut: shared.handler.call(req),
+                    },
+                };
+            }
+            let fut = Box::pin(compressed(shared.clone(), req));
+            (Next::Boxed { fut }, true)
         }
     };
-    let from_app = matches!(next, Next::App(_));
-    async move {
-        let resp = match next {
-            Next::Answered(resp) => *resp,
-            // Rare: boxed, so that it does not make every request's future
-            // bigger.
-            Next::Ready => Box::pin(endpoints::ready(&ctx.open.shared)).await,
-            Next::App(req) => {
-                let shared = &ctx.open.shared;
-                if shared.config.http.compression {
-                    Box::pin(compressed(shared, req)).await
-                } else {
-                    shared.handler.call(req).await
-                }
-            }
-        };
-        Ok(finish(ctx, resp, from_app))
+    Respond {
+        ctx: Some(ctx),
+        from_app,
+        next,
     }
 }
 
-/// What the request's future waits for.
-// The app's request is the common case: boxing it would cost every
-// request an allocation.
-#[allow(clippy::large_enum_variant)]
-enum Next {
-    Answered(Box<crate::Response>),
-    Ready,
-    App(crate::Request),
+pin_project_lite::pin_project! {
+    /// The future `respond` returns; `finish` takes its `ctx`.
+    struct Respond<H: 'static, F> {
+        ctx: Option<Ctx<H>>,
+        from_app: bool,
+        #[pin]
+        next: Next<F>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// What the request's future waits for: `F` is the app's future.
+    #[project = NextProj]
+    enum Next<F> {
+        Answered { resp: Option<Box<crate::Response>> },
+        Boxed { fut: BoxFuture<crate::Response> },
+        App { #[pin] fut: F },
+    }
+}
+
+impl<H: Handler, F: Future<Output = crate::Response>> Future for Respond<H, F> {
+    type Output = Result<http::Response<TrackedBody<H>>, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let resp = match this.next.project() {
+            NextProj::Answered { resp } => resp.take().map(|r| *r),
+            NextProj::Boxed { fut } => Some(std::task::ready!(fut.as_mut().poll(cx))),
+            NextProj::App { fut } => Some(std::task::ready!(fut.poll(cx))),
+        };
+        match (this.ctx.take(), resp) {
+            (Some(ctx), Some(resp)) => Poll::Ready(Ok(finish(ctx, resp, *this.from_app))),
+            // Polled again after it answered: hyper and the HTTP/3 path
+            // never do.
+            _ => Poll::Pending,
+        }
+    }
 }
 
 /// The app's handler as a tower service, for tower-http's compression.
-struct AppService<H>(Arc<Shared<H>>);
+struct AppService<H: 'static>(Arc<Shared<H>>);
 
-impl<H> Clone for AppService<H> {
+impl<H: 'static> Clone for AppService<H> {
     fn clone(&self) -> Self {
         AppService(self.0.clone())
     }
@@ -111,9 +145,9 @@ impl<H: Handler> tower_service::Service<crate::Request> for AppService<H> {
 
 /// `http.compression`: the app's answer, compressed as the request's
 /// `Accept-Encoding` asks and tower-http's default predicate allows.
-async fn compressed<H: Handler>(shared: &Arc<Shared<H>>, req: crate::Request) -> crate::Response {
+async fn compressed<H: Handler>(shared: Arc<Shared<H>>, req: crate::Request) -> crate::Response {
     use tower::ServiceExt;
-    let svc = tower_http::compression::Compression::new(AppService(shared.clone()));
+    let svc = tower_http::compression::Compression::new(AppService(shared));
     match svc.oneshot(req).await {
         Ok(resp) => resp.map(Body::stream),
         Err(never) => match never {},
@@ -121,7 +155,7 @@ async fn compressed<H: Handler>(shared: &Arc<Shared<H>>, req: crate::Request) ->
 }
 
 /// What the request path carries from before the app to after it.
-struct Ctx<H> {
+struct Ctx<H: 'static> {
     open: Open<H>,
     /// `os::monotonic_us` when the request arrived.
     start_us: u64,
@@ -463,14 +497,14 @@ struct PendingLog {
 /// forensics). Released when the response is done, and also when the
 /// request is dropped before that: a client that reset its HTTP/2 stream,
 /// an app that panicked.
-struct Open<H> {
+struct Open<H: 'static> {
     shared: Arc<Shared<H>>,
     conn: Arc<ConnState>,
     /// `Some` while the app works on it: its entry in the in-flight table.
     app: Option<Option<usize>>,
 }
 
-impl<H> Open<H> {
+impl<H: 'static> Open<H> {
     fn start(
         shared: &Arc<Shared<H>>,
         conn: &Arc<ConnState>,
@@ -507,7 +541,7 @@ impl<H> Open<H> {
     }
 }
 
-impl<H> Drop for Open<H> {
+impl<H: 'static> Drop for Open<H> {
     fn drop(&mut self) {
         self.app_done();
         self.conn.request_finished(self.shared.now_ms());
@@ -515,7 +549,7 @@ impl<H> Drop for Open<H> {
 }
 
 /// Marks the request finished when the response body is done or dropped.
-struct Done<H> {
+struct Done<H: 'static> {
     /// Released when the response is done.
     open: Open<H>,
     start_us: u64,
@@ -526,7 +560,7 @@ struct Done<H> {
 /// The response body handed to hyper: counts bytes, keeps the send watch
 /// (HTTP/1.1: the connection's; HTTP/2: the stream's) and reports the end
 /// of the request.
-pub struct TrackedBody<H> {
+pub struct TrackedBody<H: 'static> {
     inner: Body,
     sent: u64,
     /// The HTTP/2 stream's watch; `None` on HTTP/1.1.
@@ -534,7 +568,7 @@ pub struct TrackedBody<H> {
     done: Option<Done<H>>,
 }
 
-impl<H> TrackedBody<H> {
+impl<H: 'static> TrackedBody<H> {
     fn watch(&self) -> Option<&SendWatch> {
         match &self.stream {
             Some(w) => Some(w),
@@ -591,7 +625,7 @@ impl<H> TrackedBody<H> {
     }
 }
 
-impl<H> Drop for TrackedBody<H> {
+impl<H: 'static> Drop for TrackedBody<H> {
     fn drop(&mut self) {
         // hyper drops a body of known length once it has its last byte,
         // without asking for the end.
@@ -600,7 +634,7 @@ impl<H> Drop for TrackedBody<H> {
     }
 }
 
-impl<H> http_body::Body for TrackedBody<H> {
+impl<H: 'static> http_body::Body for TrackedBody<H> {
     type Data = Bytes;
     type Error = BoxError;
 

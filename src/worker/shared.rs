@@ -62,8 +62,12 @@ pub struct SharedParts<'a> {
     pub alt_svc: Option<http::HeaderValue>,
 }
 
-pub(crate) struct Shared<H> {
-    pub handler: H,
+pub(crate) struct Shared<H: 'static> {
+    /// Leaked: the worker's process ends with it (its cleanup is
+    /// `Handler::shutdown`). A `'static` handler lets a request's future be
+    /// made before hyper stores it, holding the handler's future alone and
+    /// not the request besides it (see `service::respond`).
+    pub handler: &'static H,
     pub config: Arc<Config>,
     pub slot: &'static Slot,
     /// The slot's requests in flight.
@@ -100,11 +104,35 @@ pub(crate) struct Shared<H> {
     wake: OwnedFd,
 }
 
-fn builder(http: &HttpConfig, exec: StreamExec) -> auto::Builder<StreamExec> {
+/// How HTTP/1.1 answers reach the socket. `Flatten` copies each body into
+/// the head's buffer and writes once: cheaper for the small answers an app
+/// makes (about 470 instructions per request, no 64-slice `writev` array to
+/// fill), and one copy more is little beside making the bytes. `Queue`
+/// writes bodies where they are: the built-in static files and proxy mode's
+/// front pass on bytes they did not make, where that copy would be most of
+/// the user-space cost (a 1 MiB file: +80 µs of CPU per request).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Writes {
+    Flatten,
+    Queue,
+}
+
+impl Writes {
+    fn of(config: &Config, front: bool) -> Writes {
+        if front || config.app.static_dir.is_some() {
+            Writes::Queue
+        } else {
+            Writes::Flatten
+        }
+    }
+}
+
+fn builder(http: &HttpConfig, exec: StreamExec, writes: Writes) -> auto::Builder<StreamExec> {
     let mut b = auto::Builder::new(exec);
     b.http1()
         // rsvisor times request heads itself (and answers 408).
         .header_read_timeout(None)
+        .writev(writes == Writes::Queue)
         .timer(TokioTimer::new())
         .max_buf_size(http.max_header_bytes)
         .max_headers(http.max_headers)
@@ -144,10 +172,11 @@ impl<H> Shared<H> {
             clock: clock.clone(),
             slot,
         };
+        let writes = Writes::of(&config, front);
         let auto = if http.http2 {
-            builder(http, exec.clone())
+            builder(http, exec.clone(), writes)
         } else {
-            builder(http, exec.clone()).http1_only()
+            builder(http, exec.clone(), writes).http1_only()
         };
         let lc = &config.lifecycle;
         let max_requests = if lc.max_requests == 0 {
@@ -156,13 +185,13 @@ impl<H> Shared<H> {
             lc.max_requests + jitter(lc.max_requests_jitter)
         };
         Shared {
-            handler,
+            handler: Box::leak(Box::new(handler)),
             slot,
             requests,
             board,
             auto,
-            h1: builder(http, exec.clone()).http1_only(),
-            h2: builder(http, exec).http2_only(),
+            h1: builder(http, exec.clone(), writes).http1_only(),
+            h2: builder(http, exec, writes).http2_only(),
             tls: material
                 .tls
                 .as_ref()
@@ -227,4 +256,18 @@ fn jitter(max: u64) -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(std::process::id());
     h.finish() % (max + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_flattened_unless_the_bytes_come_from_a_file_or_an_app_process() {
+        let mut config = crate::config::keys::defaults();
+        assert_eq!(Writes::of(&config, false), Writes::Flatten);
+        assert_eq!(Writes::of(&config, true), Writes::Queue);
+        config.app.static_dir = Some("/srv/www".into());
+        assert_eq!(Writes::of(&config, false), Writes::Queue);
+    }
 }
