@@ -62,6 +62,14 @@ pub trait Handler: Send + Sync + 'static {
     /// an `async fn`'s future keeps its by-value argument and the binding
     /// of it apart, so it holds the request (280 bytes) twice, and the
     /// future is moved whole on every request.
+    ///
+    /// `call` runs when the request arrives, on the connection's task; the
+    /// future it returns runs there too over HTTP/1.1, and on the stream's
+    /// own task over HTTP/2. So a panic in the future ends the request's
+    /// connection (HTTP/1.1) or only its stream (HTTP/2), and the worker
+    /// goes on; a panic in `call` before it returns the future ends the
+    /// connection either way: keep the work before the `async move` block
+    /// to what cannot fail.
     fn call(&self, req: Request) -> impl Future<Output = Response> + Send;
 
     /// The worker's lifespan shutdown: runs once when the worker stops

@@ -293,6 +293,35 @@ limit_concurrency = 2
 }
 
 #[test]
+fn over_http2_a_panicking_handler_resets_its_stream_not_the_connection() {
+    let mut s = demo(
+        r#"
+[server]
+bind = ["127.0.0.1:0"]
+workers = 1
+"#,
+    )
+    .start();
+    let Target::Tcp(addr) = s.ready_tcp() else {
+        panic!("a TCP bind")
+    };
+    let before = s.workers();
+    // nghttp sends both requests at once, as two streams of one connection.
+    let out = std::process::Command::new("nghttp")
+        .args(["-v", "--timeout=10"])
+        .arg(format!("http://{addr}/panic"))
+        .arg(format!("http://{addr}/"))
+        .output()
+        .expect("nghttp is installed (nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("recv RST_STREAM").count(), 1, "{text}");
+    assert!(!text.contains("recv GOAWAY"), "{text}");
+    assert!(text.contains(":status: 200"), "{text}");
+    assert!(text.contains("hello world"), "{text}");
+    assert_eq!(s.workers(), before, "the worker must survive");
+}
+
+#[test]
 fn serves_on_ipv6_loopback() {
     if std::net::TcpListener::bind("[::1]:0").is_err() {
         eprintln!("no IPv6 loopback on this machine; nothing to test");
