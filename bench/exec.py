@@ -7,6 +7,8 @@ CPU 0):
 - gunicorn -k uvicorn.workers.UvicornWorker;
 - nginx -> gunicorn -k uvicorn.workers.UvicornWorker over a Unix socket
   (hello world only: a HUP would reach nginx, not the app);
+- nginx -> two `uvicorn --uds` processes, sent the fields rsvisor's front
+  sends (hello world only): proxy mode's app processes behind nginx's hop;
 - uvicorn --workers 2.
 
 Measures hello-world req/s, p99 and CPU per request of all the server's
@@ -99,33 +101,40 @@ def rsvisor_proxy(port, d):
     return rsvisor(port, d, UVICORN_UDS, 'mode = "proxy"\nfront_workers = 1')
 
 
-class NginxGunicorn:
-    """nginx (2 workers, keep-alive upstream) in front of gunicorn +
-    UvicornWorker on a Unix socket: the deployment gunicorn's docs advise."""
+# What nginx sets in gunicorn's documented deployment (plain HTTP).
+FORWARDED = """
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;"""
+# The fields rsvisor's front sets: with them, the app processes behind
+# nginx do the same work as behind the front, and only the hop differs.
+FORWARDED_AS_RSVISOR = FORWARDED + """
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;"""
 
-    def __init__(self, port, d):
-        sock = os.path.join(d, "gunicorn.sock")
-        # nginx's workers run as an unprivileged user: they must reach it.
+
+class NginxFront:
+    """nginx (2 workers, keep-alive upstream) in front of app processes on
+    Unix sockets."""
+
+    def __init__(self, name, port, d, apps, socks, fields):
+        # nginx's workers run as an unprivileged user: they must reach the
+        # sockets.
         os.chmod(d, 0o755)
         self.port = port
-        self.app = Server("gunicorn-behind-nginx",
-                          [os.path.join(VENV, "gunicorn"), "-w", "2", "-k",
-                           "uvicorn.workers.UvicornWorker", "-b", f"unix:{sock}",
-                           "--log-level", "warning", "asgi_hello:app"],
-                          port, cpus=SERVER_CPU, cwd=d)
-        self.front = nginx_server("nginx-to-gunicorn", port, os.path.join(d, "nginx"), f"""
-    upstream app {{ server unix:{sock}; keepalive 64; }}
+        self.apps = apps
+        # fail_timeout=0 (as in gunicorn's docs): an app process that was
+        # not listening yet when nginx first tried it is not skipped for 10 s.
+        upstream = " ".join(f"server unix:{sock} fail_timeout=0;" for sock in socks)
+        self.front = nginx_server(name, port, os.path.join(d, "nginx"), f"""
+    upstream app {{ {upstream} keepalive 64; }}
     server {{
         listen 127.0.0.1:{port};
         location / {{
             proxy_pass http://app;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header Connection "";{fields}
         }}
     }}""", SERVER_CPU)
-        self.name = "nginx -> gunicorn"
 
     @property
     def pid(self):
@@ -138,24 +147,52 @@ class NginxGunicorn:
         return self.front.wait_ready(path, timeout)
 
     def tree(self):
-        return self.front.tree() + self.app.tree()
+        return self.front.tree() + [p for app in self.apps for p in app.tree()]
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.front.__exit__(*exc)
-        self.app.__exit__(*exc)
+        for app in self.apps:
+            app.__exit__(*exc)
+
+
+def nginx_gunicorn(port, d):
+    """gunicorn + UvicornWorker on a Unix socket behind nginx: the
+    deployment gunicorn's docs advise."""
+    sock = os.path.join(d, "gunicorn.sock")
+    app = Server("gunicorn-behind-nginx",
+                 [os.path.join(VENV, "gunicorn"), "-w", "2", "-k",
+                  "uvicorn.workers.UvicornWorker", "-b", f"unix:{sock}",
+                  "--log-level", "warning", "asgi_hello:app"],
+                 port, cpus=SERVER_CPU, cwd=d)
+    return NginxFront("nginx-to-gunicorn", port, d, [app], [sock], FORWARDED)
+
+
+def nginx_uvicorn(port, d):
+    """The app processes of proxy mode (`uvicorn --uds`, two of them) behind
+    nginx, sent the fields rsvisor's front sends: the same work but the
+    hop's."""
+    socks = [os.path.join(d, f"uvicorn{i}.sock") for i in (1, 2)]
+    apps = [Server(f"uvicorn-behind-nginx-{i}",
+                   [os.path.join(VENV, "uvicorn"), "--uds", sock, "--no-access-log",
+                    "--log-level", "warning", "asgi_hello:app"],
+                   port, cpus=SERVER_CPU, cwd=d)
+            for i, sock in enumerate(socks)]
+    return NginxFront("nginx-to-uvicorn", port, d, apps, socks, FORWARDED_AS_RSVISOR)
 
 
 SERVERS = (("rsvisor proxy + uvicorn --uds", rsvisor_proxy),
            ("rsvisor + uvicorn --fd 3", rsvisor),
            ("rsvisor + uvicorn (serve_fd.py)", lambda p, d: rsvisor(p, d, SERVE_FD)),
            ("gunicorn + UvicornWorker", gunicorn),
-           ("nginx -> gunicorn + UvicornWorker (unix socket)", NginxGunicorn),
+           ("nginx -> gunicorn + UvicornWorker (unix socket)", nginx_gunicorn),
+           ("nginx -> uvicorn --uds (proxy mode's app processes)", nginx_uvicorn),
            ("uvicorn --workers 2", uvicorn))
 LOAD_ORDER = ("nginx -> gunicorn + UvicornWorker (unix socket)",
               "rsvisor proxy + uvicorn --uds",
+              "nginx -> uvicorn --uds (proxy mode's app processes)",
               "rsvisor + uvicorn --fd 3",
               "gunicorn + UvicornWorker",
               "rsvisor + uvicorn (serve_fd.py)",
@@ -287,6 +324,8 @@ def main():
     vs_nginx = ratio(h, px, "nginx -> gunicorn + UvicornWorker (unix socket)")
     vs_direct = ratio(h, px, "rsvisor + uvicorn --fd 3")
     nginx_hop = ratio(h, "nginx -> gunicorn + UvicornWorker (unix socket)", gun)
+    nginx_uv = "nginx -> uvicorn --uds (proxy mode's app processes)"
+    vs_nginx_uv = ratio(h, px, nginx_uv)
     def verdict(x, target):
         # Judged at the precision shown: 0.996 reads as 1.00, and is met.
         return "met" if round(x, 2) >= target else "**missed**"
@@ -297,12 +336,15 @@ def main():
               f"| req/s ≥ 1.0 × gunicorn (serve_fd.py) | {best:.2f} | {verdict(best, 1.0)} |",
               f"| req/s ≥ 1.0 × gunicorn (uvicorn --fd 3) | {fd:.2f} | {verdict(fd, 1.0)} |",
               "", "For scale, the same hop in nginx's setup: nginx → gunicorn over gunicorn "
-              f"alone, {nginx_hop:.2f}.", "",
-              "| round | proxy / nginx → gunicorn | proxy / direct |", "|---|---|---|"]
+              f"alone, {nginx_hop:.2f}. The hop alone, with the same app processes doing the "
+              f"same work behind it: proxy over nginx → uvicorn --uds, {vs_nginx_uv:.2f}.", "",
+              "| round | proxy / nginx → gunicorn | proxy / nginx → uvicorn | proxy / direct |",
+              "|---|---|---|---|"]
     nginx = "nginx -> gunicorn + UvicornWorker (unix socket)"
     direct = "rsvisor + uvicorn --fd 3"
-    for i, (p, n, d) in enumerate(zip(h[px]["rounds"], h[nginx]["rounds"], h[direct]["rounds"])):
-        lines.append(f"| {i + 1} | {p / n:.2f} | {p / d:.2f} |")
+    rounds = zip(h[px]["rounds"], h[nginx]["rounds"], h[nginx_uv]["rounds"], h[direct]["rounds"])
+    for i, (p, n, u, d) in enumerate(rounds):
+        lines.append(f"| {i + 1} | {p / n:.2f} | {p / u:.2f} | {p / d:.2f} |")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(ROOT, "bench", "results-exec.md"), "w") as f:
         f.write("# bench/run exec\n\n" + text)
