@@ -51,7 +51,7 @@ pub fn respond<H: Handler, B: http_body::Body + Into<Inbound>>(
         Route::Ready => {
             let shared = shared.clone();
             let fut = Box::pin(async move { endpoints::ready(&shared).await });
-            (Next::Boxed { fut }, true)
+            (Next::Boxed { fut }, false)
         }
         Route::App(client) => {
             let http = &shared.config.http;

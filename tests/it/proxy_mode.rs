@@ -384,15 +384,18 @@ fn a_queue_that_waits_too_long_is_answered_503_and_a_slow_upload_holds_no_sync_w
         "{waited:?}"
     );
     assert_eq!(slow.join().unwrap().unwrap(), 200);
-    // The four answers of the app process are counted for it, the 503 of
-    // the front (no app process was asked) for the front, none twice.
+    // The front answers its own readiness (ready_path), not an app process.
+    assert_eq!(get(&tcp, "/ready").unwrap().status, 200);
+    // The four answers of the app process are counted for it; the 503 (no
+    // app process was asked) and the readiness answer for the front; none
+    // twice.
     s.wait_status(
         "requests counted where they were answered",
         Duration::from_secs(10),
         |st| {
             let app: u64 = st.workers.iter().map(|w| w.requests).sum();
             let front: u64 = st.fronts.iter().map(|w| w.requests).sum();
-            app == 4 && front == 1
+            app == 4 && front == 2
         },
     );
 }
