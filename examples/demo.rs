@@ -99,7 +99,7 @@ impl App for Demo {
 
 impl Handler for DemoHandler {
     // Not an `async fn`: one binds its by-value arguments again inside its
-    // future, which then holds the request twice (280 bytes more, moved on
+    // future, which then holds the request twice (240 bytes more, moved on
     // every request); an `async move` block holds it once.
     #[allow(clippy::manual_async_fn)]
     fn call(&self, req: Request) -> impl std::future::Future<Output = Response> + Send {

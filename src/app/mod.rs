@@ -60,7 +60,7 @@ pub trait Handler: Send + Sync + 'static {
     /// `fn call(&self, req: Request) -> impl Future<Output = Response> + Send`
     /// returning an `async move` block, or settle what you can before it:
     /// an `async fn`'s future keeps its by-value argument and the binding
-    /// of it apart, so it holds the request (280 bytes) twice, and the
+    /// of it apart, so it holds the request (240 bytes) twice, and the
     /// future is moved whole on every request.
     ///
     /// `call` runs when the request arrives, on the connection's task; the

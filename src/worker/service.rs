@@ -56,19 +56,22 @@ pub fn respond<H: Handler, B: http_body::Body + Into<Inbound>>(
         Route::App(client) => {
             let http = &shared.config.http;
             let (limit, stall) = (http.max_body_bytes, http.header_read_timeout);
-            let req = req.map(|body| RequestBody::new(body, limit, stall, client));
-            ctx.body = req.body().outcome();
+            let (parts, body) = req.into_parts();
+            let body = RequestBody::new(body, limit, stall, client);
+            ctx.body = body.outcome();
             if !http.compression {
                 // Made where it stays: the common case's future is built
-                // in the returned one, not moved into it.
+                // in the returned one, and the app's request in its
+                // argument, not moved into them.
                 return Respond {
                     ctx: Some(ctx),
                     from_app: true,
                     next: Next::App {
-                        fut: shared.handler.call(req),
+                        fut: shared.handler.call(http::Request::from_parts(parts, body)),
                     },
                 };
             }
+            let req = http::Request::from_parts(parts, body);
             let fut = Box::pin(compressed(shared.clone(), req));
             (Next::Boxed { fut }, true)
         }
@@ -105,16 +108,19 @@ impl<H: Handler, F: Future<Output = crate::Response>> Future for Respond<H, F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        // Polled again after it answered (hyper and the HTTP/3 path never
+        // do): the context is gone, and so is a built-in answer.
         let resp = match this.next.project() {
-            NextProj::Answered { resp } => resp.take().map(|r| *r),
-            NextProj::Boxed { fut } => Some(std::task::ready!(fut.as_mut().poll(cx))),
-            NextProj::App { fut } => Some(std::task::ready!(fut.poll(cx))),
+            NextProj::Answered { resp } => match resp.take() {
+                Some(r) => *r,
+                None => return Poll::Pending,
+            },
+            NextProj::Boxed { fut } => std::task::ready!(fut.as_mut().poll(cx)),
+            NextProj::App { fut } => std::task::ready!(fut.poll(cx)),
         };
-        match (this.ctx.take(), resp) {
-            (Some(ctx), Some(resp)) => Poll::Ready(Ok(finish(ctx, resp, *this.from_app))),
-            // Polled again after it answered: hyper and the HTTP/3 path
-            // never do.
-            _ => Poll::Pending,
+        match this.ctx.take() {
+            Some(ctx) => Poll::Ready(Ok(finish(ctx, resp, *this.from_app))),
+            None => Poll::Pending,
         }
     }
 }
