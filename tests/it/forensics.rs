@@ -122,13 +122,30 @@ fn a_stopped_worker_is_killed_anyway_and_the_dump_says_why() {
 
 #[test]
 fn rsvisor_dump_shows_a_live_worker_and_leaves_it_serving() {
-    let mut s = demo("[server]\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n").start();
+    // The request stays in flight until the dumps are done: the app waits
+    // for the rest of its body (a timed request could end while a dump
+    // runs on a loaded machine).
+    let mut s = demo(
+        "[server]\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n[http]\nheader_read_timeout = 120\n",
+    )
+    .start();
     let tcp = s.ready_tcp();
     let st = s.wait_settled(Duration::from_secs(10));
     let (slot, pid) = (st.workers[0].slot, st.workers[0].pid);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let slow = {
         let tcp = tcp.clone();
-        std::thread::spawn(move || get(&tcp, "/sleep?ms=3000&x=secret").map(|r| r.status))
+        std::thread::spawn(move || -> std::io::Result<String> {
+            use std::io::{Read, Write};
+            let mut c = tcp.connect()?;
+            c.write_all(b"POST /echo?x=secret HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n")?;
+            c.write_all(b"Connection: close\r\n\r\npi")?;
+            let _ = done_rx.recv_timeout(Duration::from_secs(120));
+            c.write_all(b"ng")?;
+            let mut out = Vec::new();
+            c.read_to_end(&mut out)?;
+            Ok(String::from_utf8_lossy(&out).into_owned())
+        })
     };
     s.wait_status("the request in flight", Duration::from_secs(10), |st| {
         st.workers[0].active_connections == 1
@@ -147,7 +164,7 @@ fn rsvisor_dump_shows_a_live_worker_and_leaves_it_serving() {
     assert_eq!(f.trigger, "request");
     assert!(f.dump_error.is_none(), "{f:?}");
     assert_eq!(f.in_flight.len(), 1, "{f:?}");
-    assert_eq!(f.in_flight[0].path, "/sleep");
+    assert_eq!(f.in_flight[0].path, "/echo");
     assert!(!f.threads.is_empty());
     // As text, for a person.
     let (code, out, _) = run(
@@ -158,9 +175,16 @@ fn rsvisor_dump_shows_a_live_worker_and_leaves_it_serving() {
     );
     assert_eq!(code, 0);
     assert!(out.contains("requests in flight: 1"), "{out}");
-    assert!(out.contains("GET /sleep"), "{out}");
-    // Nothing was stopped.
-    assert_eq!(slow.join().unwrap().unwrap(), 200);
+    assert!(out.contains("POST /echo"), "{out}");
+    assert!(
+        !out.contains("secret"),
+        "the query stays out of a dump: {out}"
+    );
+    // Nothing was stopped: the request completes.
+    done_tx.send(()).unwrap();
+    let answer = slow.join().unwrap().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("ping"), "{answer}");
     assert_eq!(s.worker_pids(), vec![pid as i32]);
     let (code, _, err) = run(&rsvisor_bin(), &["dump", &cfg, "99"], s.dir.path(), &[]);
     assert_eq!(code, 1);
