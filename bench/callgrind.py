@@ -11,7 +11,9 @@ Servers: demo, static (the rsvisor binary, a 4 KiB file), hyper (one
 process), axum (the axum example under rsvisor), proxy (proxy mode's front
 worker, in front of one uvicorn process that is not counted: it needs
 bench/.venv; its counts vary by a few hundred instructions from run to
-run, since the app process answers on its own schedule); each over
+run, since the app process answers on its own schedule), nginx_proxy (the
+same hop in nginx: one nginx process, not a master and workers, in front
+of one uvicorn process, sent the same fields; HTTP/1.1 only); each over
 HTTP/1.1, and
 h2 variants (prior-knowledge HTTP/2, one connection) where the server
 speaks it. Prints a Markdown table; `--json` prints JSON.
@@ -71,18 +73,72 @@ def servers():
         # process (exec'd, so not under valgrind).
         "proxy": (lambda port: [os.path.join(REL, "rsvisor"), "serve", proxy_config(port)],
                   "/", True),
+        # The same hop in nginx (one process, counted) in front of one
+        # uvicorn process (started beside it, not counted), sent the same
+        # fields as proxy mode's front sends.
+        "nginx_proxy": (nginx_proxy, "/", False),
     }
 
 
+APPS = os.path.join(ROOT, "bench", "apps")
+UVICORN = os.path.join(ROOT, "bench", ".venv", "bin", "uvicorn")
+# Processes a server needs beside it (not counted), stopped after it.
+COMPANIONS = []
+# Servers measured over HTTP/1.1 only (nginx serves HTTP/2 without TLS
+# on a port of its own).
+H1_ONLY = ("nginx_proxy",)
+UVICORN_ARGS = ["--no-access-log", "--log-level", "warning", "asgi_hello:app"]
+
+
+def nginx_proxy(port):
+    """nginx's command line; its app process is started here and stopped
+    by run_once, with nginx."""
+    d = tempfile.mkdtemp(prefix="rsv-cg-nginx-")
+    sock = os.path.join(d, "app.sock")
+    COMPANIONS.append(subprocess.Popen([UVICORN, "--uds", sock] + UVICORN_ARGS,
+                                       cwd=APPS,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    deadline = time.monotonic() + 60
+    while not os.path.exists(sock):
+        if time.monotonic() > deadline:
+            raise RuntimeError("uvicorn never made its socket")
+        time.sleep(0.1)
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {d}; proxy_temp_path {d};
+    fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
+    upstream app {{ server unix:{sock}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+        }}
+    }}
+}}
+""")
+    return ["nginx", "-c", conf, "-p", d, "-g", "daemon off; master_process off;"]
+
+
 def proxy_config(port):
-    app = os.path.join(ROOT, "bench", "apps")
-    uvicorn = os.path.join(ROOT, "bench", ".venv", "bin", "uvicorn")
+    command = json.dumps([UVICORN, "--uds", "{socket}"] + UVICORN_ARGS)
     return config(port, f"""[app]
 mode = "proxy"
 front_workers = 1
-cwd = "{app}"
-command = ["{uvicorn}", "--uds", "{{socket}}", "--no-access-log", "--log-level", "warning",
-           "asgi_hello:app"]
+cwd = "{APPS}"
+command = {command}
 """)[1]
 
 
@@ -136,6 +192,10 @@ def run_once(cmd_of, path, n, h2, supervised):
     finally:
         os.killpg(p.pid, 15)
         p.wait(timeout=120)
+        while COMPANIONS:
+            c = COMPANIONS.pop()
+            c.terminate()
+            c.wait(timeout=60)
     files = glob.glob(os.path.join(outdir, "callgrind.out.*"))
     totals = {}
     for f in files:
@@ -163,7 +223,7 @@ def main():
     rows = []
     for name in names:
         h1 = measure(name)
-        h2 = measure(name, h2=True)
+        h2 = None if name in H1_ONLY else measure(name, h2=True)
         rows.append((name, h1, h2))
     if "--json" in sys.argv:
         print(json.dumps({n: {"h1": a, "h2": b} for n, a, b in rows}))
@@ -171,7 +231,7 @@ def main():
     print("| server (1 worker) | instructions/request HTTP/1.1 | HTTP/2 |")
     print("|---|---|---|")
     for n, a, b in rows:
-        print(f"| {n} | {a:,.0f} | {b:,.0f} |")
+        print(f"| {n} | {a:,.0f} | {'–' if b is None else f'{b:,.0f}'} |")
 
 
 if __name__ == "__main__":

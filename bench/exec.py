@@ -17,7 +17,9 @@ gunicorn and >= 0.85x direct),
 failed requests over 5 HUPs under load (a load generator that never
 retries, 32 connections), a HUP to code that cannot import (failed
 requests, time until the server serves normally), the master's RSS and
-the time from start to the first 200. Writes bench/results-exec.md.
+the time from start to the first 200, and where the CPU of each request
+goes (the hop's processes or the app's, user or system) for the setups
+the targets compare. Writes bench/results-exec.md.
 """
 
 import contextlib
@@ -33,7 +35,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lib import (ROOT, Server, children, free_port, median, nginx_server,  # noqa: E402
-                 rss_kib, wrk, wrk_with_cpu)
+                 rss_kib, TICK, wrk, wrk_with_cpu)
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 VENV = os.path.join(ROOT, "bench", ".venv", "bin")
@@ -225,6 +227,7 @@ def hello():
         for name, s in up:
             rss[name] = rss_kib(s.pid) / 1024
     return {name: {"rps": median([r["rps"] for r in rs]),
+                   "split": cpu_split(rs),
                    "rounds": [r["rps"] for r in rs],
                    "p99_ms": median([r["p99_ms"] for r in rs]),
                    "cpu_us": median([r["cpu_us_per_req"] for r in rs]),
@@ -232,6 +235,24 @@ def hello():
                    "start_ms": starts[name],
                    "master_rss_mib": rss[name]}
             for name, rs in rows.items()}
+
+
+# Processes of the hop (proxy mode's front, nginx) or of the supervisor
+# (rsvisor's master in direct mode); every other process is an app process.
+HOP_NAMES = ("rsvisor", "nginx")
+
+
+def cpu_split(rounds):
+    """µs of CPU per request over all the rounds: (hop or supervisor user,
+    its system, app processes' user, their system)."""
+    requests = sum(r["requests"] for r in rounds)
+    split = [0, 0, 0, 0]
+    for r in rounds:
+        for name, (user, system) in r["cpu_by_name"].items():
+            at = 0 if name in HOP_NAMES else 2
+            split[at] += user
+            split[at + 1] += system
+    return [t / TICK / requests * 1e6 if requests else 0.0 for t in split]
 
 
 def ratio(h, a, b):
@@ -292,6 +313,26 @@ def alive(url):
         return False
 
 
+def hop_cost(h, px, direct, nginx_uv, nginx):
+    """Where each request's CPU goes, and what a hop may cost for the 0.85x
+    target: the table behind bench/README's argument that no hop meets it."""
+    lines = ["", "| CPU µs per request, all rounds | hop or master: user | system | "
+             "app processes: user | system | total |", "|---|---|---|---|---|---|"]
+    for name in (px, direct, nginx_uv, nginx):
+        x = h[name]["split"]
+        lines.append(f"| {name} | {x[0]:.1f} | {x[1]:.1f} | {x[2]:.1f} | {x[3]:.1f} | "
+                     f"{sum(x):.1f} |")
+    base = h[direct]["split"]
+    budget = sum(base) * (1 / 0.85 - 1)
+    hop = {name: sum(h[name]["split"]) - sum(base) for name in (px, nginx_uv)}
+    lines += ["", f"The 0.85 × direct target leaves a hop {budget:.1f} µs of CPU per request "
+              f"(direct's total × (1/0.85 − 1)). Added per request over direct mode: proxy "
+              f"mode {hop[px]:.1f}, nginx → uvicorn --uds {hop[nginx_uv]:.1f}. The hop's own "
+              f"processes spend {h[px]['split'][1]:.1f} (the front) and "
+              f"{h[nginx_uv]['split'][1]:.1f} (nginx) of theirs in the kernel alone."]
+    return lines
+
+
 def main():
     h = hello()
     r = hups_under_load()
@@ -345,6 +386,7 @@ def main():
     rounds = zip(h[px]["rounds"], h[nginx]["rounds"], h[nginx_uv]["rounds"], h[direct]["rounds"])
     for i, (p, n, u, d) in enumerate(rounds):
         lines.append(f"| {i + 1} | {p / n:.2f} | {p / u:.2f} | {p / d:.2f} |")
+    lines += hop_cost(h, px, direct, nginx_uv, nginx)
     text = "\n".join(lines) + "\n"
     with open(os.path.join(ROOT, "bench", "results-exec.md"), "w") as f:
         f.write("# bench/run exec\n\n" + text)

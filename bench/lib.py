@@ -154,18 +154,25 @@ def rss_kib(pid):
     return 0
 
 
-def cpu_ticks(pids):
-    """utime + stime of the given processes, in clock ticks."""
-    total = 0
+def cpu_times(pids):
+    """{pid: (command name, utime, stime)} of the given processes, in clock
+    ticks; a process that is gone is left out."""
+    out = {}
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 stat = f.read()
         except OSError:
             continue
+        name = stat[stat.find("(") + 1:stat.rfind(")")]
         rest = stat[stat.rfind(")") + 2:].split()
-        total += int(rest[11]) + int(rest[12])
-    return total
+        out[pid] = (name, int(rest[11]), int(rest[12]))
+    return out
+
+
+def cpu_ticks(pids):
+    """utime + stime of the given processes, in clock ticks."""
+    return sum(u + s for _, u, s in cpu_times(pids).values())
 
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -211,13 +218,21 @@ def wrk(url, threads=1, conns=64, duration=10, cpus="0", script=None, extra=()):
 
 
 def wrk_with_cpu(server, url, **kw):
-    """wrk plus the server's CPU time per request (all its processes)."""
+    """wrk plus the server's CPU time per request (all its processes), and
+    `cpu_by_name`: {command name: [user ticks, system ticks]} used during
+    the run, to tell a hop's share from the app processes'."""
     pids = server.tree()
-    before = cpu_ticks(pids)
+    before = cpu_times(pids)
     res = wrk(url, **kw)
-    pids = set(pids) | set(server.tree())
-    after = cpu_ticks(pids)
-    used = (after - before) / TICK
+    after = cpu_times(set(pids) | set(server.tree()))
+    by_name = {}
+    for pid, (name, u, s) in after.items():
+        _, u0, s0 = before.get(pid, (name, 0, 0))
+        used = by_name.setdefault(name, [0, 0])
+        used[0] += u - u0
+        used[1] += s - s0
+    res["cpu_by_name"] = by_name
+    used = sum(u + s for u, s in by_name.values()) / TICK
     res["cpu_us_per_req"] = used / res["requests"] * 1e6 if res["requests"] else None
     return res
 
