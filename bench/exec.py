@@ -174,13 +174,14 @@ def nginx_gunicorn(port, d):
 
 def nginx_uvicorn(port, d):
     """The app processes of proxy mode (`uvicorn --uds`, two of them) behind
-    nginx, sent the fields rsvisor's front sends: the same work but the
-    hop's."""
+    nginx, sent the fields rsvisor's front sends and trusting them as
+    rsvisor has its app processes do (`FORWARDED_ALLOW_IPS=*`): the same
+    work but the hop's."""
     socks = [os.path.join(d, f"uvicorn{i}.sock") for i in (1, 2)]
     apps = [Server(f"uvicorn-behind-nginx-{i}",
                    [os.path.join(VENV, "uvicorn"), "--uds", sock, "--no-access-log",
                     "--log-level", "warning", "asgi_hello:app"],
-                   port, cpus=SERVER_CPU, cwd=d)
+                   port, cpus=SERVER_CPU, cwd=d, env={"FORWARDED_ALLOW_IPS": "*"})
             for i, sock in enumerate(socks)]
     return NginxFront("nginx-to-uvicorn", port, d, apps, socks, FORWARDED_AS_RSVISOR)
 
