@@ -84,8 +84,8 @@ APPS = os.path.join(ROOT, "bench", "apps")
 UVICORN = os.path.join(ROOT, "bench", ".venv", "bin", "uvicorn")
 # Processes a server needs beside it (not counted), stopped after it.
 COMPANIONS = []
-# Servers measured over HTTP/1.1 only (nginx serves HTTP/2 without TLS
-# on a port of its own).
+# Servers measured over HTTP/1.1 only (nginx speaks HTTP/2 without TLS
+# only on a port that speaks nothing else).
 H1_ONLY = ("nginx_proxy",)
 UVICORN_ARGS = ["--no-access-log", "--log-level", "warning", "asgi_hello:app"]
 
@@ -95,14 +95,16 @@ def nginx_proxy(port):
     by run_once, with nginx."""
     d = tempfile.mkdtemp(prefix="rsv-cg-nginx-")
     sock = os.path.join(d, "app.sock")
-    COMPANIONS.append(subprocess.Popen([UVICORN, "--uds", sock] + UVICORN_ARGS,
-                                       cwd=APPS,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    app = subprocess.Popen([UVICORN, "--uds", sock] + UVICORN_ARGS, cwd=APPS,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not os.path.exists(sock):
-        if time.monotonic() > deadline:
-            raise RuntimeError("uvicorn never made its socket")
+        if time.monotonic() > deadline or app.poll() is not None:
+            app.kill()
+            app.wait()
+            raise RuntimeError("uvicorn never made its socket (is bench/.venv installed?)")
         time.sleep(0.1)
+    COMPANIONS.append(app)
     conf = os.path.join(d, "nginx.conf")
     with open(conf, "w") as f:
         f.write(f"""worker_processes 1;
