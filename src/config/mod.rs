@@ -364,6 +364,9 @@ pub struct AppConfig {
     /// `app.body_buffer`: proxy mode: request bodies larger than this go
     /// to a temporary file before they are forwarded.
     pub body_buffer: u64,
+    /// `app.response_buffer`: proxy mode: how much of a response is read
+    /// from the app process ahead of a slower client (0: none).
+    pub response_buffer: u64,
     /// `app.socket_dir`: proxy mode: where the app processes' sockets live
     /// (in a private directory rsvisor creates there); `None`: the system's
     /// temporary directory.
@@ -575,6 +578,7 @@ impl Config {
                 max_concurrency: 0,
                 queue_timeout: Duration::ZERO,
                 body_buffer: 0,
+                response_buffer: 0,
                 socket_dir: None,
             },
             metrics: MetricsConfig {

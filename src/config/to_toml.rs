@@ -70,6 +70,7 @@ mod tests {
         let proxy = "[lifecycle]\nmax_requests = 100\n\
                      [app]\nmode = \"proxy\"\ncommand = [\"uvicorn\", \"--uds\", \"{socket}\"]\n\
                      front_workers = 3\nmax_concurrency = 1\nqueue_timeout = 5\nbody_buffer = \"1MiB\"\n\
+                     response_buffer = \"4MiB\"\n\
                      socket_dir = \"/run/app\"\nready = \"socket\"\n\
                      [http]\nhttp3 = true\n\
                      [tls]\ncert = \"/a.pem\"\nkey = \"/b.pem\"\nearly_data = true\n";

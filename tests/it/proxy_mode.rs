@@ -3,8 +3,8 @@
 //! in tests/.venv) over their Unix sockets. Reloads under load fail no
 //! request, a broken release is abandoned with the old code serving, a
 //! release that answers 500 is rolled back by the canary, every request is
-//! counted, and `max_concurrency = 1` keeps a slow upload away from a sync
-//! worker.
+//! counted, and `max_concurrency = 1` keeps a slow upload, and a slow
+//! reader of a large answer, away from a sync worker.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -103,6 +103,24 @@ cwd = "{{dir}}"
 {app_keys}
 "#
     ))
+}
+
+/// One gunicorn sync worker running `wsgi` (its `app` answers `/` with
+/// `ok`) behind one front worker, with `app_keys`; started, settled, and
+/// answering `/`.
+fn one_sync_worker(app_keys: &str, wsgi: &str) -> (Server, Target) {
+    let gunicorn = venv_bin("gunicorn").display().to_string();
+    let b = one_process(
+        &format!(r#"[{gunicorn:?}, "--workers", "1", "--bind", "unix:{{socket}}", "wsgi:app"]"#),
+        "",
+        app_keys,
+    );
+    std::fs::write(b.dir().join("wsgi.py"), wsgi).unwrap();
+    let mut s = b.start();
+    let tcp = s.ready_tcp();
+    s.wait_settled(Duration::from_secs(30));
+    assert_eq!(get(&tcp, "/").unwrap().text(), "ok");
+    (s, tcp)
 }
 
 fn reload(s: &Server) -> (i32, String) {
@@ -319,25 +337,14 @@ fn a_queue_that_waits_too_long_is_answered_503_and_a_slow_upload_holds_no_sync_w
     if !have_venv() {
         return;
     }
-    let gunicorn = venv_bin("gunicorn").display().to_string();
-    let b = one_process(
-        &format!(r#"[{gunicorn:?}, "--workers", "1", "--bind", "unix:{{socket}}", "wsgi:app"]"#),
-        "",
+    let (mut s, tcp) = one_sync_worker(
         "max_concurrency = 1\nqueue_timeout = 1",
-    );
-    std::fs::write(
-        b.dir().join("wsgi.py"),
         "import time\n\ndef app(environ, start_response):\n    \
          if environ['PATH_INFO'] == '/slow':\n        time.sleep(3)\n    \
          body = environ['wsgi.input'].read() or b'ok'\n    \
          start_response('200 OK', [('Content-Length', str(len(body)))])\n    \
          return [body]\n",
-    )
-    .unwrap();
-    let mut s = b.start();
-    let tcp = s.ready_tcp();
-    s.wait_settled(Duration::from_secs(30));
-    assert_eq!(get(&tcp, "/").unwrap().text(), "ok");
+    );
 
     // A client uploads one byte every 100 ms: the body is read by rsvisor,
     // so the only gunicorn worker stays free.
@@ -397,6 +404,56 @@ fn a_queue_that_waits_too_long_is_answered_503_and_a_slow_upload_holds_no_sync_w
             let front: u64 = st.fronts.iter().map(|w| w.requests).sum();
             app == 4 && front == 2
         },
+    );
+}
+
+/// A sync worker writes a 32 MiB answer to a client that reads nothing
+/// yet: the front reads it ahead (`app.response_buffer`), so the only
+/// worker (`max_concurrency = 1`) is free for the next request at once,
+/// and the slow client still gets every byte. With `response_buffer = 0`
+/// the worker would be held until the client read, and the next request
+/// would get 503 after `queue_timeout`.
+#[test]
+fn a_slow_reader_of_a_large_answer_holds_no_sync_worker() {
+    if !have_venv() {
+        return;
+    }
+    const BIG: usize = 32 << 20;
+    let (_s, tcp) = one_sync_worker(
+        "max_concurrency = 1\nqueue_timeout = 10\nresponse_buffer = \"64MiB\"",
+        &format!(
+            "def app(environ, start_response):\n    \
+             body = b'0123456789abcdef' * ({BIG} // 16) if environ['PATH_INFO'] == '/big' else b'ok'\n    \
+             start_response('200 OK', [('Content-Length', str(len(body)))])\n    \
+             return [body]\n"
+        ),
+    );
+
+    let mut slow = tcp.connect().unwrap();
+    slow.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    // Nothing of it is read yet: the next request is answered by the same,
+    // only worker (a 503 after queue_timeout if the first still held it).
+    std::thread::sleep(Duration::from_millis(300));
+    let r = get(&tcp, "/").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "ok");
+
+    let mut out = Vec::new();
+    slow.read_to_end(&mut out).unwrap();
+    let at = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    let head = String::from_utf8_lossy(&out[..at]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains(&format!("content-length: {BIG}")), "{head}");
+    let body = &out[at..];
+    assert_eq!(body.len(), BIG);
+    assert!(
+        body.chunks(16).all(|c| c == b"0123456789abcdef"),
+        "every byte in order"
     );
 }
 

@@ -7,11 +7,13 @@
 //! `http.max_body_bytes`, so that a slow upload never holds an app
 //! process; above `app.body_buffer` into a temporary file, [`spool`]),
 //! sends the request with the client's address, scheme and host in
-//! `X-Forwarded-*`, and streams the answer back. An upgrade
+//! `X-Forwarded-*`, and streams the answer back, reading a large one
+//! ahead of a slow client ([`readahead`]). An upgrade
 //! (WebSocket) is tunnelled both ways and holds its process's count until
 //! it closes.
 
 mod headers;
+mod readahead;
 mod route;
 mod spool;
 mod upstream;
@@ -81,6 +83,7 @@ impl App for ProxyApp {
             )),
             answer_timeout: config.lifecycle.timeout,
             body_buffer: usize::try_from(config.app.body_buffer).unwrap_or(usize::MAX),
+            response_buffer: usize::try_from(config.app.response_buffer).unwrap_or(usize::MAX),
             run_dir: self.run_dir.clone(),
         })
     }
@@ -98,6 +101,9 @@ pub struct Front {
     answer_timeout: Duration,
     /// `app.body_buffer`: larger request bodies wait in a file.
     body_buffer: usize,
+    /// `app.response_buffer`: how much of a response is read ahead of a
+    /// slower client.
+    response_buffer: usize,
     /// Where those files are made (unnamed).
     run_dir: PathBuf,
 }
@@ -230,13 +236,15 @@ impl Handler for Front {
             }
             headers::to_client(resp.headers_mut());
             let (parts, incoming) = resp.into_parts();
-            attribute(Response::from_parts(
-                parts,
+            let body = if readahead::wanted(&incoming, self.response_buffer) {
+                Body::stream(readahead::spawn(incoming, permit, self.response_buffer))
+            } else {
                 Body::stream(Held {
                     incoming,
                     _permit: permit,
-                }),
-            ))
+                })
+            };
+            attribute(Response::from_parts(parts, body))
         }
     }
 }
