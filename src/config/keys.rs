@@ -498,8 +498,9 @@ pub const KEYS: &[Key] = &[
         "proxy mode: how much of a response (bytes, or `\"1MiB\"`) the front reads from the \
          app process ahead of a client that reads slower, so that the process is free once it \
          has written its answer, as behind nginx's `proxy_buffering` (0: the process writes at \
-         the client's pace). Bytes still stream to the client as they arrive; at most this much \
-         is held per response, for at most `http.send_timeout` when the client stops reading",
+         the client's pace). Bytes still stream to the client as they arrive; this much (and the \
+         read under way from the process) is held per response at most, for at most \
+         `http.send_timeout` once the client stops reading",
         set |c, v| c.app.response_buffer = opt_size(v)?.unwrap_or(0),
         get |c| c.app.response_buffer.to_string()),
     key!("app"."socket_dir" = r#""""#,
