@@ -432,14 +432,16 @@ fn a_slow_reader_of_a_large_answer_holds_no_sync_worker() {
     let mut slow = tcp.connect().unwrap();
     slow.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
-    // Nothing of it is read yet: the next request is answered by the same,
-    // only worker (a 503 after queue_timeout if the first still held it).
-    std::thread::sleep(Duration::from_millis(300));
+    // The answer has begun (the worker took the request); 12 bytes of it
+    // are read, no more yet. The next request is answered by the same, only
+    // worker (a 503 after queue_timeout if the first still held it).
+    let mut out = vec![0; 12];
+    slow.read_exact(&mut out).unwrap();
+    assert_eq!(out, b"HTTP/1.1 200");
     let r = get(&tcp, "/").unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "ok");
 
-    let mut out = Vec::new();
     slow.read_to_end(&mut out).unwrap();
     let at = out
         .windows(4)
