@@ -40,35 +40,32 @@ where
     B::Error: Send + 'static,
     T: Send + 'static,
 {
-    // acquire_many takes a u32: a larger limit holds 4 GiB at most.
-    let limit = limit.min(u32::MAX as usize);
+    // acquire_many takes a u32: a larger limit holds 4 GiB at most. A
+    // frame takes at least one byte of room, so no limit is below one.
+    let limit = limit.clamp(1, u32::MAX as usize);
     // Bounded by the room each frame takes, not by a count of frames: the
     // app's frames are as small as its writes.
     let (tx, rx) = mpsc::unbounded_channel();
     let room = Arc::new(Semaphore::new(limit));
     let hint = body.size_hint();
     tokio::spawn(pump(body, held, tx, room.clone(), limit));
-    ReadAhead {
-        rx,
-        room,
-        limit,
-        hint,
-    }
+    ReadAhead { rx, room, hint }
 }
+
+/// A frame of the app's body and the room it took in the queue: given
+/// back when the client's side takes it.
+type Queued<E> = (Result<Frame<Bytes>, E>, usize);
 
 /// The room a frame takes in the queue: its bytes (at least one, so that
 /// empty frames are bounded too), and all of it for a larger one.
-fn room_of<D: bytes::Buf>(frame: &Frame<D>, limit: usize) -> usize {
-    frame
-        .data_ref()
-        .map_or(1, |d| d.remaining())
-        .clamp(1, limit.max(1))
+fn room_of(frame: &Frame<Bytes>, limit: usize) -> usize {
+    frame.data_ref().map_or(1, Bytes::len).clamp(1, limit)
 }
 
 async fn pump<B, T>(
     mut body: B,
     held: T,
-    tx: mpsc::UnboundedSender<Result<Frame<Bytes>, B::Error>>,
+    tx: mpsc::UnboundedSender<Queued<B::Error>>,
     room: Arc<Semaphore>,
     limit: usize,
 ) where
@@ -81,8 +78,8 @@ async fn pump<B, T>(
             () = tx.closed() => return,
         };
         let Some(next) = next else { break };
-        if let Ok(frame) = &next {
-            let n = room_of(frame, limit);
+        let n = next.as_ref().map_or(0, |frame| room_of(frame, limit));
+        if n > 0 {
             let taken = tokio::select! {
                 taken = room.acquire_many(n as u32) => taken,
                 () = tx.closed() => return,
@@ -90,12 +87,12 @@ async fn pump<B, T>(
             match taken {
                 // Given back by the client's side as it takes the frame.
                 Ok(permits) => permits.forget(),
-                // Never closed; were it, the client's side is gone.
+                // The semaphore is never closed.
                 Err(_) => return,
             }
         }
         let failed = next.is_err();
-        if tx.send(next).is_err() || failed {
+        if tx.send((next, n)).is_err() || failed {
             return;
         }
     }
@@ -105,9 +102,8 @@ async fn pump<B, T>(
 
 /// The client's side of a response read ahead.
 pub struct ReadAhead<E> {
-    rx: mpsc::UnboundedReceiver<Result<Frame<Bytes>, E>>,
+    rx: mpsc::UnboundedReceiver<Queued<E>>,
     room: Arc<Semaphore>,
-    limit: usize,
     /// The app's body's size, less what the client's side has taken.
     hint: SizeHint,
 }
@@ -120,16 +116,15 @@ impl<E> HttpBody for ReadAhead<E> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, E>>> {
-        let next = ready!(self.rx.poll_recv(cx));
-        if let Some(Ok(frame)) = &next {
-            let n = room_of(frame, self.limit);
-            self.room.add_permits(n);
+        let Some((next, room)) = ready!(self.rx.poll_recv(cx)) else {
+            return Poll::Ready(None);
+        };
+        self.room.add_permits(room);
+        if let (Ok(frame), Some(left)) = (&next, self.hint.exact()) {
             let taken = frame.data_ref().map_or(0, |d| d.len() as u64);
-            if let Some(left) = self.hint.exact() {
-                self.hint.set_exact(left.saturating_sub(taken));
-            }
+            self.hint.set_exact(left.saturating_sub(taken));
         }
-        Poll::Ready(next)
+        Poll::Ready(Some(next))
     }
 
     fn size_hint(&self) -> SizeHint {
